@@ -1,0 +1,180 @@
+//! The contract between rlrig's engine and the crates that implement its roles.
+//!
+//! The engine (which runs roles as ractor actors, batches and routes their messages) and the
+//! role crates (which hold models) both depend on this crate and on nothing of each other.
+//! It holds:
+//!
+//! * domain types: [`Image`], and the scene graphs of [`rlrig_sg`] (re-exported as [`sg`]);
+//! * the messages that travel between roles ([`GenerateRequest`], [`CheckRequest`],
+//!   [`CheckReport`], [`ProposeRequest`], [`EditProposal`], [`EditRequest`]), all
+//!   serde-serialisable so that they can cross process and node boundaries;
+//! * one trait per role ([`Diffuser`], [`Checker`], [`EditPolicy`], [`Editor`]), each taking a
+//!   whole batch so that the engine can batch requests dynamically.
+//!
+//! **Naming.** The paper's *Actor* — the VLM that writes edit prompts — is the
+//! [`EditPolicy`] role here (flow files call it `role = "policy"`), so that it is never
+//! confused with a ractor actor. "Actor" alone in rlrig's code means a ractor actor.
+
+use serde::{Deserialize, Serialize};
+
+pub use rlrig_sg as sg;
+pub use rlrig_sg::SceneGraph;
+
+mod image;
+pub use image::{Image, ImageError, PngError};
+
+/// The roles of the reflect-edit cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Text → image.
+    Diffuser,
+    /// Image + prompt → verdicts, score, reflection.
+    Checker,
+    /// The paper's *Actor*: image + prompt + reflection → edit prompt.
+    Policy,
+    /// The paper's *Inverse Diffuser*: image + edit prompt → image.
+    Editor,
+    /// The GRPO learner.
+    Trainer,
+}
+
+/// Asks a [`Diffuser`] for an image of `prompt`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GenerateRequest {
+    /// The scene graph to draw; its [`SceneGraph::prompt`] is the text prompt.
+    pub prompt: SceneGraph,
+    /// Seed of the sampling noise, so that a run is reproducible.
+    pub seed: u64,
+}
+
+/// Asks a [`Checker`] to reflect on `image` against `prompt`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckRequest {
+    /// The prompt's scene graph.
+    pub prompt: SceneGraph,
+    /// The image to judge.
+    pub image: Image,
+}
+
+/// Whether a prompt item is in the image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemVerdict {
+    /// The item is drawn.
+    Present,
+    /// The item is not drawn.
+    Missing,
+}
+
+/// Whether a prompt relation holds in the image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RelationVerdict {
+    /// The relation holds.
+    Holds,
+    /// The relation is violated.
+    Violated,
+    /// It cannot be told (e.g. an endpoint is missing).
+    CannotTell,
+}
+
+/// A [`Checker`]'s reflection on one image.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckReport {
+    /// One verdict per prompt item, in the prompt's item order.
+    pub items: Vec<ItemVerdict>,
+    /// One verdict per prompt relation, in the prompt's relation order.
+    pub relations: Vec<RelationVerdict>,
+    /// Fraction of the prompt's requirements satisfied, in `[0, 1]`: the intrinsic reward.
+    pub score: f64,
+    /// The reflection in words, e.g. `the red circle is right of the blue square, not left of it`.
+    pub reflection: String,
+}
+
+/// Asks the [`EditPolicy`] (the paper's Actor) for an edit prompt.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProposeRequest {
+    /// The prompt's scene graph.
+    pub prompt: SceneGraph,
+    /// The current image.
+    pub image: Image,
+    /// The checker's reflection on it.
+    pub report: CheckReport,
+    /// Seed for sampling the edit prompt.
+    pub seed: u64,
+}
+
+/// An edit prompt written by the [`EditPolicy`], with what GRPO needs to learn from it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EditProposal {
+    /// The edit prompt, e.g. `move the red circle left of the blue square`.
+    pub edit_prompt: String,
+    /// Token ids of the edit prompt (empty for policies without tokens).
+    pub token_ids: Vec<u32>,
+    /// Log-probability of each token under the sampling policy (same length as `token_ids`).
+    pub logprobs: Vec<f32>,
+    /// Version of the policy weights that wrote it.
+    pub policy_version: u64,
+}
+
+/// Asks an [`Editor`] to apply an edit prompt to an image.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EditRequest {
+    /// The image to edit.
+    pub image: Image,
+    /// The edit prompt.
+    pub edit_prompt: String,
+    /// Seed of the sampling noise.
+    pub seed: u64,
+}
+
+/// A role implementation failed on a batch. The engine retries or records it; it never drops it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
+#[error("{0}")]
+pub struct RoleError(pub String);
+
+/// Text → image. Implementations answer one image per request, in order.
+pub trait Diffuser: Send {
+    /// Generates one image per request.
+    fn generate(&mut self, batch: &[GenerateRequest]) -> Result<Vec<Image>, RoleError>;
+}
+
+/// Image + prompt → a [`CheckReport`] per request, in order.
+pub trait Checker: Send {
+    /// Reflects on each image.
+    fn check(&mut self, batch: &[CheckRequest]) -> Result<Vec<CheckReport>, RoleError>;
+}
+
+/// The paper's *Actor*: writes an edit prompt for each request, in order.
+pub trait EditPolicy: Send {
+    /// Proposes one edit per request.
+    fn propose(&mut self, batch: &[ProposeRequest]) -> Result<Vec<EditProposal>, RoleError>;
+}
+
+/// The paper's *Inverse Diffuser*: applies an edit prompt, one image per request, in order.
+pub trait Editor: Send {
+    /// Edits each image.
+    fn edit(&mut self, batch: &[EditRequest]) -> Result<Vec<Image>, RoleError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_through_json() {
+        let req = CheckRequest {
+            prompt: sg::read_jsonl(
+                r#"{"items":[{"item_id":0,"label":"circle","attributes":["red"]}]}"#,
+                "t",
+            )
+            .unwrap()
+            .remove(0),
+            image: Image::filled(3, 2, [1, 2, 3]),
+        };
+        let text = serde_json::to_string(&req).unwrap();
+        assert_eq!(serde_json::from_str::<CheckRequest>(&text).unwrap(), req);
+        assert_eq!(serde_json::to_string(&Role::Policy).unwrap(), "\"policy\"");
+    }
+}
