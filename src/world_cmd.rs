@@ -66,7 +66,12 @@ pub enum WorldCommand {
 pub fn run(cmd: WorldCommand) -> Result<ExitCode> {
     match cmd {
         WorldCommand::Sample { n, out, size, seed } => sample_cmd(n, &out, size, seed),
-        WorldCommand::Render { records, out, size, seed } => render_cmd(&records, &out, size, seed),
+        WorldCommand::Render {
+            records,
+            out,
+            size,
+            seed,
+        } => render_cmd(&records, &out, size, seed),
         WorldCommand::Parse { images } => parse_cmd(&images),
         WorldCommand::Judge { records, images } => judge_cmd(&records, &images),
     }
@@ -82,7 +87,10 @@ fn sample_cmd(n: u64, out: &Path, size: u32, seed: u64) -> Result<ExitCode> {
         records.push(s.graph);
     }
     write_records(&out.join("records.jsonl"), &records)?;
-    eprintln!("wrote {n} scenes ({size}x{size}, seed {seed}) to {}", out.display());
+    eprintln!(
+        "wrote {n} scenes ({size}x{size}, seed {seed}) to {}",
+        out.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -93,7 +101,9 @@ fn render_cmd(records: &Path, out: &Path, size: u32, seed: u64) -> Result<ExitCo
     let mut failed = 0;
     for (i, g) in graphs.iter().enumerate() {
         let name = match &g.name {
-            Some(name) => plain_file_name(name).with_context(|| format!("record {i}"))?.to_string(),
+            Some(name) => plain_file_name(name)
+                .with_context(|| format!("record {i}"))?
+                .to_string(),
             None => sample_name(i as u64),
         };
         match canvas.render(g, &mut sample_rng(seed, i as u64)) {
@@ -104,8 +114,17 @@ fn render_cmd(records: &Path, out: &Path, size: u32, seed: u64) -> Result<ExitCo
             }
         }
     }
-    eprintln!("rendered {} of {} records to {}", graphs.len() - failed, graphs.len(), out.display());
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    eprintln!(
+        "rendered {} of {} records to {}",
+        graphs.len() - failed,
+        graphs.len(),
+        out.display()
+    );
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn parse_cmd(images: &[PathBuf]) -> Result<ExitCode> {
@@ -126,7 +145,11 @@ fn parse_cmd(images: &[PathBuf]) -> Result<ExitCode> {
             }
         }
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn judge_cmd(records: &Path, images: &Path) -> Result<ExitCode> {
@@ -134,16 +157,25 @@ fn judge_cmd(records: &Path, images: &Path) -> Result<ExitCode> {
     // Refuse the whole file before reading any image when a prompt is outside the vocabulary.
     for (i, g) in graphs.iter().enumerate() {
         WorldGraph::from_scene_graph(g).with_context(|| {
-            format!("{}: record {i}: the oracle judges only prompts of the built-in world", records.display())
+            format!(
+                "{}: record {i}: the oracle judges only prompts of the built-in world",
+                records.display()
+            )
         })?;
     }
     let stdout = io::stdout();
     let mut out = stdout.lock();
     let mut per_image = Vec::with_capacity(graphs.len());
     for (i, g) in graphs.iter().enumerate() {
-        let Some(name) = &g.name else { bail!("{}: record {i} has no `name` naming its image", records.display()) };
+        let Some(name) = &g.name else {
+            bail!(
+                "{}: record {i} has no `name` naming its image",
+                records.display()
+            )
+        };
         let image = read_png(&images.join(plain_file_name(name)?))?;
-        let j = judge(g, &image).with_context(|| format!("{}: record {i} ({name})", records.display()))?;
+        let j = judge(g, &image)
+            .with_context(|| format!("{}: record {i} ({name})", records.display()))?;
         per_image.push((j.scores, j.relation_accuracy));
         serde_json::to_writer(
             &mut out,
@@ -165,7 +197,9 @@ fn plain_file_name(name: &str) -> Result<&str> {
 }
 
 fn write_png(path: &Path, image: &Image) -> Result<()> {
-    let bytes = image.to_png().with_context(|| format!("encoding {}", path.display()))?;
+    let bytes = image
+        .to_png()
+        .with_context(|| format!("encoding {}", path.display()))?;
     fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
@@ -176,5 +210,6 @@ fn read_png(path: &Path) -> Result<Image> {
 
 fn write_records(path: &Path, records: &[SceneGraph]) -> Result<()> {
     let file = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    rlrig_sg::write_jsonl(io::BufWriter::new(file), records).with_context(|| format!("writing {}", path.display()))
+    rlrig_sg::write_jsonl(io::BufWriter::new(file), records)
+        .with_context(|| format!("writing {}", path.display()))
 }

@@ -48,17 +48,35 @@ impl std::fmt::Debug for Image {
 impl Image {
     /// An image of one colour.
     pub fn filled(width: u32, height: u32, rgb: [u8; 3]) -> Self {
-        let pixels = rgb.iter().copied().cycle().take(width as usize * height as usize * 3).collect();
-        Image { width, height, pixels }
+        let pixels = rgb
+            .iter()
+            .copied()
+            .cycle()
+            .take(width as usize * height as usize * 3)
+            .collect();
+        Image {
+            width,
+            height,
+            pixels,
+        }
     }
 
     /// Wraps row-major RGB bytes; their length must be `width * height * 3`.
     pub fn from_raw(width: u32, height: u32, pixels: Vec<u8>) -> Result<Self, ImageError> {
         let expected = width as usize * height as usize * 3;
         if pixels.len() != expected {
-            return Err(ImageError { width, height, expected, got: pixels.len() });
+            return Err(ImageError {
+                width,
+                height,
+                expected,
+                got: pixels.len(),
+            });
         }
-        Ok(Image { width, height, pixels })
+        Ok(Image {
+            width,
+            height,
+            pixels,
+        })
     }
 
     /// Width in pixels.
@@ -99,7 +117,12 @@ impl Image {
     }
 
     fn index(&self, x: u32, y: u32) -> usize {
-        assert!(x < self.width && y < self.height, "pixel ({x}, {y}) outside {}x{}", self.width, self.height);
+        assert!(
+            x < self.width && y < self.height,
+            "pixel ({x}, {y}) outside {}x{}",
+            self.width,
+            self.height
+        );
         (y as usize * self.width as usize + x as usize) * 3
     }
 }
@@ -126,8 +149,13 @@ impl Image {
 
     /// Decodes a PNG (any colour type; converted to 8-bit RGB, alpha dropped).
     pub fn from_png(bytes: &[u8]) -> Result<Self, PngError> {
-        let img = ::image::load_from_memory_with_format(bytes, ::image::ImageFormat::Png)?.into_rgb8();
+        let img =
+            ::image::load_from_memory_with_format(bytes, ::image::ImageFormat::Png)?.into_rgb8();
         let (width, height) = img.dimensions();
-        Ok(Image { width, height, pixels: img.into_raw() })
+        Ok(Image {
+            width,
+            height,
+            pixels: img.into_raw(),
+        })
     }
 }

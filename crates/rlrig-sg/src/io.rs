@@ -65,7 +65,13 @@ pub fn read_json(text: &str, origin: &str) -> Result<Vec<SceneGraph>, ReadError>
     let mut out = Vec::with_capacity(raws.len());
     for (i, raw) in raws.iter().enumerate() {
         let (line, column) = position(text, raw.get().as_ptr() as usize - text.as_ptr() as usize);
-        out.push(parse_record(raw.get(), origin, line, column, &format!("[{i}]"))?);
+        out.push(parse_record(
+            raw.get(),
+            origin,
+            line,
+            column,
+            &format!("[{i}]"),
+        )?);
     }
     Ok(out)
 }
@@ -74,7 +80,10 @@ pub fn read_json(text: &str, origin: &str) -> Result<Vec<SceneGraph>, ReadError>
 /// (a leading `[` means a JSON array, otherwise JSONL).
 pub fn read_records(path: &Path) -> Result<Vec<SceneGraph>, ReadError> {
     let origin = path.display().to_string();
-    let text = fs::read_to_string(path).map_err(|source| ReadError::Io { path: origin.clone(), source })?;
+    let text = fs::read_to_string(path).map_err(|source| ReadError::Io {
+        path: origin.clone(),
+        source,
+    })?;
     match path.extension().and_then(|e| e.to_str()) {
         Some("jsonl") => read_jsonl(&text, &origin),
         Some("json") => read_json(&text, &origin),
@@ -115,12 +124,12 @@ fn parse_record(
     prefix: &str,
 ) -> Result<SceneGraph, ReadError> {
     let mut de = serde_json::Deserializer::from_str(text);
-    let graph: SceneGraph = serde_path_to_error::deserialize(&mut de)
-        .map_err(|e| {
-            let field = field_path(prefix, &e.path().to_string());
-            json_error(origin, line, column, &field, e.inner(), "record")
-        })?;
-    de.end().map_err(|e| json_error(origin, line, column, prefix, &e, "record"))?;
+    let graph: SceneGraph = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let field = field_path(prefix, &e.path().to_string());
+        json_error(origin, line, column, &field, e.inner(), "record")
+    })?;
+    de.end()
+        .map_err(|e| json_error(origin, line, column, prefix, &e, "record"))?;
     graph.validate().map_err(|v| ReadError::Record {
         origin: origin.into(),
         line,
@@ -132,6 +141,8 @@ fn parse_record(
 }
 
 fn field_path(prefix: &str, path: &str) -> String {
+    // serde_path_to_error writes `?` for a key it had not read yet (truncated input).
+    let path = path.trim_end_matches('?').trim_end_matches('.');
     match (prefix, path) {
         ("", "." | "") => String::new(),
         (p, "." | "") => p.to_string(),
@@ -165,7 +176,11 @@ fn json_error(
         origin: origin.into(),
         line,
         column,
-        field: if field.is_empty() { whole.into() } else { field.into() },
+        field: if field.is_empty() {
+            whole.into()
+        } else {
+            field.into()
+        },
         message,
     }
 }

@@ -44,7 +44,11 @@ pub struct Extraction {
 
 impl From<&SceneGraph> for Extraction {
     fn from(g: &SceneGraph) -> Self {
-        Extraction { triples: g.triples(), entities: g.entities(), predicates: g.predicates() }
+        Extraction {
+            triples: g.triples(),
+            entities: g.entities(),
+            predicates: g.predicates(),
+        }
     }
 }
 
@@ -67,8 +71,18 @@ impl Extraction {
                 })
                 .cloned()
                 .collect(),
-            entities: self.entities.iter().filter(|e| entities.contains(*e)).cloned().collect(),
-            predicates: self.predicates.iter().filter(|p| predicates.contains(*p)).cloned().collect(),
+            entities: self
+                .entities
+                .iter()
+                .filter(|e| entities.contains(*e))
+                .cloned()
+                .collect(),
+            predicates: self
+                .predicates
+                .iter()
+                .filter(|p| predicates.contains(*p))
+                .cloned()
+                .collect(),
         }
     }
 }

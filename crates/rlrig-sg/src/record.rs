@@ -114,7 +114,10 @@ impl SceneGraph {
     pub fn validate(&self) -> Result<(), ValidationError> {
         let err = |field: String, message: String| Err(ValidationError { field, message });
         if self.items.is_empty() {
-            return err("items".into(), "a scene graph needs at least one item".into());
+            return err(
+                "items".into(),
+                "a scene graph needs at least one item".into(),
+            );
         }
         let mut seen = HashSet::new();
         for (i, item) in self.items.iter().enumerate() {
@@ -129,7 +132,10 @@ impl SceneGraph {
             }
             for (j, a) in item.attributes.iter().enumerate() {
                 if a.trim().is_empty() {
-                    return err(format!("items[{i}].attributes[{j}]"), "empty attribute".into());
+                    return err(
+                        format!("items[{i}].attributes[{j}]"),
+                        "empty attribute".into(),
+                    );
                 }
             }
         }
@@ -157,8 +163,11 @@ impl SceneGraph {
     /// Every relation spelled out in node texts, in record order. Relations naming a missing
     /// item are skipped (a validated record has none).
     pub fn triples(&self) -> Vec<Triple> {
-        let nodes: HashMap<u64, String> =
-            self.items.iter().map(|it| (it.item_id, it.node_text())).collect();
+        let nodes: HashMap<u64, String> = self
+            .items
+            .iter()
+            .map(|it| (it.item_id, it.node_text()))
+            .collect();
         self.relations
             .iter()
             .filter_map(|r| {
@@ -186,8 +195,11 @@ impl SceneGraph {
     /// as its node text, in item order (`red circle left of blue square; green triangle`).
     pub fn prompt(&self) -> String {
         let mut parts: Vec<String> = self.triples().iter().map(Triple::to_string).collect();
-        let related: HashSet<u64> =
-            self.relations.iter().flat_map(|r| [r.item1, r.item2]).collect();
+        let related: HashSet<u64> = self
+            .relations
+            .iter()
+            .flat_map(|r| [r.item1, r.item2])
+            .collect();
         parts.extend(
             self.items
                 .iter()
@@ -227,7 +239,12 @@ mod tests {
     }
 
     fn rel(a: u64, r: &str, b: u64) -> Relation {
-        Relation { item1: a, relation: r.into(), item2: b, ..Default::default() }
+        Relation {
+            item1: a,
+            relation: r.into(),
+            item2: b,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -246,7 +263,10 @@ mod tests {
             g.prompt(),
             "red circle left of blue square; blue square above red circle; green triangle; lake"
         );
-        assert_eq!(item(0, "house", &["stone", "small"]).node_text(), "stone small house");
+        assert_eq!(
+            item(0, "house", &["stone", "small"]).node_text(),
+            "stone small house"
+        );
     }
 
     #[test]

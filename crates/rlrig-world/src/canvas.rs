@@ -91,12 +91,21 @@ impl Canvas {
         let (cell, d) = (self.cell_size(), self.object_size());
         let margin = (self.size - GRID * cell) / 2 + (cell - d) / 2;
         let (x0, y0) = (margin + col * cell, margin + row * cell);
-        BBox { x0, y0, x1: x0 + d, y1: y0 + d }
+        BBox {
+            x0,
+            y0,
+            x1: x0 + d,
+            y1: y0 + d,
+        }
     }
 
     /// An object placed in a cell.
     pub fn place_at(&self, object: Object, col: u32, row: u32) -> Placed {
-        Placed { object, cell: (col, row), bbox: self.cell_box(col, row) }
+        Placed {
+            object,
+            cell: (col, row),
+            bbox: self.cell_box(col, row),
+        }
     }
 
     /// Draws placed objects on the background.
@@ -118,14 +127,26 @@ impl Canvas {
 
     /// Finds cells for the graph's objects so that every relation holds, choosing among the
     /// solutions at random. Errors say why a graph is unsatisfiable.
-    pub fn solve<R: Rng>(&self, graph: &WorldGraph, rng: &mut R) -> Result<Vec<Placed>, WorldError> {
+    pub fn solve<R: Rng>(
+        &self,
+        graph: &WorldGraph,
+        rng: &mut R,
+    ) -> Result<Vec<Placed>, WorldError> {
         check_satisfiable(graph)?;
         let n = graph.objects.len();
         // Place the most constrained objects first: failures surface early.
         let mut order: Vec<usize> = (0..n).collect();
-        let degree = |i: usize| graph.relations.iter().filter(|&&(a, _, b)| a == i || b == i).count();
+        let degree = |i: usize| {
+            graph
+                .relations
+                .iter()
+                .filter(|&&(a, _, b)| a == i || b == i)
+                .count()
+        };
         order.sort_by_key(|&i| std::cmp::Reverse(degree(i)));
-        let mut cells: Vec<(u32, u32)> = (0..GRID).flat_map(|r| (0..GRID).map(move |c| (c, r))).collect();
+        let mut cells: Vec<(u32, u32)> = (0..GRID)
+            .flat_map(|r| (0..GRID).map(move |c| (c, r)))
+            .collect();
         let mut boxes: Vec<Option<(u32, u32)>> = vec![None; n];
         let mut shuffles = Vec::with_capacity(n);
         for _ in 0..n {
@@ -154,7 +175,9 @@ impl Canvas {
         shuffles: &[Vec<(u32, u32)>],
         cells: &mut Vec<Option<(u32, u32)>>,
     ) -> bool {
-        let Some(&i) = order.get(depth) else { return true };
+        let Some(&i) = order.get(depth) else {
+            return true;
+        };
         for &cell in &shuffles[depth] {
             if cells.contains(&Some(cell)) {
                 continue;
@@ -181,7 +204,11 @@ impl Canvas {
 
     /// Renders a LAION-SG record of the world: checks its vocabulary and satisfiability,
     /// solves a placement (seeded by `rng`) and draws it.
-    pub fn render<R: Rng>(&self, graph: &SceneGraph, rng: &mut R) -> Result<(Image, Vec<Placed>), WorldError> {
+    pub fn render<R: Rng>(
+        &self,
+        graph: &SceneGraph,
+        rng: &mut R,
+    ) -> Result<(Image, Vec<Placed>), WorldError> {
         let wg = WorldGraph::from_scene_graph(graph)?;
         let placed = self.solve(&wg, rng)?;
         Ok((self.draw(&placed), placed))
@@ -200,12 +227,20 @@ fn check_satisfiable(graph: &WorldGraph) -> Result<(), WorldError> {
     }
     for (j, o) in graph.objects.iter().enumerate() {
         if let Some(i) = graph.objects[..j].iter().position(|p| p == o) {
-            return Err(WorldError::DuplicateObject { first: i, second: j, object: *o });
+            return Err(WorldError::DuplicateObject {
+                first: i,
+                second: j,
+                object: *o,
+            });
         }
     }
     for (k, &(a, rel, b)) in graph.relations.iter().enumerate() {
         if a == b {
-            return Err(WorldError::SelfRelation { relation: k, object: graph.objects[a], rel });
+            return Err(WorldError::SelfRelation {
+                relation: k,
+                object: graph.objects[a],
+                rel,
+            });
         }
     }
     for (axis, before) in [("left-right", Rel::LeftOf), ("above-below", Rel::Above)] {
@@ -226,7 +261,10 @@ fn check_satisfiable(graph: &WorldGraph) -> Result<(), WorldError> {
         if let Some(cycle) = find_cycle(n, &edges) {
             return Err(WorldError::Cycle {
                 axis,
-                objects: cycle.iter().map(|&i| graph.objects[i].to_string()).collect(),
+                objects: cycle
+                    .iter()
+                    .map(|&i| graph.objects[i].to_string())
+                    .collect(),
             });
         }
     }
@@ -235,7 +273,12 @@ fn check_satisfiable(graph: &WorldGraph) -> Result<(), WorldError> {
 
 /// A cycle in a small directed graph, as the list of its nodes, if there is one.
 fn find_cycle(n: usize, edges: &[(usize, usize)]) -> Option<Vec<usize>> {
-    fn visit(v: usize, edges: &[(usize, usize)], state: &mut [u8], path: &mut Vec<usize>) -> Option<Vec<usize>> {
+    fn visit(
+        v: usize,
+        edges: &[(usize, usize)],
+        state: &mut [u8],
+        path: &mut Vec<usize>,
+    ) -> Option<Vec<usize>> {
         state[v] = 1;
         path.push(v);
         for &(a, b) in edges.iter().filter(|e| e.0 == v) {
@@ -244,10 +287,10 @@ fn find_cycle(n: usize, edges: &[(usize, usize)]) -> Option<Vec<usize>> {
                 let start = path.iter().position(|&p| p == b).expect("b is on the path");
                 return Some(path[start..].to_vec());
             }
-            if state[b] == 0 {
-                if let Some(c) = visit(b, edges, state, path) {
-                    return Some(c);
-                }
+            if state[b] == 0
+                && let Some(c) = visit(b, edges, state, path)
+            {
+                return Some(c);
             }
         }
         path.pop();
@@ -255,5 +298,11 @@ fn find_cycle(n: usize, edges: &[(usize, usize)]) -> Option<Vec<usize>> {
         None
     }
     let mut state = vec![0u8; n];
-    (0..n).find_map(|v| if state[v] == 0 { visit(v, edges, &mut state, &mut Vec::new()) } else { None })
+    (0..n).find_map(|v| {
+        if state[v] == 0 {
+            visit(v, edges, &mut state, &mut Vec::new())
+        } else {
+            None
+        }
+    })
 }

@@ -9,7 +9,9 @@ use rlrig_contract::Image;
 /// channel, clamped to 0–255.
 pub fn gaussian_noise<R: Rng>(image: &mut Image, sigma: f64, rng: &mut R) {
     for v in image.pixels_mut() {
-        *v = (*v as f64 + sigma * standard_normal(rng)).round().clamp(0.0, 255.0) as u8;
+        *v = (*v as f64 + sigma * standard_normal(rng))
+            .round()
+            .clamp(0.0, 255.0) as u8;
     }
 }
 
@@ -38,7 +40,10 @@ pub fn box_blur(image: &mut Image, radius: u32) {
 /// Paints `count` single pixels of random colours at random places.
 pub fn specks<R: Rng>(image: &mut Image, count: usize, rng: &mut R) {
     for _ in 0..count {
-        let (x, y) = (rng.random_range(0..image.width()), rng.random_range(0..image.height()));
+        let (x, y) = (
+            rng.random_range(0..image.width()),
+            rng.random_range(0..image.height()),
+        );
         image.put(x, y, [rng.random(), rng.random(), rng.random()]);
     }
 }

@@ -33,7 +33,10 @@ impl BBox {
     }
 
     fn centre(&self) -> (f64, f64) {
-        ((self.x0 + self.x1) as f64 / 2.0, (self.y0 + self.y1) as f64 / 2.0)
+        (
+            (self.x0 + self.x1) as f64 / 2.0,
+            (self.y0 + self.y1) as f64 / 2.0,
+        )
     }
 }
 
@@ -48,7 +51,10 @@ impl BBox {
 pub fn relative_position(a: &BBox, b: &BBox) -> Vec<Rel> {
     let (ca, cb) = (a.centre(), b.centre());
     let offset = [ca.0 - cb.0, ca.1 - cb.1];
-    let dims = [(a.width() + b.width()) as f64, (a.height() + b.height()) as f64];
+    let dims = [
+        (a.width() + b.width()) as f64,
+        (a.height() + b.height()) as f64,
+    ];
     let revised: Vec<f64> = (0..2)
         .map(|k| (offset[k].abs() - POSITION_THRESHOLD * dims[k]).max(0.0) * sign(offset[k]))
         .collect();
@@ -94,21 +100,35 @@ mod tests {
     use super::*;
 
     fn bx(x: u32, y: u32, w: u32, h: u32) -> BBox {
-        BBox { x0: x, y0: y, x1: x + w, y1: y + h }
+        BBox {
+            x0: x,
+            y0: y,
+            x1: x + w,
+            y1: y + h,
+        }
     }
 
     #[test]
     fn geneval_cases_by_hand() {
         // Same row, 10 px apart, 7 px boxes: revised dx = 10 - 1.4 = 8.6, norm 10 → 0.86.
-        assert_eq!(relative_position(&bx(0, 0, 7, 7), &bx(10, 0, 7, 7)), vec![Rel::LeftOf]);
-        assert_eq!(relative_position(&bx(10, 0, 7, 7), &bx(0, 0, 7, 7)), vec![Rel::RightOf]);
+        assert_eq!(
+            relative_position(&bx(0, 0, 7, 7), &bx(10, 0, 7, 7)),
+            vec![Rel::LeftOf]
+        );
+        assert_eq!(
+            relative_position(&bx(10, 0, 7, 7), &bx(0, 0, 7, 7)),
+            vec![Rel::RightOf]
+        );
         // Exact diagonal: (8.6, 8.6) / 14.14 = 0.61 on both axes → two relations.
         assert_eq!(
             relative_position(&bx(0, 0, 7, 7), &bx(10, 10, 7, 7)),
             vec![Rel::LeftOf, Rel::Above]
         );
         // Offset (8, 16): dx = 6.6 / 17.9 = 0.37 (no), dy = 14.6 / 17.9 = 0.82 (below).
-        assert_eq!(relative_position(&bx(8, 16, 7, 7), &bx(0, 0, 7, 7)), vec![Rel::Below]);
+        assert_eq!(
+            relative_position(&bx(8, 16, 7, 7), &bx(0, 0, 7, 7)),
+            vec![Rel::Below]
+        );
         // Overlapping centres closer than the threshold: nothing.
         assert!(relative_position(&bx(0, 0, 7, 7), &bx(1, 1, 7, 7)).is_empty());
         // Identical boxes: nothing (and no division by zero).

@@ -43,7 +43,9 @@ pub enum WorldError {
         items: usize,
     },
     /// Two items with the same colour and shape.
-    #[error("unsatisfiable scene graph: items[{first}] and items[{second}] are both a {object}; no two items of a scene may share colour and shape")]
+    #[error(
+        "unsatisfiable scene graph: items[{first}] and items[{second}] are both a {object}; no two items of a scene may share colour and shape"
+    )]
     DuplicateObject {
         /// Index of the first.
         first: usize,
@@ -53,7 +55,9 @@ pub enum WorldError {
         object: Object,
     },
     /// A relation from an item to itself.
-    #[error("unsatisfiable scene graph: relations[{relation}] asks the {object} to be {rel} itself")]
+    #[error(
+        "unsatisfiable scene graph: relations[{relation}] asks the {object} to be {rel} itself"
+    )]
     SelfRelation {
         /// Index of the relation.
         relation: usize,
@@ -71,7 +75,9 @@ pub enum WorldError {
         objects: Vec<String>,
     },
     /// No grid placement satisfies all relations.
-    #[error("unsatisfiable scene graph: no placement of its {items} items on the 4x4 grid satisfies every relation")]
+    #[error(
+        "unsatisfiable scene graph: no placement of its {items} items on the 4x4 grid satisfies every relation"
+    )]
     NoPlacement {
         /// How many items.
         items: usize,

@@ -37,7 +37,10 @@ pub struct OracleConfig {
 
 impl Default for OracleConfig {
     fn default() -> Self {
-        OracleConfig { max_colour_distance: 90.0, min_area_fraction: 0.2 }
+        OracleConfig {
+            max_colour_distance: 90.0,
+            min_area_fraction: 0.2,
+        }
     }
 }
 
@@ -62,14 +65,22 @@ pub fn detect(image: &Image) -> Vec<Detection> {
 /// Finds the objects of an image, top-to-bottom, left-to-right.
 pub fn detect_with(image: &Image, cfg: &OracleConfig) -> Vec<Detection> {
     let (w, h) = (image.width() as usize, image.height() as usize);
-    let blends: Vec<Option<(Colour, f64)>> = image.pixels().chunks_exact(3).map(|p| classify(p, cfg)).collect();
+    let blends: Vec<Option<(Colour, f64)>> = image
+        .pixels()
+        .chunks_exact(3)
+        .map(|p| classify(p, cfg))
+        .collect();
     let side = image.width().min(image.height());
     let object_side = if side >= MIN_CANVAS {
-        Canvas::new(side).map(|c| c.object_size()).unwrap_or(side / 5)
+        Canvas::new(side)
+            .map(|c| c.object_size())
+            .unwrap_or(side / 5)
     } else {
         (side / 5).max(1)
     };
-    let min_area = ((object_side * object_side) as f64 * cfg.min_area_fraction).ceil().max(2.0) as usize;
+    let min_area = ((object_side * object_side) as f64 * cfg.min_area_fraction)
+        .ceil()
+        .max(2.0) as usize;
 
     let neighbours = |p: usize| {
         let (x, y) = ((p % w) as isize, (p / w) as isize);
@@ -87,7 +98,9 @@ pub fn detect_with(image: &Image, cfg: &OracleConfig) -> Vec<Detection> {
     //    of one colour are only part colour, so the objects stay apart.
     let mut owner: Vec<Option<usize>> = vec![None; w * h];
     let mut components: Vec<(Colour, Vec<usize>)> = Vec::new();
-    let flood = |seeds: &dyn Fn(usize) -> bool, owner: &mut Vec<Option<usize>>, components: &mut Vec<(Colour, Vec<usize>)>| {
+    let flood = |seeds: &dyn Fn(usize) -> bool,
+                 owner: &mut Vec<Option<usize>>,
+                 components: &mut Vec<(Colour, Vec<usize>)>| {
         for start in 0..w * h {
             if owner[start].is_some() || !seeds(start) {
                 continue;
@@ -118,7 +131,9 @@ pub fn detect_with(image: &Image, cfg: &OracleConfig) -> Vec<Detection> {
         if owner[p].is_some() {
             continue;
         }
-        if let Some(id) = neighbours(p).find_map(|q| owner[q].filter(|&id| components[id].0 == colour)) {
+        if let Some(id) =
+            neighbours(p).find_map(|q| owner[q].filter(|&id| components[id].0 == colour))
+        {
             joins.push((p, id));
         }
     }
@@ -153,7 +168,8 @@ pub fn graph_of(found: &[Detection]) -> SceneGraph {
     for (i, d) in found.iter().enumerate() {
         let mut item = d.object.item(i as u64);
         let b = d.bbox;
-        item.extra.insert("bbox".into(), serde_json::json!([b.x0, b.y0, b.x1, b.y1]));
+        item.extra
+            .insert("bbox".into(), serde_json::json!([b.x0, b.y0, b.x1, b.y1]));
         g.items.push(item);
     }
     for (i, a) in found.iter().enumerate() {
@@ -223,7 +239,10 @@ fn classify(p: &[u8], cfg: &OracleConfig) -> Option<(Colour, f64)> {
             continue;
         }
         let a = a.min(1.0);
-        let residual = (0..3).map(|k| (v[k] - a * d[k]).powi(2)).sum::<f64>().sqrt();
+        let residual = (0..3)
+            .map(|k| (v[k] - a * d[k]).powi(2))
+            .sum::<f64>()
+            .sqrt();
         if residual <= cfg.max_colour_distance && best.is_none_or(|(_, _, r)| residual < r) {
             best = Some((c, a, residual));
         }
@@ -242,13 +261,22 @@ fn classify(p: &[u8], cfg: &OracleConfig) -> Option<(Colour, f64)> {
 fn classify_shape(pixels: &[usize], w: usize, blends: &[Option<(Colour, f64)>]) -> Shape {
     let pts: Vec<(f64, f64, f64)> = pixels
         .iter()
-        .map(|&p| ((p % w) as f64, (p / w) as f64, blends[p].map_or(0.0, |(_, a)| a)))
+        .map(|&p| {
+            (
+                (p % w) as f64,
+                (p / w) as f64,
+                blends[p].map_or(0.0, |(_, a)| a),
+            )
+        })
         .collect();
     let mass: f64 = pts.iter().map(|p| p.2).sum();
     let mx = pts.iter().map(|p| p.0 * p.2).sum::<f64>() / mass;
     let my = pts.iter().map(|p| p.1 * p.2).sum::<f64>() / mass;
     let moment = |f: &dyn Fn(f64, f64) -> f64, k: i32| -> f64 {
-        pts.iter().map(|&(x, y, a)| f(x - mx, y - my).powi(k) * a).sum::<f64>() / mass
+        pts.iter()
+            .map(|&(x, y, a)| f(x - mx, y - my).powi(k) * a)
+            .sum::<f64>()
+            / mass
     };
     let kurtosis = |f: &dyn Fn(f64, f64) -> f64| moment(f, 4) / moment(f, 2).powi(2).max(1e-12);
     let var_y = moment(&|_, y| y, 2).max(1e-12);
@@ -283,7 +311,12 @@ fn template_iou(shape: Shape, mask: &[bool], w: usize, h: usize) -> f64 {
     inter as f64 / union.max(1) as f64
 }
 
-fn describe(component: &[usize], w: usize, colour: Colour, blends: &[Option<(Colour, f64)>]) -> Detection {
+fn describe(
+    component: &[usize],
+    w: usize,
+    colour: Colour,
+    blends: &[Option<(Colour, f64)>],
+) -> Detection {
     let xs = component.iter().map(|p| (p % w) as u32);
     let ys = component.iter().map(|p| (p / w) as u32);
     let bbox = BBox {
@@ -299,5 +332,10 @@ fn describe(component: &[usize], w: usize, colour: Colour, blends: &[Option<(Col
     }
     let shape = classify_shape(component, w, blends);
     let shape_iou = template_iou(shape, &mask, bw, bh);
-    Detection { object: Object { colour, shape }, bbox, area: component.len() as u32, shape_iou }
+    Detection {
+        object: Object { colour, shape },
+        bbox,
+        area: component.len() as u32,
+        shape_iou,
+    }
 }

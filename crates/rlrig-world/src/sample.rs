@@ -49,23 +49,39 @@ pub fn sample(canvas: &Canvas, seed: u64, index: u64) -> Sample {
     let n_items = rng.random_range(2..=4);
     let mut all: Vec<Object> = Colour::ALL
         .iter()
-        .flat_map(|&colour| Shape::ALL.iter().map(move |&shape| Object { colour, shape }))
+        .flat_map(|&colour| {
+            Shape::ALL
+                .iter()
+                .map(move |&shape| Object { colour, shape })
+        })
         .collect();
     all.shuffle(&mut rng);
     let objects: Vec<Object> = all[..n_items].to_vec();
 
-    let mut cells: Vec<(u32, u32)> = (0..GRID).flat_map(|r| (0..GRID).map(move |c| (c, r))).collect();
+    let mut cells: Vec<(u32, u32)> = (0..GRID)
+        .flat_map(|r| (0..GRID).map(move |c| (c, r)))
+        .collect();
     cells.shuffle(&mut rng);
-    let placed: Vec<Placed> =
-        objects.iter().zip(&cells).map(|(&o, &(c, r))| canvas.place_at(o, c, r)).collect();
+    let placed: Vec<Placed> = objects
+        .iter()
+        .zip(&cells)
+        .map(|(&o, &(c, r))| canvas.place_at(o, c, r))
+        .collect();
 
     // Candidate relations, one list per unordered pair: every relation that holds, either way.
     let mut pairs = Vec::new();
     for a in 0..n_items {
         for b in a + 1..n_items {
             let mut options: Vec<(usize, _, usize)> =
-                relative_position(&placed[a].bbox, &placed[b].bbox).into_iter().map(|r| (a, r, b)).collect();
-            options.extend(relative_position(&placed[b].bbox, &placed[a].bbox).into_iter().map(|r| (b, r, a)));
+                relative_position(&placed[a].bbox, &placed[b].bbox)
+                    .into_iter()
+                    .map(|r| (a, r, b))
+                    .collect();
+            options.extend(
+                relative_position(&placed[b].bbox, &placed[a].bbox)
+                    .into_iter()
+                    .map(|r| (b, r, a)),
+            );
             if !options.is_empty() {
                 pairs.push(options);
             }
@@ -82,5 +98,10 @@ pub fn sample(canvas: &Canvas, seed: u64, index: u64) -> Sample {
     let mut graph = world.to_scene_graph();
     graph.img_id = Some(format!("{seed}-{index}"));
     graph.name = Some(sample_name(index));
-    Sample { image: canvas.draw(&placed), graph, world, placed }
+    Sample {
+        image: canvas.draw(&placed),
+        graph,
+        world,
+        placed,
+    }
 }

@@ -226,7 +226,10 @@ impl WorldGraph {
         for (i, r) in g.relations.iter().enumerate() {
             let rel = Rel::from_word(&r.relation);
             if rel.is_none() {
-                problems.push(format!("relations[{i}].relation {:?} is not a relation", r.relation));
+                problems.push(format!(
+                    "relations[{i}].relation {:?} is not a relation",
+                    r.relation
+                ));
             }
             let a = g.items.iter().position(|it| it.item_id == r.item1);
             let b = g.items.iter().position(|it| it.item_id == r.item2);
@@ -237,13 +240,22 @@ impl WorldGraph {
                 relations.push((a, rel, b));
             }
         }
-        if problems.is_empty() { Ok(WorldGraph { objects, relations }) } else { Err(VocabError { problems }) }
+        if problems.is_empty() {
+            Ok(WorldGraph { objects, relations })
+        } else {
+            Err(VocabError { problems })
+        }
     }
 
     /// The LAION-SG record of this graph (item ids 0.., triple ids 0..).
     pub fn to_scene_graph(&self) -> SceneGraph {
         let mut g = SceneGraph {
-            items: self.objects.iter().enumerate().map(|(i, o)| o.item(i as u64)).collect(),
+            items: self
+                .objects
+                .iter()
+                .enumerate()
+                .map(|(i, o)| o.item(i as u64))
+                .collect(),
             relations: self
                 .relations
                 .iter()

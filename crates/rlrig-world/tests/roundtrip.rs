@@ -22,7 +22,11 @@ fn recovers(truth: &SceneGraph, parsed: &SceneGraph) -> bool {
 }
 
 fn explain(truth: &SceneGraph, parsed: &SceneGraph) -> String {
-    format!("prompt: {}\nparsed: {}", truth.prompt(), serde_json::to_string(parsed).unwrap())
+    format!(
+        "prompt: {}\nparsed: {}",
+        truth.prompt(),
+        serde_json::to_string(parsed).unwrap()
+    )
 }
 
 #[test]
@@ -34,7 +38,11 @@ fn sampled_scenes_round_trip_exactly_at_32_and_64() {
             assert!((2..=4).contains(&s.graph.items.len()));
             assert!((1..=4).contains(&s.graph.relations.len()));
             let parsed = parse(&s.image);
-            assert!(recovers(&s.graph, &parsed), "size {size}, scene {i}\n{}", explain(&s.graph, &parsed));
+            assert!(
+                recovers(&s.graph, &parsed),
+                "size {size}, scene {i}\n{}",
+                explain(&s.graph, &parsed)
+            );
         }
     }
 }
@@ -46,9 +54,15 @@ fn solver_redraws_sampled_graphs_so_every_relation_holds() {
         let mut rng = ChaCha8Rng::seed_from_u64(99);
         for i in 0..SCENES {
             let s = sample(&canvas, 11, i);
-            let (image, _) = canvas.render(&s.graph, &mut rng).expect("sampled graphs are satisfiable");
+            let (image, _) = canvas
+                .render(&s.graph, &mut rng)
+                .expect("sampled graphs are satisfiable");
             let parsed = parse(&image);
-            assert!(recovers(&s.graph, &parsed), "size {size}, scene {i}\n{}", explain(&s.graph, &parsed));
+            assert!(
+                recovers(&s.graph, &parsed),
+                "size {size}, scene {i}\n{}",
+                explain(&s.graph, &parsed)
+            );
         }
     }
 }
@@ -72,7 +86,8 @@ fn rate(size: u32, degrade: impl Fn(&mut Image, &mut ChaCha8Rng)) -> f64 {
 /// regression fails the test.
 #[test]
 fn noisy_images_still_parse() {
-    let cases: [(&str, u32, f64, fn(&mut Image, &mut ChaCha8Rng)); 8] = [
+    type Degrade = fn(&mut Image, &mut ChaCha8Rng);
+    let cases: [(&str, u32, f64, Degrade); 8] = [
         ("noise σ=16 + 8 specks", 32, 0.97, |im, r| {
             gaussian_noise(im, 16.0, r);
             specks(im, 8, r);
