@@ -3,7 +3,6 @@
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use rlrig_contract::Image;
@@ -63,7 +62,7 @@ pub enum WorldCommand {
 }
 
 /// Runs a `world` subcommand.
-pub fn run(cmd: WorldCommand) -> Result<ExitCode> {
+pub fn run(cmd: WorldCommand) -> Result<i32> {
     match cmd {
         WorldCommand::Sample { n, out, size, seed } => sample_cmd(n, &out, size, seed),
         WorldCommand::Render {
@@ -77,7 +76,7 @@ pub fn run(cmd: WorldCommand) -> Result<ExitCode> {
     }
 }
 
-fn sample_cmd(n: u64, out: &Path, size: u32, seed: u64) -> Result<ExitCode> {
+fn sample_cmd(n: u64, out: &Path, size: u32, seed: u64) -> Result<i32> {
     let canvas = Canvas::new(size)?;
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut records = Vec::with_capacity(n as usize);
@@ -91,10 +90,10 @@ fn sample_cmd(n: u64, out: &Path, size: u32, seed: u64) -> Result<ExitCode> {
         "wrote {n} scenes ({size}x{size}, seed {seed}) to {}",
         out.display()
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(0)
 }
 
-fn render_cmd(records: &Path, out: &Path, size: u32, seed: u64) -> Result<ExitCode> {
+fn render_cmd(records: &Path, out: &Path, size: u32, seed: u64) -> Result<i32> {
     let canvas = Canvas::new(size)?;
     let graphs = rlrig_sg::read_records(records)?;
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
@@ -120,14 +119,10 @@ fn render_cmd(records: &Path, out: &Path, size: u32, seed: u64) -> Result<ExitCo
         graphs.len(),
         out.display()
     );
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if failed == 0 { 0 } else { 1 })
 }
 
-fn parse_cmd(images: &[PathBuf]) -> Result<ExitCode> {
+fn parse_cmd(images: &[PathBuf]) -> Result<i32> {
     let stdout = io::stdout();
     let mut out = stdout.lock();
     let mut failed = false;
@@ -145,14 +140,10 @@ fn parse_cmd(images: &[PathBuf]) -> Result<ExitCode> {
             }
         }
     }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if failed { 1 } else { 0 })
 }
 
-fn judge_cmd(records: &Path, images: &Path) -> Result<ExitCode> {
+fn judge_cmd(records: &Path, images: &Path) -> Result<i32> {
     let graphs = rlrig_sg::read_records(records)?;
     // Refuse the whole file before reading any image when a prompt is outside the vocabulary.
     for (i, g) in graphs.iter().enumerate() {
@@ -186,7 +177,7 @@ fn judge_cmd(records: &Path, images: &Path) -> Result<ExitCode> {
     let mean = MeanScores::from_images(per_image);
     serde_json::to_writer(&mut out, &serde_json::json!({ "mean": mean }))?;
     writeln!(out)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(0)
 }
 
 fn plain_file_name(name: &str) -> Result<&str> {

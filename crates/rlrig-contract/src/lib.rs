@@ -21,10 +21,12 @@ pub use rlrig_sg as sg;
 pub use rlrig_sg::SceneGraph;
 
 mod image;
+mod trajectory;
 pub use image::{Image, ImageError, PngError};
+pub use trajectory::{Outcome, Step, StepOutput, Trajectory};
 
 /// The roles of the reflect-edit cycle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Text → image.
@@ -37,6 +39,25 @@ pub enum Role {
     Editor,
     /// The GRPO learner.
     Trainer,
+}
+
+impl Role {
+    /// The role's name in flow files and protocols: `diffuser`, `checker`, `policy`, …
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Diffuser => "diffuser",
+            Role::Checker => "checker",
+            Role::Policy => "policy",
+            Role::Editor => "editor",
+            Role::Trainer => "trainer",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Asks a [`Diffuser`] for an image of `prompt`.

@@ -7,16 +7,19 @@
 //! [`Canvas::render`] draws any satisfiable graph so that every relation holds by GenEval's rule
 //! ([`geometry`]); [`oracle`] recovers the scene graph of any image of the world, the exact
 //! judge for evaluation (never a training reward); [`corrupt`] degrades images the way
-//! generators do.
+//! generators do; [`edit`] is the edit-prompt language of the Policy and Editor roles and applies
+//! edits to drawn scenes.
 
 pub mod canvas;
 pub mod corrupt;
+pub mod edit;
 pub mod geometry;
 pub mod oracle;
 pub mod sample;
 pub mod vocab;
 
 pub use canvas::{Canvas, Placed};
+pub use edit::Edit;
 pub use oracle::{Detection, Judgement, detect, judge, parse};
 pub use sample::{Sample, sample, sample_name};
 pub use vocab::{Colour, Object, Rel, Shape, VocabError, WorldGraph};

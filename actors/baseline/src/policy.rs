@@ -1,0 +1,146 @@
+//! [`RulePolicy`]: the paper's *Actor* role as three fixed rules.
+
+use rlrig_contract::{
+    EditPolicy, EditProposal, ItemVerdict, ProposeRequest, RelationVerdict, RoleError,
+};
+use rlrig_world::{Edit, Rel, WorldGraph};
+use serde::{Deserialize, Serialize};
+
+use crate::ConfigError;
+
+/// Config of [`RulePolicy`].
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulePolicyConfig {
+    /// Whether an `add` edit places the new object relative to a present item, using a prompt
+    /// relation that links the two (`add a red circle to the left of the blue square`); if
+    /// false, or no such relation exists, it is a bare `add a red circle`. Default true.
+    pub place_added: bool,
+}
+
+impl Default for RulePolicyConfig {
+    fn default() -> Self {
+        RulePolicyConfig { place_added: true }
+    }
+}
+
+/// A baseline EditPolicy (the paper's *Actor*) and test instrument, not a learned policy: it
+/// writes an edit prompt in the edit-prompt language ([`rlrig_world::edit`]) from the prompt
+/// and the Checker's verdicts alone, by three rules, first match wins:
+///
+/// 1. the first **missing** item → `add a <item>`, placed by the first prompt relation that
+///    links it to a present item (`add a <item> <where> the <present item>`; the relation is
+///    turned round when the missing item is its object), else without a placement;
+/// 2. the first **violated** relation → `move the <subject> <where> the <object>`;
+/// 3. nothing wrong → re-assert the first relation as a move, which the edit semantics make a
+///    no-op (a moved object stays put when the relation already holds); a prompt without
+///    relations gets `recolour the <first item> to <its own colour>`, also a no-op.
+///
+/// It ignores the image, the reflection text and the seed. Its proposals carry no tokens
+/// (`token_ids` and `logprobs` empty) and policy version 0. A prompt outside the world's
+/// vocabulary, one with no items, or a report whose verdicts do not match the prompt fails the
+/// batch.
+#[derive(Clone, Debug)]
+pub struct RulePolicy {
+    config: RulePolicyConfig,
+}
+
+impl RulePolicy {
+    /// A rule policy with this config. Every config is valid today; the `Result` keeps the
+    /// baselines' constructors alike.
+    pub fn new(config: RulePolicyConfig) -> Result<Self, ConfigError> {
+        Ok(RulePolicy { config })
+    }
+
+    /// The config it runs with.
+    pub fn config(&self) -> &RulePolicyConfig {
+        &self.config
+    }
+
+    /// The edit for one request, by the rules above.
+    fn decide(&self, request: &ProposeRequest) -> Result<Edit, String> {
+        let graph = WorldGraph::from_scene_graph(&request.prompt).map_err(|e| e.to_string())?;
+        let report = &request.report;
+        if report.items.len() != graph.objects.len()
+            || report.relations.len() != graph.relations.len()
+        {
+            return Err(format!(
+                "the report has {} item and {} relation verdicts, the prompt {} items and {} relations",
+                report.items.len(),
+                report.relations.len(),
+                graph.objects.len(),
+                graph.relations.len()
+            ));
+        }
+        let Some(&first) = graph.objects.first() else {
+            return Err("the prompt has no items: there is nothing to edit".into());
+        };
+        let present = |i: usize| report.items[i] == ItemVerdict::Present;
+        let distinct = |a: usize, b: usize| graph.objects[a] != graph.objects[b];
+
+        if let Some(m) = (0..graph.objects.len()).find(|&i| !present(i)) {
+            let placement = self
+                .config
+                .place_added
+                .then(|| {
+                    graph.relations.iter().find_map(|&(a, rel, b)| {
+                        if a == m && present(b) && distinct(a, b) {
+                            Some((rel, graph.objects[b]))
+                        } else if b == m && present(a) && distinct(a, b) {
+                            Some((rel.inverse(), graph.objects[a]))
+                        } else {
+                            None
+                        }
+                    })
+                })
+                .flatten();
+            return Ok(Edit::Add {
+                object: graph.objects[m],
+                placement,
+            });
+        }
+        let movable = |r: &&(usize, Rel, usize)| distinct(r.0, r.2);
+        let violated = graph
+            .relations
+            .iter()
+            .zip(&report.relations)
+            .filter(|(_, v)| **v == RelationVerdict::Violated)
+            .map(|(r, _)| r)
+            .find(movable);
+        let chosen = violated.or_else(|| graph.relations.iter().find(movable));
+        Ok(match chosen {
+            Some(&(a, rel, b)) => Edit::Move {
+                object: graph.objects[a],
+                rel,
+                anchor: graph.objects[b],
+            },
+            None => Edit::Recolour {
+                object: first,
+                colour: first.colour,
+            },
+        })
+    }
+}
+
+impl EditPolicy for RulePolicy {
+    fn propose(&mut self, batch: &[ProposeRequest]) -> Result<Vec<EditProposal>, RoleError> {
+        batch
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let edit = self.decide(r).map_err(|e| {
+                    RoleError(format!(
+                        "RulePolicy: request {i} (prompt {:?}): {e}",
+                        r.prompt.prompt()
+                    ))
+                })?;
+                Ok(EditProposal {
+                    edit_prompt: edit.to_string(),
+                    token_ids: Vec::new(),
+                    logprobs: Vec::new(),
+                    policy_version: 0,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,112 @@
+//! The external-process role kind: any rlrig role written in any language.
+//!
+//! An [`ExternalActor`] starts a child process and talks to it over its stdin and stdout in
+//! protocol `rlrig-actor/1`, one JSON object per line (specified in
+//! `docs/external-protocol.md`; the Rust forms of its lines are in [`wire`]). The process says
+//! hello with its role, then answers one reply line per batch. The actor implements all four
+//! role traits of [`rlrig_contract`] ([`Diffuser`](rlrig_contract::Diffuser),
+//! [`Checker`](rlrig_contract::Checker), [`EditPolicy`](rlrig_contract::EditPolicy),
+//! [`Editor`](rlrig_contract::Editor)); only the one its process declared works.
+//!
+//! Every failure names the actor and its command. A process that crashes, hangs past its
+//! timeout or breaks the protocol is killed and the actor stays dead: later calls fail at once,
+//! and the engine replaces it by spawning a new one. The child's stderr is forwarded line by
+//! line to the `tracing` target `rlrig_external::stderr` (level WARN).
+//!
+//! `examples/external_checker.py` at the repository root is a Checker written in Python with
+//! the standard library only.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+mod actor;
+mod error;
+pub mod wire;
+
+pub use actor::ExternalActor;
+pub use error::{ExternalError, ExternalErrorKind};
+
+/// How to start and supervise an external process; flows give it as a role's settings.
+///
+/// In JSON or TOML only `command` is required:
+/// `{"command": ["python3", "examples/external_checker.py"], "timeout_ms": 5000}`.
+/// Unknown keys are an error.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalConfig {
+    /// The program and its arguments, e.g. `["python3", "checker.py"]`. The program is looked
+    /// up on the `PATH` unless it contains a `/`.
+    pub command: Vec<String>,
+    /// How long the process may take to answer one batch, in milliseconds (default 30 000).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// How long the process may take to say hello after it starts, in milliseconds
+    /// (default 60 000, room for loading a model).
+    #[serde(default = "default_startup_timeout_ms")]
+    pub startup_timeout_ms: u64,
+    /// Working directory of the process; rlrig's own when absent.
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+    /// Variables added to the environment the process inherits from rlrig.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+fn default_timeout_ms() -> u64 {
+    ExternalConfig::DEFAULT_TIMEOUT_MS
+}
+
+fn default_startup_timeout_ms() -> u64 {
+    ExternalConfig::DEFAULT_STARTUP_TIMEOUT_MS
+}
+
+impl ExternalConfig {
+    /// The default of [`ExternalConfig::timeout_ms`].
+    pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+    /// The default of [`ExternalConfig::startup_timeout_ms`].
+    pub const DEFAULT_STARTUP_TIMEOUT_MS: u64 = 60_000;
+
+    /// A config that runs `command` with every other setting at its default.
+    pub fn new<S: Into<String>>(command: impl IntoIterator<Item = S>) -> ExternalConfig {
+        ExternalConfig {
+            command: command.into_iter().map(Into::into).collect(),
+            timeout_ms: Self::DEFAULT_TIMEOUT_MS,
+            startup_timeout_ms: Self::DEFAULT_STARTUP_TIMEOUT_MS,
+            cwd: None,
+            env: BTreeMap::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_and_unknown_keys() {
+        let c: ExternalConfig =
+            serde_json::from_str(r#"{"command": ["python3", "x.py"]}"#).unwrap();
+        assert_eq!(c, ExternalConfig::new(["python3", "x.py"]));
+        assert_eq!(c.timeout_ms, 30_000);
+
+        let c: ExternalConfig = serde_json::from_str(
+            r#"{"command": ["a"], "timeout_ms": 5, "startup_timeout_ms": 7, "cwd": "/tmp",
+                "env": {"K": "V"}}"#,
+        )
+        .unwrap();
+        assert_eq!((c.timeout_ms, c.startup_timeout_ms), (5, 7));
+        assert_eq!(c.cwd, Some(PathBuf::from("/tmp")));
+        assert_eq!(c.env["K"], "V");
+
+        let e = serde_json::from_str::<ExternalConfig>(r#"{"command": ["a"], "timeout": 5}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `timeout`"), "{e}");
+        let e = serde_json::from_str::<ExternalConfig>(r#"{"timeout_ms": 5}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing field `command`"), "{e}");
+    }
+}

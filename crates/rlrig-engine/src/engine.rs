@@ -1,0 +1,459 @@
+//! The engine: starts every actor of a flow, drives trajectories through the cycle with a
+//! bounded number in flight, and stops cleanly.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ractor::{Actor, ActorRef};
+use rlrig_contract::{
+    CheckReport, CheckRequest, EditRequest, GenerateRequest, Image, Outcome, ProposeRequest, Role,
+    SceneGraph, Step, StepOutput, Trajectory,
+};
+use rlrig_flow::{Answer as AnswerRule, Flow, FlowError, LoadedFlow};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+
+use crate::model::{Request, Response};
+use crate::registry::Registry;
+use crate::router::{Router, RouterArgs, RouterMsg};
+
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The flow names kinds or settings the registry rejects.
+    #[error("{0}")]
+    Flow(#[from] FlowError),
+    /// An actor could not be started.
+    #[error("{0}")]
+    Start(String),
+}
+
+/// What the run asks of in-flight work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopSignal {
+    /// Keep going.
+    Run,
+    /// Take no new prompts; finish the trajectories in flight.
+    Drain,
+    /// Take no new prompts; cancel the trajectories in flight (recorded as failed).
+    Cancel,
+}
+
+/// Counters of a running engine.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Trajectories in flight now.
+    pub in_flight: AtomicUsize,
+    /// The most trajectories in flight at once.
+    pub in_flight_max: AtomicUsize,
+    /// Trajectories completed.
+    pub done: AtomicUsize,
+    /// Trajectories recorded as failed.
+    pub failed: AtomicUsize,
+    /// Replica restarts after failures.
+    pub restarts: Arc<AtomicUsize>,
+    /// Per actor: the most requests outstanding at once.
+    pub outstanding_max: BTreeMap<String, Arc<AtomicUsize>>,
+}
+
+/// How a call to [`Engine::run`] went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Prompts started.
+    pub started: usize,
+    /// Trajectories completed.
+    pub done: usize,
+    /// Trajectories recorded as failed.
+    pub failed: usize,
+    /// Whether every prompt offered was started (false after a stop signal).
+    pub all_started: bool,
+}
+
+/// A running flow: one router actor per flow actor, each supervising its replicas.
+pub struct Engine {
+    flow: Flow,
+    routers: BTreeMap<String, ActorRef<RouterMsg>>,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+    stats: Arc<EngineStats>,
+}
+
+impl Engine {
+    /// Checks the flow against the registry, then starts every actor used by the cycle (all
+    /// replicas, models built). Nothing runs if any actor fails to start.
+    pub async fn start(loaded: &LoadedFlow, registry: &Registry) -> Result<Engine, EngineError> {
+        registry.check_flow(loaded)?;
+        let flow = loaded.flow.clone();
+        let used: std::collections::BTreeSet<String> = flow
+            .cycle
+            .start
+            .iter()
+            .chain(&flow.cycle.round)
+            .cloned()
+            .collect();
+        let restarts = Arc::new(AtomicUsize::new(0));
+        let mut outstanding_max = BTreeMap::new();
+        let mut routers = BTreeMap::new();
+        let mut handles = Vec::new();
+        for name in &used {
+            let spec = &flow.actors[name];
+            let contexts = (0..spec.replicas)
+                .map(|r| Registry::context(loaded, name, spec, r))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(FlowError::from)?;
+            let build = registry.builder(&spec.kind).expect("checked by check_flow");
+            let max = Arc::new(AtomicUsize::new(0));
+            outstanding_max.insert(name.clone(), max.clone());
+            let args = RouterArgs {
+                contexts,
+                build,
+                batch: spec.batch,
+                max_wait: Duration::from_millis(spec.max_wait_ms),
+                max_attempts: flow.engine.max_attempts,
+                outstanding_max: max,
+                restarts: restarts.clone(),
+            };
+            match Actor::spawn(None, Router, args).await {
+                Ok((r, h)) => {
+                    routers.insert(name.clone(), r);
+                    handles.push(h);
+                }
+                Err(e) => {
+                    let engine = Engine {
+                        flow: flow.clone(),
+                        routers,
+                        handles,
+                        stats: Arc::default(),
+                    };
+                    engine.shutdown().await;
+                    let msg = match e {
+                        ractor::SpawnErr::StartupFailed(inner) => inner.to_string(),
+                        other => other.to_string(),
+                    };
+                    return Err(EngineError::Start(format!(
+                        "{}: {msg}",
+                        loaded
+                            .problem_at(&format!("actors.{name}"), "could not start")
+                            .location
+                    )));
+                }
+            }
+        }
+        let stats = Arc::new(EngineStats {
+            restarts,
+            outstanding_max,
+            ..Default::default()
+        });
+        Ok(Engine {
+            flow,
+            routers,
+            handles,
+            stats,
+        })
+    }
+
+    /// The engine's counters.
+    pub fn stats(&self) -> Arc<EngineStats> {
+        self.stats.clone()
+    }
+
+    /// Runs every prompt through the cycle, at most `engine.max_in_flight` at a time, sending
+    /// each finished trajectory (done or failed — never dropped) to `sink`. A full sink holds
+    /// the trajectory's credit, so a slow consumer slows the run instead of growing memory.
+    pub async fn run(
+        &self,
+        prompts: impl IntoIterator<Item = (u64, SceneGraph)>,
+        sink: mpsc::Sender<Trajectory>,
+        mut stop: watch::Receiver<StopSignal>,
+    ) -> RunSummary {
+        let credits = Arc::new(Semaphore::new(self.flow.engine.max_in_flight));
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut started = 0;
+        let mut all_started = true;
+        for (id, prompt) in prompts {
+            let permit = tokio::select! {
+                p = credits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+                _ = stop.wait_for(|s| *s != StopSignal::Run) => { all_started = false; break; }
+            };
+            if *stop.borrow() != StopSignal::Run {
+                all_started = false;
+                break;
+            }
+            started += 1;
+            let driver = Driver {
+                flow: self.flow.clone(),
+                routers: self.routers.clone(),
+            };
+            let (sink, stats, mut stop) = (sink.clone(), self.stats.clone(), stop.clone());
+            let n = stats.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            stats.in_flight_max.fetch_max(n, Ordering::SeqCst);
+            tasks.spawn(async move {
+                let t = tokio::select! {
+                    t = driver.trajectory(id, prompt.clone()) => t,
+                    _ = stop.wait_for(|s| *s == StopSignal::Cancel) => cancelled(id, prompt),
+                };
+                match t.outcome {
+                    Outcome::Done { .. } => stats.done.fetch_add(1, Ordering::SeqCst),
+                    Outcome::Failed { .. } => stats.failed.fetch_add(1, Ordering::SeqCst),
+                };
+                if sink.send(t).await.is_err() {
+                    tracing::error!(
+                        trajectory = id,
+                        "the trajectory sink closed; trajectory not recorded"
+                    );
+                }
+                stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+                drop(permit);
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        RunSummary {
+            started,
+            done: self.stats.done.load(Ordering::SeqCst),
+            failed: self.stats.failed.load(Ordering::SeqCst),
+            all_started,
+        }
+    }
+
+    /// Stops every actor and waits for them.
+    pub async fn shutdown(self) {
+        for r in self.routers.values() {
+            r.stop(None);
+        }
+        for h in self.handles {
+            let _ = h.await;
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn cancelled(id: u64, prompt: SceneGraph) -> Trajectory {
+    Trajectory {
+        id,
+        prompt,
+        seed: 0,
+        steps: Vec::new(),
+        outcome: Outcome::Failed {
+            error: "cancelled by the user".into(),
+        },
+        started_unix_ms: now_ms(),
+        elapsed_ms: 0,
+    }
+}
+
+/// SplitMix64: well-spread seeds from consecutive numbers.
+pub fn mix_seed(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Drives one trajectory through the cycle.
+struct Driver {
+    flow: Flow,
+    routers: BTreeMap<String, ActorRef<RouterMsg>>,
+}
+
+/// The state of a trajectory between steps.
+struct Progress {
+    image: Option<Image>,
+    reports: Vec<CheckReport>,
+    edit: Option<String>,
+}
+
+impl Driver {
+    async fn trajectory(&self, id: u64, prompt: SceneGraph) -> Trajectory {
+        let started = Instant::now();
+        let started_unix_ms = now_ms();
+        let seed = mix_seed(self.flow.engine.seed ^ mix_seed(id));
+        let mut steps = Vec::new();
+        let mut p = Progress {
+            image: None,
+            reports: Vec::new(),
+            edit: None,
+        };
+        let cycle = &self.flow.cycle;
+        let mut result = self
+            .run_steps(&cycle.start, 0, &prompt, seed, &mut p, &mut steps)
+            .await;
+        let mut round = 1;
+        while result.is_ok() && round <= cycle.max_rounds && !self.satisfied(&p) {
+            result = self
+                .run_steps(&cycle.round, round, &prompt, seed, &mut p, &mut steps)
+                .await;
+            round += 1;
+        }
+        let outcome = match result {
+            Err(error) => Outcome::Failed { error },
+            Ok(()) => answer(&steps, cycle.answer),
+        };
+        Trajectory {
+            id,
+            prompt,
+            seed,
+            steps,
+            outcome,
+            started_unix_ms,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        }
+    }
+
+    fn satisfied(&self, p: &Progress) -> bool {
+        match (self.flow.cycle.stop_score, combine(&p.reports)) {
+            (Some(t), Some(r)) => r.score >= t,
+            _ => false,
+        }
+    }
+
+    async fn run_steps(
+        &self,
+        names: &[String],
+        round: u32,
+        prompt: &SceneGraph,
+        seed: u64,
+        p: &mut Progress,
+        steps: &mut Vec<Step>,
+    ) -> Result<(), String> {
+        for name in names {
+            let role = self.flow.actors[name].role;
+            let step_seed = mix_seed(seed.wrapping_add(steps.len() as u64));
+            let missing = |what: &str| format!("actor {name:?} ({role}) has no {what} to work on");
+            let request = match role {
+                Role::Diffuser => Request::Generate(GenerateRequest {
+                    prompt: prompt.clone(),
+                    seed: step_seed,
+                }),
+                Role::Checker => Request::Check(CheckRequest {
+                    prompt: prompt.clone(),
+                    image: p.image.clone().ok_or_else(|| missing("image"))?,
+                }),
+                Role::Policy => Request::Propose(ProposeRequest {
+                    prompt: prompt.clone(),
+                    image: p.image.clone().ok_or_else(|| missing("image"))?,
+                    report: combine(&p.reports).ok_or_else(|| missing("checker report"))?,
+                    seed: step_seed,
+                }),
+                Role::Editor => Request::Edit(EditRequest {
+                    image: p.image.clone().ok_or_else(|| missing("image"))?,
+                    edit_prompt: p.edit.clone().ok_or_else(|| missing("edit prompt"))?,
+                    seed: step_seed,
+                }),
+                Role::Trainer => {
+                    return Err(format!("actor {name:?} is a trainer, not a cycle step"));
+                }
+            };
+            let t0 = Instant::now();
+            let (response, attempts) = self.call(name, request).await?;
+            let output = match (role, response) {
+                (Role::Diffuser | Role::Editor, Response::Image(img)) => {
+                    p.image = Some(img.clone());
+                    p.reports.clear();
+                    p.edit = None;
+                    StepOutput::Image(img)
+                }
+                (Role::Checker, Response::Report(r)) => {
+                    p.reports.push(r.clone());
+                    StepOutput::Report(r)
+                }
+                (Role::Policy, Response::Proposal(e)) => {
+                    p.edit = Some(e.edit_prompt.clone());
+                    StepOutput::Edit(e)
+                }
+                (role, other) => {
+                    return Err(format!(
+                        "actor {name:?} ({role}) answered with the wrong kind: {other:?}"
+                    ));
+                }
+            };
+            steps.push(Step {
+                round,
+                actor: name.clone(),
+                role,
+                output,
+                attempts,
+                elapsed_ms: t0.elapsed().as_millis() as u64,
+            });
+        }
+        Ok(())
+    }
+
+    async fn call(&self, name: &str, request: Request) -> Result<(Response, u32), String> {
+        let router = &self.routers[name];
+        let (tx, rx) = oneshot::channel();
+        router
+            .cast(RouterMsg::Submit(request, tx))
+            .map_err(|_| format!("actor {name:?} is not running"))?;
+        match rx.await {
+            Ok(Ok(a)) => Ok((a.response, a.attempts)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(format!("actor {name:?} stopped before answering")),
+        }
+    }
+}
+
+/// Several checkers' reports on one image as one: the last one's verdicts, the mean score, the
+/// reflections joined.
+pub fn combine(reports: &[CheckReport]) -> Option<CheckReport> {
+    let last = reports.last()?;
+    if reports.len() == 1 {
+        return Some(last.clone());
+    }
+    Some(CheckReport {
+        items: last.items.clone(),
+        relations: last.relations.clone(),
+        score: reports.iter().map(|r| r.score).sum::<f64>() / reports.len() as f64,
+        reflection: reports
+            .iter()
+            .map(|r| r.reflection.as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+    })
+}
+
+/// The answer of a finished trajectory: its last image, or the image with the best combined
+/// checker score (the latest among equals).
+fn answer(steps: &[Step], rule: AnswerRule) -> Outcome {
+    let mut scored: Vec<(usize, Option<f64>)> = Vec::new();
+    let mut reports: Vec<CheckReport> = Vec::new();
+    for (i, s) in steps.iter().enumerate() {
+        match &s.output {
+            StepOutput::Image(_) => {
+                if let Some(last) = scored.last_mut() {
+                    last.1 = combine(&reports).map(|r| r.score);
+                }
+                reports.clear();
+                scored.push((i, None));
+            }
+            StepOutput::Report(r) => reports.push(r.clone()),
+            StepOutput::Edit(_) => {}
+        }
+    }
+    if let Some(last) = scored.last_mut() {
+        last.1 = combine(&reports).map(|r| r.score);
+    }
+    let pick = match rule {
+        AnswerRule::Last => scored.last().copied(),
+        AnswerRule::Best => scored
+            .iter()
+            .copied()
+            .filter(|s| s.1.is_some())
+            .max_by(|a, b| {
+                a.1.partial_cmp(&b.1)
+                    .unwrap_or(std::cmp::Ordering::Equal)
+                    .then(a.0.cmp(&b.0))
+            })
+            .or(scored.last().copied()),
+    };
+    match pick {
+        Some((answer, score)) => Outcome::Done { answer, score },
+        None => Outcome::Failed {
+            error: "the cycle produced no image".into(),
+        },
+    }
+}

@@ -1,0 +1,133 @@
+//! One object-safe interface over the four role traits, so that the engine's actors are
+//! role-agnostic.
+
+use rlrig_contract::{
+    CheckReport, CheckRequest, Checker, Diffuser, EditPolicy, EditProposal, EditRequest, Editor,
+    GenerateRequest, Image, ProposeRequest, Role, RoleError,
+};
+use serde::{Deserialize, Serialize};
+
+/// A request to any role.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Request {
+    /// To a diffuser.
+    Generate(GenerateRequest),
+    /// To a checker.
+    Check(CheckRequest),
+    /// To a policy.
+    Propose(ProposeRequest),
+    /// To an editor.
+    Edit(EditRequest),
+}
+
+/// An answer from any role.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    /// From a diffuser or editor.
+    Image(Image),
+    /// From a checker.
+    Report(CheckReport),
+    /// From a policy.
+    Proposal(EditProposal),
+}
+
+impl Request {
+    /// The role that answers it.
+    pub fn role(&self) -> Role {
+        match self {
+            Request::Generate(_) => Role::Diffuser,
+            Request::Check(_) => Role::Checker,
+            Request::Propose(_) => Role::Policy,
+            Request::Edit(_) => Role::Editor,
+        }
+    }
+}
+
+/// A role implementation behind one interface: a batch of requests in, one response each out.
+pub trait RoleModel: Send {
+    /// Answers a batch, in order.
+    fn call(&mut self, batch: Vec<Request>) -> Result<Vec<Response>, RoleError>;
+}
+
+fn wrong(expected: Role, got: &Request) -> RoleError {
+    RoleError(format!("a {expected} was sent a {} request", got.role()))
+}
+
+macro_rules! adapter {
+    ($name:ident, $tr:ident, $role:expr, $variant:ident, $method:ident, $resp:ident) => {
+        struct $name(Box<dyn $tr>);
+        impl RoleModel for $name {
+            fn call(&mut self, batch: Vec<Request>) -> Result<Vec<Response>, RoleError> {
+                let reqs = batch
+                    .into_iter()
+                    .map(|r| match r {
+                        Request::$variant(x) => Ok(x),
+                        other => Err(wrong($role, &other)),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(self
+                    .0
+                    .$method(&reqs)?
+                    .into_iter()
+                    .map(Response::$resp)
+                    .collect())
+            }
+        }
+    };
+}
+
+adapter!(
+    DiffuserModel,
+    Diffuser,
+    Role::Diffuser,
+    Generate,
+    generate,
+    Image
+);
+adapter!(CheckerModel, Checker, Role::Checker, Check, check, Report);
+adapter!(
+    PolicyModel,
+    EditPolicy,
+    Role::Policy,
+    Propose,
+    propose,
+    Proposal
+);
+adapter!(EditorModel, Editor, Role::Editor, Edit, edit, Image);
+
+/// A diffuser as a [`RoleModel`].
+pub fn diffuser_model(d: Box<dyn Diffuser>) -> Box<dyn RoleModel> {
+    Box::new(DiffuserModel(d))
+}
+
+/// A checker as a [`RoleModel`].
+pub fn checker_model(c: Box<dyn Checker>) -> Box<dyn RoleModel> {
+    Box::new(CheckerModel(c))
+}
+
+/// A policy as a [`RoleModel`].
+pub fn policy_model(p: Box<dyn EditPolicy>) -> Box<dyn RoleModel> {
+    Box::new(PolicyModel(p))
+}
+
+/// An editor as a [`RoleModel`].
+pub fn editor_model(e: Box<dyn Editor>) -> Box<dyn RoleModel> {
+    Box::new(EditorModel(e))
+}
+
+/// Something that can play every role (such as an external process) as a [`RoleModel`] for
+/// `role`. A trainer is not a model role: `None`.
+pub fn any_role_model<T>(role: Role, t: T) -> Option<Box<dyn RoleModel>>
+where
+    T: Diffuser + Checker + EditPolicy + Editor + 'static,
+{
+    Some(match role {
+        Role::Diffuser => diffuser_model(Box::new(t)),
+        Role::Checker => checker_model(Box::new(t)),
+        Role::Policy => policy_model(Box::new(t)),
+        Role::Editor => editor_model(Box::new(t)),
+        Role::Trainer => return None,
+    })
+}

@@ -1,0 +1,292 @@
+//! The registry of actor kinds: which implementation a flow's `kind` names, what settings it
+//! takes, and how to build it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rlrig_contract::{Checker, Diffuser, EditPolicy, Editor, Role};
+use rlrig_flow::{ActorSpec, FlowError, FlowProblem, LoadedFlow, did_you_mean, settings_into};
+use serde::de::DeserializeOwned;
+
+use crate::model::{RoleModel, checker_model, diffuser_model, editor_model, policy_model};
+
+/// What an actor kind is told when it is built.
+#[derive(Clone, Debug)]
+pub struct ActorContext {
+    /// The actor's name in the flow.
+    pub name: String,
+    /// The role it plays.
+    pub role: Role,
+    /// Its kind.
+    pub kind: String,
+    /// Its settings: the `config` file's table with the inline `settings` over it.
+    pub settings: serde_json::Map<String, serde_json::Value>,
+    /// Its device (`cpu`, `cuda:0`, …).
+    pub device: String,
+    /// Which replica this is (0-based).
+    pub replica: usize,
+    /// The flow file's directory, for relative paths in settings.
+    pub base_dir: PathBuf,
+}
+
+type Validate = Arc<dyn Fn(&ActorContext) -> Result<(), (String, String)> + Send + Sync>;
+/// Builds a model for an actor.
+pub(crate) type Build =
+    Arc<dyn Fn(&ActorContext) -> Result<Box<dyn RoleModel>, String> + Send + Sync>;
+
+struct Kind {
+    role: Option<Role>,
+    about: String,
+    validate: Validate,
+    build: Build,
+}
+
+/// The actor kinds a flow may name. Users add their own with the `add_*` methods and reuse
+/// rlrig's command line with them.
+#[derive(Default)]
+pub struct Registry {
+    kinds: BTreeMap<String, Kind>,
+}
+
+fn typed<C, T, F>(
+    check: impl Fn(&C) -> Result<(), String> + Send + Sync + 'static,
+    build: F,
+    wrap: fn(Box<T>) -> Box<dyn RoleModel>,
+) -> (Validate, Build)
+where
+    C: DeserializeOwned + 'static,
+    T: ?Sized + 'static,
+    F: Fn(C, &ActorContext) -> Result<Box<T>, String> + Send + Sync + 'static,
+{
+    let check = Arc::new(check);
+    let validate: Validate = {
+        let check = check.clone();
+        Arc::new(move |ctx: &ActorContext| {
+            let c: C = settings_into(&ctx.settings)?;
+            check(&c).map_err(|m| (String::new(), m))
+        })
+    };
+    let build: Build = Arc::new(move |ctx: &ActorContext| {
+        let c: C = settings_into(&ctx.settings).map_err(|(k, m)| format!("settings.{k}: {m}"))?;
+        check(&c)?;
+        build(c, ctx).map(wrap)
+    });
+    (validate, build)
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    fn insert(
+        &mut self,
+        kind: &str,
+        role: Option<Role>,
+        about: &str,
+        (validate, build): (Validate, Build),
+    ) {
+        self.kinds.insert(
+            kind.to_string(),
+            Kind {
+                role,
+                about: about.to_string(),
+                validate,
+                build,
+            },
+        );
+    }
+
+    /// Registers a diffuser kind: settings deserialise into `C`, `check` vets them (it runs at
+    /// validation, before any model starts), `build` makes the diffuser.
+    pub fn add_diffuser<C: DeserializeOwned + 'static>(
+        &mut self,
+        kind: &str,
+        about: &str,
+        check: impl Fn(&C) -> Result<(), String> + Send + Sync + 'static,
+        build: impl Fn(C, &ActorContext) -> Result<Box<dyn Diffuser>, String> + Send + Sync + 'static,
+    ) {
+        self.insert(
+            kind,
+            Some(Role::Diffuser),
+            about,
+            typed(check, build, diffuser_model),
+        );
+    }
+
+    /// Registers a checker kind (see [`Registry::add_diffuser`]).
+    pub fn add_checker<C: DeserializeOwned + 'static>(
+        &mut self,
+        kind: &str,
+        about: &str,
+        check: impl Fn(&C) -> Result<(), String> + Send + Sync + 'static,
+        build: impl Fn(C, &ActorContext) -> Result<Box<dyn Checker>, String> + Send + Sync + 'static,
+    ) {
+        self.insert(
+            kind,
+            Some(Role::Checker),
+            about,
+            typed(check, build, checker_model),
+        );
+    }
+
+    /// Registers a policy kind — the paper's *Actor* (see [`Registry::add_diffuser`]).
+    pub fn add_policy<C: DeserializeOwned + 'static>(
+        &mut self,
+        kind: &str,
+        about: &str,
+        check: impl Fn(&C) -> Result<(), String> + Send + Sync + 'static,
+        build: impl Fn(C, &ActorContext) -> Result<Box<dyn EditPolicy>, String> + Send + Sync + 'static,
+    ) {
+        self.insert(
+            kind,
+            Some(Role::Policy),
+            about,
+            typed(check, build, policy_model),
+        );
+    }
+
+    /// Registers an editor kind (see [`Registry::add_diffuser`]).
+    pub fn add_editor<C: DeserializeOwned + 'static>(
+        &mut self,
+        kind: &str,
+        about: &str,
+        check: impl Fn(&C) -> Result<(), String> + Send + Sync + 'static,
+        build: impl Fn(C, &ActorContext) -> Result<Box<dyn Editor>, String> + Send + Sync + 'static,
+    ) {
+        self.insert(
+            kind,
+            Some(Role::Editor),
+            about,
+            typed(check, build, editor_model),
+        );
+    }
+
+    /// Registers a kind that can play any model role (the flow's `role` decides); `build`
+    /// returns the model for `ctx.role`.
+    pub fn add_any_role<C: DeserializeOwned + 'static>(
+        &mut self,
+        kind: &str,
+        about: &str,
+        check: impl Fn(&C) -> Result<(), String> + Send + Sync + 'static,
+        build: impl Fn(C, &ActorContext) -> Result<Box<dyn RoleModel>, String> + Send + Sync + 'static,
+    ) {
+        self.insert(kind, None, about, typed(check, build, |b| b));
+    }
+
+    /// `(kind, role it plays or None for any, description)` of every registered kind.
+    pub fn kinds(&self) -> impl Iterator<Item = (&str, Option<Role>, &str)> {
+        self.kinds
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.role, v.about.as_str()))
+    }
+
+    /// The context an actor of the flow is built with: settings from its `config` file with
+    /// the inline `settings` over them.
+    pub fn context(
+        loaded: &LoadedFlow,
+        name: &str,
+        spec: &ActorSpec,
+        replica: usize,
+    ) -> Result<ActorContext, FlowProblem> {
+        let mut settings = serde_json::Map::new();
+        if let Some(cfg) = &spec.config {
+            let path = loaded.base_dir().join(cfg);
+            let key = format!("actors.{name}.config");
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                loaded.problem_at(&key, format!("cannot read {}: {e}", path.display()))
+            })?;
+            let table: serde_json::Map<String, serde_json::Value> = toml_to_json(&text)
+                .map_err(|e| loaded.problem_at(&key, format!("{}: {e}", path.display())))?;
+            settings = table;
+        }
+        for (k, v) in &spec.settings {
+            settings.insert(k.clone(), v.clone());
+        }
+        Ok(ActorContext {
+            name: name.to_string(),
+            role: spec.role,
+            kind: spec.kind.clone(),
+            settings,
+            device: spec.device.clone(),
+            replica,
+            base_dir: loaded.base_dir().to_path_buf(),
+        })
+    }
+
+    /// Checks every actor of a flow against the registry — the kind exists and plays the
+    /// actor's role, its settings are valid — without building anything.
+    pub fn check_flow(&self, loaded: &LoadedFlow) -> Result<(), FlowError> {
+        let mut problems = Vec::new();
+        for (name, spec) in &loaded.flow.actors {
+            let key = format!("actors.{name}");
+            let Some(kind) = self.kinds.get(&spec.kind) else {
+                let mut m = format!(
+                    "unknown kind {:?}; registered kinds: {}",
+                    spec.kind,
+                    self.kind_names()
+                );
+                if let Some(best) = did_you_mean(&spec.kind, self.kinds.keys().map(String::as_str))
+                {
+                    m.push_str(&format!("; did you mean {best:?}?"));
+                }
+                problems.push(loaded.problem_at(&format!("{key}.kind"), m));
+                continue;
+            };
+            if let Some(role) = kind.role
+                && role != spec.role
+            {
+                problems.push(loaded.problem_at(
+                    &format!("{key}.role"),
+                    format!(
+                        "kind {:?} plays the {role} role, not {}",
+                        spec.kind, spec.role
+                    ),
+                ));
+                continue;
+            }
+            let ctx = match Registry::context(loaded, name, spec, 0) {
+                Ok(ctx) => ctx,
+                Err(p) => {
+                    problems.push(p);
+                    continue;
+                }
+            };
+            if let Err((k, m)) = (kind.validate)(&ctx) {
+                let at = if k.is_empty() {
+                    format!("{key}.settings")
+                } else {
+                    format!("{key}.settings.{k}")
+                };
+                problems.push(loaded.problem_at(&at, m));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(FlowError { problems })
+        }
+    }
+
+    pub(crate) fn builder(&self, kind: &str) -> Option<Build> {
+        self.kinds.get(kind).map(|k| k.build.clone())
+    }
+
+    fn kind_names(&self) -> String {
+        self.kinds
+            .keys()
+            .map(|k| format!("{k:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn toml_to_json(text: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    let value: serde_json::Value = toml::from_str(text).map_err(|e| e.to_string())?;
+    match value {
+        serde_json::Value::Object(m) => Ok(m),
+        _ => Err("expected a table".into()),
+    }
+}

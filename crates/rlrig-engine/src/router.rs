@@ -1,0 +1,268 @@
+//! The router of one actor: a ractor actor that supervises the actor's replicas, sends each
+//! request to the least loaded one, and on a replica's failure restarts it and retries the
+//! requests it held.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::oneshot;
+
+use crate::model::{Request, Response};
+use crate::registry::{ActorContext, Build};
+use crate::worker::{BatchFailed, Job, Worker, WorkerArgs, WorkerMsg};
+
+/// The answer to a submitted request.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub response: Response,
+    pub attempts: u32,
+}
+
+/// Messages to a router.
+pub(crate) enum RouterMsg {
+    /// Answer this request; the reply says how it went.
+    Submit(Request, oneshot::Sender<Result<Answer, String>>),
+    /// A replica answered a job.
+    Done { job_id: u64, response: Response },
+}
+
+pub(crate) struct RouterArgs {
+    pub contexts: Vec<ActorContext>,
+    pub build: Build,
+    pub batch: usize,
+    pub max_wait: Duration,
+    pub max_attempts: u32,
+    /// Largest number of requests outstanding at once, for flow-control checks.
+    pub outstanding_max: Arc<AtomicUsize>,
+    /// Replica restarts.
+    pub restarts: Arc<AtomicUsize>,
+}
+
+struct Slot {
+    ctx: ActorContext,
+    worker: Option<ActorRef<WorkerMsg>>,
+    outstanding: HashMap<u64, Job>,
+}
+
+pub(crate) struct RouterState {
+    name: String,
+    slots: Vec<Slot>,
+    waiting: HashMap<u64, oneshot::Sender<Result<Answer, String>>>,
+    next_id: u64,
+    build: Build,
+    batch: usize,
+    max_wait: Duration,
+    max_attempts: u32,
+    outstanding_max: Arc<AtomicUsize>,
+    restarts: Arc<AtomicUsize>,
+}
+
+pub(crate) struct Router;
+
+impl Actor for Router {
+    type Msg = RouterMsg;
+    type State = RouterState;
+    type Arguments = RouterArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RouterMsg>,
+        args: RouterArgs,
+    ) -> Result<RouterState, ActorProcessingErr> {
+        let name = args
+            .contexts
+            .first()
+            .map(|c| c.name.clone())
+            .unwrap_or_default();
+        let mut st = RouterState {
+            name,
+            slots: Vec::new(),
+            waiting: HashMap::new(),
+            next_id: 0,
+            build: args.build,
+            batch: args.batch,
+            max_wait: args.max_wait,
+            max_attempts: args.max_attempts,
+            outstanding_max: args.outstanding_max,
+            restarts: args.restarts,
+        };
+        for ctx in args.contexts {
+            st.slots.push(Slot {
+                ctx,
+                worker: None,
+                outstanding: HashMap::new(),
+            });
+        }
+        for i in 0..st.slots.len() {
+            let worker = spawn_worker(&myself, &st, i)
+                .await
+                .map_err(|e| format!("actor {:?} replica {i}: {e}", st.name))?;
+            st.slots[i].worker = Some(worker);
+        }
+        Ok(st)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<RouterMsg>,
+        msg: RouterMsg,
+        st: &mut RouterState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RouterMsg::Submit(request, reply) => {
+                let id = st.next_id;
+                st.next_id += 1;
+                st.waiting.insert(id, reply);
+                dispatch(
+                    st,
+                    Job {
+                        id,
+                        attempt: 1,
+                        request,
+                    },
+                );
+            }
+            RouterMsg::Done {
+                job_id, response, ..
+            } => {
+                let mut attempts = 1;
+                for slot in &mut st.slots {
+                    if let Some(job) = slot.outstanding.remove(&job_id) {
+                        attempts = job.attempt;
+                    }
+                }
+                if let Some(reply) = st.waiting.remove(&job_id) {
+                    let _ = reply.send(Ok(Answer { response, attempts }));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<RouterMsg>,
+        evt: SupervisionEvent,
+        st: &mut RouterState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, message, failed_ids) = match &evt {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                let ids = err.downcast_ref::<BatchFailed>().map(|b| b.job_ids.clone());
+                (cell.clone(), err.to_string(), ids)
+            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (
+                cell.clone(),
+                format!(
+                    "stopped: {}",
+                    reason.clone().unwrap_or_else(|| "no reason".into())
+                ),
+                None,
+            ),
+            _ => return Ok(()),
+        };
+        let Some(i) = st.slots.iter().position(|s| {
+            s.worker
+                .as_ref()
+                .is_some_and(|w| w.get_id() == cell.get_id())
+        }) else {
+            return Ok(());
+        };
+        tracing::warn!(actor = %st.name, replica = i, error = %message, "replica failed; restarting it");
+        st.restarts.fetch_add(1, Ordering::Relaxed);
+        st.slots[i].worker = None;
+        let jobs: Vec<Job> = st.slots[i].outstanding.drain().map(|(_, j)| j).collect();
+        match spawn_worker(&myself, st, i).await {
+            Ok(w) => st.slots[i].worker = Some(w),
+            Err(e) => {
+                tracing::error!(actor = %st.name, replica = i, error = %e, "replica could not be restarted");
+            }
+        }
+        let mut jobs = jobs;
+        jobs.sort_by_key(|j| j.id);
+        for mut job in jobs {
+            let blamed = failed_ids.as_ref().is_none_or(|ids| ids.contains(&job.id));
+            if blamed {
+                if job.attempt >= st.max_attempts {
+                    if let Some(reply) = st.waiting.remove(&job.id) {
+                        let _ = reply.send(Err(format!(
+                            "actor {:?} failed {} times: {message}",
+                            st.name, job.attempt
+                        )));
+                    }
+                    continue;
+                }
+                job.attempt += 1;
+            }
+            dispatch(st, job);
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<RouterMsg>,
+        st: &mut RouterState,
+    ) -> Result<(), ActorProcessingErr> {
+        for slot in &mut st.slots {
+            if let Some(w) = slot.worker.take() {
+                w.stop(None);
+            }
+        }
+        for (_, reply) in st.waiting.drain() {
+            let _ = reply.send(Err("the engine stopped".into()));
+        }
+        Ok(())
+    }
+}
+
+async fn spawn_worker(
+    myself: &ActorRef<RouterMsg>,
+    st: &RouterState,
+    i: usize,
+) -> Result<ActorRef<WorkerMsg>, String> {
+    let args = WorkerArgs {
+        ctx: st.slots[i].ctx.clone(),
+        build: st.build.clone(),
+        router: myself.clone(),
+        batch: st.batch,
+        max_wait: st.max_wait,
+    };
+    Actor::spawn_linked(None, Worker, args, myself.get_cell())
+        .await
+        .map(|(w, _)| w)
+        .map_err(|e| format!("could not start: {}", spawn_err_message(&e)))
+}
+
+fn spawn_err_message(e: &ractor::SpawnErr) -> String {
+    match e {
+        ractor::SpawnErr::StartupFailed(inner) => inner.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Sends a job to the live replica with the fewest outstanding jobs; with none alive, fails it.
+fn dispatch(st: &mut RouterState, job: Job) {
+    let best = st
+        .slots
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.worker.is_some())
+        .min_by_key(|(_, s)| s.outstanding.len())
+        .map(|(i, _)| i);
+    let Some(i) = best else {
+        if let Some(reply) = st.waiting.remove(&job.id) {
+            let _ = reply.send(Err(format!("actor {:?} has no live replica", st.name)));
+        }
+        return;
+    };
+    let slot = &mut st.slots[i];
+    let worker = slot.worker.clone().expect("filtered on live replicas");
+    slot.outstanding.insert(job.id, job.clone());
+    let total: usize = st.slots.iter().map(|s| s.outstanding.len()).sum();
+    st.outstanding_max.fetch_max(total, Ordering::Relaxed);
+    // A send fails only if the replica just died; its supervision event re-dispatches the job.
+    let _ = worker.cast(WorkerMsg::Job(job));
+}

@@ -1,0 +1,388 @@
+//! Reading flow files: overrides, parsing, and errors that point into the file.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::Flow;
+
+/// One problem with a flow, located in its file.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FlowProblem {
+    /// Where it is: `flows/infer.toml:12:1`, or `--set cycle.max_rounds=x` for an override.
+    pub location: String,
+    /// The key, as a dotted path (`actors.editor.batch`, `cycle.round[1]`).
+    pub key: String,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+impl fmt::Display for FlowProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.location, self.message)
+        } else {
+            write!(f, "{}: `{}`: {}", self.location, self.key, self.message)
+        }
+    }
+}
+
+/// Why a flow was rejected: one or more located problems.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct FlowError {
+    /// The problems, in file order where known.
+    pub problems: Vec<FlowProblem>,
+}
+
+impl fmt::Display for FlowError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines: Vec<String> = self.problems.iter().map(ToString::to_string).collect();
+        f.write_str(&lines.join("\n"))
+    }
+}
+
+impl From<FlowProblem> for FlowError {
+    fn from(p: FlowProblem) -> Self {
+        FlowError { problems: vec![p] }
+    }
+}
+
+/// A flow as loaded: the checked [`Flow`], and what is needed to point errors into its file.
+#[derive(Clone, Debug)]
+pub struct LoadedFlow {
+    /// The flow.
+    pub flow: Flow,
+    /// The file it came from.
+    pub path: PathBuf,
+    /// The text after overrides (what `flow` was parsed from).
+    pub text: String,
+    /// The `--set` overrides applied, as `(key, value)`.
+    pub overrides: Vec<(String, String)>,
+}
+
+impl LoadedFlow {
+    /// A problem at `key` (a dotted path such as `actors.editor.settings.context_loss`),
+    /// located in the file, or at the `--set` that gave it.
+    pub fn problem_at(&self, key: &str, message: impl Into<String>) -> FlowProblem {
+        locate(&self.path, &self.text, &self.overrides, key, message.into())
+    }
+
+    /// [`LoadedFlow::problem_at`] as a one-problem [`FlowError`].
+    pub fn error_at(&self, key: &str, message: impl Into<String>) -> FlowError {
+        self.problem_at(key, message).into()
+    }
+
+    /// The directory of the flow file: `config` paths are relative to it.
+    pub fn base_dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+}
+
+/// Reads, overrides, parses and checks a flow file.
+///
+/// `overrides` are `dotted.key=value` strings; the value is read as TOML (`3`, `true`,
+/// `["a", "b"]`, `"text"`) and, if it is not valid TOML, as a plain string.
+pub fn load(path: &Path, overrides: &[String]) -> Result<LoadedFlow, FlowError> {
+    let text = std::fs::read_to_string(path).map_err(|e| FlowProblem {
+        location: path.display().to_string(),
+        key: String::new(),
+        message: format!("cannot read the flow file: {e}"),
+    })?;
+    load_str(path, &text, overrides)
+}
+
+/// [`load`] on text already read; `path` names it in errors.
+pub fn load_str(path: &Path, text: &str, overrides: &[String]) -> Result<LoadedFlow, FlowError> {
+    let (text, overrides) = apply_overrides(path, text, overrides)?;
+    let de = toml::de::Deserializer::parse(&text)
+        .map_err(|e| toml_problem(path, &text, &overrides, String::new(), &e))?;
+    let flow: Flow = match serde_path_to_error::deserialize(de) {
+        Ok(flow) => flow,
+        Err(e) => {
+            let key = e.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            return Err(toml_problem(path, &text, &overrides, key, e.inner()).into());
+        }
+    };
+    let loaded = LoadedFlow {
+        flow,
+        path: path.to_path_buf(),
+        text,
+        overrides,
+    };
+    let problems = crate::validate::check(&loaded);
+    if problems.is_empty() {
+        Ok(loaded)
+    } else {
+        Err(FlowError { problems })
+    }
+}
+
+/// Turns a TOML or serde error into a located problem, with a did-you-mean for unknown keys.
+fn toml_problem(
+    path: &Path,
+    text: &str,
+    overrides: &[(String, String)],
+    key: String,
+    e: &toml::de::Error,
+) -> FlowProblem {
+    let mut message = e.message().trim().to_string();
+    let mut key = key;
+    if let Some((unknown, expected)) = parse_unknown(&message) {
+        key = join_key(&key, &unknown);
+        message = format!(
+            "unknown key `{unknown}`; expected one of {}",
+            expected
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if let Some(best) = did_you_mean(&unknown, expected.iter().map(String::as_str)) {
+            message.push_str(&format!("; did you mean `{best}`?"));
+        }
+    }
+    if let Some(over) = override_for(overrides, &key) {
+        return FlowProblem {
+            location: over,
+            key,
+            message,
+        };
+    }
+    let location = match e.span() {
+        Some(span) if !key_found(text, &key) || key.is_empty() => position(path, text, span.start),
+        _ => return locate(path, text, overrides, &key, message),
+    };
+    FlowProblem {
+        location,
+        key,
+        message,
+    }
+}
+
+/// `unknown field `x`, expected one of `a`, `b`` (or `expected `a``) → (`x`, [a, b]).
+fn parse_unknown(message: &str) -> Option<(String, Vec<String>)> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (unknown, rest) = rest.split_once('`')?;
+    let expected = rest
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect();
+    Some((unknown.to_string(), expected))
+}
+
+/// The closest candidate, if it is close enough to be a likely typo.
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (c, strsim::normalized_damerau_levenshtein(word, c)))
+        .filter(|&(_, score)| score >= 0.5)
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(c, _)| c)
+}
+
+fn join_key(parent: &str, child: &str) -> String {
+    if parent.is_empty() {
+        child.to_string()
+    } else {
+        format!("{parent}.{child}")
+    }
+}
+
+/// Key path segments: `a.b[2].c` → [Key(a), Key(b), Index(2), Key(c)].
+enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+fn segments(key: &str) -> Vec<Seg<'_>> {
+    let mut out = Vec::new();
+    for part in key.split('.').filter(|p| !p.is_empty()) {
+        let (name, mut rest) = part.split_once('[').map_or((part, ""), |(n, r)| (n, r));
+        if !name.is_empty() {
+            out.push(Seg::Key(name));
+        }
+        while let Some((idx, after)) = rest.split_once(']') {
+            if let Ok(i) = idx.parse() {
+                out.push(Seg::Index(i));
+            }
+            rest = after.strip_prefix('[').unwrap_or(after);
+        }
+    }
+    out
+}
+
+/// The byte span of the deepest part of `key` found in the document.
+fn span_of(text: &str, key: &str) -> Option<(std::ops::Range<usize>, bool)> {
+    let doc = toml_edit::Document::parse(text).ok()?;
+    let mut item: &toml_edit::Item = doc.as_item();
+    let mut best = None;
+    let segs = segments(key);
+    let n = segs.len();
+    for (i, seg) in segs.into_iter().enumerate() {
+        match seg {
+            Seg::Key(k) => {
+                let Some((kk, next)) = item.as_table_like().and_then(|t| t.get_key_value(k)) else {
+                    break;
+                };
+                best = kk.span().map(|s| (s, i + 1 == n));
+                item = next;
+            }
+            Seg::Index(idx) => {
+                let arr = item.as_array();
+                let Some(v) = arr.and_then(|a| a.get(idx)) else {
+                    break;
+                };
+                best = v.span().map(|s| (s, i + 1 == n));
+                // Arrays hold values, not items: nothing deeper is addressable.
+                break;
+            }
+        }
+    }
+    best
+}
+
+fn key_found(text: &str, key: &str) -> bool {
+    span_of(text, key).is_some_and(|(_, complete)| complete)
+}
+
+fn override_for(overrides: &[(String, String)], key: &str) -> Option<String> {
+    overrides
+        .iter()
+        .find(|(k, _)| {
+            key == k || key.starts_with(&format!("{k}.")) || key.starts_with(&format!("{k}["))
+        })
+        .map(|(k, v)| format!("--set {k}={v}"))
+}
+
+fn locate(
+    path: &Path,
+    text: &str,
+    overrides: &[(String, String)],
+    key: &str,
+    message: String,
+) -> FlowProblem {
+    if let Some(location) = override_for(overrides, key) {
+        return FlowProblem {
+            location,
+            key: key.into(),
+            message,
+        };
+    }
+    let location = match span_of(text, key) {
+        Some((span, _)) => position(path, text, span.start),
+        None => path.display().to_string(),
+    };
+    FlowProblem {
+        location,
+        key: key.into(),
+        message,
+    }
+}
+
+fn position(path: &Path, text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.chars().count(), |p| before[p + 1..].chars().count())
+        + 1;
+    format!("{}:{line}:{column}", path.display())
+}
+
+/// Applies `key=value` overrides to the document text.
+fn apply_overrides(
+    path: &Path,
+    text: &str,
+    overrides: &[String],
+) -> Result<(String, Vec<(String, String)>), FlowError> {
+    if overrides.is_empty() {
+        return Ok((text.to_string(), Vec::new()));
+    }
+    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
+        let location = e.span().map_or(path.display().to_string(), |s| {
+            position(path, text, s.start)
+        });
+        FlowProblem {
+            location,
+            key: String::new(),
+            message: e.message().trim().to_string(),
+        }
+    })?;
+    let mut applied = Vec::new();
+    for raw in overrides {
+        let bad = |message: String| FlowProblem {
+            location: format!("--set {raw}"),
+            key: String::new(),
+            message,
+        };
+        let Some((key, value)) = raw.split_once('=') else {
+            return Err(bad("expected `dotted.key=value`".into()).into());
+        };
+        let key = key.trim();
+        let parts: Vec<&str> = key.split('.').collect();
+        if parts.iter().any(|p| p.is_empty() || p.contains('[')) {
+            return Err(bad(format!("`{key}` is not a dotted key (a.b.c)")).into());
+        }
+        let parsed: toml_edit::Value = value
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| toml_edit::Value::from(value.trim()));
+        let mut table: &mut dyn toml_edit::TableLike = doc.as_table_mut();
+        for (i, part) in parts.iter().enumerate() {
+            if i + 1 == parts.len() {
+                table.insert(part, toml_edit::Item::Value(parsed.clone()));
+                break;
+            }
+            if table.get(part).is_none() {
+                let mut t = toml_edit::Table::new();
+                t.set_implicit(true);
+                table.insert(part, toml_edit::Item::Table(t));
+            }
+            let prefix = parts[..=i].join(".");
+            table = table
+                .get_mut(part)
+                .and_then(|it| it.as_table_like_mut())
+                .ok_or_else(|| bad(format!("`{prefix}` is a value, not a table")))?;
+        }
+        applied.push((key.to_string(), value.trim().to_string()));
+    }
+    Ok((doc.to_string(), applied))
+}
+
+/// Deserialises a table of settings into a kind's config type, with did-you-mean for unknown
+/// keys; errors name the key inside the settings (`settings.context_loss`).
+pub fn settings_into<T: for<'de> Deserialize<'de>>(
+    settings: &serde_json::Map<String, serde_json::Value>,
+) -> Result<T, (String, String)> {
+    let value = serde_json::Value::Object(settings.clone());
+    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key == "." { String::new() } else { key };
+        let message = e.inner().to_string();
+        match parse_unknown(&message) {
+            Some((unknown, expected)) => {
+                let mut m = format!(
+                    "unknown key `{unknown}`; expected one of {}",
+                    expected
+                        .iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                if let Some(best) = did_you_mean(&unknown, expected.iter().map(String::as_str)) {
+                    m.push_str(&format!("; did you mean `{best}`?"));
+                }
+                (join_key(&key, &unknown), m)
+            }
+            None => (key, message),
+        }
+    })
+}

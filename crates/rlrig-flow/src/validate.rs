@@ -1,0 +1,236 @@
+//! The checks a flow must pass beyond its shape: names, references, the cycle's step order.
+
+use rlrig_contract::Role;
+
+use crate::load::did_you_mean;
+use crate::{Answer, FlowProblem, LoadedFlow, PromptSourceKind};
+
+/// Every problem of a parsed flow, located.
+pub(crate) fn check(loaded: &LoadedFlow) -> Vec<FlowProblem> {
+    let flow = &loaded.flow;
+    let mut out = Vec::new();
+    let mut problem = |key: &str, message: String| out.push(loaded.problem_at(key, message));
+
+    if flow.name.is_empty()
+        || !flow
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        || flow.name.starts_with('.')
+    {
+        problem(
+            "name",
+            format!(
+                "{:?} is not a run name: use letters, digits, `-`, `_`, `.`",
+                flow.name
+            ),
+        );
+    }
+
+    let p = &flow.prompts;
+    match p.source {
+        PromptSourceKind::World => {
+            if p.count.is_none() {
+                problem(
+                    "prompts",
+                    "`source = \"world\"` needs `count`, the number of prompts".into(),
+                );
+            }
+            if p.path.is_some() {
+                problem("prompts.path", "`path` is for `source = \"file\"`".into());
+            }
+        }
+        PromptSourceKind::File => {
+            if p.path.is_none() {
+                problem(
+                    "prompts",
+                    "`source = \"file\"` needs `path`, a LAION-SG .json or .jsonl file".into(),
+                );
+            }
+        }
+    }
+
+    for (name, a) in &flow.actors {
+        let key = format!("actors.{name}");
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            problem(
+                &key,
+                format!("actor name {name:?}: use letters, digits, `_` and `-`"),
+            );
+        }
+        if a.batch == 0 {
+            problem(&format!("{key}.batch"), "must be at least 1".into());
+        }
+        if a.replicas == 0 {
+            problem(&format!("{key}.replicas"), "must be at least 1".into());
+        }
+        if !valid_device(&a.device) {
+            problem(
+                &format!("{key}.device"),
+                format!(
+                    "{:?} is not a device: expected `cpu`, `cuda:N` or `wgpu:N`",
+                    a.device
+                ),
+            );
+        }
+        if a.kind.trim().is_empty() {
+            problem(&format!("{key}.kind"), "must name an actor kind".into());
+        }
+    }
+
+    if flow.engine.max_in_flight == 0 {
+        problem("engine.max_in_flight", "must be at least 1".into());
+    }
+    if flow.engine.max_attempts == 0 {
+        problem("engine.max_attempts", "must be at least 1".into());
+    }
+    if let Some(s) = flow.cycle.stop_score
+        && !(0.0..=1.0).contains(&s)
+    {
+        problem(
+            "cycle.stop_score",
+            format!("{s} is not a score: expected a number in [0, 1]"),
+        );
+    }
+    drop(problem);
+    out.extend(check_cycle(loaded));
+    out
+}
+
+fn valid_device(d: &str) -> bool {
+    d == "cpu"
+        || ["cuda:", "wgpu:"].iter().any(|p| {
+            d.strip_prefix(p)
+                .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+        })
+}
+
+/// What is known about a trajectory between steps.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct State {
+    image: bool,
+    report: bool,
+    edit: bool,
+}
+
+fn check_cycle(loaded: &LoadedFlow) -> Vec<FlowProblem> {
+    let flow = &loaded.flow;
+    let c = &flow.cycle;
+    let mut out = Vec::new();
+    let mut problem = |key: String, message: String| out.push(loaded.problem_at(&key, message));
+
+    // References first: a step naming no actor stops the order check.
+    let mut unresolved = false;
+    for (list, steps) in [("start", &c.start), ("round", &c.round)] {
+        for (i, name) in steps.iter().enumerate() {
+            if !flow.actors.contains_key(name) {
+                unresolved = true;
+                let mut m = format!("no actor named {name:?} is defined under [actors]");
+                if let Some(best) = did_you_mean(name, flow.actors.keys().map(String::as_str)) {
+                    m.push_str(&format!("; did you mean {best:?}?"));
+                }
+                problem(format!("cycle.{list}[{i}]"), m);
+            }
+        }
+    }
+    if c.start.is_empty() {
+        problem(
+            "cycle.start".into(),
+            "the cycle needs at least a diffuser to start".into(),
+        );
+        return out;
+    }
+    if unresolved {
+        return out;
+    }
+    let role = |name: &String| flow.actors[name].role;
+    let needs_score = c.stop_score.is_some() || c.answer == Answer::Best;
+
+    let mut state = State {
+        image: false,
+        report: false,
+        edit: false,
+    };
+    let step = |state: &mut State,
+                list: &str,
+                i: usize,
+                name: &String,
+                problem: &mut dyn FnMut(String, String)| {
+        let key = format!("cycle.{list}[{i}]");
+        let r = role(name);
+        match r {
+            Role::Diffuser if list == "start" && i == 0 => {
+                *state = State {
+                    image: true,
+                    report: false,
+                    edit: false,
+                }
+            }
+            Role::Diffuser => problem(
+                key,
+                format!("{name:?} is a diffuser: only the first step of `start` may be one"),
+            ),
+            _ if list == "start" && i == 0 => problem(
+                key,
+                format!("{name:?} is a {r}: the cycle must start with a diffuser"),
+            ),
+            Role::Checker => state.report = true,
+            Role::Policy if !state.report => problem(
+                key,
+                format!(
+                    "{name:?} is a policy and needs a checker's report on the current image: put a checker before it"
+                ),
+            ),
+            Role::Policy => state.edit = true,
+            Role::Editor if !state.edit => problem(
+                key,
+                format!("{name:?} is an editor and needs an edit prompt: put a policy before it"),
+            ),
+            Role::Editor => {
+                *state = State {
+                    image: true,
+                    report: false,
+                    edit: false,
+                }
+            }
+            Role::Trainer => problem(
+                key,
+                format!(
+                    "{name:?} is a trainer: it learns from stored trajectories and is not a cycle step"
+                ),
+            ),
+        }
+    };
+    for (i, name) in c.start.iter().enumerate() {
+        step(&mut state, "start", i, name, &mut problem);
+    }
+    if needs_score && !state.report {
+        problem(
+            "cycle.start".into(),
+            "`stop_score` and `answer = \"best\"` need a checker after the last image of `start`"
+                .into(),
+        );
+    }
+    if c.max_rounds > 0 {
+        if !c.round.iter().any(|n| role(n) == Role::Editor) {
+            problem("cycle.round".into(), "a round without an editor cannot change the image: add one, or set `max_rounds = 0`".into());
+        } else {
+            // Two passes: the round must follow `start`, and follow itself.
+            for _ in 0..2 {
+                for (i, name) in c.round.iter().enumerate() {
+                    step(&mut state, "round", i, name, &mut problem);
+                }
+            }
+            if needs_score && !state.report {
+                problem("cycle.round".into(), "`stop_score` and `answer = \"best\"` need a checker after the round's last editor".into());
+            }
+        }
+    }
+    drop(problem);
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|p| seen.insert(p.clone()));
+    out
+}

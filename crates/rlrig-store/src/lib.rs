@@ -1,0 +1,333 @@
+//! The trajectory store: every trajectory of a run, persisted in a sled database.
+//!
+//! * **Atomic per trajectory.** A trajectory and the images it references are written in one
+//!   sled transaction over both trees: a reader sees all of it or none of it, and a crash never
+//!   leaves half a trajectory visible.
+//! * **Content-addressed images.** Images are stored once as PNG under the BLAKE3 hash of their
+//!   PNG bytes; trajectories hold the hash.
+//! * **Versioned.** The store records its format name and schema version on creation and checks
+//!   them on open: an old or foreign database is a clear error, never read as garbage.
+
+use std::path::{Path, PathBuf};
+
+use rlrig_contract::{Image, Outcome, Step, StepOutput, Trajectory};
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+/// The format name written into every store.
+pub const FORMAT: &str = "rlrig-trajectories";
+/// The schema version this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled failed.
+    #[error("trajectory store {path}: {source}")]
+    Sled {
+        /// The store's directory.
+        path: PathBuf,
+        /// The sled error.
+        #[source]
+        source: sled::Error,
+    },
+    /// The database is not an rlrig trajectory store, or of another schema version.
+    #[error("trajectory store {path}: {message}")]
+    Incompatible {
+        /// The store's directory.
+        path: PathBuf,
+        /// What was found instead.
+        message: String,
+    },
+    /// A record could not be encoded or decoded.
+    #[error("trajectory store {path}: trajectory {id}: {message}")]
+    Record {
+        /// The store's directory.
+        path: PathBuf,
+        /// The trajectory id.
+        id: u64,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// A reference to a stored image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRef {
+    /// BLAKE3 hash (hex) of the PNG bytes.
+    pub blake3: String,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+}
+
+/// A step as stored: images by reference.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct StoredStep {
+    round: u32,
+    actor: String,
+    role: rlrig_contract::Role,
+    output: StoredOutput,
+    attempts: u32,
+    elapsed_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum StoredOutput {
+    Image(ImageRef),
+    Report(rlrig_contract::CheckReport),
+    Edit(rlrig_contract::EditProposal),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct StoredTrajectory {
+    id: u64,
+    prompt: rlrig_contract::SceneGraph,
+    seed: u64,
+    steps: Vec<StoredStep>,
+    outcome: Outcome,
+    started_unix_ms: u64,
+    elapsed_ms: u64,
+}
+
+/// A sled database of trajectories.
+pub struct TrajectoryStore {
+    path: PathBuf,
+    db: sled::Db,
+    trajectories: sled::Tree,
+    images: sled::Tree,
+}
+
+impl TrajectoryStore {
+    /// Opens the store at `path`, creating it if the directory does not exist. An existing
+    /// database must carry this format and schema version.
+    pub fn open(path: &Path) -> Result<TrajectoryStore, StoreError> {
+        let sled_err = |source| StoreError::Sled {
+            path: path.to_path_buf(),
+            source,
+        };
+        let incompatible = |message: String| StoreError::Incompatible {
+            path: path.to_path_buf(),
+            message,
+        };
+        let db = sled::open(path).map_err(sled_err)?;
+        let meta = db.open_tree("meta").map_err(sled_err)?;
+        let format = meta.get("format").map_err(sled_err)?;
+        let version = meta.get("schema_version").map_err(sled_err)?;
+        match (format, version) {
+            (None, None) => {
+                let populated = db
+                    .tree_names()
+                    .iter()
+                    .any(|n| n.as_ref() != b"__sled__default" && n.as_ref() != b"meta")
+                    || !db.is_empty();
+                if populated {
+                    return Err(incompatible(
+                        "not an rlrig trajectory store (no format marker)".into(),
+                    ));
+                }
+                meta.insert("format", FORMAT).map_err(sled_err)?;
+                meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())
+                    .map_err(sled_err)?;
+                meta.flush().map_err(sled_err)?;
+            }
+            (Some(f), _) if f.as_ref() != FORMAT.as_bytes() => {
+                return Err(incompatible(format!(
+                    "not an rlrig trajectory store (format {:?})",
+                    String::from_utf8_lossy(&f)
+                )));
+            }
+            (Some(_), Some(v)) => {
+                let found = <[u8; 4]>::try_from(v.as_ref())
+                    .map(u32::from_be_bytes)
+                    .unwrap_or(u32::MAX);
+                if found != SCHEMA_VERSION {
+                    return Err(incompatible(format!(
+                        "schema version {found}; this rlrig reads version {SCHEMA_VERSION}"
+                    )));
+                }
+            }
+            _ => return Err(incompatible("damaged format marker".into())),
+        }
+        let trajectories = db.open_tree("trajectories").map_err(sled_err)?;
+        let images = db.open_tree("images").map_err(sled_err)?;
+        Ok(TrajectoryStore {
+            path: path.to_path_buf(),
+            db,
+            trajectories,
+            images,
+        })
+    }
+
+    /// The store's directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes a trajectory and its images in one transaction, replacing any with the same id.
+    pub fn put(&self, t: &Trajectory) -> Result<(), StoreError> {
+        let record_err = |message: String| StoreError::Record {
+            path: self.path.clone(),
+            id: t.id,
+            message,
+        };
+        let mut blobs: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut steps = Vec::with_capacity(t.steps.len());
+        for s in &t.steps {
+            let output = match &s.output {
+                StepOutput::Image(img) => {
+                    let png = img.to_png().map_err(|e| record_err(e.to_string()))?;
+                    let hash = blake3::hash(&png).to_hex().to_string();
+                    let r = ImageRef {
+                        blake3: hash.clone(),
+                        width: img.width(),
+                        height: img.height(),
+                    };
+                    blobs.push((hash, png));
+                    StoredOutput::Image(r)
+                }
+                StepOutput::Report(r) => StoredOutput::Report(r.clone()),
+                StepOutput::Edit(e) => StoredOutput::Edit(e.clone()),
+            };
+            steps.push(StoredStep {
+                round: s.round,
+                actor: s.actor.clone(),
+                role: s.role,
+                output,
+                attempts: s.attempts,
+                elapsed_ms: s.elapsed_ms,
+            });
+        }
+        let stored = StoredTrajectory {
+            id: t.id,
+            prompt: t.prompt.clone(),
+            seed: t.seed,
+            steps,
+            outcome: t.outcome.clone(),
+            started_unix_ms: t.started_unix_ms,
+            elapsed_ms: t.elapsed_ms,
+        };
+        let record = serde_json::to_vec(&stored).map_err(|e| record_err(e.to_string()))?;
+        (&self.trajectories, &self.images)
+            .transaction(|(tt, it)| {
+                for (hash, png) in &blobs {
+                    if it.get(hash.as_bytes())?.is_none() {
+                        it.insert(hash.as_bytes(), png.as_slice())?;
+                    }
+                }
+                tt.insert(&t.id.to_be_bytes(), record.as_slice())?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(source) => StoreError::Sled {
+                    path: self.path.clone(),
+                    source,
+                },
+                TransactionError::Abort(()) => record_err("transaction aborted".into()),
+            })
+    }
+
+    /// The trajectory with this id, images loaded.
+    pub fn get(&self, id: u64) -> Result<Option<Trajectory>, StoreError> {
+        let Some(bytes) = self
+            .trajectories
+            .get(id.to_be_bytes())
+            .map_err(|source| self.sled(source))?
+        else {
+            return Ok(None);
+        };
+        self.decode(id, &bytes).map(Some)
+    }
+
+    /// The ids of all stored trajectories, ascending.
+    pub fn ids(&self) -> Result<Vec<u64>, StoreError> {
+        self.trajectories
+            .iter()
+            .keys()
+            .map(|k| {
+                let k = k.map_err(|source| self.sled(source))?;
+                Ok(u64::from_be_bytes(
+                    <[u8; 8]>::try_from(k.as_ref()).unwrap_or_default(),
+                ))
+            })
+            .collect()
+    }
+
+    /// How many trajectories are stored.
+    pub fn len(&self) -> usize {
+        self.trajectories.len()
+    }
+
+    /// Whether no trajectory is stored.
+    pub fn is_empty(&self) -> bool {
+        self.trajectories.is_empty()
+    }
+
+    /// How many distinct images are stored.
+    pub fn image_count(&self) -> usize {
+        self.images.len()
+    }
+
+    /// Waits until everything written is on disk.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|source| self.sled(source))
+    }
+
+    fn sled(&self, source: sled::Error) -> StoreError {
+        StoreError::Sled {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn decode(&self, id: u64, bytes: &[u8]) -> Result<Trajectory, StoreError> {
+        let record_err = |message: String| StoreError::Record {
+            path: self.path.clone(),
+            id,
+            message,
+        };
+        let s: StoredTrajectory =
+            serde_json::from_slice(bytes).map_err(|e| record_err(e.to_string()))?;
+        let mut steps = Vec::with_capacity(s.steps.len());
+        for st in s.steps {
+            let output = match st.output {
+                StoredOutput::Image(r) => {
+                    let png = self
+                        .images
+                        .get(r.blake3.as_bytes())
+                        .map_err(|source| self.sled(source))?
+                        .ok_or_else(|| record_err(format!("image {} is missing", r.blake3)))?;
+                    StepOutput::Image(
+                        Image::from_png(&png)
+                            .map_err(|e| record_err(format!("image {}: {e}", r.blake3)))?,
+                    )
+                }
+                StoredOutput::Report(r) => StepOutput::Report(r),
+                StoredOutput::Edit(e) => StepOutput::Edit(e),
+            };
+            steps.push(Step {
+                round: st.round,
+                actor: st.actor,
+                role: st.role,
+                output,
+                attempts: st.attempts,
+                elapsed_ms: st.elapsed_ms,
+            });
+        }
+        Ok(Trajectory {
+            id: s.id,
+            prompt: s.prompt,
+            seed: s.seed,
+            steps,
+            outcome: s.outcome,
+            started_unix_ms: s.started_unix_ms,
+            elapsed_ms: s.elapsed_ms,
+        })
+    }
+}

@@ -1,0 +1,59 @@
+//! The actor kinds rlrig ships, registered under their flow names.
+
+use rlrig_baseline::{
+    MistakenRenderer, MistakenRendererConfig, OracleChecker, OracleCheckerConfig, RulePolicy,
+    RulePolicyConfig, SceneEditor, SceneEditorConfig,
+};
+use rlrig_engine::{Registry, any_role_model};
+use rlrig_external::{ExternalActor, ExternalConfig};
+
+/// A registry with every built-in kind:
+///
+/// | kind | role | what |
+/// |---|---|---|
+/// | `baseline.renderer` | diffuser | baseline: draws the prompt exactly, then makes a spatial mistake at a set rate |
+/// | `oracle.checker` | checker | baseline/test instrument: the world's oracle as a checker (never a training reward) |
+/// | `rules.policy` | policy | baseline: the paper's Actor as fixed rules |
+/// | `baseline.editor` | editor | baseline: applies the edit to the parsed scene and redraws, with context loss |
+/// | `external` | any | a child process speaking rlrig's line-delimited JSON protocol (docs/external-protocol.md) |
+pub fn builtin_registry() -> Registry {
+    let mut r = Registry::new();
+    r.add_diffuser(
+        "baseline.renderer",
+        "baseline: draws the prompt with the world's solver, then makes a spatial mistake at `mistake_rate`",
+        |c: &MistakenRendererConfig| MistakenRenderer::new(c.clone()).map(drop).map_err(|e| e.to_string()),
+        |c, _| Ok(Box::new(MistakenRenderer::new(c).map_err(|e| e.to_string())?)),
+    );
+    r.add_checker(
+        "oracle.checker",
+        "baseline and test instrument: the world's oracle parser as a checker; never a training reward",
+        |c: &OracleCheckerConfig| OracleChecker::new(c.clone()).map(drop).map_err(|e| e.to_string()),
+        |c, _| Ok(Box::new(OracleChecker::new(c).map_err(|e| e.to_string())?)),
+    );
+    r.add_policy(
+        "rules.policy",
+        "baseline: the paper's Actor as fixed rules (add the first missing item, else move the first violated relation)",
+        |c: &RulePolicyConfig| RulePolicy::new(c.clone()).map(drop).map_err(|e| e.to_string()),
+        |c, _| Ok(Box::new(RulePolicy::new(c).map_err(|e| e.to_string())?)),
+    );
+    r.add_editor(
+        "baseline.editor",
+        "baseline: applies the edit prompt to the oracle-parsed scene and redraws, losing context at `context_loss`",
+        |c: &SceneEditorConfig| SceneEditor::new(c.clone()).map(drop).map_err(|e| e.to_string()),
+        |c, _| Ok(Box::new(SceneEditor::new(c).map_err(|e| e.to_string())?)),
+    );
+    r.add_any_role(
+        "external",
+        "any role, played by a child process speaking rlrig's line-delimited JSON protocol over stdio",
+        |c: &ExternalConfig| if c.command.is_empty() { Err("`command` must name a program".into()) } else { Ok(()) },
+        |c, ctx| {
+            let mut c = c;
+            if c.cwd.is_none() {
+                c.cwd = Some(std::env::current_dir().map_err(|e| e.to_string())?);
+            }
+            let actor = ExternalActor::spawn(&ctx.name, ctx.role, &c).map_err(|e| e.to_string())?;
+            any_role_model(ctx.role, actor).ok_or_else(|| format!("the {} role cannot be external", ctx.role))
+        },
+    );
+    r
+}

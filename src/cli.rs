@@ -1,0 +1,112 @@
+//! The `rlrig` command line, reusable by programs that register their own actor kinds.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use rlrig_engine::Registry;
+
+use crate::run::{RunOptions, run};
+use crate::world_cmd;
+
+/// rlrig: text-to-image generation that reflects on its own images (RL-RIG), as an
+/// actor-model dataflow framework.
+#[derive(Parser)]
+#[command(name = "rlrig", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Runs a flow: every prompt through the reflect-edit cycle, into <run_dir>/<name>/.
+    Run {
+        /// The flow file, e.g. flows/infer.toml.
+        flow: PathBuf,
+        /// Overrides a value of the flow: --set cycle.max_rounds=5 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Replaces the run directory if it exists.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Checks a flow without running anything: format, references, cycle order, kinds, settings.
+    Validate {
+        /// The flow file.
+        flow: PathBuf,
+        /// Overrides a value of the flow (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
+    /// Prints the JSON Schema of the flow format (committed as flows/flow.schema.json).
+    Schema,
+    /// Lists the actor kinds a flow may name.
+    Kinds,
+    /// The built-in world of spatial scenes: sample, render, parse and judge images.
+    #[command(subcommand)]
+    World(world_cmd::WorldCommand),
+}
+
+/// Parses the command line and runs it with `registry`'s actor kinds; returns the exit code.
+pub fn main(registry: Registry) -> i32 {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run {
+            flow,
+            sets,
+            overwrite,
+        } => run(
+            &registry,
+            &RunOptions {
+                flow,
+                sets,
+                overwrite,
+            },
+        )
+        .map(|_| 0),
+        Command::Validate { flow, sets } => validate(&registry, &flow, &sets),
+        Command::Schema => {
+            print!("{}", rlrig_flow::schema());
+            Ok(0)
+        }
+        Command::Kinds => {
+            for (kind, role, about) in registry.kinds() {
+                let role = role.map_or("any role".to_string(), |r| r.to_string());
+                println!("{kind:<20} {role:<10} {about}");
+            }
+            Ok(0)
+        }
+        Command::World(cmd) => world_cmd::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+fn validate(registry: &Registry, flow: &std::path::Path, sets: &[String]) -> anyhow::Result<i32> {
+    let loaded = rlrig_flow::load(flow, sets)?;
+    registry.check_flow(&loaded)?;
+    let c = &loaded.flow.cycle;
+    let round = if c.max_rounds > 0 {
+        format!(" | {} ×{}", c.round.join(" → "), c.max_rounds)
+    } else {
+        String::new()
+    };
+    println!(
+        "{}: ok — {} actors; cycle: {}{round}",
+        flow.display(),
+        loaded.flow.actors.len(),
+        c.start.join(" → ")
+    );
+    Ok(0)
+}

@@ -1,0 +1,410 @@
+//! `rlrig run FLOW`: a flow over its prompts, into `runs/<name>/`.
+//!
+//! The run directory holds `flow.toml` (the flow as run, overrides applied), `store/` (the
+//! sled trajectory store, every trajectory written atomically), `trajectories/<id>/` (each
+//! prompt's image chain as PNGs and `chain.json` with the reflections and edit prompts), and
+//! `metrics.json` (oracle metrics at round 0, each round and final, when the prompts are in the
+//! built-in world's vocabulary).
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use rlrig_contract::{Outcome, SceneGraph, StepOutput, Trajectory};
+use rlrig_engine::{Engine, Registry, RunSummary, StopSignal};
+use rlrig_flow::{LoadedFlow, PromptSourceKind, StoredImages};
+use rlrig_sg::{IouScores, MeanScores};
+use rlrig_store::TrajectoryStore;
+use rlrig_world::{Canvas, WorldGraph, judge, sample};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+
+/// Options of `rlrig run`.
+pub struct RunOptions {
+    /// The flow file.
+    pub flow: PathBuf,
+    /// `dotted.key=value` overrides.
+    pub sets: Vec<String>,
+    /// Replace an existing run directory.
+    pub overwrite: bool,
+}
+
+/// Oracle metrics of a run.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunMetrics {
+    /// Trajectories completed.
+    pub done: usize,
+    /// Trajectories recorded as failed.
+    pub failed: usize,
+    /// Whether every prompt was started (false after Ctrl-C).
+    pub complete: bool,
+    /// Per round `r`: each completed trajectory's latest image at or before round `r`.
+    pub rounds: Vec<RoundMetrics>,
+    /// Each completed trajectory's answer image.
+    pub final_: Option<MeanScores>,
+    /// Mean number of rounds run after round 0.
+    pub mean_rounds: f64,
+    /// Wall time of the run, seconds.
+    pub seconds: f64,
+}
+
+/// Oracle metrics of one round.
+#[derive(Clone, Debug, Serialize)]
+pub struct RoundMetrics {
+    /// The round.
+    pub round: u32,
+    /// The means.
+    #[serde(flatten)]
+    pub scores: MeanScores,
+}
+
+/// The prompts of a flow, numbered.
+pub fn prompts_of(loaded: &LoadedFlow) -> Result<Vec<(u64, SceneGraph)>> {
+    let p = &loaded.flow.prompts;
+    Ok(match p.source {
+        PromptSourceKind::World => {
+            let canvas = Canvas::new(Canvas::DEFAULT_SIZE)?;
+            (0..p.count.unwrap_or(0))
+                .map(|i| (i, sample(&canvas, p.seed, i).graph))
+                .collect()
+        }
+        PromptSourceKind::File => {
+            let path = p.path.as_ref().context("prompts.path")?;
+            let mut records = rlrig_sg::read_records(path)?;
+            if let Some(n) = p.count {
+                records.truncate(n as usize);
+            }
+            records
+                .into_iter()
+                .enumerate()
+                .map(|(i, g)| (i as u64, g))
+                .collect()
+        }
+    })
+}
+
+/// Runs a flow. Returns the metrics and whether the run was complete.
+pub fn run(registry: &Registry, opts: &RunOptions) -> Result<(RunMetrics, PathBuf)> {
+    let loaded = rlrig_flow::load(&opts.flow, &opts.sets)?;
+    registry.check_flow(&loaded)?;
+    let prompts = prompts_of(&loaded)?;
+    let judged = prompts
+        .iter()
+        .all(|(_, g)| WorldGraph::from_scene_graph(g).is_ok());
+    if !judged {
+        eprintln!(
+            "note: some prompts are outside the built-in world's vocabulary: no oracle metrics for this run"
+        );
+    }
+    let dir = loaded.flow.run_dir.join(&loaded.flow.name);
+    prepare_run_dir(&dir, opts.overwrite)?;
+    std::fs::write(dir.join("flow.toml"), &loaded.text).context("writing flow.toml")?;
+    let store = if loaded.flow.store.trajectories {
+        Some(TrajectoryStore::open(&dir.join("store"))?)
+    } else {
+        None
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let (metrics, summary) =
+        runtime.block_on(drive(registry, &loaded, prompts, judged, store, &dir))?;
+    std::fs::write(
+        dir.join("metrics.json"),
+        serde_json::to_string_pretty(&metrics)? + "\n",
+    )?;
+    print_table(&metrics, &dir);
+    if !summary.all_started {
+        bail!(
+            "interrupted: {} of the prompts were not run; what ran is stored in {}",
+            "some",
+            dir.display()
+        );
+    }
+    Ok((metrics, dir))
+}
+
+fn prepare_run_dir(dir: &Path, overwrite: bool) -> Result<()> {
+    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        if !overwrite {
+            bail!(
+                "run directory {} already exists; pick another name (--set name=...) or pass --overwrite to replace it",
+                dir.display()
+            );
+        }
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
+}
+
+async fn drive(
+    registry: &Registry,
+    loaded: &LoadedFlow,
+    prompts: Vec<(u64, SceneGraph)>,
+    judged: bool,
+    store: Option<TrajectoryStore>,
+    dir: &Path,
+) -> Result<(RunMetrics, RunSummary)> {
+    let t0 = Instant::now();
+    let engine = Engine::start(loaded, registry).await?;
+    let (stop_tx, stop_rx) = watch::channel(StopSignal::Run);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!(
+                "\ninterrupted: taking no new prompts, finishing those in flight (Ctrl-C again to cancel them)"
+            );
+            let _ = stop_tx.send(StopSignal::Drain);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("\ncancelling the trajectories in flight");
+                let _ = stop_tx.send(StopSignal::Cancel);
+            }
+        }
+    });
+    let total = prompts.len() as u64;
+    let progress = Progress::new(total);
+    let (tx, mut rx) = mpsc::channel::<Trajectory>(loaded.flow.engine.max_in_flight);
+    let max_rounds = loaded.flow.cycle.max_rounds;
+    let images = loaded.flow.store.images;
+    let out_dir = dir.join("trajectories");
+    let consumer = {
+        let progress = progress.clone();
+        tokio::task::spawn_blocking(move || -> Result<Collector> {
+            let mut c = Collector::new(max_rounds, judged);
+            while let Some(t) = rx.blocking_recv() {
+                if let Some(store) = &store {
+                    store.put(&t)?;
+                }
+                write_chain(&out_dir, &t, images)?;
+                c.add(&t);
+                progress.tick(&c);
+            }
+            if let Some(store) = &store {
+                store.flush()?;
+            }
+            Ok(c)
+        })
+    };
+    let summary = engine.run(prompts, tx, stop_rx).await;
+    let restarts = engine.stats().restarts.load(Ordering::Relaxed);
+    engine.shutdown().await;
+    let collector = consumer.await??;
+    progress.finish();
+    if restarts > 0 {
+        eprintln!("{restarts} actor replica restart(s) after failures; see the log");
+    }
+    Ok((
+        collector.metrics(summary.all_started, t0.elapsed()),
+        summary,
+    ))
+}
+
+/// Gathers per-round oracle scores as trajectories arrive.
+struct Collector {
+    max_rounds: u32,
+    judged: bool,
+    rounds: Vec<Vec<(IouScores, Option<f64>)>>,
+    finals: Vec<(IouScores, Option<f64>)>,
+    done: usize,
+    failed: usize,
+    rounds_run: u64,
+}
+
+impl Collector {
+    fn new(max_rounds: u32, judged: bool) -> Collector {
+        Collector {
+            max_rounds,
+            judged,
+            rounds: vec![Vec::new(); max_rounds as usize + 1],
+            finals: Vec::new(),
+            done: 0,
+            failed: 0,
+            rounds_run: 0,
+        }
+    }
+
+    fn add(&mut self, t: &Trajectory) {
+        if matches!(t.outcome, Outcome::Failed { .. }) {
+            self.failed += 1;
+            return;
+        }
+        self.done += 1;
+        self.rounds_run += t.steps.iter().map(|s| s.round as u64).max().unwrap_or(0);
+        if !self.judged {
+            return;
+        }
+        let score = |img| {
+            judge(&t.prompt, img)
+                .map(|j| (j.scores, j.relation_accuracy))
+                .ok()
+        };
+        let images: Vec<_> = t.images().collect();
+        for r in 0..=self.max_rounds {
+            if let Some((_, _, img)) = images.iter().rev().find(|(_, round, _)| *round <= r)
+                && let Some(s) = score(img)
+            {
+                self.rounds[r as usize].push(s);
+            }
+        }
+        if let Some(s) = t.answer().and_then(score) {
+            self.finals.push(s);
+        }
+    }
+
+    fn metrics(&self, complete: bool, elapsed: Duration) -> RunMetrics {
+        RunMetrics {
+            done: self.done,
+            failed: self.failed,
+            complete,
+            rounds: if self.judged {
+                self.rounds
+                    .iter()
+                    .enumerate()
+                    .map(|(r, v)| RoundMetrics {
+                        round: r as u32,
+                        scores: MeanScores::from_images(v.iter().copied()),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            final_: self
+                .judged
+                .then(|| MeanScores::from_images(self.finals.iter().copied())),
+            mean_rounds: self.rounds_run as f64 / self.done.max(1) as f64,
+            seconds: elapsed.as_secs_f64(),
+        }
+    }
+}
+
+/// Writes one trajectory's images and `chain.json` under `trajectories/<id>/`.
+fn write_chain(out: &Path, t: &Trajectory, images: StoredImages) -> Result<()> {
+    let dir = out.join(format!("{:06}", t.id));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let answer = match t.outcome {
+        Outcome::Done { answer, .. } => Some(answer),
+        Outcome::Failed { .. } => None,
+    };
+    let mut chain = Vec::new();
+    for (i, s) in t.steps.iter().enumerate() {
+        let entry = match &s.output {
+            StepOutput::Image(img) => {
+                let file = format!("step{i:02}-round{}-{}.png", s.round, s.actor);
+                if images == StoredImages::All || answer == Some(i) {
+                    std::fs::write(dir.join(&file), img.to_png()?)
+                        .with_context(|| format!("writing {file}"))?;
+                }
+                serde_json::json!({"step": i, "round": s.round, "actor": s.actor, "role": s.role, "image": file})
+            }
+            StepOutput::Report(r) => serde_json::json!({
+                "step": i, "round": s.round, "actor": s.actor, "role": s.role,
+                "score": r.score, "reflection": r.reflection, "items": r.items, "relations": r.relations,
+            }),
+            StepOutput::Edit(e) => serde_json::json!({
+                "step": i, "round": s.round, "actor": s.actor, "role": s.role,
+                "edit_prompt": e.edit_prompt, "policy_version": e.policy_version,
+            }),
+        };
+        chain.push(entry);
+    }
+    let doc = serde_json::json!({
+        "id": t.id, "prompt": t.prompt.prompt(), "scene_graph": t.prompt, "seed": t.seed,
+        "outcome": t.outcome, "elapsed_ms": t.elapsed_ms, "steps": chain,
+    });
+    std::fs::write(
+        dir.join("chain.json"),
+        serde_json::to_string_pretty(&doc)? + "\n",
+    )?;
+    Ok(())
+}
+
+/// A progress bar on a terminal, a log line every tenth of the run otherwise.
+#[derive(Clone)]
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    total: u64,
+    start: Instant,
+}
+
+impl Progress {
+    fn new(total: u64) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::new(total);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} prompts · {per_sec} · ETA {eta} · {msg}",
+                )
+                .expect("a valid template"),
+            );
+            b
+        });
+        Progress {
+            bar,
+            total,
+            start: Instant::now(),
+        }
+    }
+
+    fn tick(&self, c: &Collector) {
+        let n = (c.done + c.failed) as u64;
+        let rounds = c.rounds_run as f64 / c.done.max(1) as f64;
+        match &self.bar {
+            Some(b) => {
+                b.set_position(n);
+                b.set_message(format!("{rounds:.2} rounds/prompt, {} failed", c.failed));
+            }
+            None => {
+                let step = (self.total / 10).max(1);
+                if n % step == 0 || n == self.total {
+                    let rate = n as f64 / self.start.elapsed().as_secs_f64().max(1e-9);
+                    eprintln!(
+                        "{n}/{} prompts · {rate:.1}/s · {rounds:.2} rounds/prompt · {} failed",
+                        self.total, c.failed
+                    );
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish();
+        }
+    }
+}
+
+fn print_table(m: &RunMetrics, dir: &Path) {
+    println!(
+        "run {}: {} done, {} failed, {:.1} s",
+        dir.display(),
+        m.done,
+        m.failed,
+        m.seconds
+    );
+    if m.rounds.is_empty() {
+        return;
+    }
+    println!(
+        "{:<8} {:>6} {:>8} {:>11} {:>13} {:>10}",
+        "round", "n", "SG-IoU", "Entity-IoU", "Relation-IoU", "rel. acc."
+    );
+    let row = |label: String, s: &MeanScores| {
+        println!(
+            "{label:<8} {:>6} {:>8.4} {:>11.4} {:>13.4} {:>10}",
+            s.n,
+            s.mean.sg_iou,
+            s.mean.entity_iou,
+            s.mean.relation_iou,
+            s.relation_accuracy
+                .map_or("-".into(), |a| format!("{a:.4}"))
+        )
+    };
+    for r in &m.rounds {
+        row(r.round.to_string(), &r.scores);
+    }
+    if let Some(f) = &m.final_ {
+        row("final".into(), f);
+    }
+}
