@@ -3,8 +3,7 @@
 //! Messages are the JSON forms of the contract's messages, except that every image is a
 //! [`WireImage`] (`{"width", "height", "png_base64"}`) instead of raw bytes. A
 //! [`GenerateRequest`] has no image and travels in its contract form; results that carry no
-//! image ([`CheckReport`](rlrig_contract::CheckReport),
-//! [`EditProposal`](rlrig_contract::EditProposal)) do too.
+//! image ([`CheckReport`], [`EditProposal`](rlrig_contract::EditProposal)) do too.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;

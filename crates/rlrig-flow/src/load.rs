@@ -130,7 +130,9 @@ fn toml_problem(
     let mut message = e.message().trim().to_string();
     let mut key = key;
     if let Some((unknown, expected)) = parse_unknown(&message) {
-        key = join_key(&key, &unknown);
+        if !key.ends_with(&unknown) {
+            key = join_key(&key, &unknown);
+        }
         message = format!(
             "unknown key `{unknown}`; expected one of {}",
             expected
@@ -380,7 +382,12 @@ pub fn settings_into<T: for<'de> Deserialize<'de>>(
                 if let Some(best) = did_you_mean(&unknown, expected.iter().map(String::as_str)) {
                     m.push_str(&format!("; did you mean `{best}`?"));
                 }
-                (join_key(&key, &unknown), m)
+                let key = if key.ends_with(&unknown) {
+                    key
+                } else {
+                    join_key(&key, &unknown)
+                };
+                (key, m)
             }
             None => (key, message),
         }

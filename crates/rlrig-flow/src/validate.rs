@@ -154,11 +154,20 @@ fn check_cycle(loaded: &LoadedFlow) -> Vec<FlowProblem> {
         report: false,
         edit: false,
     };
-    let step = |state: &mut State,
-                list: &str,
-                i: usize,
-                name: &String,
-                problem: &mut dyn FnMut(String, String)| {
+    // Only the first order problem is reported: later ones usually follow from it.
+    let mut order_ok = true;
+    let mut step = |state: &mut State,
+                    list: &str,
+                    i: usize,
+                    name: &String,
+                    problem: &mut dyn FnMut(String, String)| {
+        if !order_ok {
+            return;
+        }
+        let mut problem = |k: String, m: String| {
+            order_ok = false;
+            problem(k, m)
+        };
         let key = format!("cycle.{list}[{i}]");
         let r = role(name);
         match r {

@@ -1,0 +1,370 @@
+//! The engine with instrumented role kinds: batching, supervision and retries, flow control,
+//! stop signals. Every trajectory offered must come out, done or failed.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rlrig_contract::{
+    CheckReport, CheckRequest, Checker, Diffuser, EditPolicy, EditProposal, EditRequest, Editor,
+    GenerateRequest, Image, Outcome, ProposeRequest, RoleError, SceneGraph, StepOutput, Trajectory,
+};
+use rlrig_engine::{Engine, Registry, RunSummary, StopSignal};
+use rlrig_sg::read_jsonl;
+use tokio::sync::{mpsc, watch};
+
+/// Knobs shared by the test kinds of one test.
+#[derive(Default)]
+struct Knobs {
+    /// The checker panics on every k-th request it sees (0: never).
+    panic_every: usize,
+    /// The checker fails every batch holding a prompt whose img_id is "poison".
+    poison: bool,
+    /// Per-request sleep of the editor and of the others.
+    editor_ms: u64,
+    other_ms: u64,
+    checked: AtomicUsize,
+    batch_sizes: Mutex<Vec<usize>>,
+    /// Images alive (created and not yet dropped by the engine) — a memory gauge.
+    live_images: AtomicUsize,
+    live_max: AtomicUsize,
+}
+
+struct Gen(Arc<Knobs>);
+struct Check(Arc<Knobs>);
+struct Pol(Arc<Knobs>);
+struct Edit(Arc<Knobs>);
+
+fn image(k: &Knobs, tag: u8) -> Image {
+    let n = k.live_images.fetch_add(1, Ordering::SeqCst) + 1;
+    k.live_max.fetch_max(n, Ordering::SeqCst);
+    Image::filled(2, 2, [tag, 0, 0])
+}
+
+impl Diffuser for Gen {
+    fn generate(&mut self, batch: &[GenerateRequest]) -> Result<Vec<Image>, RoleError> {
+        std::thread::sleep(Duration::from_millis(self.0.other_ms * batch.len() as u64));
+        Ok(batch.iter().map(|_| image(&self.0, 1)).collect())
+    }
+}
+
+impl Checker for Check {
+    fn check(&mut self, batch: &[CheckRequest]) -> Result<Vec<CheckReport>, RoleError> {
+        std::thread::sleep(Duration::from_millis(self.0.other_ms * batch.len() as u64));
+        self.0.batch_sizes.lock().unwrap().push(batch.len());
+        if self.0.poison
+            && batch
+                .iter()
+                .any(|r| r.prompt.img_id.as_deref() == Some("poison"))
+        {
+            return Err(RoleError("cannot judge a poisoned prompt".into()));
+        }
+        let mut out = Vec::new();
+        for r in batch {
+            let n = self.0.checked.fetch_add(1, Ordering::SeqCst) + 1;
+            if self.0.panic_every > 0 && n % self.0.panic_every == 0 {
+                panic!("checker crashed on request {n}");
+            }
+            // The editor stamps a 2 in the red channel: edited images pass.
+            let score = if r.image.get(0, 0)[0] == 2 { 1.0 } else { 0.0 };
+            out.push(CheckReport {
+                items: vec![],
+                relations: vec![],
+                score,
+                reflection: String::new(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl EditPolicy for Pol {
+    fn propose(&mut self, batch: &[ProposeRequest]) -> Result<Vec<EditProposal>, RoleError> {
+        std::thread::sleep(Duration::from_millis(self.0.other_ms * batch.len() as u64));
+        Ok(batch
+            .iter()
+            .map(|_| EditProposal {
+                edit_prompt: "fix it".into(),
+                token_ids: vec![],
+                logprobs: vec![],
+                policy_version: 0,
+            })
+            .collect())
+    }
+}
+
+impl Editor for Edit {
+    fn edit(&mut self, batch: &[EditRequest]) -> Result<Vec<Image>, RoleError> {
+        std::thread::sleep(Duration::from_millis(self.0.editor_ms * batch.len() as u64));
+        Ok(batch.iter().map(|_| image(&self.0, 2)).collect())
+    }
+}
+
+fn registry(k: &Arc<Knobs>) -> Registry {
+    let mut r = Registry::new();
+    let ok = |_: &serde_json::Value| Ok(());
+    let k1 = k.clone();
+    r.add_diffuser("t.gen", "", ok, move |_: serde_json::Value, _| {
+        Ok(Box::new(Gen(k1.clone())))
+    });
+    let k2 = k.clone();
+    r.add_checker("t.check", "", ok, move |_: serde_json::Value, _| {
+        Ok(Box::new(Check(k2.clone())))
+    });
+    let k3 = k.clone();
+    r.add_policy("t.policy", "", ok, move |_: serde_json::Value, _| {
+        Ok(Box::new(Pol(k3.clone())))
+    });
+    let k4 = k.clone();
+    r.add_editor("t.edit", "", ok, move |_: serde_json::Value, _| {
+        Ok(Box::new(Edit(k4.clone())))
+    });
+    r
+}
+
+fn flow(extra: &str) -> rlrig_flow::LoadedFlow {
+    let text = format!(
+        r#"
+name = "t"
+[prompts]
+source = "world"
+count = 1
+[actors.gen]
+role = "diffuser"
+kind = "t.gen"
+batch = 4
+[actors.check]
+role = "checker"
+kind = "t.check"
+batch = 8
+max_wait_ms = 5
+[actors.policy]
+role = "policy"
+kind = "t.policy"
+batch = 8
+[actors.edit]
+role = "editor"
+kind = "t.edit"
+batch = 2
+[cycle]
+start = ["gen", "check"]
+round = ["policy", "edit", "check"]
+max_rounds = 2
+stop_score = 1.0
+{extra}
+"#
+    );
+    rlrig_flow::load_str(Path::new("test.toml"), &text, &[]).expect("valid test flow")
+}
+
+fn prompts(n: u64) -> Vec<(u64, SceneGraph)> {
+    (0..n)
+        .map(|i| {
+            let id = if i == 7 { "poison".to_string() } else { i.to_string() };
+            let g = read_jsonl(
+                &format!(r#"{{"img_id": "{id}", "items": [{{"item_id": 0, "label": "circle", "attributes": ["red"]}}]}}"#),
+                "t",
+            )
+            .unwrap()
+            .remove(0);
+            (i, g)
+        })
+        .collect()
+}
+
+async fn run_all(
+    engine: &Engine,
+    n: u64,
+    stop: watch::Receiver<StopSignal>,
+    k: &Arc<Knobs>,
+) -> (RunSummary, Vec<Trajectory>) {
+    let (tx, mut rx) = mpsc::channel::<Trajectory>(4);
+    let k = k.clone();
+    let collect = tokio::spawn(async move {
+        let mut v = Vec::new();
+        while let Some(t) = rx.recv().await {
+            // The engine is done with this trajectory's images.
+            let imgs = t
+                .steps
+                .iter()
+                .filter(|s| matches!(s.output, StepOutput::Image(_)))
+                .count();
+            k.live_images.fetch_sub(imgs, Ordering::SeqCst);
+            v.push(t);
+        }
+        v
+    });
+    let summary = engine.run(prompts(n), tx, stop).await;
+    (summary, collect.await.unwrap())
+}
+
+fn ids(ts: &[Trajectory]) -> HashSet<u64> {
+    ts.iter().map(|t| t.id).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cycle_runs_and_batches() {
+    let k = Arc::new(Knobs::default());
+    let engine = Engine::start(&flow(""), &registry(&k)).await.unwrap();
+    let (_tx, stop) = watch::channel(StopSignal::Run);
+    let (summary, ts) = run_all(&engine, 40, stop, &k).await;
+    engine.shutdown().await;
+    assert_eq!((summary.started, summary.done, summary.failed), (40, 40, 0));
+    assert_eq!(ids(&ts), (0..40).collect());
+    for t in &ts {
+        // gen, check(0), policy, edit, check(1) = 1.0 → stop.
+        assert_eq!(
+            t.steps.len(),
+            5,
+            "{:?}",
+            t.steps.iter().map(|s| &s.actor).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            t.outcome,
+            Outcome::Done {
+                answer: 3,
+                score: Some(1.0)
+            }
+        );
+    }
+    let sizes = k.batch_sizes.lock().unwrap().clone();
+    assert!(sizes.iter().all(|&s| s <= 8));
+    assert!(
+        sizes.iter().any(|&s| s > 1),
+        "requests in flight together are batched: {sizes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_actor_is_restarted_and_nothing_vanishes() {
+    let k = Arc::new(Knobs {
+        panic_every: 7,
+        ..Default::default()
+    });
+    let engine = Engine::start(
+        &flow("[engine]\nmax_attempts = 4\nmax_in_flight = 8"),
+        &registry(&k),
+    )
+    .await
+    .unwrap();
+    let (_tx, stop) = watch::channel(StopSignal::Run);
+    let (summary, ts) = run_all(&engine, 60, stop, &k).await;
+    let restarts = engine.stats().restarts.load(Ordering::SeqCst);
+    engine.shutdown().await;
+    assert_eq!(
+        ids(&ts),
+        (0..60).collect(),
+        "every trajectory is accounted for"
+    );
+    assert_eq!(summary.done + summary.failed, 60);
+    assert!(
+        restarts >= 5,
+        "the checker crashed and was restarted: {restarts}"
+    );
+    for t in &ts {
+        match &t.outcome {
+            Outcome::Done { .. } => {}
+            Outcome::Failed { error } => assert!(
+                error.contains("\"check\" failed") && error.contains("panicked"),
+                "{error}"
+            ),
+        }
+    }
+    let retried = ts
+        .iter()
+        .flat_map(|t| &t.steps)
+        .filter(|s| s.attempts > 1)
+        .count();
+    assert!(retried > 0, "some requests succeeded on a retry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_always_fails_fails_its_trajectory_only() {
+    let k = Arc::new(Knobs {
+        poison: true,
+        ..Default::default()
+    });
+    let engine = Engine::start(&flow(""), &registry(&k)).await.unwrap();
+    let (_tx, stop) = watch::channel(StopSignal::Run);
+    let (summary, ts) = run_all(&engine, 30, stop, &k).await;
+    engine.shutdown().await;
+    assert_eq!((summary.done, summary.failed), (29, 1));
+    let bad = ts.iter().find(|t| t.id == 7).unwrap();
+    match &bad.outcome {
+        Outcome::Failed { error } => {
+            assert_eq!(
+                error,
+                "actor \"check\" failed 3 times: cannot judge a poisoned prompt"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_editor_does_not_grow_queues_or_memory() {
+    let k = Arc::new(Knobs {
+        editor_ms: 20,
+        other_ms: 2,
+        ..Default::default()
+    });
+    let engine = Engine::start(&flow("[engine]\nmax_in_flight = 6"), &registry(&k))
+        .await
+        .unwrap();
+    let (_tx, stop) = watch::channel(StopSignal::Run);
+    let (summary, _) = run_all(&engine, 60, stop, &k).await;
+    let stats = engine.stats();
+    engine.shutdown().await;
+    assert_eq!(summary.done, 60);
+    assert!(stats.in_flight_max.load(Ordering::SeqCst) <= 6);
+    for (name, max) in &stats.outstanding_max {
+        assert!(
+            max.load(Ordering::SeqCst) <= 6,
+            "{name} had {} requests outstanding",
+            max.load(Ordering::SeqCst)
+        );
+    }
+    assert_eq!(
+        stats.outstanding_max["edit"].load(Ordering::SeqCst),
+        6,
+        "the slow editor holds every credit"
+    );
+    // Each trajectory holds at most 2 images until the sink (capacity 4) takes it.
+    let live = k.live_max.load(Ordering::SeqCst);
+    assert!(live <= 2 * (6 + 4 + 1), "images alive at once: {live}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_stops_new_prompts_and_cancel_fails_those_in_flight() {
+    let k = Arc::new(Knobs {
+        editor_ms: 30,
+        ..Default::default()
+    });
+    let engine = Engine::start(&flow("[engine]\nmax_in_flight = 4"), &registry(&k))
+        .await
+        .unwrap();
+    let (tx, stop) = watch::channel(StopSignal::Run);
+    let stopper = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        tx.send(StopSignal::Drain).unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        tx.send(StopSignal::Cancel).unwrap();
+    });
+    let (summary, ts) = run_all(&engine, 1000, stop, &k).await;
+    stopper.await.unwrap();
+    engine.shutdown().await;
+    assert!(!summary.all_started);
+    assert!(summary.started < 1000);
+    assert_eq!(
+        ts.len(),
+        summary.started,
+        "every started trajectory is reported"
+    );
+    assert!(
+        ts.iter().any(
+            |t| matches!(&t.outcome, Outcome::Failed { error } if error.contains("cancelled"))
+        )
+    );
+}
