@@ -1,0 +1,256 @@
+//! `rlrig run` end to end, as a user runs it: the real binary, real flows, a real sled store
+//! on disk, real child processes for external actors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use rlrig_contract::{Outcome, StepOutput};
+use rlrig_store::TrajectoryStore;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run_bin(bin: &Path, args: &[&str]) -> Output {
+    Command::new(bin)
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("runs")
+}
+
+fn rlrig(args: &[&str]) -> Output {
+    run_bin(Path::new(env!("CARGO_BIN_EXE_rlrig")), args)
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn metrics(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn infer_flow_writes_the_run_directory_store_and_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = tmp.path().to_str().unwrap();
+    let o = rlrig(&[
+        "run",
+        "flows/infer.toml",
+        "--set",
+        "prompts.count=30",
+        "--set",
+        &format!("run_dir={run_dir}"),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let dir = tmp.path().join("infer");
+    let out = text(&o);
+    assert!(
+        out.contains("30 done, 0 failed") && out.contains("final"),
+        "{out}"
+    );
+
+    // Metrics: round 0 .. 3 and final, final better than round 0 with the rule-based policy.
+    let m = metrics(&dir);
+    assert_eq!(m["done"], 30);
+    assert_eq!(m["rounds"].as_array().unwrap().len(), 4);
+    let r0 = m["rounds"][0]["mean"]["sg_iou"].as_f64().unwrap();
+    let fin = m["final_"]["mean"]["sg_iou"].as_f64().unwrap();
+    assert!(fin > r0, "final SG-IoU {fin} must beat round 0 {r0}");
+    let a0 = m["rounds"][0]["relation_accuracy"].as_f64().unwrap();
+    let af = m["final_"]["relation_accuracy"].as_f64().unwrap();
+    assert!(af > a0 + 0.1, "relation accuracy {a0} → {af}");
+
+    // The store: every trajectory, complete, with its images.
+    let store = TrajectoryStore::open(&dir.join("store")).unwrap();
+    assert_eq!(store.ids().unwrap(), (0..30).collect::<Vec<_>>());
+    for id in 0..30 {
+        let t = store.get(id).unwrap().unwrap();
+        assert!(matches!(t.outcome, Outcome::Done { .. }));
+        assert!(matches!(t.steps[0].output, StepOutput::Image(_)));
+        assert!(
+            t.steps
+                .iter()
+                .any(|s| matches!(s.output, StepOutput::Report(_)))
+        );
+        let chain = dir.join(format!("trajectories/{id:06}"));
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(chain.join("chain.json")).unwrap())
+                .unwrap();
+        let pngs = std::fs::read_dir(&chain)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "png")
+            })
+            .count();
+        assert_eq!(
+            pngs,
+            t.images().count(),
+            "one PNG per image of trajectory {id}"
+        );
+        assert_eq!(doc["steps"].as_array().unwrap().len(), t.steps.len());
+    }
+    let edits: Vec<String> = (0..30)
+        .flat_map(|id| store.get(id).unwrap().unwrap().steps)
+        .filter_map(|s| match s.output {
+            StepOutput::Edit(e) => Some(e.edit_prompt),
+            _ => None,
+        })
+        .collect();
+    assert!(!edits.is_empty());
+    for e in &edits {
+        rlrig_world::edit::Edit::parse(e).unwrap_or_else(|err| panic!("{err}"));
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.join("flow.toml"))
+            .unwrap()
+            .contains("count = 30"),
+        true
+    );
+    drop(store);
+
+    // Never overwritten silently.
+    let again = rlrig(&[
+        "run",
+        "flows/infer.toml",
+        "--set",
+        "prompts.count=3",
+        "--set",
+        &format!("run_dir={run_dir}"),
+    ]);
+    assert!(!again.status.success());
+    assert!(text(&again).contains("already exists"), "{}", text(&again));
+    let forced = rlrig(&[
+        "run",
+        "flows/infer.toml",
+        "--overwrite",
+        "--set",
+        "prompts.count=3",
+        "--set",
+        &format!("run_dir={run_dir}"),
+    ]);
+    assert!(forced.status.success(), "{}", text(&forced));
+    assert_eq!(metrics(&dir)["done"], 3);
+}
+
+#[test]
+fn a_checker_in_python_runs_the_cycle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = rlrig(&[
+        "run",
+        "examples/external-checker.toml",
+        "--set",
+        "prompts.count=12",
+        "--set",
+        &format!("run_dir={}", tmp.path().display()),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let m = metrics(&tmp.path().join("external-checker"));
+    assert_eq!(m["done"], 12);
+    let store = TrajectoryStore::open(&tmp.path().join("external-checker/store")).unwrap();
+    let t = store.get(0).unwrap().unwrap();
+    let checked = t.steps.iter().filter(|s| s.actor == "checker").count();
+    assert!(checked >= 1);
+}
+
+#[test]
+fn a_broken_external_actor_fails_loudly_and_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = rlrig(&[
+        "run",
+        "examples/external-checker.toml",
+        "--set",
+        "prompts.count=5",
+        "--set",
+        "actors.checker.settings.command=[\"python3\", \"examples/external_garbage.py\"]",
+        "--set",
+        &format!("run_dir={}", tmp.path().display()),
+    ]);
+    // Every trajectory is recorded as failed with the actor named; the run itself completes.
+    assert!(o.status.success(), "{}", text(&o));
+    let m = metrics(&tmp.path().join("external-checker"));
+    assert_eq!(
+        (m["done"].as_u64(), m["failed"].as_u64()),
+        (Some(0), Some(5)),
+        "{}",
+        text(&o)
+    );
+    let store = TrajectoryStore::open(&tmp.path().join("external-checker/store")).unwrap();
+    match store.get(0).unwrap().unwrap().outcome {
+        Outcome::Failed { error } => {
+            assert!(
+                error.contains("external actor \"checker\"")
+                    && error.contains("malformed reply line"),
+                "{error}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The example binary `custom_checker` (built by `cargo test` with the other examples).
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
+    dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+}
+
+#[test]
+fn a_custom_kind_registered_from_rust_runs_through_the_cli() {
+    let bin = example("custom_checker");
+    assert!(bin.exists(), "{} is built by cargo test", bin.display());
+    let kinds = run_bin(&bin, &["kinds"]);
+    assert!(text(&kinds).contains("example.strict_checker"));
+    let tmp = tempfile::tempdir().unwrap();
+    let o = run_bin(
+        &bin,
+        &[
+            "run",
+            "examples/custom-checker.toml",
+            "--set",
+            "prompts.count=10",
+            "--set",
+            &format!("run_dir={}", tmp.path().display()),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let store = TrajectoryStore::open(&tmp.path().join("custom-checker/store")).unwrap();
+    let t = store.get(0).unwrap().unwrap();
+    for s in &t.steps {
+        if let StepOutput::Report(r) = &s.output {
+            assert!(
+                r.score == 0.0 || r.score == 1.0,
+                "strict scores are all or nothing"
+            );
+            assert!(r.reflection.starts_with("[strict]"));
+        }
+    }
+    // The stock binary does not know the kind, and says so.
+    let o = rlrig(&["validate", "examples/custom-checker.toml"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("unknown kind \"example.strict_checker\""),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn help_is_complete() {
+    let o = rlrig(&["--help"]);
+    let h = text(&o);
+    for cmd in ["run", "validate", "schema", "kinds", "world"] {
+        assert!(h.contains(cmd), "{h}");
+    }
+    let o = rlrig(&["run", "--help"]);
+    assert!(text(&o).contains("--set") && text(&o).contains("--overwrite"));
+}
