@@ -129,7 +129,7 @@ pub struct ProposeRequest {
 /// An edit prompt written by the [`EditPolicy`], with what GRPO needs to learn from it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EditProposal {
-    /// The edit prompt, e.g. `move the red circle left of the blue square`.
+    /// The edit prompt, e.g. `move the red circle to the left of the blue square`.
     pub edit_prompt: String,
     /// Token ids of the edit prompt (empty for policies without tokens).
     pub token_ids: Vec<u32>,

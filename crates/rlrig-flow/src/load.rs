@@ -127,24 +127,7 @@ fn toml_problem(
     key: String,
     e: &toml::de::Error,
 ) -> FlowProblem {
-    let mut message = e.message().trim().to_string();
-    let mut key = key;
-    if let Some((unknown, expected)) = parse_unknown(&message) {
-        if !key.ends_with(&unknown) {
-            key = join_key(&key, &unknown);
-        }
-        message = format!(
-            "unknown key `{unknown}`; expected one of {}",
-            expected
-                .iter()
-                .map(|k| format!("`{k}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        if let Some(best) = did_you_mean(&unknown, expected.iter().map(String::as_str)) {
-            message.push_str(&format!("; did you mean `{best}`?"));
-        }
-    }
+    let (key, message) = explain_unknown(key, e.message().trim());
     if let Some(over) = override_for(overrides, &key) {
         return FlowProblem {
             location: over,
@@ -161,6 +144,21 @@ fn toml_problem(
         key,
         message,
     }
+}
+
+/// Rewrites serde's "unknown field" message with the full key and a did-you-mean; other
+/// messages pass through.
+fn explain_unknown(key: String, message: &str) -> (String, String) {
+    let Some((unknown, expected)) = parse_unknown(message) else {
+        return (key, message.to_string());
+    };
+    let key = if key.ends_with(&unknown) { key } else { join_key(&key, &unknown) };
+    let list: Vec<String> = expected.iter().map(|k| format!("`{k}`")).collect();
+    let mut message = format!("unknown key `{unknown}`; expected one of {}", list.join(", "));
+    if let Some(best) = did_you_mean(&unknown, expected.iter().map(String::as_str)) {
+        message.push_str(&format!("; did you mean `{best}`?"));
+    }
+    (key, message)
 }
 
 /// `unknown field `x`, expected one of `a`, `b`` (or `expected `a``) → (`x`, [a, b]).
@@ -368,28 +366,6 @@ pub fn settings_into<T: for<'de> Deserialize<'de>>(
     serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
         let key = e.path().to_string();
         let key = if key == "." { String::new() } else { key };
-        let message = e.inner().to_string();
-        match parse_unknown(&message) {
-            Some((unknown, expected)) => {
-                let mut m = format!(
-                    "unknown key `{unknown}`; expected one of {}",
-                    expected
-                        .iter()
-                        .map(|k| format!("`{k}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-                if let Some(best) = did_you_mean(&unknown, expected.iter().map(String::as_str)) {
-                    m.push_str(&format!("; did you mean `{best}`?"));
-                }
-                let key = if key.ends_with(&unknown) {
-                    key
-                } else {
-                    join_key(&key, &unknown)
-                };
-                (key, m)
-            }
-            None => (key, message),
-        }
+        explain_unknown(key, &e.inner().to_string())
     })
 }
