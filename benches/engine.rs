@@ -14,8 +14,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rlrig_contract::{
-    CheckReport, CheckRequest, Checker, Diffuser, EditPolicy, EditProposal, EditRequest, Editor, GenerateRequest, Image,
-    ProposeRequest, RoleError, SceneGraph, Trajectory,
+    CheckReport, CheckRequest, Checker, Diffuser, EditPolicy, EditProposal, EditRequest, Editor,
+    GenerateRequest, Image, ProposeRequest, RoleError, SceneGraph, Trajectory,
 };
 use rlrig_engine::{Engine, Registry, StopSignal, mix_seed};
 use rlrig_world::{Canvas, sample};
@@ -46,7 +46,12 @@ impl Checker for C {
 impl EditPolicy for P {
     fn propose(&mut self, b: &[ProposeRequest]) -> Result<Vec<EditProposal>, RoleError> {
         Ok(b.iter()
-            .map(|_| EditProposal { edit_prompt: "x".into(), token_ids: vec![], logprobs: vec![], policy_version: 0 })
+            .map(|_| EditProposal {
+                edit_prompt: "x".into(),
+                token_ids: vec![],
+                logprobs: vec![],
+                policy_version: 0,
+            })
             .collect())
     }
 }
@@ -61,7 +66,9 @@ fn zero_registry() -> Registry {
     let ok = |_: &serde_json::Value| Ok(());
     r.add_diffuser("z.gen", "", ok, |_: serde_json::Value, _| Ok(Box::new(G)));
     r.add_checker("z.check", "", ok, |_: serde_json::Value, _| Ok(Box::new(C)));
-    r.add_policy("z.policy", "", ok, |_: serde_json::Value, _| Ok(Box::new(P)));
+    r.add_policy("z.policy", "", ok, |_: serde_json::Value, _| {
+        Ok(Box::new(P))
+    });
     r.add_editor("z.edit", "", ok, |_: serde_json::Value, _| Ok(Box::new(E)));
     r
 }
@@ -96,9 +103,16 @@ stop_score = 1.0
 max_in_flight = 64
 "#;
 
-async fn through_engine(flow: &str, sets: &[String], registry: &Registry, prompts: Vec<(u64, SceneGraph)>) -> (Duration, usize) {
+async fn through_engine(
+    flow: &str,
+    sets: &[String],
+    registry: &Registry,
+    prompts: Vec<(u64, SceneGraph)>,
+) -> (Duration, usize) {
     let loaded = rlrig_flow::load_str(Path::new("bench.toml"), flow, sets).expect("bench flow");
-    let engine = Engine::start(&loaded, registry).await.expect("engine starts");
+    let engine = Engine::start(&loaded, registry)
+        .await
+        .expect("engine starts");
     let (tx, mut rx) = mpsc::channel::<Trajectory>(256);
     let sink = tokio::spawn(async move {
         let mut steps = 0;
@@ -133,19 +147,49 @@ fn sequential(
         let seed = mix_seed(mix_seed(*id));
         let step_seed = |k: usize| mix_seed(seed.wrapping_add(k as u64));
         let mut k = 0;
-        let mut image = d.generate(&[GenerateRequest { prompt: prompt.clone(), seed: step_seed(k) }]).unwrap().remove(0);
-        let mut report = c.check(&[CheckRequest { prompt: prompt.clone(), image: image.clone() }]).unwrap().remove(0);
+        let mut image = d
+            .generate(&[GenerateRequest {
+                prompt: prompt.clone(),
+                seed: step_seed(k),
+            }])
+            .unwrap()
+            .remove(0);
+        let mut report = c
+            .check(&[CheckRequest {
+                prompt: prompt.clone(),
+                image: image.clone(),
+            }])
+            .unwrap()
+            .remove(0);
         k += 2;
         for _ in 0..max_rounds {
             if report.score >= 1.0 {
                 break;
             }
             let edit = p
-                .propose(&[ProposeRequest { prompt: prompt.clone(), image: image.clone(), report, seed: step_seed(k) }])
+                .propose(&[ProposeRequest {
+                    prompt: prompt.clone(),
+                    image: image.clone(),
+                    report,
+                    seed: step_seed(k),
+                }])
                 .unwrap()
                 .remove(0);
-            image = e.edit(&[EditRequest { image, edit_prompt: edit.edit_prompt, seed: step_seed(k + 1) }]).unwrap().remove(0);
-            report = c.check(&[CheckRequest { prompt: prompt.clone(), image: image.clone() }]).unwrap().remove(0);
+            image = e
+                .edit(&[EditRequest {
+                    image,
+                    edit_prompt: edit.edit_prompt,
+                    seed: step_seed(k + 1),
+                }])
+                .unwrap()
+                .remove(0);
+            report = c
+                .check(&[CheckRequest {
+                    prompt: prompt.clone(),
+                    image: image.clone(),
+                }])
+                .unwrap()
+                .remove(0);
             k += 3;
         }
         steps += k;
@@ -163,11 +207,17 @@ fn row(name: &str, n: usize, engine: (Duration, usize), seq: (Duration, usize)) 
         n as f64 / engine.0.as_secs_f64(),
         n as f64 / seq.0.as_secs_f64(),
     );
-    println!("{:<34} steps: engine {} / sequential {}", "", engine.1, seq.1);
+    println!(
+        "{:<34} steps: engine {} / sequential {}",
+        "", engine.1, seq.1
+    );
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     println!(
         "{:<34} {:>7} {:>12} {:>12} {:>9} {:>10} {:>10}",
         "benchmark", "traj", "engine µs/t", "seq. µs/t", "seq/eng", "eng t/s", "seq t/s"
@@ -179,21 +229,36 @@ fn main() {
     let prompt = sample(&canvas, 0, 0).graph;
     let prompts: Vec<(u64, SceneGraph)> = (0..n).map(|i| (i as u64, prompt.clone())).collect();
     let reg = zero_registry();
-    let _warm = rt.block_on(through_engine(ZERO_FLOW, &[], &reg, prompts[..1000].to_vec()));
+    let _warm = rt.block_on(through_engine(
+        ZERO_FLOW,
+        &[],
+        &reg,
+        prompts[..1000].to_vec(),
+    ));
     let eng = rt.block_on(through_engine(ZERO_FLOW, &[], &reg, prompts.clone()));
     let seq = sequential(&prompts, &mut G, &mut C, &mut P, &mut E, 3);
     row("zero-cost actors (5 steps/traj)", n, eng, seq);
 
     // 2. The infer flow's baseline actors.
-    let flow = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("flows/infer.toml")).unwrap();
+    let flow =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("flows/infer.toml"))
+            .unwrap();
     let n = 2_000;
-    let prompts: Vec<(u64, SceneGraph)> = (0..n).map(|i| (i as u64, sample(&canvas, 1000, i as u64).graph)).collect();
+    let prompts: Vec<(u64, SceneGraph)> = (0..n)
+        .map(|i| (i as u64, sample(&canvas, 1000, i as u64).graph))
+        .collect();
     let reg = rlrig::builtin_registry();
     let eng = rt.block_on(through_engine(&flow, &[], &reg, prompts.clone()));
-    let mut d = rlrig_baseline::MistakenRenderer::new(rlrig_baseline::MistakenRendererConfig { mistake_rate: 0.7, ..Default::default() }).unwrap();
+    let mut d = rlrig_baseline::MistakenRenderer::new(rlrig_baseline::MistakenRendererConfig {
+        mistake_rate: 0.7,
+        ..Default::default()
+    })
+    .unwrap();
     let mut c = rlrig_baseline::OracleChecker::new(Default::default()).unwrap();
     let mut p = rlrig_baseline::RulePolicy::new(Default::default()).unwrap();
-    let mut e = rlrig_baseline::SceneEditor::new(rlrig_baseline::SceneEditorConfig { context_loss: 0.05 }).unwrap();
+    let mut e =
+        rlrig_baseline::SceneEditor::new(rlrig_baseline::SceneEditorConfig { context_loss: 0.05 })
+            .unwrap();
     let seq = sequential(&prompts, &mut d, &mut c, &mut p, &mut e, 3);
     row("infer flow, baseline actors", n, eng, seq);
     let one = |s: &str| vec![s.to_string()];
@@ -209,8 +274,20 @@ fn main() {
     let n = 300;
     let prompts: Vec<(u64, SceneGraph)> = (0..n).map(|i| (i as u64, prompt.clone())).collect();
     let reg = slow_registry();
-    let eng = rt.block_on(through_engine(ZERO_FLOW.replace("z.", "s.").as_str(), &[], &reg, prompts.clone()));
-    let seq = sequential(&prompts, &mut Slow(G), &mut Slow(C), &mut Slow(P), &mut Slow(E), 3);
+    let eng = rt.block_on(through_engine(
+        ZERO_FLOW.replace("z.", "s.").as_str(),
+        &[],
+        &reg,
+        prompts.clone(),
+    ));
+    let seq = sequential(
+        &prompts,
+        &mut Slow(G),
+        &mut Slow(C),
+        &mut Slow(P),
+        &mut Slow(E),
+        3,
+    );
     row("1 ms/request actors, batch 16", n, eng, seq);
 }
 
@@ -249,9 +326,17 @@ impl Editor for Slow<E> {
 fn slow_registry() -> Registry {
     let mut r = Registry::new();
     let ok = |_: &serde_json::Value| Ok(());
-    r.add_diffuser("s.gen", "", ok, |_: serde_json::Value, _| Ok(Box::new(Slow(G))));
-    r.add_checker("s.check", "", ok, |_: serde_json::Value, _| Ok(Box::new(Slow(C))));
-    r.add_policy("s.policy", "", ok, |_: serde_json::Value, _| Ok(Box::new(Slow(P))));
-    r.add_editor("s.edit", "", ok, |_: serde_json::Value, _| Ok(Box::new(Slow(E))));
+    r.add_diffuser("s.gen", "", ok, |_: serde_json::Value, _| {
+        Ok(Box::new(Slow(G)))
+    });
+    r.add_checker("s.check", "", ok, |_: serde_json::Value, _| {
+        Ok(Box::new(Slow(C)))
+    });
+    r.add_policy("s.policy", "", ok, |_: serde_json::Value, _| {
+        Ok(Box::new(Slow(P)))
+    });
+    r.add_editor("s.edit", "", ok, |_: serde_json::Value, _| {
+        Ok(Box::new(Slow(E)))
+    });
     r
 }

@@ -357,7 +357,7 @@ impl Progress {
             }
             None => {
                 let step = (self.total / 10).max(1);
-                if n % step == 0 || n == self.total {
+                if n.is_multiple_of(step) || n == self.total {
                     let rate = n as f64 / self.start.elapsed().as_secs_f64().max(1e-9);
                     eprintln!(
                         "{n}/{} prompts · {rate:.1}/s · {rounds:.2} rounds/prompt · {} failed",

@@ -264,5 +264,5 @@ fn dispatch(st: &mut RouterState, job: Job) {
     let total: usize = st.slots.iter().map(|s| s.outstanding.len()).sum();
     st.outstanding_max.fetch_max(total, Ordering::Relaxed);
     // A send fails only if the replica just died; its supervision event re-dispatches the job.
-    let _ = worker.cast(WorkerMsg::Job(job));
+    let _ = worker.cast(WorkerMsg::Job(Box::new(job)));
 }

@@ -21,7 +21,7 @@ pub(crate) struct Job {
 /// Messages to a replica.
 pub(crate) enum WorkerMsg {
     /// A request to answer.
-    Job(Job),
+    Job(Box<Job>),
     /// Run the partial batch gathered so far, if it is still generation `.0`.
     Flush(u64),
 }
@@ -86,7 +86,7 @@ impl Actor for Worker {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             WorkerMsg::Job(job) => {
-                st.pending.push(job);
+                st.pending.push(*job);
                 if st.pending.len() >= st.batch {
                     run_batch(&myself, st).await?;
                 } else if st.pending.len() == 1 {

@@ -64,7 +64,7 @@ impl Checker for Check {
         let mut out = Vec::new();
         for r in batch {
             let n = self.0.checked.fetch_add(1, Ordering::SeqCst) + 1;
-            if self.0.panic_every > 0 && n % self.0.panic_every == 0 {
+            if self.0.panic_every > 0 && n.is_multiple_of(self.0.panic_every) {
                 panic!("checker crashed on request {n}");
             }
             // The editor stamps a 2 in the red channel: edited images pass.

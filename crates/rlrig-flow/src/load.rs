@@ -152,9 +152,16 @@ fn explain_unknown(key: String, message: &str) -> (String, String) {
     let Some((unknown, expected)) = parse_unknown(message) else {
         return (key, message.to_string());
     };
-    let key = if key.ends_with(&unknown) { key } else { join_key(&key, &unknown) };
+    let key = if key.ends_with(&unknown) {
+        key
+    } else {
+        join_key(&key, &unknown)
+    };
     let list: Vec<String> = expected.iter().map(|k| format!("`{k}`")).collect();
-    let mut message = format!("unknown key `{unknown}`; expected one of {}", list.join(", "));
+    let mut message = format!(
+        "unknown key `{unknown}`; expected one of {}",
+        list.join(", ")
+    );
     if let Some(best) = did_you_mean(&unknown, expected.iter().map(String::as_str)) {
         message.push_str(&format!("; did you mean `{best}`?"));
     }

@@ -95,7 +95,6 @@ pub(crate) fn check(loaded: &LoadedFlow) -> Vec<FlowProblem> {
             format!("{s} is not a score: expected a number in [0, 1]"),
         );
     }
-    drop(problem);
     out.extend(check_cycle(loaded));
     out
 }
@@ -238,7 +237,6 @@ fn check_cycle(loaded: &LoadedFlow) -> Vec<FlowProblem> {
             }
         }
     }
-    drop(problem);
     let mut seen = std::collections::HashSet::new();
     out.retain(|p| seen.insert(p.clone()));
     out
