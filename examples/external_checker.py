@@ -30,7 +30,9 @@ Run it under rlrig with the config `{"command": ["python3", "examples/external_c
 import base64
 import json
 import math
+import os
 import sys
+import time
 import traceback
 import zlib
 
@@ -286,10 +288,15 @@ def check(request):
 
 
 def main():
+    # CHECKER_DELAY_MS (optional) makes every batch take that long, like a real model would;
+    # the tests use it to keep work in flight.
+    delay = float(os.environ.get("CHECKER_DELAY_MS", "0")) / 1000.0
     send({"protocol": PROTOCOL, "role": "checker"})
     for line in sys.stdin:
         if not line.strip():
             continue
+        if delay > 0:
+            time.sleep(delay)
         try:
             request = json.loads(line)
             batch_id = request["id"]

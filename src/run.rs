@@ -90,6 +90,7 @@ pub fn run(registry: &Registry, opts: &RunOptions) -> Result<(RunMetrics, PathBu
     let loaded = rlrig_flow::load(&opts.flow, &opts.sets)?;
     registry.check_flow(&loaded)?;
     let prompts = prompts_of(&loaded)?;
+    let total = prompts.len();
     let judged = prompts
         .iter()
         .all(|(_, g)| WorldGraph::from_scene_graph(g).is_ok());
@@ -119,8 +120,8 @@ pub fn run(registry: &Registry, opts: &RunOptions) -> Result<(RunMetrics, PathBu
     print_table(&metrics, &dir);
     if !summary.all_started {
         bail!(
-            "interrupted: {} of the prompts were not run; what ran is stored in {}",
-            "some",
+            "interrupted: {} of {total} prompts were started; what ran is stored in {}",
+            summary.started,
             dir.display()
         );
     }

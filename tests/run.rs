@@ -253,3 +253,107 @@ fn help_is_complete() {
     let o = rlrig(&["run", "--help"]);
     assert!(text(&o).contains("--set") && text(&o).contains("--overwrite"));
 }
+
+#[test]
+fn flows_without_an_editor_and_with_two_checkers_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = format!("run_dir={}", tmp.path().display());
+    let o = rlrig(&[
+        "run",
+        "tests/flows/valid/no_editor.toml",
+        "--set",
+        &dir,
+        "--set",
+        "name=solo",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let store = TrajectoryStore::open(&tmp.path().join("solo/store")).unwrap();
+    for id in store.ids().unwrap() {
+        let t = store.get(id).unwrap().unwrap();
+        let roles: Vec<_> = t.steps.iter().map(|s| s.role.to_string()).collect();
+        assert_eq!(roles, ["diffuser", "checker"]);
+    }
+    drop(store);
+
+    let o = rlrig(&[
+        "run",
+        "tests/flows/valid/two_checkers.toml",
+        "--set",
+        &dir,
+        "--set",
+        "name=duo",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let store = TrajectoryStore::open(&tmp.path().join("duo/store")).unwrap();
+    for id in store.ids().unwrap() {
+        let t = store.get(id).unwrap().unwrap();
+        // Every image is judged by both checkers, in order.
+        for (i, s) in t.steps.iter().enumerate() {
+            if matches!(s.output, StepOutput::Image(_)) {
+                assert_eq!(t.steps[i + 1].actor, "checker");
+                assert_eq!(t.steps[i + 2].actor, "second_opinion");
+            }
+        }
+        // The answer is the best-scored image (answer = "best").
+        if let Outcome::Done { score: Some(s), .. } = t.outcome {
+            let best = t
+                .steps
+                .iter()
+                .filter_map(|s| match &s.output {
+                    StepOutput::Report(r) => Some(r.score),
+                    _ => None,
+                })
+                .fold(0.0, f64::max);
+            assert_eq!(s, best);
+        }
+    }
+}
+
+#[test]
+fn ctrl_c_stops_taking_prompts_stores_what_ran_and_exits_non_zero() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A slow Python checker (50 ms a batch) keeps trajectories in flight long enough to interrupt.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rlrig"))
+        .args([
+            "run",
+            "examples/external-checker.toml",
+            "--set",
+            "prompts.count=400",
+            "--set",
+            "actors.checker.settings.env={CHECKER_DELAY_MS = \"50\"}",
+            "--set",
+            "actors.checker.batch=1",
+            "--set",
+            "engine.max_in_flight=4",
+            "--set",
+            &format!("run_dir={}", tmp.path().display()),
+        ])
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        !o.status.success(),
+        "an interrupted run exits non-zero: {}",
+        text(&o)
+    );
+    assert!(text(&o).contains("interrupted"), "{}", text(&o));
+    let m = metrics(&tmp.path().join("external-checker"));
+    let stored = m["done"].as_u64().unwrap() + m["failed"].as_u64().unwrap();
+    assert!(stored > 0 && stored < 400, "{m}");
+    assert_eq!(m["complete"], false);
+    let store = TrajectoryStore::open(&tmp.path().join("external-checker/store")).unwrap();
+    assert_eq!(
+        store.len() as u64,
+        stored,
+        "every trajectory that ran is in the store"
+    );
+}
