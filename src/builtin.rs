@@ -6,6 +6,34 @@ use rlrig_baseline::{
 };
 use rlrig_engine::{Registry, any_role_model};
 use rlrig_external::{ExternalActor, ExternalConfig};
+use rlrig_models::{NeuralDiffuser, NeuralEditor, NeuralSettings};
+
+/// The neural editor's settings: the diffuser's, with its own default weights file.
+#[derive(serde::Deserialize)]
+#[serde(transparent)]
+struct EditorSettings(#[serde(with = "editor_defaults")] NeuralSettings);
+
+mod editor_defaults {
+    use rlrig_models::NeuralSettings;
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<NeuralSettings, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Partial {
+            weights: Option<std::path::PathBuf>,
+            steps: Option<usize>,
+            guidance: Option<f64>,
+        }
+        let p = Partial::deserialize(d)?;
+        let base = NeuralSettings::with_weights("weights/editor.safetensors");
+        Ok(NeuralSettings {
+            weights: p.weights.unwrap_or(base.weights),
+            steps: p.steps.unwrap_or(base.steps),
+            guidance: p.guidance.unwrap_or(base.guidance),
+        })
+    }
+}
 
 /// A registry with every built-in kind:
 ///
@@ -15,6 +43,8 @@ use rlrig_external::{ExternalActor, ExternalConfig};
 /// | `oracle.checker` | checker | baseline/test instrument: the world's oracle as a checker (never a training reward) |
 /// | `rules.policy` | policy | baseline: the paper's Actor as fixed rules |
 /// | `baseline.editor` | editor | baseline: applies the edit to the parsed scene and redraws, with context loss |
+/// | `neural.diffuser` | diffuser | the trained DiT (`weights`, default `weights/diffuser.safetensors`, relative to the working directory) |
+/// | `neural.editor` | editor | the trained editor DiT (`weights`, default `weights/editor.safetensors`) |
 /// | `external` | any | a child process speaking rlrig's line-delimited JSON protocol (docs/external-protocol.md) |
 pub fn builtin_registry() -> Registry {
     let mut r = Registry::new();
@@ -41,6 +71,18 @@ pub fn builtin_registry() -> Registry {
         "baseline: applies the edit prompt to the oracle-parsed scene and redraws, losing context at `context_loss`",
         |c: &SceneEditorConfig| SceneEditor::new(c.clone()).map(drop).map_err(|e| e.to_string()),
         |c, _| Ok(Box::new(SceneEditor::new(c).map_err(|e| e.to_string())?)),
+    );
+    r.add_diffuser(
+        "neural.diffuser",
+        "the trained text-to-image DiT (rectified flow, Euler sampler); `weights` names its safetensors file",
+        |c: &NeuralSettings| c.check(),
+        |c, _| Ok(Box::new(NeuralDiffuser::new(&c)?)),
+    );
+    r.add_editor(
+        "neural.editor",
+        "the trained image editor (DiT conditioned on the source image and the edit prompt)",
+        |c: &EditorSettings| c.0.check(),
+        |c, _| Ok(Box::new(NeuralEditor::new(&c.0)?)),
     );
     r.add_any_role(
         "external",

@@ -29,6 +29,9 @@ enum Command {
         /// Replaces the run directory if it exists.
         #[arg(long)]
         overwrite: bool,
+        /// Continues the flow's run from its last checkpoint (pre-training flows).
+        #[arg(long, conflicts_with = "overwrite")]
+        resume: bool,
     },
     /// Checks a flow without running anything: format, references, cycle order, kinds, settings.
     Validate {
@@ -61,15 +64,8 @@ pub fn main(registry: Registry) -> i32 {
             flow,
             sets,
             overwrite,
-        } => run(
-            &registry,
-            &RunOptions {
-                flow,
-                sets,
-                overwrite,
-            },
-        )
-        .map(|_| 0),
+            resume,
+        } => run_any(&registry, flow, sets, overwrite, resume),
         Command::Validate { flow, sets } => validate(&registry, &flow, &sets),
         Command::Schema => {
             print!("{}", rlrig_flow::schema());
@@ -93,7 +89,54 @@ pub fn main(registry: Registry) -> i32 {
     }
 }
 
+fn run_any(
+    registry: &Registry,
+    flow: PathBuf,
+    sets: Vec<String>,
+    overwrite: bool,
+    resume: bool,
+) -> anyhow::Result<i32> {
+    let text =
+        std::fs::read_to_string(&flow).map_err(|e| anyhow::anyhow!("{}: {e}", flow.display()))?;
+    match rlrig_flow::flow_kind(&text) {
+        rlrig_flow::FlowKind::Pretrain => {
+            crate::pretrain_cmd::run(&flow, &sets, resume, overwrite).map(|_| 0)
+        }
+        rlrig_flow::FlowKind::Cycle if resume => {
+            anyhow::bail!(
+                "--resume continues pre-training flows; cycle flows start afresh (use a new name or --overwrite)"
+            )
+        }
+        rlrig_flow::FlowKind::Cycle => run(
+            registry,
+            &RunOptions {
+                flow,
+                sets,
+                overwrite,
+            },
+        )
+        .map(|_| 0),
+    }
+}
+
 fn validate(registry: &Registry, flow: &std::path::Path, sets: &[String]) -> anyhow::Result<i32> {
+    let text =
+        std::fs::read_to_string(flow).map_err(|e| anyhow::anyhow!("{}: {e}", flow.display()))?;
+    if rlrig_flow::flow_kind(&text) == rlrig_flow::FlowKind::Pretrain {
+        let loaded = rlrig_flow::load_as::<rlrig_flow::PretrainFlow>(flow, &text, sets)?;
+        let job = crate::pretrain_cmd::job_of(&loaded)?;
+        println!(
+            "{}: ok — pre-training the {:?} ({} steps, batch {}, patch {}, width {}, depth {})",
+            flow.display(),
+            job.model,
+            job.steps,
+            job.batch,
+            job.config.patch,
+            job.config.width,
+            job.config.depth
+        );
+        return Ok(0);
+    }
     let loaded = rlrig_flow::load(flow, sets)?;
     registry.check_flow(&loaded)?;
     let c = &loaded.flow.cycle;

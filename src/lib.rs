@@ -18,6 +18,7 @@
 
 mod builtin;
 pub mod cli;
+pub mod pretrain_cmd;
 pub mod run;
 mod world_cmd;
 

@@ -25,6 +25,13 @@ fn check(path: &Path, sets: &[String]) -> Result<(), String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let rel = path.strip_prefix(root).unwrap_or(path);
     let text = std::fs::read_to_string(path).unwrap();
+    if rlrig_flow::flow_kind(&text) == rlrig_flow::FlowKind::Pretrain {
+        let loaded = rlrig_flow::load_as::<rlrig_flow::PretrainFlow>(rel, &text, sets)
+            .map_err(|e| e.to_string())?;
+        return rlrig::pretrain_cmd::job_of(&loaded)
+            .map(drop)
+            .map_err(|e| e.to_string());
+    }
     let loaded = rlrig_flow::load_str(rel, &text, sets).map_err(|e| e.to_string())?;
     builtin_registry()
         .check_flow(&loaded)

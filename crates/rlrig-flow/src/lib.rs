@@ -21,9 +21,14 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 mod load;
+mod pretrain;
 mod validate;
 
-pub use load::{FlowError, FlowProblem, LoadedFlow, did_you_mean, load, load_str, settings_into};
+pub use load::{
+    Checked, FlowError, FlowKind, FlowProblem, Loaded, LoadedFlow, did_you_mean, flow_kind, load,
+    load_as, load_str, settings_into,
+};
+pub use pretrain::{PretrainFlow, PretrainModel, PretrainSettings};
 
 /// A whole flow file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -48,7 +53,7 @@ pub struct Flow {
     pub store: StoreSettings,
 }
 
-fn default_run_dir() -> PathBuf {
+pub(crate) fn default_run_dir() -> PathBuf {
     PathBuf::from("runs")
 }
 
@@ -107,7 +112,7 @@ pub struct ActorSpec {
     pub replicas: usize,
 }
 
-fn default_device() -> String {
+pub(crate) fn default_device() -> String {
     "cpu".into()
 }
 
@@ -202,8 +207,19 @@ pub enum StoredImages {
     Answer,
 }
 
-/// The JSON Schema of the flow format, pretty-printed.
+/// Any flow file: a reflect-edit cycle or a pre-training job.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum AnyFlow {
+    /// A reflect-edit cycle.
+    Cycle(Flow),
+    /// Pre-training of a built-in model.
+    Pretrain(PretrainFlow),
+}
+
+/// The JSON Schema of the flow formats (a cycle flow or a pre-training flow), pretty-printed.
 pub fn schema() -> String {
-    let schema = schemars::schema_for!(Flow);
+    let schema = schemars::schema_for!(AnyFlow);
     serde_json::to_string_pretty(&schema).expect("a schema serialises") + "\n"
 }

@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use crate::Flow;
 
@@ -48,11 +49,12 @@ impl From<FlowProblem> for FlowError {
     }
 }
 
-/// A flow as loaded: the checked [`Flow`], and what is needed to point errors into its file.
+/// A file of one of the flow formats, as loaded: the checked value, and what is needed to point
+/// errors into its file.
 #[derive(Clone, Debug)]
-pub struct LoadedFlow {
+pub struct Loaded<T> {
     /// The flow.
-    pub flow: Flow,
+    pub flow: T,
     /// The file it came from.
     pub path: PathBuf,
     /// The text after overrides (what `flow` was parsed from).
@@ -61,14 +63,29 @@ pub struct LoadedFlow {
     pub overrides: Vec<(String, String)>,
 }
 
-impl LoadedFlow {
+/// A cycle flow as loaded.
+pub type LoadedFlow = Loaded<Flow>;
+
+/// A flow format: its own checks beyond the shape serde enforces.
+pub trait Checked: Sized {
+    /// Every problem of the parsed value, located with [`Loaded::problem_at`].
+    fn check(loaded: &Loaded<Self>) -> Vec<FlowProblem>;
+}
+
+impl Checked for Flow {
+    fn check(loaded: &Loaded<Self>) -> Vec<FlowProblem> {
+        crate::validate::check(loaded)
+    }
+}
+
+impl<T> Loaded<T> {
     /// A problem at `key` (a dotted path such as `actors.editor.settings.context_loss`),
     /// located in the file, or at the `--set` that gave it.
     pub fn problem_at(&self, key: &str, message: impl Into<String>) -> FlowProblem {
         locate(&self.path, &self.text, &self.overrides, key, message.into())
     }
 
-    /// [`LoadedFlow::problem_at`] as a one-problem [`FlowError`].
+    /// [`Loaded::problem_at`] as a one-problem [`FlowError`].
     pub fn error_at(&self, key: &str, message: impl Into<String>) -> FlowError {
         self.problem_at(key, message).into()
     }
@@ -76,6 +93,24 @@ impl LoadedFlow {
     /// The directory of the flow file: `config` paths are relative to it.
     pub fn base_dir(&self) -> &Path {
         self.path.parent().unwrap_or(Path::new("."))
+    }
+}
+
+/// The formats a flow file can be in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowKind {
+    /// A reflect-edit cycle ([`Flow`]).
+    Cycle,
+    /// Pre-training of a built-in model ([`crate::PretrainFlow`]): it has a `[pretrain]` table.
+    Pretrain,
+}
+
+/// Which format a flow text is in (a syntax error reads as [`FlowKind::Cycle`], whose loader
+/// reports it).
+pub fn flow_kind(text: &str) -> FlowKind {
+    match toml_edit::Document::parse(text) {
+        Ok(doc) if doc.contains_key("pretrain") => FlowKind::Pretrain,
+        _ => FlowKind::Cycle,
     }
 }
 
@@ -94,10 +129,19 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<LoadedFlow, FlowError> 
 
 /// [`load`] on text already read; `path` names it in errors.
 pub fn load_str(path: &Path, text: &str, overrides: &[String]) -> Result<LoadedFlow, FlowError> {
+    load_as(path, text, overrides)
+}
+
+/// Reads a file of any flow format `T`, with overrides, and checks it.
+pub fn load_as<T: DeserializeOwned + Checked>(
+    path: &Path,
+    text: &str,
+    overrides: &[String],
+) -> Result<Loaded<T>, FlowError> {
     let (text, overrides) = apply_overrides(path, text, overrides)?;
     let de = toml::de::Deserializer::parse(&text)
         .map_err(|e| toml_problem(path, &text, &overrides, String::new(), &e))?;
-    let flow: Flow = match serde_path_to_error::deserialize(de) {
+    let flow: T = match serde_path_to_error::deserialize(de) {
         Ok(flow) => flow,
         Err(e) => {
             let key = e.path().to_string();
@@ -105,13 +149,13 @@ pub fn load_str(path: &Path, text: &str, overrides: &[String]) -> Result<LoadedF
             return Err(toml_problem(path, &text, &overrides, key, e.inner()).into());
         }
     };
-    let loaded = LoadedFlow {
+    let loaded = Loaded {
         flow,
         path: path.to_path_buf(),
         text,
         overrides,
     };
-    let problems = crate::validate::check(&loaded);
+    let problems = T::check(&loaded);
     if problems.is_empty() {
         Ok(loaded)
     } else {

@@ -99,7 +99,7 @@ pub(crate) fn check(loaded: &LoadedFlow) -> Vec<FlowProblem> {
     out
 }
 
-fn valid_device(d: &str) -> bool {
+pub(crate) fn valid_device(d: &str) -> bool {
     d == "cpu"
         || ["cuda:", "wgpu:"].iter().any(|p| {
             d.strip_prefix(p)

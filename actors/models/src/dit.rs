@@ -1,0 +1,592 @@
+//! The DiT of the Diffuser and the Editor (docs/models.md, "DiT").
+//!
+//! `v_θ(x_s, s, text)`: patchify → Linear, plus fixed 2-D sin-cos positions; the prompt as
+//! Embedding plus fixed 1-D sin-cos positions; a timestep MLP gives the conditioning `c`;
+//! `depth` adaLN-Zero blocks of joint self-attention over `[image tokens; text tokens]` (padding
+//! text tokens are masked out as keys); an adaLN final layer on the image tokens; unpatchify.
+//!
+//! Conventions that docs/models.md leaves open follow `scripts/torch_reference/dit.py`:
+//! patches row-major, each flattened channel-major `(C, P, P)`; 2-D positions put the patch
+//! column's 1-D embedding in the first `D/2` dims and the row's in the last; 1-D embeddings are
+//! `[sin(p·ω), cos(p·ω)]`, `ω_i = 10000^(−i/(d/2))`; the timestep embedding is
+//! `[cos(1000·s·f), sin(1000·s·f)]`, `f_i = exp(−ln(10000)·i/128)`; attention uses one
+//! `Linear(D → 3D)` split as `(q, k, v)` then `(heads, D/heads)`; every Linear has a bias.
+//! Initialisation is DiT's: Linears Xavier-uniform with zero bias, the timestep MLP normal
+//! (std 0.02), the token embedding normal (std 0.02), the adaLN Linears and the final output
+//! Linear zero. Random draws use the device's generator (`Device::seed`).
+//!
+//! Parameter names (the safetensors keys): `patch_embed`, `t_embed.fc{1,2}`, `text.tok`,
+//! `blocks.{i}.attn.{qkv,proj}`, `blocks.{i}.{fc1,fc2,ada}`, `final_layer.{ada,linear}`
+//! (`final` in the PyTorch reference). Linear weights are stored `[in, out]`, burn's layout.
+
+use burn::module::Module;
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear};
+use burn::tensor::activation::silu;
+use burn::tensor::module::{attention, layer_norm};
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::text::VOCAB_SIZE;
+
+/// The width of the sinusoidal timestep embedding.
+pub const TIMESTEP_DIM: usize = 256;
+
+/// The epsilon of the (affine-free) layer norms.
+pub const LN_EPS: f64 = 1e-6;
+
+/// The architecture of a [`Dit`]. Serialised next to the weights (see [`crate::weights`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DitConfig {
+    /// Side of the square input image in pixels.
+    pub image_size: usize,
+    /// Input channels: 3 for the Diffuser, 6 for the Editor (noisy image ‖ source image).
+    pub in_channels: usize,
+    /// Output channels (the velocity's), 3.
+    pub out_channels: usize,
+    /// Side of a square patch in pixels.
+    pub patch: usize,
+    /// Token width `D`.
+    pub width: usize,
+    /// Number of blocks.
+    pub depth: usize,
+    /// Attention heads; must divide `width`.
+    pub heads: usize,
+    /// Padded prompt length `L`.
+    pub text_len: usize,
+    /// Rows of the token embedding table; at least [`VOCAB_SIZE`].
+    pub vocab_size: usize,
+    /// Hidden width of the MLP as a multiple of `width`.
+    pub mlp_ratio: usize,
+}
+
+impl Default for DitConfig {
+    /// The Diffuser's configuration ([`DitConfig::diffuser`]).
+    fn default() -> Self {
+        DitConfig::diffuser()
+    }
+}
+
+/// A [`DitConfig`] that describes no buildable network.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid DiT config: {0}")]
+pub struct DitConfigError(pub String);
+
+impl DitConfig {
+    /// The Diffuser: 32×32, in 3, out 3, patch 4, width 128, depth 6, heads 4, text 48,
+    /// vocabulary 32, MLP ×4.
+    pub fn diffuser() -> Self {
+        DitConfig {
+            image_size: 32,
+            in_channels: 3,
+            out_channels: 3,
+            patch: 4,
+            width: 128,
+            depth: 6,
+            heads: 4,
+            text_len: crate::text::DEFAULT_TEXT_LEN,
+            vocab_size: 32,
+            mlp_ratio: 4,
+        }
+    }
+
+    /// The Editor: the Diffuser's configuration with 6 input channels (noisy image ‖ source).
+    pub fn editor() -> Self {
+        DitConfig {
+            in_channels: 6,
+            ..DitConfig::diffuser()
+        }
+    }
+
+    /// Patches per side.
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch
+    }
+
+    /// Image tokens `N`.
+    pub fn num_patches(&self) -> usize {
+        self.grid() * self.grid()
+    }
+
+    /// Extra input channels beyond the noisy image's `out_channels` (the Editor's source
+    /// image): `in_channels − out_channels`.
+    pub fn cond_channels(&self) -> usize {
+        self.in_channels.saturating_sub(self.out_channels)
+    }
+
+    /// Checks that the configuration describes a network.
+    pub fn validate(&self) -> Result<(), DitConfigError> {
+        let fail = |msg: String| Err(DitConfigError(msg));
+        for (name, v) in [
+            ("image_size", self.image_size),
+            ("in_channels", self.in_channels),
+            ("out_channels", self.out_channels),
+            ("patch", self.patch),
+            ("width", self.width),
+            ("depth", self.depth),
+            ("heads", self.heads),
+            ("text_len", self.text_len),
+            ("mlp_ratio", self.mlp_ratio),
+        ] {
+            if v == 0 {
+                return fail(format!("{name} must be positive"));
+            }
+        }
+        if !self.image_size.is_multiple_of(self.patch) {
+            return fail(format!(
+                "patch {} does not divide image_size {}",
+                self.patch, self.image_size
+            ));
+        }
+        if !self.width.is_multiple_of(self.heads) {
+            return fail(format!(
+                "heads {} does not divide width {}",
+                self.heads, self.width
+            ));
+        }
+        if !self.width.is_multiple_of(4) {
+            return fail(format!(
+                "width {} must be a multiple of 4 (2-D sin-cos positions)",
+                self.width
+            ));
+        }
+        if self.in_channels < self.out_channels {
+            return fail(format!(
+                "in_channels {} is less than out_channels {}",
+                self.in_channels, self.out_channels
+            ));
+        }
+        if self.vocab_size < VOCAB_SIZE {
+            return fail(format!(
+                "vocab_size {} is less than the tokenizer's {VOCAB_SIZE} ids",
+                self.vocab_size
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[sin(p·ω), cos(p·ω)]` for each position, `ω_i = 10000^(−i/(dim/2))`: `len(pos) × dim`
+/// values, row-major.
+fn sincos_1d(dim: usize, positions: impl Iterator<Item = usize>) -> Vec<Vec<f64>> {
+    let half = dim / 2;
+    positions
+        .map(|p| {
+            let args: Vec<f64> = (0..half)
+                .map(|i| p as f64 / 10000f64.powf(i as f64 / half as f64))
+                .collect();
+            args.iter()
+                .map(|a| a.sin())
+                .chain(args.iter().map(|a| a.cos()))
+                .collect()
+        })
+        .collect()
+}
+
+/// The fixed 2-D position embedding: `(grid², dim)`, tokens row-major, the column's 1-D
+/// embedding first, the row's second.
+fn sincos_2d(dim: usize, grid: usize, device: &Device) -> Tensor<2> {
+    let cells = || (0..grid * grid).map(move |t| (t / grid, t % grid));
+    let cols = sincos_1d(dim / 2, cells().map(|(_, c)| c));
+    let rows = sincos_1d(dim / 2, cells().map(|(r, _)| r));
+    let flat: Vec<f32> = cols
+        .iter()
+        .zip(&rows)
+        .flat_map(|(c, r)| c.iter().chain(r).map(|&v| v as f32))
+        .collect();
+    Tensor::from_data(TensorData::new(flat, [grid * grid, dim]), device)
+}
+
+fn sincos_text(dim: usize, len: usize, device: &Device) -> Tensor<2> {
+    let flat: Vec<f32> = sincos_1d(dim, 0..len)
+        .into_iter()
+        .flatten()
+        .map(|v| v as f32)
+        .collect();
+    Tensor::from_data(TensorData::new(flat, [len, dim]), device)
+}
+
+/// The timestep frequencies `exp(−ln(10000)·i/128)`, `i < 128`.
+fn timestep_freqs(device: &Device) -> Tensor<2> {
+    let half = TIMESTEP_DIM / 2;
+    let f: Vec<f32> = (0..half)
+        .map(|i| (-(10000f64.ln()) * i as f64 / half as f64).exp() as f32)
+        .collect();
+    Tensor::from_data(TensorData::new(f, [1, half]), device)
+}
+
+/// A Linear with the given weight initialiser and a zero bias.
+fn linear(d_in: usize, d_out: usize, init: Initializer, device: &Device) -> Linear {
+    Linear {
+        weight: init.init_with([d_in, d_out], Some(d_in), Some(d_out), device),
+        bias: Some(Initializer::Zeros.init([d_out], device)),
+    }
+}
+
+fn xavier(d_in: usize, d_out: usize, device: &Device) -> Linear {
+    linear(
+        d_in,
+        d_out,
+        Initializer::XavierUniform { gain: 1.0 },
+        device,
+    )
+}
+
+fn zeros(d_in: usize, d_out: usize, device: &Device) -> Linear {
+    linear(d_in, d_out, Initializer::Zeros, device)
+}
+
+/// GELU, tanh approximation: `x/2·(1 + tanh(u))`, `u = √(2/π)·x·(1 + 0.044715·x²)`, computed
+/// as the equal `x / (1 + exp(−2u))`. burn's `gelu_approximate` (a generic `powf` for `x³` and a
+/// scalar `tanh`) is about six times slower on flex; `exp` is the fast transcendental there. The
+/// exponent is capped at 40 (where the result is `x·4e−18`) so that neither the value nor the
+/// gradient can overflow.
+fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+    let exponent = x
+        .clone()
+        .square()
+        .mul_scalar(0.044715)
+        .add_scalar(1.0)
+        .mul(x.clone())
+        .mul_scalar(-2.0 * SQRT_2_OVER_PI)
+        .clamp_max(40.0);
+    x.div(exponent.exp().add_scalar(1.0))
+}
+
+/// `x·(1 + scale) + shift`, with `shift`, `scale` of shape `(B, D)` broadcast over tokens.
+fn modulate(x: Tensor<3>, shift: Tensor<2>, scale: Tensor<2>) -> Tensor<3> {
+    x * (scale.unsqueeze_dim::<3>(1) + 1.0) + shift.unsqueeze_dim::<3>(1)
+}
+
+/// The timestep MLP: sinusoidal embedding of `1000·s`, Linear, SiLU, Linear.
+#[derive(Module, Debug)]
+struct TimestepEmbedder {
+    fc1: Linear,
+    fc2: Linear,
+    freqs: Tensor<2>,
+}
+
+impl TimestepEmbedder {
+    fn new(width: usize, device: &Device) -> Self {
+        let normal = Initializer::Normal {
+            mean: 0.0,
+            std: 0.02,
+        };
+        TimestepEmbedder {
+            fc1: linear(TIMESTEP_DIM, width, normal.clone(), device),
+            fc2: linear(width, width, normal, device),
+            freqs: timestep_freqs(device),
+        }
+    }
+
+    /// `(B)` noise levels → `(B, D)` conditioning.
+    fn forward(&self, s: Tensor<1>) -> Tensor<2> {
+        let args = s.unsqueeze_dim::<2>(1).mul_scalar(1000.0) * self.freqs.clone();
+        let emb = Tensor::cat(vec![args.clone().cos(), args.sin()], 1);
+        self.fc2.forward(silu(self.fc1.forward(emb)))
+    }
+}
+
+/// Token embedding plus fixed 1-D sin-cos positions.
+#[derive(Module, Debug)]
+struct TextEmbedder {
+    tok: Embedding,
+    pos: Tensor<2>,
+}
+
+impl TextEmbedder {
+    fn new(vocab: usize, width: usize, text_len: usize, device: &Device) -> Self {
+        let tok = EmbeddingConfig::new(vocab, width)
+            .with_initializer(Initializer::Normal {
+                mean: 0.0,
+                std: 0.02,
+            })
+            .init(device);
+        TextEmbedder {
+            tok,
+            pos: sincos_text(width, text_len, device),
+        }
+    }
+
+    /// `(B, L)` ids → `(B, L, D)` tokens.
+    fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        self.tok.forward(ids) + self.pos.clone().unsqueeze::<3>()
+    }
+}
+
+/// Multi-head self-attention with a key mask.
+#[derive(Module, Debug)]
+struct Attention {
+    qkv: Linear,
+    proj: Linear,
+    heads: usize,
+}
+
+impl Attention {
+    /// `(B, T, D)` tokens and a `(B, H, T, T)` mask (`true` = masked) → `(B, T, D)`.
+    fn forward(&self, x: Tensor<3>, masked: Tensor<4, Bool>) -> Tensor<3> {
+        let [b, t, d] = x.dims();
+        let dh = d / self.heads;
+        let split = |x: Tensor<3>| x.reshape([b, t, self.heads, dh]).swap_dims(1, 2);
+        let mut qkv = self.qkv.forward(x).chunk(3, 2).into_iter().map(split);
+        let (q, k, v) = (
+            qkv.next().expect("q"),
+            qkv.next().expect("k"),
+            qkv.next().expect("v"),
+        );
+        let out = attention(
+            q,
+            k,
+            v,
+            Some(masked),
+            None,
+            AttentionModuleOptions::default(),
+        );
+        self.proj.forward(out.swap_dims(1, 2).reshape([b, t, d]))
+    }
+}
+
+/// One adaLN-Zero block over the joint sequence.
+#[derive(Module, Debug)]
+struct DitBlock {
+    attn: Attention,
+    fc1: Linear,
+    fc2: Linear,
+    ada: Linear,
+}
+
+impl DitBlock {
+    fn new(width: usize, heads: usize, mlp_ratio: usize, device: &Device) -> Self {
+        DitBlock {
+            attn: Attention {
+                qkv: xavier(width, 3 * width, device),
+                proj: xavier(width, width, device),
+                heads,
+            },
+            fc1: xavier(width, mlp_ratio * width, device),
+            fc2: xavier(mlp_ratio * width, width, device),
+            ada: zeros(width, 6 * width, device),
+        }
+    }
+
+    /// `z ← z + g1·Attn(mod(LN(z)))`, `z ← z + g2·MLP(mod(LN(z)))`.
+    fn forward(
+        &self,
+        z: Tensor<3>,
+        c_act: Tensor<2>,
+        masked: Tensor<4, Bool>,
+        ln_gamma: Tensor<1>,
+    ) -> Tensor<3> {
+        let mut m = self.ada.forward(c_act).chunk(6, 1).into_iter();
+        let mut next = || m.next().expect("six modulation chunks");
+        let (sh1, sc1, g1, sh2, sc2, g2) = (next(), next(), next(), next(), next(), next());
+        let h = modulate(
+            layer_norm(z.clone(), ln_gamma.clone(), None, LN_EPS),
+            sh1,
+            sc1,
+        );
+        let z = z + g1.unsqueeze_dim::<3>(1) * self.attn.forward(h, masked);
+        let h = modulate(layer_norm(z.clone(), ln_gamma, None, LN_EPS), sh2, sc2);
+        let mlp = self.fc2.forward(gelu_tanh(self.fc1.forward(h)));
+        z + g2.unsqueeze_dim::<3>(1) * mlp
+    }
+}
+
+/// The adaLN final layer on the image tokens.
+#[derive(Module, Debug)]
+struct FinalLayer {
+    ada: Linear,
+    linear: Linear,
+}
+
+impl FinalLayer {
+    /// `(B, N, D)` image tokens → `(B, N, P·P·out)`.
+    fn forward(&self, x: Tensor<3>, c_act: Tensor<2>, ln_gamma: Tensor<1>) -> Tensor<3> {
+        let mut m = self.ada.forward(c_act).chunk(2, 1).into_iter();
+        let (sh, sc) = (m.next().expect("shift"), m.next().expect("scale"));
+        self.linear
+            .forward(modulate(layer_norm(x, ln_gamma, None, LN_EPS), sh, sc))
+    }
+}
+
+/// The DiT: `forward(x_s, s, text) → v`. Device-agnostic: it runs on the device its
+/// parameters were created on (`Device::flex()` on CPU; `.autodiff()` to train).
+#[derive(Module, Debug)]
+pub struct Dit {
+    patch_embed: Linear,
+    t_embed: TimestepEmbedder,
+    text: TextEmbedder,
+    blocks: Vec<DitBlock>,
+    final_layer: FinalLayer,
+    img_pos: Tensor<2>,
+    ln_gamma: Tensor<1>,
+    #[module(skip)]
+    config: DitConfig,
+}
+
+impl Dit {
+    /// A freshly initialised network on `device`.
+    pub fn new(config: &DitConfig, device: &Device) -> Result<Self, DitConfigError> {
+        config.validate()?;
+        let c = config;
+        let d = c.width;
+        let patch_dim = c.in_channels * c.patch * c.patch;
+        Ok(Dit {
+            patch_embed: xavier(patch_dim, d, device),
+            t_embed: TimestepEmbedder::new(d, device),
+            text: TextEmbedder::new(c.vocab_size, d, c.text_len, device),
+            blocks: (0..c.depth)
+                .map(|_| DitBlock::new(d, c.heads, c.mlp_ratio, device))
+                .collect(),
+            final_layer: FinalLayer {
+                ada: zeros(d, 2 * d, device),
+                linear: zeros(d, c.patch * c.patch * c.out_channels, device),
+            },
+            img_pos: sincos_2d(d, c.grid(), device),
+            ln_gamma: Tensor::ones([d], device),
+            config: c.clone(),
+        })
+    }
+
+    /// The architecture.
+    pub fn config(&self) -> &DitConfig {
+        &self.config
+    }
+
+    /// The device of the parameters.
+    pub fn device(&self) -> Device {
+        self.img_pos.device()
+    }
+
+    /// The velocity `v_θ(x_s, s, text)`.
+    ///
+    /// * `x`: `(B, in_channels, image_size, image_size)`; for the Editor the noisy image
+    ///   followed by the source image on the channel axis.
+    /// * `s`: `(B)` noise levels in `[0, 1]`.
+    /// * `text_ids`, `text_mask`: `(B, text_len)` token ids and padding mask (`true` = real
+    ///   token; [`crate::text::TextBatch`] builds both). Padding tokens are not attended to.
+    ///
+    /// Returns `(B, out_channels, image_size, image_size)`.
+    ///
+    /// # Panics
+    ///
+    /// If a shape does not match the configuration.
+    pub fn forward(
+        &self,
+        x: Tensor<4>,
+        s: Tensor<1>,
+        text_ids: Tensor<2, Int>,
+        text_mask: Tensor<2, Bool>,
+    ) -> Tensor<4> {
+        let c = &self.config;
+        let [b, ch, h, w] = x.dims();
+        assert!(
+            ch == c.in_channels && h == c.image_size && w == c.image_size,
+            "Dit::forward: x is {:?}, the config wants [B, {}, {}, {}]",
+            x.dims(),
+            c.in_channels,
+            c.image_size,
+            c.image_size
+        );
+        assert_eq!(s.dims(), [b], "Dit::forward: s must be [{b}]");
+        assert_eq!(
+            text_ids.dims(),
+            [b, c.text_len],
+            "Dit::forward: text ids must be [{b}, {}]",
+            c.text_len
+        );
+        assert_eq!(
+            text_mask.dims(),
+            [b, c.text_len],
+            "Dit::forward: text mask must be [{b}, {}]",
+            c.text_len
+        );
+        let n = c.num_patches();
+        let t = n + c.text_len;
+        let device = x.device();
+
+        let img = self.patch_embed.forward(self.patchify(x)) + self.img_pos.clone().unsqueeze();
+        let txt = self.text.forward(text_ids);
+        let mut z = Tensor::cat(vec![img, txt], 1);
+
+        let image_keys =
+            Tensor::<2, Bool>::from_data(TensorData::new(vec![false; b * n], [b, n]), &device);
+        let masked = Tensor::cat(vec![image_keys, text_mask.bool_not()], 1)
+            .reshape([b, 1, 1, t])
+            .expand([b, c.heads, t, t]);
+
+        let c_act = silu(self.t_embed.forward(s));
+        for block in &self.blocks {
+            z = block.forward(z, c_act.clone(), masked.clone(), self.ln_gamma.clone());
+        }
+        let out = self
+            .final_layer
+            .forward(z.narrow(1, 0, n), c_act, self.ln_gamma.clone());
+        self.unpatchify(out)
+    }
+
+    /// `(B, C, H, W)` → `(B, N, C·P·P)`: patches row-major, each flattened channel-major.
+    fn patchify(&self, x: Tensor<4>) -> Tensor<3> {
+        let [b, ch, _, _] = x.dims();
+        let (p, g) = (self.config.patch, self.config.grid());
+        x.reshape([b, ch, g, p, g, p])
+            .permute([0, 2, 4, 1, 3, 5])
+            .reshape([b, g * g, ch * p * p])
+    }
+
+    /// `(B, N, out·P·P)` → `(B, out, H, W)`, the inverse of [`patchify`](Self::patchify).
+    fn unpatchify(&self, t: Tensor<3>) -> Tensor<4> {
+        let [b, _, _] = t.dims();
+        let (p, g, ch) = (
+            self.config.patch,
+            self.config.grid(),
+            self.config.out_channels,
+        );
+        t.reshape([b, g, g, ch, p, p])
+            .permute([0, 3, 1, 4, 2, 5])
+            .reshape([b, ch, g * p, g * p])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gelu_matches_the_tanh_formula_and_stays_finite() {
+        let device = Device::flex().autodiff();
+        let xs: Vec<f32> = (-400..=400).map(|i| i as f32 * 0.05).collect();
+        let n = xs.len();
+        let x = Tensor::<1>::from_data(TensorData::new(xs.clone(), [n]), &device).require_grad();
+        let y = gelu_tanh(x.clone());
+        let grads = y.clone().sum().backward();
+        let got: Vec<f32> = y.into_data().iter::<f32>().collect();
+        for (&x, &y) in xs.iter().zip(&got) {
+            let x = f64::from(x);
+            let u = (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3));
+            let want = 0.5 * x * (1.0 + u.tanh());
+            assert!(
+                (f64::from(y) - want).abs() < 1e-5 * want.abs().max(1.0),
+                "gelu({x}) = {y}, want {want}"
+            );
+        }
+        let grad: Vec<f32> = x.grad(&grads).unwrap().into_data().iter::<f32>().collect();
+        assert!(grad.iter().all(|g| g.is_finite()));
+        assert!((grad[n - 1] - 1.0).abs() < 1e-6 && grad[0].abs() < 1e-6);
+    }
+
+    #[test]
+    fn sincos_positions_follow_the_reference_layout() {
+        let device = Device::flex();
+        let pos: Vec<f32> = sincos_2d(8, 2, &device).into_data().iter::<f32>().collect();
+        // Token 1 is row 0, column 1: the first half encodes column 1, the second row 0.
+        let token = &pos[8..16];
+        let (w0, w1) = (1.0f64, 1.0f64 / 100.0); // ω_i = 10000^(−i/2) for a 4-dim 1-D embedding
+        let want = [w0.sin(), w1.sin(), w0.cos(), w1.cos(), 0.0, 0.0, 1.0, 1.0];
+        for (g, w) in token.iter().zip(want) {
+            assert!((f64::from(*g) - w).abs() < 1e-6, "{token:?}");
+        }
+    }
+}

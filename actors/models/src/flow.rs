@@ -1,0 +1,439 @@
+//! Rectified flow over a [`Dit`] (docs/models.md "Rectified flow", DESIGN.md §6): the training
+//! loss, the Euler ODE sampler with classifier-free guidance, and Flow-GRPO's SDE sampler with
+//! per-step log-probabilities.
+//!
+//! Convention: `s ∈ [0, 1]` is the noise level, `x_s = (1 − s)·x0 + s·ε`, the network predicts
+//! `v = ε − x0`, images are in `[−1, 1]`, sampling runs from `s = 1` to `0` over the uniform
+//! levels of [`noise_levels`].
+//!
+//! # Randomness
+//!
+//! Every random draw (noise levels, prompt dropout, Gaussian noise) comes from a ChaCha8
+//! stream: the caller's generator for [`training_loss`], `ChaCha8Rng::seed_from_u64(seed)` for
+//! the samplers. Normals are made on the host by the Box–Muller transform (in `f64`, stored as
+//! `f32`) and uploaded, so the noise depends only on the seed and the shapes, never on the
+//! backend, the device's own generator or thread scheduling; a sampler called twice with one
+//! seed gives bit-identical results on one device.
+//!
+//! # Conditioning image (the Editor)
+//!
+//! A model whose `in_channels` exceed `out_channels` takes a conditioning image (the source
+//! image for the Editor) of `in_channels − out_channels` channels; it is concatenated after the
+//! noisy image on the channel axis at every model call, never noised.
+
+use std::f64::consts::PI;
+
+use burn::optim::AdamWConfig;
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::dit::Dit;
+use crate::text::TextBatch;
+
+/// Probability that a training prompt is replaced by the unconditional one.
+pub const UNCOND_PROB: f64 = 0.1;
+
+/// Flow-GRPO's noise scale `a` of the SDE sampler.
+pub const SDE_NOISE_SCALE: f64 = 0.7;
+
+/// The learning rate of docs/models.md.
+pub const LEARNING_RATE: f64 = 1e-3;
+
+/// AdamW as docs/models.md fixes it: betas 0.9 / 0.999, weight decay 0, epsilon 1e-8
+/// (PyTorch's; burn's defaults are weight decay 1e-4 and epsilon 1e-5). Use with
+/// [`LEARNING_RATE`].
+pub fn adamw() -> AdamWConfig {
+    AdamWConfig::new()
+        .with_beta_1(0.9)
+        .with_beta_2(0.999)
+        .with_epsilon(1e-8)
+        .with_weight_decay(0.0)
+}
+
+/// How to sample: Euler steps, guidance scale and the SDE's noise scale.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplerConfig {
+    /// Number of uniform steps from `s = 1` to `0`; at least 1.
+    pub steps: usize,
+    /// Classifier-free guidance scale `w`: `v = v_u + w·(v_c − v_u)`; `1` is the conditional
+    /// velocity alone (one model call per step), `0` the unconditional one.
+    pub guidance: f64,
+    /// The SDE sampler's noise scale `a` (unused by the ODE sampler).
+    pub noise_scale: f64,
+}
+
+impl Default for SamplerConfig {
+    /// 20 steps, guidance 1, noise scale 0.7.
+    fn default() -> Self {
+        SamplerConfig {
+            steps: 20,
+            guidance: 1.0,
+            noise_scale: SDE_NOISE_SCALE,
+        }
+    }
+}
+
+/// The noise levels of an Euler schedule: `1 − k/steps` for `k = 0..=steps` (from 1 to 0).
+///
+/// # Panics
+///
+/// If `steps` is 0.
+pub fn noise_levels(steps: usize) -> Vec<f64> {
+    assert!(steps > 0, "a sampler needs at least one step");
+    (0..=steps).map(|k| 1.0 - k as f64 / steps as f64).collect()
+}
+
+/// `n` standard normals from `rng` (Box–Muller in `f64`, two normals per pair of uniforms).
+pub fn standard_normals(n: usize, rng: &mut impl Rng) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n + 1);
+    while out.len() < n {
+        let u1 = 1.0 - rng.random::<f64>(); // (0, 1]: ln is finite
+        let u2 = rng.random::<f64>();
+        let r = (-2.0 * u1.ln()).sqrt();
+        let (sin, cos) = (2.0 * PI * u2).sin_cos();
+        out.push((r * cos) as f32);
+        out.push((r * sin) as f32);
+    }
+    out.truncate(n);
+    out
+}
+
+/// A tensor of standard normals from `rng`, in row-major order.
+pub fn normal_tensor<const D: usize>(
+    shape: [usize; D],
+    rng: &mut impl Rng,
+    device: &Device,
+) -> Tensor<D> {
+    let values = standard_normals(shape.iter().product(), rng);
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+fn levels_tensor(values: Vec<f32>, device: &Device) -> Tensor<1> {
+    let n = values.len();
+    Tensor::from_data(TensorData::new(values, [n]), device)
+}
+
+/// The model's input: `x`, followed by the conditioning image on the channel axis if any.
+fn model_input(model: &Dit, x: Tensor<4>, cond_image: Option<&Tensor<4>>) -> Tensor<4> {
+    let want = model.config().cond_channels();
+    match cond_image {
+        None => {
+            assert_eq!(
+                want, 0,
+                "this model takes a conditioning image of {want} channels; none was given"
+            );
+            x
+        }
+        Some(cond) => {
+            assert_eq!(
+                cond.dims()[1],
+                want,
+                "conditioning image has {} channels; this model takes {want}",
+                cond.dims()[1]
+            );
+            Tensor::cat(vec![x, cond.clone()], 1)
+        }
+    }
+}
+
+/// The rectified-flow loss `mean((v_θ(x_s, s, text) − (ε − x0))²)` of one batch.
+///
+/// `x0`: clean images `(B, out_channels, H, W)` in `[−1, 1]`; `cond_image`: the Editor's source
+/// images (see the [module docs](self)); `text`: the prompts, each replaced by the
+/// unconditional one with probability [`UNCOND_PROB`]. Draws from `rng`, in this order: `B`
+/// normals `n` (then `s = sigmoid(n)`, logit-normal), `B` uniforms for prompt dropout, the
+/// noise `ε` (row-major). Returns a one-element tensor, differentiable when the model is on an
+/// autodiff device.
+pub fn training_loss(
+    model: &Dit,
+    x0: Tensor<4>,
+    cond_image: Option<&Tensor<4>>,
+    text: &TextBatch,
+    rng: &mut impl Rng,
+) -> Tensor<1> {
+    let dims = x0.dims();
+    let b = dims[0];
+    assert_eq!(
+        text.batch_size(),
+        b,
+        "training_loss: {} prompts for {b} images",
+        text.batch_size()
+    );
+    let device = x0.device();
+    let s: Vec<f32> = standard_normals(b, rng)
+        .into_iter()
+        .map(|n| (1.0 / (1.0 + (-f64::from(n)).exp())) as f32)
+        .collect();
+    let drop: Vec<bool> = (0..b).map(|_| rng.random::<f64>() < UNCOND_PROB).collect();
+    let eps = normal_tensor(dims, rng, &device);
+
+    let s = levels_tensor(s, &device);
+    let sb = s.clone().reshape([b, 1, 1, 1]);
+    let xs = x0.clone() * (sb.clone().neg() + 1.0) + eps.clone() * sb;
+    let target = eps - x0;
+    let text = text.drop_rows(&drop);
+    let v = model.forward(
+        model_input(model, xs, cond_image),
+        s,
+        text.ids().clone(),
+        text.mask().clone(),
+    );
+    (v - target).square().mean()
+}
+
+/// The guided velocity at noise level `s`: `v_u + w·(v_c − v_u)` with `w = guidance`.
+///
+/// `w = 1` makes one model call on the prompts; otherwise the conditional and unconditional
+/// passes run as one model call on a batch of `2B`.
+pub fn velocity(
+    model: &Dit,
+    x: Tensor<4>,
+    s: f64,
+    text: &TextBatch,
+    cond_image: Option<&Tensor<4>>,
+    guidance: f64,
+) -> Tensor<4> {
+    let b = x.dims()[0];
+    let device = x.device();
+    if guidance == 1.0 {
+        let s = levels_tensor(vec![s as f32; b], &device);
+        let x = model_input(model, x, cond_image);
+        return model.forward(x, s, text.ids().clone(), text.mask().clone());
+    }
+    let x = model_input(model, x, cond_image);
+    let x2 = Tensor::cat(vec![x.clone(), x], 0);
+    let s2 = levels_tensor(vec![s as f32; 2 * b], &device);
+    let text2 = text.concat(&TextBatch::unconditional(b, text.text_len(), &device));
+    let v = model.forward(x2, s2, text2.ids().clone(), text2.mask().clone());
+    let v_c = v.clone().narrow(0, 0, b);
+    let v_u = v.narrow(0, b, b);
+    v_u.clone() + (v_c - v_u).mul_scalar(guidance)
+}
+
+fn initial_noise(model: &Dit, batch: usize, rng: &mut ChaCha8Rng, device: &Device) -> Tensor<4> {
+    let c = model.config();
+    normal_tensor(
+        [batch, c.out_channels, c.image_size, c.image_size],
+        rng,
+        device,
+    )
+}
+
+/// Samples images with the Euler ODE sampler: `x ← x + (s_next − s)·v` from `s = 1` to `0`.
+///
+/// The starting noise is drawn from `ChaCha8Rng::seed_from_u64(seed)`, one image per prompt of
+/// `text`. Returns `(B, out_channels, H, W)`, not clamped (see [`crate::image`]).
+///
+/// # Panics
+///
+/// If `sampler.steps` is 0 or a shape does not fit the model.
+pub fn sample_ode(
+    model: &Dit,
+    text: &TextBatch,
+    cond_image: Option<&Tensor<4>>,
+    sampler: &SamplerConfig,
+    seed: u64,
+) -> Tensor<4> {
+    let device = model.device();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let noise = initial_noise(model, text.batch_size(), &mut rng, &device);
+    sample_ode_from(model, noise, text, cond_image, sampler)
+}
+
+/// [`sample_ode`] from given noise at `s = 1`.
+pub fn sample_ode_from(
+    model: &Dit,
+    noise: Tensor<4>,
+    text: &TextBatch,
+    cond_image: Option<&Tensor<4>>,
+    sampler: &SamplerConfig,
+) -> Tensor<4> {
+    let levels = noise_levels(sampler.steps);
+    let mut x = noise;
+    for pair in levels.windows(2) {
+        let (s, s_next) = (pair[0], pair[1]);
+        let v = velocity(model, x.clone(), s, text, cond_image, sampler.guidance);
+        x = x + v.mul_scalar(s_next - s);
+    }
+    x
+}
+
+/// The Gaussian transition of one SDE step: `x' ~ N(x_coef·x + v_coef·v, std²)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SdeStep {
+    /// The noise level `s` of the step's start.
+    pub s: f64,
+    /// `dt = s_next − s < 0`.
+    pub dt: f64,
+    /// `σ_t = a·√(s/(1 − s))`, with the next level `s₁` in the denominator at `s = 1`.
+    pub sigma: f64,
+    /// `σ_t·√(−dt)`, the transition's standard deviation.
+    pub std: f64,
+    /// `1 + σ_t²/(2s)·dt`.
+    pub x_coef: f64,
+    /// `(1 + σ_t²(1 − s)/(2s))·dt`.
+    pub v_coef: f64,
+}
+
+impl SdeStep {
+    /// The coefficients of step `step` (`0..steps`) of the schedule of `steps` steps with noise
+    /// scale `a` (docs/models.md "SDE sampler").
+    ///
+    /// # Panics
+    ///
+    /// If `step >= steps`.
+    pub fn new(step: usize, steps: usize, a: f64) -> SdeStep {
+        assert!(step < steps, "step {step} of a {steps}-step schedule");
+        let levels = noise_levels(steps);
+        let (s, s_next) = (levels[step], levels[step + 1]);
+        let dt = s_next - s;
+        let denominator = if s >= 1.0 { 1.0 - levels[1] } else { 1.0 - s };
+        let sigma = a * (s / denominator).sqrt();
+        SdeStep {
+            s,
+            dt,
+            sigma,
+            std: sigma * (-dt).sqrt(),
+            x_coef: 1.0 + sigma * sigma / (2.0 * s) * dt,
+            v_coef: (1.0 + sigma * sigma * (1.0 - s) / (2.0 * s)) * dt,
+        }
+    }
+
+    /// The transition's mean `μ = x_coef·x + v_coef·v`.
+    pub fn mean(&self, x: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+        x.mul_scalar(self.x_coef) + v.mul_scalar(self.v_coef)
+    }
+}
+
+/// The log-density of `x_next` under `N(mean, std²)` per pixel, averaged over the pixels of each
+/// image: `mean(−(x' − μ)²/(2std²) − ln std − ½·ln 2π)`, shape `(B)`.
+pub fn gaussian_log_prob(x_next: Tensor<4>, mean: Tensor<4>, std: f64) -> Tensor<1> {
+    let b = x_next.dims()[0];
+    let constant = -std.ln() - 0.5 * (2.0 * PI).ln();
+    (x_next - mean)
+        .square()
+        .mul_scalar(-1.0 / (2.0 * std * std))
+        .add_scalar(constant)
+        .flatten::<2>(1, 3)
+        .mean_dim(1)
+        .reshape([b])
+}
+
+/// What the SDE sampler returns.
+#[derive(Clone, Debug)]
+pub struct SdeSample {
+    /// The final images `x` at `s = 0`, `(B, out_channels, H, W)`, not clamped.
+    pub images: Tensor<4>,
+    /// Per step, the log-probability of the step's transition, `(B)` (see
+    /// [`gaussian_log_prob`]); `steps` entries.
+    pub log_probs: Vec<Tensor<1>>,
+    /// The states visited: the starting noise, then the state after each step (`steps + 1`
+    /// entries; the last is `images`).
+    pub trajectory: Vec<Tensor<4>>,
+}
+
+/// Samples with Flow-GRPO's SDE sampler (same marginals as the ODE), recording each step's
+/// log-probability.
+///
+/// Each step draws `x' = μ + std·ε` (see [`SdeStep`]) with the guided velocity. The starting
+/// noise, then each step's `ε` in order, come from `ChaCha8Rng::seed_from_u64(seed)`. Run it on
+/// a model without autodiff (`model.valid()`): rollouts need no graph, and
+/// [`transition_log_prob`] recomputes the differentiable log-probabilities when training.
+///
+/// # Panics
+///
+/// If `sampler.steps` is 0 or a shape does not fit the model.
+pub fn sample_sde(
+    model: &Dit,
+    text: &TextBatch,
+    cond_image: Option<&Tensor<4>>,
+    sampler: &SamplerConfig,
+    seed: u64,
+) -> SdeSample {
+    let device = model.device();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut x = initial_noise(model, text.batch_size(), &mut rng, &device);
+    let levels = noise_levels(sampler.steps);
+    let mut trajectory = vec![x.clone()];
+    let mut log_probs = Vec::with_capacity(sampler.steps);
+    for (step, &s) in levels[..sampler.steps].iter().enumerate() {
+        let coef = SdeStep::new(step, sampler.steps, sampler.noise_scale);
+        let v = velocity(model, x.clone(), s, text, cond_image, sampler.guidance);
+        let mean = coef.mean(x, v);
+        let eps = normal_tensor(mean.dims(), &mut rng, &device);
+        let x_next = mean.clone() + eps.mul_scalar(coef.std);
+        log_probs.push(gaussian_log_prob(x_next.clone(), mean, coef.std));
+        trajectory.push(x_next.clone());
+        x = x_next;
+    }
+    SdeSample {
+        images: x,
+        log_probs,
+        trajectory,
+    }
+}
+
+/// The log-probability of a given transition `x → x_next` at step `step` of the sampler's
+/// schedule, under the model's current velocity: the quantity whose ratio to the stored one is
+/// GRPO's importance ratio. Shape `(B)`; differentiable through the model when it is on an
+/// autodiff device.
+///
+/// # Panics
+///
+/// If `step >= sampler.steps` or a shape does not fit the model.
+pub fn transition_log_prob(
+    model: &Dit,
+    x: Tensor<4>,
+    x_next: Tensor<4>,
+    step: usize,
+    text: &TextBatch,
+    cond_image: Option<&Tensor<4>>,
+    sampler: &SamplerConfig,
+) -> Tensor<1> {
+    let coef = SdeStep::new(step, sampler.steps, sampler.noise_scale);
+    let v = velocity(model, x.clone(), coef.s, text, cond_image, sampler.guidance);
+    gaussian_log_prob(x_next, coef.mean(x, v), coef.std)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn box_muller_normals_have_unit_moments() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let v = standard_normals(20_001, &mut rng);
+        assert_eq!(v.len(), 20_001);
+        let n = v.len() as f64;
+        let mean = v.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+        let var = v
+            .iter()
+            .map(|&x| (f64::from(x) - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        assert!(mean.abs() < 0.03, "mean {mean}");
+        assert!((var - 1.0).abs() < 0.05, "variance {var}");
+    }
+
+    #[test]
+    fn levels_run_from_one_to_zero() {
+        assert_eq!(noise_levels(4), vec![1.0, 0.75, 0.5, 0.25, 0.0]);
+    }
+
+    #[test]
+    fn sde_coefficients_follow_the_formulas() {
+        // s = 1 uses the next level (0.75) in the denominator.
+        let first = SdeStep::new(0, 4, 0.7);
+        assert_eq!(first.s, 1.0);
+        assert!((first.sigma - 0.7 * (1.0f64 / 0.25).sqrt()).abs() < 1e-12);
+        let mid = SdeStep::new(2, 4, 0.7);
+        let sigma: f64 = 0.7 * (0.5f64 / 0.5).sqrt();
+        assert!((mid.sigma - sigma).abs() < 1e-12);
+        assert!((mid.std - sigma * 0.25f64.sqrt()).abs() < 1e-12);
+        assert!((mid.x_coef - (1.0 - sigma * sigma / 1.0 * 0.25)).abs() < 1e-12);
+        assert!((mid.v_coef - (1.0 + sigma * sigma * 0.5 / 1.0) * -0.25).abs() < 1e-12);
+    }
+}

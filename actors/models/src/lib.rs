@@ -1,0 +1,46 @@
+//! The burn networks of rlrig's built-in generative models (docs/models.md): the Diffuser's and
+//! the Editor's DiT, trained and sampled as a rectified flow.
+//!
+//! * [`text`]: the closed-vocabulary tokenizer of scene-graph and edit prompts.
+//! * [`dit`]: [`DitConfig`] and the network [`Dit`] (`v_θ(x_s, s, text)`).
+//! * [`flow`]: the training loss, the Euler ODE sampler with classifier-free guidance, and
+//!   Flow-GRPO's SDE sampler with per-step log-probabilities.
+//! * [`image`]: [`rlrig_contract::Image`] ↔ tensors in `[−1, 1]`.
+//! * [`weights`]: one self-describing safetensors file per model.
+//!
+//! Everything is device-agnostic: burn 0.22 tensors carry their backend in their
+//! [`Device`](burn::tensor::Device), not in a type parameter. On CPU use `Device::flex()`, and
+//! `Device::flex().autodiff()` to train. This crate re-exports [`burn`] so that users share its
+//! version.
+//!
+//! ```no_run
+//! use rlrig_models::burn::tensor::Device;
+//! use rlrig_models::flow::{self, SamplerConfig};
+//! use rlrig_models::text::Tokenizer;
+//! use rlrig_models::{Dit, DitConfig, image};
+//!
+//! let device = Device::flex();
+//! let model = Dit::new(&DitConfig::diffuser(), &device)?;
+//! let text = Tokenizer::default().batch(&["red circle left of blue square"], &device)?;
+//! let x = flow::sample_ode(&model, &text, None, &SamplerConfig::default(), 42);
+//! let images = image::tensor_to_images(x)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![warn(missing_docs)]
+
+#[doc(no_inline)]
+pub use burn;
+
+pub mod dit;
+pub mod flow;
+pub mod image;
+pub mod pretrain;
+pub mod roles;
+pub mod text;
+pub mod weights;
+
+pub use dit::{Dit, DitConfig, DitConfigError};
+pub use roles::{NeuralDiffuser, NeuralEditor, NeuralSettings};
+pub use text::{TextBatch, Tokenizer};
+pub use weights::WeightsError;

@@ -1,0 +1,342 @@
+//! Saving and loading a [`Dit`] as one safetensors file.
+//!
+//! The tensors are the model's parameters under their module paths (`blocks.0.attn.qkv.weight`,
+//! f32, burn's `[in, out]` Linear layout), written by burn-store's `SafetensorsStore`. The
+//! architecture goes in the file's metadata as JSON under [`CONFIG_KEY`], so a file is
+//! self-describing: [`load`] builds the network the file describes, [`load_expecting`] also
+//! insists on a given architecture.
+//!
+//! Loading checks the whole file before any weight is used and names the file and the
+//! tensors in its errors: a missing or unreadable file, a truncated or corrupt container, a
+//! missing or invalid architecture, and every tensor that is missing, unexpected, of another
+//! shape or not f32. (Left to itself, burn-store reports shape mismatches as one
+//! `ValidationFailed` string holding a `Debug` dump of its errors, and missing tensors as a
+//! multi-line summary table.)
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use burn::store::{ModuleSnapshot, SafetensorsStore};
+use burn::tensor::Device;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::dit::{Dit, DitConfig, DitConfigError};
+
+/// The metadata key of the architecture (JSON of [`DitConfig`]).
+pub const CONFIG_KEY: &str = "rlrig.dit_config";
+
+/// A weights file that cannot be written or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    /// The file cannot be read or written.
+    #[error("weights file {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not a complete safetensors container (truncated, corrupt, not safetensors).
+    #[error("weights file {}: not a valid safetensors file: {message}", path.display())]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What the safetensors reader found.
+        message: String,
+    },
+    /// The file's metadata has no architecture.
+    #[error(
+        "weights file {}: no `{CONFIG_KEY}` entry in the metadata; it was not written by rlrig-models",
+        path.display()
+    )]
+    NoConfig {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The architecture in the metadata cannot be read.
+    #[error("weights file {}: the `{CONFIG_KEY}` metadata is not a DiT config: {source}", path.display())]
+    BadConfig {
+        /// The file.
+        path: PathBuf,
+        /// The JSON error.
+        source: serde_json::Error,
+    },
+    /// The architecture in the metadata describes no network.
+    #[error("weights file {}: {source}", path.display())]
+    InvalidConfig {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: DitConfigError,
+    },
+    /// The file holds another architecture than the one asked for.
+    #[error(
+        "weights file {}: holds another architecture than expected: {}",
+        path.display(),
+        config_diff(expected, found)
+    )]
+    ConfigMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The architecture asked for.
+        expected: Box<DitConfig>,
+        /// The file's.
+        found: Box<DitConfig>,
+    },
+    /// The tensors do not fit the architecture.
+    #[error("weights file {}: tensors do not fit the architecture: {}", path.display(), list(problems))]
+    Tensors {
+        /// The file.
+        path: PathBuf,
+        /// Every problem found, in tensor-name order.
+        problems: Vec<TensorProblem>,
+    },
+    /// burn-store failed to write or apply the tensors.
+    #[error("weights file {}: {message}", path.display())]
+    Store {
+        /// The file.
+        path: PathBuf,
+        /// burn-store's message.
+        message: String,
+    },
+}
+
+/// One tensor of a weights file that does not fit the architecture.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TensorProblem {
+    /// The architecture has the tensor, the file does not.
+    Missing {
+        /// Its name.
+        tensor: String,
+    },
+    /// The file has a tensor the architecture does not.
+    Unexpected {
+        /// Its name.
+        tensor: String,
+    },
+    /// The shapes differ.
+    Shape {
+        /// Its name.
+        tensor: String,
+        /// The architecture's shape.
+        expected: Vec<usize>,
+        /// The file's.
+        found: Vec<usize>,
+    },
+    /// The file stores the tensor in another type than f32.
+    DType {
+        /// Its name.
+        tensor: String,
+        /// The file's type.
+        found: String,
+    },
+}
+
+impl fmt::Display for TensorProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TensorProblem::Missing { tensor } => write!(f, "tensor `{tensor}` is missing"),
+            TensorProblem::Unexpected { tensor } => {
+                write!(f, "tensor `{tensor}` is not part of the architecture")
+            }
+            TensorProblem::Shape {
+                tensor,
+                expected,
+                found,
+            } => write!(
+                f,
+                "tensor `{tensor}` has shape {found:?}, the architecture needs {expected:?}"
+            ),
+            TensorProblem::DType { tensor, found } => {
+                write!(f, "tensor `{tensor}` is {found}, not F32")
+            }
+        }
+    }
+}
+
+fn list(problems: &[TensorProblem]) -> String {
+    const SHOWN: usize = 8;
+    let mut text = problems
+        .iter()
+        .take(SHOWN)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    if problems.len() > SHOWN {
+        text.push_str(&format!("; and {} more", problems.len() - SHOWN));
+    }
+    text
+}
+
+fn config_diff(expected: &DitConfig, found: &DitConfig) -> String {
+    let as_map = |c: &DitConfig| match serde_json::to_value(c) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    let (e, f) = (as_map(expected), as_map(found));
+    e.iter()
+        .filter(|(k, v)| f.get(*k) != Some(v))
+        .map(|(k, v)| {
+            let got = f.get(k).map_or("nothing".to_owned(), ToString::to_string);
+            format!("{k} is {got}, expected {v}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Writes the model's weights and architecture to `path` (replacing any file there; the
+/// write goes to a scratch file renamed into place, so a failed save leaves the old file).
+pub fn save(model: &Dit, path: impl AsRef<Path>) -> Result<(), WeightsError> {
+    let path = path.as_ref();
+    let config = serde_json::to_string(model.config()).expect("a DiT config serialises");
+    let mut store = SafetensorsStore::from_file(path)
+        .overwrite(true)
+        .metadata(CONFIG_KEY, config);
+    model
+        .save_into(&mut store)
+        .map_err(|e| WeightsError::Store {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+}
+
+/// Reads the architecture stored in a weights file (checking the container, not the tensors).
+pub fn read_config(path: impl AsRef<Path>) -> Result<DitConfig, WeightsError> {
+    let path = path.as_ref();
+    let bytes = read(path)?;
+    Ok(parse(path, &bytes)?.0)
+}
+
+/// Loads the network a weights file describes onto `device`.
+pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Dit, WeightsError> {
+    load_checked(path.as_ref(), None, device)
+}
+
+/// Loads a weights file onto `device`, insisting that it holds the architecture `expected`.
+pub fn load_expecting(
+    path: impl AsRef<Path>,
+    expected: &DitConfig,
+    device: &Device,
+) -> Result<Dit, WeightsError> {
+    load_checked(path.as_ref(), Some(expected), device)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, WeightsError> {
+    std::fs::read(path).map_err(|source| WeightsError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The file's architecture and its tensors' `(dtype, shape)` by name.
+#[allow(clippy::type_complexity)]
+fn parse(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(DitConfig, BTreeMap<String, (Dtype, Vec<usize>)>), WeightsError> {
+    let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| WeightsError::Format {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    let json = metadata
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(CONFIG_KEY))
+        .ok_or_else(|| WeightsError::NoConfig {
+            path: path.to_owned(),
+        })?;
+    let config: DitConfig =
+        serde_json::from_str(json).map_err(|source| WeightsError::BadConfig {
+            path: path.to_owned(),
+            source,
+        })?;
+    config
+        .validate()
+        .map_err(|source| WeightsError::InvalidConfig {
+            path: path.to_owned(),
+            source,
+        })?;
+    let tensors = metadata
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| (name, (info.dtype, info.shape.clone())))
+        .collect();
+    Ok((config, tensors))
+}
+
+fn load_checked(
+    path: &Path,
+    expected: Option<&DitConfig>,
+    device: &Device,
+) -> Result<Dit, WeightsError> {
+    let bytes = read(path)?;
+    let (config, stored) = parse(path, &bytes)?;
+    if let Some(expected) = expected.filter(|e| **e != config) {
+        return Err(WeightsError::ConfigMismatch {
+            path: path.to_owned(),
+            expected: Box::new(expected.clone()),
+            found: Box::new(config),
+        });
+    }
+    let mut model = Dit::new(&config, device).map_err(|source| WeightsError::InvalidConfig {
+        path: path.to_owned(),
+        source,
+    })?;
+
+    let wanted: BTreeMap<String, Vec<usize>> = model
+        .collect(None, None, false)
+        .into_iter()
+        .map(|t| (t.name, t.shape.as_slice().to_vec()))
+        .collect();
+    let mut problems = Vec::new();
+    for (name, shape) in &wanted {
+        match stored.get(name) {
+            None => problems.push(TensorProblem::Missing {
+                tensor: name.clone(),
+            }),
+            Some((_, found)) if found != shape => problems.push(TensorProblem::Shape {
+                tensor: name.clone(),
+                expected: shape.clone(),
+                found: found.clone(),
+            }),
+            Some((dtype, _)) if *dtype != Dtype::F32 => problems.push(TensorProblem::DType {
+                tensor: name.clone(),
+                found: format!("{dtype:?}"),
+            }),
+            Some(_) => {}
+        }
+    }
+    problems.extend(
+        stored
+            .keys()
+            .filter(|name| !wanted.contains_key(*name))
+            .map(|name| TensorProblem::Unexpected {
+                tensor: name.clone(),
+            }),
+    );
+    if !problems.is_empty() {
+        return Err(WeightsError::Tensors {
+            path: path.to_owned(),
+            problems,
+        });
+    }
+
+    let mut store = SafetensorsStore::from_bytes(Some(bytes));
+    let result = model
+        .load_from(&mut store)
+        .map_err(|e| WeightsError::Store {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+    if !result.errors.is_empty() || !result.missing.is_empty() {
+        return Err(WeightsError::Store {
+            path: path.to_owned(),
+            message: format!(
+                "burn-store could not apply the tensors: {:?}; missing: {:?}",
+                result.errors, result.missing
+            ),
+        });
+    }
+    Ok(model)
+}

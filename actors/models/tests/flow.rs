@@ -1,0 +1,254 @@
+//! Rectified flow: the loss trains, the samplers are deterministic, the SDE's log-probabilities
+//! are the documented Gaussian densities.
+
+mod common;
+
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor};
+use common::{max_diff, model, perturb, tiny, values};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rlrig_models::Dit;
+use rlrig_models::flow::{self, SamplerConfig};
+use rlrig_models::image::images_to_tensor;
+use rlrig_models::text::{TextBatch, Tokenizer};
+use rlrig_world::{Canvas, sample};
+
+fn world_batch(n: u64, device: &Device) -> (Tensor<4>, TextBatch) {
+    let canvas = Canvas::new(32).unwrap();
+    let samples: Vec<_> = (0..n).map(|i| sample(&canvas, 5, i)).collect();
+    let images: Vec<_> = samples.iter().map(|s| s.image.clone()).collect();
+    let prompts: Vec<_> = samples.iter().map(|s| s.graph.prompt()).collect();
+    (
+        images_to_tensor(&images, device).unwrap(),
+        Tokenizer::default().batch(&prompts, device).unwrap(),
+    )
+}
+
+fn eval_loss(model: &Dit, x0: &Tensor<4>, text: &TextBatch) -> f32 {
+    let model = model.valid();
+    let x0 = x0.clone().without_autodiff();
+    let text = text.clone().to_device(&x0.device());
+    (0..4)
+        .map(|seed| {
+            let mut rng = ChaCha8Rng::seed_from_u64(1000 + seed);
+            values(flow::training_loss(
+                &model,
+                x0.clone(),
+                None,
+                &text,
+                &mut rng,
+            ))[0]
+        })
+        .sum::<f32>()
+        / 4.0
+}
+
+#[test]
+fn adamw_steps_on_a_fixed_batch_reduce_the_loss() {
+    let device = Device::flex().autodiff();
+    device.seed(3);
+    let mut model = Dit::new(&tiny(8, 3), &device).unwrap();
+    let (x0, text) = world_batch(4, &device);
+    let before = eval_loss(&model, &x0, &text);
+    assert!(before.is_finite() && before > 0.1, "initial loss {before}");
+
+    let mut optim = flow::adamw().init();
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for _ in 0..40 {
+        let loss = flow::training_loss(&model, x0.clone(), None, &text, &mut rng);
+        assert!(values(loss.clone())[0].is_finite());
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(flow::LEARNING_RATE, model, grads);
+    }
+    let after = eval_loss(&model, &x0, &text);
+    assert!(after < 0.7 * before, "loss {before} → {after}");
+}
+
+#[test]
+fn the_loss_is_deterministic_for_a_generator_state() {
+    let model = model(8, 6, 4);
+    let device = Device::flex();
+    let (x0, text) = world_batch(3, &device);
+    let cond = x0.clone().flip([3]);
+    let loss = |seed| {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        values(flow::training_loss(
+            &model,
+            x0.clone(),
+            Some(&cond),
+            &text,
+            &mut rng,
+        ))[0]
+    };
+    assert_eq!(loss(1).to_bits(), loss(1).to_bits());
+    assert_ne!(loss(1), loss(2));
+}
+
+#[test]
+fn ode_sampling_is_bit_identical_for_a_seed() {
+    let model = model(4, 3, 5);
+    let device = Device::flex();
+    let text = Tokenizer::default()
+        .batch(
+            &["red circle left of blue square", "green triangle"],
+            &device,
+        )
+        .unwrap();
+    for guidance in [1.0, 3.0] {
+        let sampler = SamplerConfig {
+            steps: 4,
+            guidance,
+            ..SamplerConfig::default()
+        };
+        let a = values(flow::sample_ode(&model, &text, None, &sampler, 9));
+        let b = values(flow::sample_ode(&model, &text, None, &sampler, 9));
+        let c = values(flow::sample_ode(&model, &text, None, &sampler, 10));
+        assert_eq!(a.len(), 2 * 3 * 32 * 32);
+        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+        assert!(a.iter().zip(&c).any(|(x, y)| x != y));
+    }
+}
+
+#[test]
+fn guidance_mixes_the_conditional_and_unconditional_velocities() {
+    let model = model(8, 6, 6);
+    let device = Device::flex();
+    let (x, text) = world_batch(2, &device);
+    let cond = x.clone().mul_scalar(0.5);
+    let input = Tensor::cat(vec![x.clone(), cond.clone()], 1);
+    let s = Tensor::<1>::from_floats([0.6, 0.6], &device);
+    let uncond = TextBatch::unconditional(2, 48, &device);
+    let v_c = model.forward(
+        input.clone(),
+        s.clone(),
+        text.ids().clone(),
+        text.mask().clone(),
+    );
+    let v_u = model.forward(input, s, uncond.ids().clone(), uncond.mask().clone());
+
+    let guided = flow::velocity(&model, x.clone(), 0.6, &text, Some(&cond), 2.5);
+    let expected = v_u.clone() + (v_c.clone() - v_u).mul_scalar(2.5);
+    assert!(max_diff(guided, expected) < 1e-4);
+    let plain = flow::velocity(&model, x, 0.6, &text, Some(&cond), 1.0);
+    assert!(max_diff(plain, v_c) < 1e-6);
+}
+
+/// The SDE's log-probability, by hand in f64 from x, v and x' (docs/models.md "SDE sampler").
+fn hand_log_prob(x: &[f32], v: &[f32], x_next: &[f32], step: usize, steps: usize, a: f64) -> f64 {
+    let level = |k: usize| 1.0 - k as f64 / steps as f64;
+    let (s, s_next) = (level(step), level(step + 1));
+    let dt = s_next - s;
+    let sigma = if step == 0 {
+        a * (s / (1.0 - level(1))).sqrt()
+    } else {
+        a * (s / (1.0 - s)).sqrt()
+    };
+    let var = sigma * sigma * -dt;
+    let total: f64 = x
+        .iter()
+        .zip(v)
+        .zip(x_next)
+        .map(|((&x, &v), &xn)| {
+            let (x, v, xn) = (f64::from(x), f64::from(v), f64::from(xn));
+            let mu = x * (1.0 + sigma * sigma / (2.0 * s) * dt)
+                + v * (1.0 + sigma * sigma * (1.0 - s) / (2.0 * s)) * dt;
+            -(xn - mu).powi(2) / (2.0 * var) - 0.5 * (2.0 * std::f64::consts::PI * var).ln()
+        })
+        .sum();
+    total / x.len() as f64
+}
+
+#[test]
+fn sde_log_probs_are_the_gaussian_densities_of_the_steps() {
+    let model = model(8, 3, 7);
+    let device = Device::flex();
+    let text = Tokenizer::default()
+        .batch(&["blue square above red circle"], &device)
+        .unwrap();
+    let sampler = SamplerConfig {
+        steps: 3,
+        guidance: 1.0,
+        noise_scale: 0.7,
+    };
+    let out = flow::sample_sde(&model, &text, None, &sampler, 21);
+    assert_eq!(out.log_probs.len(), 3);
+    assert_eq!(out.trajectory.len(), 4);
+    assert_eq!(
+        values(out.images.clone()),
+        values(out.trajectory[3].clone())
+    );
+
+    for step in 0..3 {
+        let (x, x_next) = (
+            out.trajectory[step].clone(),
+            out.trajectory[step + 1].clone(),
+        );
+        let s = 1.0 - step as f64 / 3.0;
+        let v = flow::velocity(&model, x.clone(), s, &text, None, 1.0);
+        assert!(
+            values(v.clone()).iter().any(|&v| v.abs() > 1e-3),
+            "v is not trivial"
+        );
+        let expected = hand_log_prob(
+            &values(x.clone()),
+            &values(v),
+            &values(x_next.clone()),
+            step,
+            3,
+            0.7,
+        );
+        let got = f64::from(values(out.log_probs[step].clone())[0]);
+        assert!(
+            (got - expected).abs() < 1e-4 * expected.abs().max(1.0),
+            "step {step}: sampler {got}, by hand {expected}"
+        );
+        let again = flow::transition_log_prob(&model, x, x_next, step, &text, None, &sampler);
+        let again = f64::from(values(again)[0]);
+        assert!((again - expected).abs() < 1e-4 * expected.abs().max(1.0));
+    }
+
+    // Deterministic for a seed, different for another.
+    let same = flow::sample_sde(&model, &text, None, &sampler, 21);
+    assert_eq!(values(same.images), values(out.images.clone()));
+    let other = flow::sample_sde(&model, &text, None, &sampler, 22);
+    assert_ne!(values(other.images), values(out.images));
+}
+
+#[test]
+fn a_transition_far_from_the_mean_is_less_likely() {
+    let model = perturb(Dit::new(&tiny(8, 3), &Device::flex()).unwrap(), 0.05, 8);
+    let device = Device::flex();
+    let text = Tokenizer::default()
+        .batch(&["red circle", "red circle"], &device)
+        .unwrap();
+    let sampler = SamplerConfig {
+        steps: 5,
+        ..SamplerConfig::default()
+    };
+    let out = flow::sample_sde(&model, &text, None, &sampler, 3);
+    let (x, x_next) = (out.trajectory[2].clone(), out.trajectory[3].clone());
+    let near = values(flow::transition_log_prob(
+        &model,
+        x.clone(),
+        x_next.clone(),
+        2,
+        &text,
+        None,
+        &sampler,
+    ));
+    let far = values(flow::transition_log_prob(
+        &model,
+        x,
+        x_next.add_scalar(0.5),
+        2,
+        &text,
+        None,
+        &sampler,
+    ));
+    assert!(
+        near.iter().zip(&far).all(|(n, f)| n > f),
+        "{near:?} vs {far:?}"
+    );
+}

@@ -1,0 +1,124 @@
+//! Pre-training flows: train one of the built-in models on data the world generates on the fly.
+
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{Checked, FlowProblem, Loaded};
+
+/// A pre-training flow file: a `[pretrain]` table instead of actors and a cycle.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainFlow {
+    /// Name of the run; its directory is `<run_dir>/<name>`.
+    pub name: String,
+    /// Parent directory of runs.
+    #[serde(default = "crate::default_run_dir")]
+    pub run_dir: PathBuf,
+    /// What to train and how.
+    pub pretrain: PretrainSettings,
+}
+
+/// Which built-in model a pre-training flow trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PretrainModel {
+    /// The text → image Diffuser.
+    Diffuser,
+    /// The image + edit prompt → image Editor.
+    Editor,
+}
+
+/// How to pre-train.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainSettings {
+    /// The model to train.
+    pub model: PretrainModel,
+    /// Architecture settings over the model's defaults (`patch`, `width`, `depth`, `heads`, …).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub architecture: serde_json::Map<String, serde_json::Value>,
+    /// Optimiser steps in all.
+    pub steps: u64,
+    /// Examples per step.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// AdamW learning rate.
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// Steps of linear learning-rate warm-up.
+    #[serde(default)]
+    pub warmup: u64,
+    /// Seed of the data and the noise.
+    #[serde(default)]
+    pub seed: u64,
+    /// Steps between checkpoints (and loss-log flushes).
+    #[serde(default = "default_every")]
+    pub checkpoint_every: u64,
+    /// Steps between sample grids.
+    #[serde(default = "default_every")]
+    pub sample_every: u64,
+    /// Stop (with a checkpoint) after this many minutes of wall time; resume later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_minutes: Option<f64>,
+    /// Device: `cpu`, `cuda:N` or `wgpu:N`.
+    #[serde(default = "crate::default_device")]
+    pub device: String,
+    /// Where the final weights are exported (safetensors + config), e.g. `weights/diffuser`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<PathBuf>,
+}
+
+fn default_batch() -> usize {
+    32
+}
+fn default_lr() -> f64 {
+    1e-3
+}
+fn default_every() -> u64 {
+    500
+}
+
+impl Checked for PretrainFlow {
+    fn check(loaded: &Loaded<Self>) -> Vec<FlowProblem> {
+        let p = &loaded.flow.pretrain;
+        let mut out = Vec::new();
+        let mut bad =
+            |key: &str, m: &str| out.push(loaded.problem_at(&format!("pretrain.{key}"), m));
+        if p.steps == 0 {
+            bad("steps", "must be at least 1");
+        }
+        if p.batch == 0 {
+            bad("batch", "must be at least 1");
+        }
+        if !(p.lr > 0.0 && p.lr.is_finite()) {
+            bad("lr", "must be a positive number");
+        }
+        if p.checkpoint_every == 0 {
+            bad("checkpoint_every", "must be at least 1");
+        }
+        if p.sample_every == 0 {
+            bad("sample_every", "must be at least 1");
+        }
+        if p.max_minutes.is_some_and(|m| !(m > 0.0)) {
+            bad("max_minutes", "must be a positive number of minutes");
+        }
+        if !crate::validate::valid_device(&p.device) {
+            bad("device", "expected `cpu`, `cuda:N` or `wgpu:N`");
+        }
+        let name = &loaded.flow.name;
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            || name.starts_with('.')
+        {
+            out.push(loaded.problem_at(
+                "name",
+                format!("{name:?} is not a run name: use letters, digits, `-`, `_`, `.`"),
+            ));
+        }
+        out
+    }
+}
