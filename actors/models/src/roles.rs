@@ -36,8 +36,14 @@ impl NeuralSettings {
         }
     }
 
-    /// Checks the values (not the file).
+    /// Checks the values, and that the weights file exists (its contents are checked on load).
     pub fn check(&self) -> Result<(), String> {
+        if !self.weights.is_file() {
+            return Err(format!(
+                "weights file {} does not exist (train it with a pre-training flow, or point `weights` at one)",
+                self.weights.display()
+            ));
+        }
         if self.steps == 0 {
             return Err("`steps` must be at least 1".into());
         }

@@ -83,6 +83,11 @@ fn a_resumed_run_continues_where_it_stopped() {
         let split = dir.path().join("split");
         let first = run(&tiny(kind, 3), &split, false, |_| {}).unwrap();
         assert_eq!(first.step, 3);
+        // As if killed after logging step 4 but before its checkpoint.
+        let log = split.join("loss.jsonl");
+        let mut text = std::fs::read_to_string(&log).unwrap();
+        text.push_str("{\"step\":4,\"loss\":9.0,\"lr\":0.001,\"seconds\":1.0}\n");
+        std::fs::write(&log, text).unwrap();
         let mut lines = Vec::new();
         let second = run(&tiny(kind, 6), &split, true, |l| lines.push(l.to_string())).unwrap();
         assert_eq!(second.step, 6);

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The DiT benchmark of docs/BENCHMARKS.md: burn (flex, rlrig-models) and the PyTorch reference
+# (scripts/torch_reference) timed back to back on the same machine, then their ratio.
+# Needs the PyTorch venv of scripts/torch_reference/README.md; not part of the tests or CI.
+# Run on an idle machine: both sides use 2 threads.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-/work/.venv-torch}
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+burn=$(cargo bench -q -p rlrig-models --bench dit 2>/dev/null | grep '^patch')
+echo "$burn"
+"$VENV/bin/python" -W ignore scripts/torch_reference/bench.py --out /tmp/torch_bench.json >/dev/null
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+BURN="$burn" python3 - <<'PY'
+import json, os, re
+torch = json.load(open("/tmp/torch_bench.json"))
+rows = {int(m[0]): (float(m[1]), float(m[2])) for m in re.findall(
+    r"patch (\d+) .*?train step ([\d.]+) ms, sampling batch ([\d.]+) ms", os.environ["BURN"])}
+print(f"{'patch':>5} {'burn train':>11} {'torch train':>12} {'ratio':>6} {'burn sample':>12} {'torch sample':>13} {'ratio':>6}")
+for r in torch["results"]:
+    p = r["patch"]
+    bt, bs = rows[p]
+    tt, ts = r["train_step_ms_median"], r["sample_batch_ms_median"]
+    print(f"{p:>5} {bt:>11.1f} {tt:>12.1f} {bt/tt:>6.2f} {bs:>12.1f} {ts:>13.1f} {bs/ts:>6.2f}")
+PY
