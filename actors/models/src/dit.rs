@@ -59,6 +59,22 @@ pub struct DitConfig {
     pub vocab_size: usize,
     /// Hidden width of the MLP as a multiple of `width`.
     pub mlp_ratio: usize,
+    /// What the output means: the velocity (default) or the clean image.
+    #[serde(default)]
+    pub prediction: Prediction,
+}
+
+/// What a [`Dit`]'s output means; the samplers and the loss turn either into a velocity.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Prediction {
+    /// The velocity `v = ε − x0` (docs/models.md).
+    #[default]
+    Velocity,
+    /// The clean image `x̂0`, with `v = (x_s − x̂0) / s`. The noise then never has to pass
+    /// through the network — which it cannot when a patch holds more values than a token is
+    /// wide (patch 8: 192 values into 128 dimensions leaves a third of the noise in the sample).
+    Sample,
 }
 
 impl Default for DitConfig {
@@ -88,6 +104,7 @@ impl DitConfig {
             text_len: crate::text::DEFAULT_TEXT_LEN,
             vocab_size: 32,
             mlp_ratio: 4,
+            prediction: Prediction::Velocity,
         }
     }
 

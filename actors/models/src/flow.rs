@@ -30,6 +30,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::dit::Dit;
+use crate::dit::Prediction;
 use crate::text::TextBatch;
 
 /// Probability that a training prompt is replaced by the unconditional one.
@@ -173,15 +174,29 @@ pub fn training_loss(
     let s = levels_tensor(s, &device);
     let sb = s.clone().reshape([b, 1, 1, 1]);
     let xs = x0.clone() * (sb.clone().neg() + 1.0) + eps.clone() * sb;
-    let target = eps - x0;
     let text = text.drop_rows(&drop);
-    let v = model.forward(
+    let out = model.forward(
         model_input(model, xs, cond_image),
         s,
         text.ids().clone(),
         text.mask().clone(),
     );
-    (v - target).square().mean()
+    match model.config().prediction {
+        Prediction::Velocity => (out - (eps - x0)).square().mean(),
+        // The clean image is the target; its error is the velocity's scaled by s.
+        Prediction::Sample => (out - x0).square().mean(),
+    }
+}
+
+/// The smallest noise level the clean-image parameterisation divides by.
+const MIN_LEVEL: f64 = 1e-4;
+
+/// The model's output at noise level `s` as a velocity.
+fn as_velocity(model: &Dit, out: Tensor<4>, x: Tensor<4>, s: f64) -> Tensor<4> {
+    match model.config().prediction {
+        Prediction::Velocity => out,
+        Prediction::Sample => (x - out).div_scalar(s.max(MIN_LEVEL)),
+    }
 }
 
 /// The guided velocity at noise level `s`: `v_u + w·(v_c − v_u)` with `w = guidance`.
@@ -199,15 +214,17 @@ pub fn velocity(
     let b = x.dims()[0];
     let device = x.device();
     if guidance == 1.0 {
-        let s = levels_tensor(vec![s as f32; b], &device);
-        let x = model_input(model, x, cond_image);
-        return model.forward(x, s, text.ids().clone(), text.mask().clone());
+        let level = levels_tensor(vec![s as f32; b], &device);
+        let input = model_input(model, x.clone(), cond_image);
+        let out = model.forward(input, level, text.ids().clone(), text.mask().clone());
+        return as_velocity(model, out, x, s);
     }
-    let x = model_input(model, x, cond_image);
-    let x2 = Tensor::cat(vec![x.clone(), x], 0);
+    let input = model_input(model, x.clone(), cond_image);
+    let x2 = Tensor::cat(vec![input.clone(), input], 0);
     let s2 = levels_tensor(vec![s as f32; 2 * b], &device);
     let text2 = text.concat(&TextBatch::unconditional(b, text.text_len(), &device));
-    let v = model.forward(x2, s2, text2.ids().clone(), text2.mask().clone());
+    let out = model.forward(x2, s2, text2.ids().clone(), text2.mask().clone());
+    let v = as_velocity(model, out, Tensor::cat(vec![x.clone(), x], 0), s);
     let v_c = v.clone().narrow(0, 0, b);
     let v_u = v.narrow(0, b, b);
     v_u.clone() + (v_c - v_u).mul_scalar(guidance)

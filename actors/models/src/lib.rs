@@ -40,7 +40,7 @@ pub mod roles;
 pub mod text;
 pub mod weights;
 
-pub use dit::{Dit, DitConfig, DitConfigError};
+pub use dit::{Dit, DitConfig, DitConfigError, Prediction};
 pub use roles::{NeuralDiffuser, NeuralEditor, NeuralSettings};
 pub use text::{TextBatch, Tokenizer};
 pub use weights::WeightsError;

@@ -252,3 +252,37 @@ fn a_transition_far_from_the_mean_is_less_likely() {
         "{near:?} vs {far:?}"
     );
 }
+
+#[test]
+fn clean_image_prediction_turns_into_the_velocity_that_reaches_it() {
+    let device = Device::flex();
+    let config = rlrig_models::DitConfig {
+        prediction: rlrig_models::Prediction::Sample,
+        ..tiny(8, 3)
+    };
+    let model = Dit::new(&config, &device).unwrap();
+    let text = Tokenizer::new(config.text_len)
+        .batch(&["red circle", "blue square"], &device)
+        .unwrap();
+    let x = flow::normal_tensor(
+        [2, 3, config.image_size, config.image_size],
+        &mut ChaCha8Rng::seed_from_u64(1),
+        &device,
+    );
+    for guidance in [1.0, 2.5] {
+        let s = 0.3;
+        let v = flow::velocity(&model, x.clone(), s, &text, None, guidance);
+        // A fresh network outputs exactly zero: the clean image it predicts is 0, so the
+        // velocity is x / s and one Euler step to s = 0 lands on it.
+        let landed = x.clone() - v.clone().mul_scalar(s);
+        assert!(values(landed).iter().all(|v| v.abs() < 1e-5));
+        assert!(max_diff(v, x.clone().div_scalar(s)) < 1e-4);
+    }
+    // The loss is the clean image's error: against a zero output, the mean square of x0.
+    let (x0, text) = world_batch(2, &device);
+    let expected: f32 =
+        values(x0.clone()).iter().map(|v| v * v).sum::<f32>() / (2 * 3 * 32 * 32) as f32;
+    let loss: f32 = flow::training_loss(&model, x0, None, &text, &mut ChaCha8Rng::seed_from_u64(2))
+        .into_scalar();
+    assert!((loss - expected).abs() < 1e-5, "{loss} vs {expected}");
+}
