@@ -313,7 +313,7 @@ fn flows_without_an_editor_and_with_two_checkers_run() {
 fn ctrl_c_stops_taking_prompts_stores_what_ran_and_exits_non_zero() {
     let tmp = tempfile::tempdir().unwrap();
     // A slow Python checker (50 ms a batch) keeps trajectories in flight long enough to interrupt.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rlrig"))
+    let child = Command::new(env!("CARGO_BIN_EXE_rlrig"))
         .args([
             "run",
             "examples/external-checker.toml",

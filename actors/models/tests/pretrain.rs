@@ -1,7 +1,7 @@
 //! Pre-training: exact resume, and Editor examples of every edit kind.
 
+use rlrig_models::DitConfig;
 use rlrig_models::pretrain::{ModelKind, PretrainJob, edit_example, run};
-use rlrig_models::{DitConfig, weights};
 use rlrig_world::edit::Edit;
 use rlrig_world::{Canvas, parse};
 

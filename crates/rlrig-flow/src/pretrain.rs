@@ -101,7 +101,7 @@ impl Checked for PretrainFlow {
         if p.sample_every == 0 {
             bad("sample_every", "must be at least 1");
         }
-        if p.max_minutes.is_some_and(|m| !(m > 0.0)) {
+        if p.max_minutes.is_some_and(|m| m.is_nan() || m <= 0.0) {
             bad("max_minutes", "must be a positive number of minutes");
         }
         if !crate::validate::valid_device(&p.device) {
