@@ -125,25 +125,33 @@ impl NeuralDiffuser {
     }
 }
 
+impl Loaded {
+    /// One image per prompt, each from its own seed's noise.
+    fn sample<S: AsRef<str>>(
+        &self,
+        prompts: &[S],
+        seeds: &[u64],
+        cond: Option<&[Image]>,
+    ) -> Result<Vec<Image>, RoleError> {
+        let err = |e: &dyn std::fmt::Display| RoleError(e.to_string());
+        let device = self.model.device();
+        let text = self.tok.batch(prompts, &device).map_err(|e| err(&e))?;
+        let cond = cond
+            .map(|images| images_to_tensor(images, &device))
+            .transpose()
+            .map_err(|e| err(&e))?;
+        let c = self.model.config();
+        let start = noise(seeds, c.out_channels, c.image_size, &device);
+        let x = flow::sample_ode_from(&self.model, start, &text, cond.as_ref(), &self.sampler);
+        tensor_to_images(x).map_err(|e| err(&e))
+    }
+}
+
 impl Diffuser for NeuralDiffuser {
     fn generate(&mut self, batch: &[GenerateRequest]) -> Result<Vec<Image>, RoleError> {
-        let m = &self.0;
-        let device = m.model.device();
         let prompts: Vec<String> = batch.iter().map(|r| r.prompt.prompt()).collect();
-        let text = m
-            .tok
-            .batch(&prompts, &device)
-            .map_err(|e| RoleError(e.to_string()))?;
-        let c = m.model.config();
         let seeds: Vec<u64> = batch.iter().map(|r| r.seed).collect();
-        let x = flow::sample_ode_from(
-            &m.model,
-            noise(&seeds, c.out_channels, c.image_size, &device),
-            &text,
-            None,
-            &m.sampler,
-        );
-        tensor_to_images(x).map_err(|e| RoleError(e.to_string()))
+        self.0.sample(&prompts, &seeds, None)
     }
 }
 
@@ -160,24 +168,9 @@ impl NeuralEditor {
 
 impl Editor for NeuralEditor {
     fn edit(&mut self, batch: &[EditRequest]) -> Result<Vec<Image>, RoleError> {
-        let m = &self.0;
-        let device = m.model.device();
         let prompts: Vec<&str> = batch.iter().map(|r| r.edit_prompt.as_str()).collect();
-        let text = m
-            .tok
-            .batch(&prompts, &device)
-            .map_err(|e| RoleError(e.to_string()))?;
-        let before: Vec<Image> = batch.iter().map(|r| r.image.clone()).collect();
-        let cond = images_to_tensor(&before, &device).map_err(|e| RoleError(e.to_string()))?;
-        let c = m.model.config();
         let seeds: Vec<u64> = batch.iter().map(|r| r.seed).collect();
-        let x = flow::sample_ode_from(
-            &m.model,
-            noise(&seeds, c.out_channels, c.image_size, &device),
-            &text,
-            Some(&cond),
-            &m.sampler,
-        );
-        tensor_to_images(x).map_err(|e| RoleError(e.to_string()))
+        let before: Vec<Image> = batch.iter().map(|r| r.image.clone()).collect();
+        self.0.sample(&prompts, &seeds, Some(&before))
     }
 }
