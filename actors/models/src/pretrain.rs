@@ -167,10 +167,18 @@ fn mix(a: u64, b: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The decay of the weights' exponential moving average (DESIGN.md §9: 0.999). Evaluation
+/// The decay of the weights' exponential moving average (DESIGN.md §9: 0.999), reached after
+/// a warm-up ([`ema_decay`]). Evaluation
 /// grids and the exported weights use the average, which samples far cleaner than the raw
 /// weights of the last step.
 pub const EMA_DECAY: f64 = 0.999;
+
+/// The average's decay after `step` steps: `min(EMA_DECAY, (1 + step) / (10 + step))`, so that
+/// the average follows the fast early changes instead of lagging behind the initial weights
+/// for thousands of steps.
+pub fn ema_decay(step: u64) -> f64 {
+    EMA_DECAY.min((1.0 + step as f64) / (10.0 + step as f64))
+}
 
 /// Collects a module's float parameters, flattened, by parameter id.
 struct Collect(std::collections::HashMap<ParamId, Tensor<1>>);
@@ -456,7 +464,7 @@ pub fn run(
         let value = f64::from(loss.clone().into_scalar::<f32>());
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(lr, model, grads);
-        ema = update_ema(ema, &model, EMA_DECAY);
+        ema = update_ema(ema, &model, ema_decay(step));
         step += 1;
         seconds += since.elapsed().as_secs_f64();
         since = Instant::now();
