@@ -39,6 +39,7 @@ pub fn job_of(loaded: &Loaded<PretrainFlow>) -> Result<PretrainJob, rlrig_flow::
         sample_every: p.sample_every,
         max_minutes: p.max_minutes,
         export: p.export.clone(),
+        init: p.init.clone(),
     })
 }
 

@@ -68,6 +68,9 @@ pub struct PretrainJob {
     pub max_minutes: Option<f64>,
     /// Where to copy the final weights.
     pub export: Option<PathBuf>,
+    /// Weights to start a fresh run from (ignored on resume).
+    #[serde(default)]
+    pub init: Option<PathBuf>,
 }
 
 /// Why pre-training failed.
@@ -410,6 +413,9 @@ pub fn run(
         step = state.step;
         seconds = state.seconds;
         log(&format!("resumed at step {step} ({seconds:.0} s trained)"));
+    } else if let Some(init) = job.init.as_ref().filter(|_| !ckpt.exists()) {
+        model = weights::load_expecting(init, &job.config, &device)?;
+        log(&format!("starting from the weights in {}", init.display()));
     } else if ckpt.exists() {
         return Err(PretrainError::Other(format!(
             "{} already holds a checkpoint: resume it (--resume) or start a new run",

@@ -28,6 +28,7 @@ fn tiny(model: ModelKind, steps: u64) -> PretrainJob {
         sample_every: 100,
         max_minutes: None,
         export: None,
+        init: None,
     }
 }
 
@@ -168,4 +169,50 @@ fn editor_examples_cover_every_edit_kind_and_show_the_edit() {
         kinds.insert(std::mem::discriminant(&ex.edit));
     }
     assert_eq!(kinds.len(), 5);
+}
+
+#[test]
+fn a_fresh_run_can_start_from_shipped_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    run(
+        &tiny(ModelKind::Diffuser, 3),
+        &dir.path().join("a"),
+        false,
+        |_| {},
+    )
+    .unwrap();
+    let first_loss = |d: &std::path::Path| -> f64 {
+        let text = std::fs::read_to_string(d.join("loss.jsonl")).unwrap();
+        serde_json::from_str::<serde_json::Value>(text.lines().next().unwrap()).unwrap()["loss"]
+            .as_f64()
+            .unwrap()
+    };
+    let mut job = tiny(ModelKind::Diffuser, 1);
+    job.init = Some(dir.path().join("a/model.safetensors"));
+    let mut lines = Vec::new();
+    run(&job, &dir.path().join("b"), false, |l| {
+        lines.push(l.to_string())
+    })
+    .unwrap();
+    assert!(
+        lines[0].starts_with("starting from the weights in"),
+        "{lines:?}"
+    );
+    run(
+        &tiny(ModelKind::Diffuser, 1),
+        &dir.path().join("c"),
+        false,
+        |_| {},
+    )
+    .unwrap();
+    assert_ne!(
+        first_loss(&dir.path().join("b")),
+        first_loss(&dir.path().join("c"))
+    );
+    // Other architecture: refused, naming the difference.
+    let mut other = tiny(ModelKind::Diffuser, 1);
+    other.config.width = 32;
+    other.init = job.init.clone();
+    let e = run(&other, &dir.path().join("d"), false, |_| {}).unwrap_err();
+    assert!(e.to_string().contains("width"), "{e}");
 }

@@ -65,6 +65,11 @@ pub struct PretrainSettings {
     /// Device: `cpu`, `cuda:N` or `wgpu:N`.
     #[serde(default = "crate::default_device")]
     pub device: String,
+    /// Weights to start from instead of a fresh network (same architecture), e.g. the shipped
+    /// `weights/diffuser.safetensors` to train it further on a machine without the run's
+    /// checkpoint. The optimiser starts afresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
     /// Where the final weights are exported (safetensors + config), e.g. `weights/diffuser`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub export: Option<PathBuf>,
