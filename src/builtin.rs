@@ -6,7 +6,10 @@ use rlrig_baseline::{
 };
 use rlrig_engine::{Registry, any_role_model};
 use rlrig_external::{ExternalActor, ExternalConfig};
-use rlrig_models::{NeuralDiffuser, NeuralEditor, NeuralSettings};
+use rlrig_models::{
+    CheckerSettings, NeuralChecker, NeuralDiffuser, NeuralEditor, NeuralPolicy, NeuralSettings,
+    PolicySettings,
+};
 
 /// The neural editor's settings: the diffuser's, with its own default weights file.
 #[derive(serde::Deserialize)]
@@ -45,6 +48,8 @@ mod editor_defaults {
 /// | `baseline.editor` | editor | baseline: applies the edit to the parsed scene and redraws, with context loss |
 /// | `neural.diffuser` | diffuser | the trained DiT (`weights`, default `weights/diffuser.safetensors`, relative to the working directory) |
 /// | `neural.editor` | editor | the trained editor DiT (`weights`, default `weights/editor.safetensors`) |
+/// | `neural.checker` | checker | the trained Checker VLM (`weights`, default `weights/checker.safetensors`) |
+/// | `neural.policy` | policy | the trained Policy VLM, the paper's Actor (`weights`, default `weights/policy.safetensors`; decoding settings) |
 /// | `external` | any | a child process speaking rlrig's line-delimited JSON protocol (docs/external-protocol.md) |
 pub fn builtin_registry() -> Registry {
     let mut r = Registry::new();
@@ -76,13 +81,25 @@ pub fn builtin_registry() -> Registry {
         "neural.diffuser",
         "the trained text-to-image DiT (rectified flow, Euler sampler); `weights` names its safetensors file",
         |c: &NeuralSettings| c.check(),
-        |c, _| Ok(Box::new(NeuralDiffuser::new(&c)?)),
+        |c, ctx| Ok(Box::new(NeuralDiffuser::new(&c, &ctx.device)?)),
     );
     r.add_editor(
         "neural.editor",
         "the trained image editor (DiT conditioned on the source image and the edit prompt)",
         |c: &EditorSettings| c.0.check(),
-        |c, _| Ok(Box::new(NeuralEditor::new(&c.0)?)),
+        |c, ctx| Ok(Box::new(NeuralEditor::new(&c.0, &ctx.device)?)),
+    );
+    r.add_checker(
+        "neural.checker",
+        "the trained Checker VLM: verdicts per prompt item and relation, score and reflection; `weights` (default weights/checker.safetensors)",
+        |c: &CheckerSettings| c.check(),
+        |c, ctx| Ok(Box::new(NeuralChecker::new(&c, &ctx.device)?)),
+    );
+    r.add_policy(
+        "neural.policy",
+        "the trained Policy VLM (the paper's Actor): writes the edit prompt token by token; `weights`, `greedy`, `temperature`, `top_k`, `max_tokens`",
+        |c: &PolicySettings| c.check(),
+        |c, ctx| Ok(Box::new(NeuralPolicy::new(&c, &ctx.device)?)),
     );
     r.add_any_role(
         "external",

@@ -125,16 +125,7 @@ fn validate(registry: &Registry, flow: &std::path::Path, sets: &[String]) -> any
     if rlrig_flow::flow_kind(&text) == rlrig_flow::FlowKind::Pretrain {
         let loaded = rlrig_flow::load_as::<rlrig_flow::PretrainFlow>(flow, &text, sets)?;
         let job = crate::pretrain_cmd::job_of(&loaded)?;
-        println!(
-            "{}: ok — pre-training the {:?} ({} steps, batch {}, patch {}, width {}, depth {})",
-            flow.display(),
-            job.model,
-            job.steps,
-            job.batch,
-            job.config.patch,
-            job.config.width,
-            job.config.depth
-        );
+        println!("{}: ok — {}", flow.display(), job.describe());
         return Ok(0);
     }
     let loaded = rlrig_flow::load(flow, sets)?;

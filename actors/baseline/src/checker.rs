@@ -1,11 +1,9 @@
 //! [`OracleChecker`]: the world's oracle parser in a Checker's coat.
 
-use rlrig_contract::{
-    CheckReport, CheckRequest, Checker, Image, ItemVerdict, RelationVerdict, RoleError, SceneGraph,
-};
-use rlrig_world::geometry::{BBox, holds, relative_position};
-use rlrig_world::oracle::{OracleConfig, detect_with};
-use rlrig_world::{Object, Rel, WorldGraph};
+use rlrig_contract::{CheckReport, CheckRequest, Checker, Image, RoleError, SceneGraph};
+use rlrig_world::WorldGraph;
+use rlrig_world::oracle::OracleConfig;
+use rlrig_world::reflect;
 use serde::{Deserialize, Serialize};
 
 use crate::{ConfigError, probability};
@@ -39,17 +37,17 @@ impl Default for OracleCheckerConfig {
 /// not a learned Checker. It reads the image with the world's exact oracle parser and reports,
 /// for the prompt's scene graph:
 ///
-/// * per item: [`Present`](ItemVerdict::Present) if a detected object has its colour and
-///   shape, else [`Missing`](ItemVerdict::Missing);
-/// * per relation: [`Holds`](RelationVerdict::Holds) or [`Violated`](RelationVerdict::Violated)
-///   by GenEval's rule on the detected boxes (the largest detection of each object), or
-///   [`CannotTell`](RelationVerdict::CannotTell) when an endpoint is missing;
+/// * per item: `present` if a detected object has its colour and shape, else `missing`;
+/// * per relation: `holds` or `violated` by GenEval's rule on the detected boxes (the largest
+///   detection of each object), or `cannot_tell` when an endpoint is missing
+///   ([`reflect::oracle_findings`]);
 /// * score = (present items + holding relations) / (items + relations), 1 for an empty prompt;
 /// * a reflection of one sentence per problem, missing items first, then violated relations,
 ///   in prompt order: `the green triangle is missing.`, `the red circle is right of the blue
 ///   square, not left of it.` (or `the red circle is not clearly left of the blue square.`
 ///   when no relation holds between the two); `all relations hold.` when there is no problem.
-///   A relation that cannot be told gets no sentence of its own: its missing endpoint has one.
+///   A relation that cannot be told gets no sentence of its own: its missing endpoint has one
+///   ([`reflect::report`], shared with the learned Checker).
 ///
 /// Training flows must not use its score as a reward: the oracle is the evaluation judge, and
 /// a policy trained on it would be graded by its own teacher.
@@ -87,77 +85,8 @@ impl OracleChecker {
     /// Judges one image against one prompt.
     fn judge(&self, prompt: &SceneGraph, image: &Image) -> Result<CheckReport, String> {
         let graph = WorldGraph::from_scene_graph(prompt).map_err(|e| e.to_string())?;
-        let found = detect_with(image, &self.oracle);
-        let box_of = |o: Object| {
-            found
-                .iter()
-                .filter(|d| d.object == o)
-                .max_by_key(|d| d.area)
-                .map(|d| d.bbox)
-        };
-        let boxes: Vec<Option<BBox>> = graph.objects.iter().map(|&o| box_of(o)).collect();
-        let items: Vec<ItemVerdict> = boxes
-            .iter()
-            .map(|b| match b {
-                Some(_) => ItemVerdict::Present,
-                None => ItemVerdict::Missing,
-            })
-            .collect();
-        let mut sentences: Vec<String> = graph
-            .objects
-            .iter()
-            .zip(&boxes)
-            .filter(|(_, b)| b.is_none())
-            .map(|(o, _)| format!("the {o} is missing."))
-            .collect();
-        let mut relations = Vec::with_capacity(graph.relations.len());
-        for &(a, rel, b) in &graph.relations {
-            let verdict = match (boxes[a], boxes[b]) {
-                (Some(ba), Some(bb)) if holds(&ba, rel, &bb) => RelationVerdict::Holds,
-                (Some(ba), Some(bb)) => {
-                    sentences.push(violation(graph.objects[a], rel, graph.objects[b], &ba, &bb));
-                    RelationVerdict::Violated
-                }
-                _ => RelationVerdict::CannotTell,
-            };
-            relations.push(verdict);
-        }
-        let asked = items.len() + relations.len();
-        let met = items.iter().filter(|&&v| v == ItemVerdict::Present).count()
-            + relations
-                .iter()
-                .filter(|&&v| v == RelationVerdict::Holds)
-                .count();
-        let score = if asked == 0 {
-            1.0
-        } else {
-            met as f64 / asked as f64
-        };
-        let reflection = if sentences.is_empty() {
-            "all relations hold.".to_owned()
-        } else {
-            sentences.join(" ")
-        };
-        Ok(CheckReport {
-            items,
-            relations,
-            score,
-            reflection,
-        })
-    }
-}
-
-/// The sentence for a violated relation: where the subject actually is.
-fn violation(subject: Object, rel: Rel, object: Object, sb: &BBox, ob: &BBox) -> String {
-    let actual = relative_position(sb, ob);
-    if actual.is_empty() {
-        format!("the {subject} is not clearly {rel} the {object}.")
-    } else {
-        let words: Vec<&str> = actual.iter().map(|r| r.word()).collect();
-        format!(
-            "the {subject} is {} the {object}, not {rel} it.",
-            words.join(" and ")
-        )
+        let findings = reflect::oracle_findings(&graph, image, &self.oracle);
+        Ok(reflect::report(&graph, findings))
     }
 }
 
@@ -175,50 +104,5 @@ impl Checker for OracleChecker {
                 })
             })
             .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rlrig_world::{Colour, Shape};
-
-    #[test]
-    fn a_violation_with_no_relation_at_all_is_not_clearly_anything() {
-        let red = Object {
-            colour: Colour::Red,
-            shape: Shape::Circle,
-        };
-        let blue = Object {
-            colour: Colour::Blue,
-            shape: Shape::Square,
-        };
-        // Centres 1 px apart: within GenEval's threshold, so no relation holds either way.
-        let a = BBox {
-            x0: 0,
-            y0: 0,
-            x1: 7,
-            y1: 7,
-        };
-        let b = BBox {
-            x0: 1,
-            y0: 0,
-            x1: 8,
-            y1: 7,
-        };
-        assert_eq!(
-            violation(red, Rel::LeftOf, blue, &a, &b),
-            "the red circle is not clearly left of the blue square."
-        );
-        let far = BBox {
-            x0: 20,
-            y0: 0,
-            x1: 27,
-            y1: 7,
-        };
-        assert_eq!(
-            violation(red, Rel::Above, blue, &a, &far),
-            "the red circle is left of the blue square, not above it."
-        );
     }
 }

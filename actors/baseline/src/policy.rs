@@ -1,9 +1,7 @@
 //! [`RulePolicy`]: the paper's *Actor* role as three fixed rules.
 
-use rlrig_contract::{
-    EditPolicy, EditProposal, ItemVerdict, ProposeRequest, RelationVerdict, RoleError,
-};
-use rlrig_world::{Edit, Rel, WorldGraph};
+use rlrig_contract::{EditPolicy, EditProposal, ProposeRequest, RoleError};
+use rlrig_world::{Edit, WorldGraph, reflect};
 use serde::{Deserialize, Serialize};
 
 use crate::ConfigError;
@@ -60,65 +58,8 @@ impl RulePolicy {
     /// The edit for one request, by the rules above.
     fn decide(&self, request: &ProposeRequest) -> Result<Edit, String> {
         let graph = WorldGraph::from_scene_graph(&request.prompt).map_err(|e| e.to_string())?;
-        let report = &request.report;
-        if report.items.len() != graph.objects.len()
-            || report.relations.len() != graph.relations.len()
-        {
-            return Err(format!(
-                "the report has {} item and {} relation verdicts, the prompt {} items and {} relations",
-                report.items.len(),
-                report.relations.len(),
-                graph.objects.len(),
-                graph.relations.len()
-            ));
-        }
-        let Some(&first) = graph.objects.first() else {
-            return Err("the prompt has no items: there is nothing to edit".into());
-        };
-        let present = |i: usize| report.items[i] == ItemVerdict::Present;
-        let distinct = |a: usize, b: usize| graph.objects[a] != graph.objects[b];
-
-        if let Some(m) = (0..graph.objects.len()).find(|&i| !present(i)) {
-            let placement = self
-                .config
-                .place_added
-                .then(|| {
-                    graph.relations.iter().find_map(|&(a, rel, b)| {
-                        if a == m && present(b) && distinct(a, b) {
-                            Some((rel, graph.objects[b]))
-                        } else if b == m && present(a) && distinct(a, b) {
-                            Some((rel.inverse(), graph.objects[a]))
-                        } else {
-                            None
-                        }
-                    })
-                })
-                .flatten();
-            return Ok(Edit::Add {
-                object: graph.objects[m],
-                placement,
-            });
-        }
-        let movable = |r: &&(usize, Rel, usize)| distinct(r.0, r.2);
-        let violated = graph
-            .relations
-            .iter()
-            .zip(&report.relations)
-            .filter(|(_, v)| **v == RelationVerdict::Violated)
-            .map(|(r, _)| r)
-            .find(movable);
-        let chosen = violated.or_else(|| graph.relations.iter().find(movable));
-        Ok(match chosen {
-            Some(&(a, rel, b)) => Edit::Move {
-                object: graph.objects[a],
-                rel,
-                anchor: graph.objects[b],
-            },
-            None => Edit::Recolour {
-                object: first,
-                colour: first.colour,
-            },
-        })
+        let r = &request.report;
+        reflect::repair(&graph, &r.items, &r.relations, self.config.place_added)
     }
 }
 

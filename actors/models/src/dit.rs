@@ -27,7 +27,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::text::VOCAB_SIZE;
+use crate::text::PROMPT_VOCAB_SIZE;
 
 /// The width of the sinusoidal timestep embedding.
 pub const TIMESTEP_DIM: usize = 256;
@@ -55,7 +55,7 @@ pub struct DitConfig {
     pub heads: usize,
     /// Padded prompt length `L`.
     pub text_len: usize,
-    /// Rows of the token embedding table; at least [`VOCAB_SIZE`].
+    /// Rows of the token embedding table; at least [`PROMPT_VOCAB_SIZE`].
     pub vocab_size: usize,
     /// Hidden width of the MLP as a multiple of `width`.
     pub mlp_ratio: usize,
@@ -174,9 +174,9 @@ impl DitConfig {
                 self.in_channels, self.out_channels
             ));
         }
-        if self.vocab_size < VOCAB_SIZE {
+        if self.vocab_size < PROMPT_VOCAB_SIZE {
             return fail(format!(
-                "vocab_size {} is less than the tokenizer's {VOCAB_SIZE} ids",
+                "vocab_size {} is less than the prompt vocabulary's {PROMPT_VOCAB_SIZE} ids",
                 self.vocab_size
             ));
         }
@@ -203,7 +203,7 @@ fn sincos_1d(dim: usize, positions: impl Iterator<Item = usize>) -> Vec<Vec<f64>
 
 /// The fixed 2-D position embedding: `(grid², dim)`, tokens row-major, the column's 1-D
 /// embedding first, the row's second.
-fn sincos_2d(dim: usize, grid: usize, device: &Device) -> Tensor<2> {
+pub(crate) fn sincos_2d(dim: usize, grid: usize, device: &Device) -> Tensor<2> {
     let cells = || (0..grid * grid).map(move |t| (t / grid, t % grid));
     let cols = sincos_1d(dim / 2, cells().map(|(_, c)| c));
     let rows = sincos_1d(dim / 2, cells().map(|(r, _)| r));
@@ -215,7 +215,7 @@ fn sincos_2d(dim: usize, grid: usize, device: &Device) -> Tensor<2> {
     Tensor::from_data(TensorData::new(flat, [grid * grid, dim]), device)
 }
 
-fn sincos_text(dim: usize, len: usize, device: &Device) -> Tensor<2> {
+pub(crate) fn sincos_text(dim: usize, len: usize, device: &Device) -> Tensor<2> {
     let flat: Vec<f32> = sincos_1d(dim, 0..len)
         .into_iter()
         .flatten()
@@ -241,7 +241,7 @@ fn linear(d_in: usize, d_out: usize, init: Initializer, device: &Device) -> Line
     }
 }
 
-fn xavier(d_in: usize, d_out: usize, device: &Device) -> Linear {
+pub(crate) fn xavier(d_in: usize, d_out: usize, device: &Device) -> Linear {
     linear(
         d_in,
         d_out,
@@ -259,7 +259,7 @@ fn zeros(d_in: usize, d_out: usize, device: &Device) -> Linear {
 /// scalar `tanh`) is about six times slower on flex; `exp` is the fast transcendental there. The
 /// exponent is capped at 40 (where the result is `x·4e−18`) so that neither the value nor the
 /// gradient can overflow.
-fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+pub(crate) fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
     let exponent = x
         .clone()
@@ -335,15 +335,15 @@ impl TextEmbedder {
 
 /// Multi-head self-attention with a key mask.
 #[derive(Module, Debug)]
-struct Attention {
-    qkv: Linear,
-    proj: Linear,
-    heads: usize,
+pub(crate) struct Attention {
+    pub(crate) qkv: Linear,
+    pub(crate) proj: Linear,
+    pub(crate) heads: usize,
 }
 
 impl Attention {
     /// `(B, T, D)` tokens and a `(B, H, T, T)` mask (`true` = masked) → `(B, T, D)`.
-    fn forward(&self, x: Tensor<3>, masked: Tensor<4, Bool>) -> Tensor<3> {
+    pub(crate) fn forward(&self, x: Tensor<3>, masked: Tensor<4, Bool>) -> Tensor<3> {
         let [b, t, d] = x.dims();
         let dh = d / self.heads;
         let split = |x: Tensor<3>| x.reshape([b, t, self.heads, dh]).swap_dims(1, 2);

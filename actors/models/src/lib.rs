@@ -7,6 +7,11 @@
 //!   Flow-GRPO's SDE sampler with per-step log-probabilities.
 //! * [`image`]: [`rlrig_contract::Image`] ↔ tensors in `[−1, 1]`.
 //! * [`weights`]: one self-describing safetensors file per model.
+//! * [`vlm`]: the Checker's and the Policy's small vision-language models.
+//! * [`vlm_train`]: their pre-training data (imperfect images, oracle labels) and evaluation.
+//! * [`quality`]: the models' quality against the oracle (`rlrig quality`).
+//! * [`train`]: the training loop every model shares (EMA, checkpoints, resume, budget).
+//! * [`device`]: a flow's device name (`cpu`, `wgpu:N`) as a burn device.
 //!
 //! Everything is device-agnostic: burn 0.22 tensors carry their backend in their
 //! [`Device`](burn::tensor::Device), not in a type parameter. On CPU use `Device::flex()`, and
@@ -32,15 +37,23 @@
 #[doc(no_inline)]
 pub use burn;
 
+pub mod device;
 pub mod dit;
 pub mod flow;
 pub mod image;
 pub mod pretrain;
+pub mod quality;
 pub mod roles;
 pub mod text;
+pub mod train;
+pub mod vlm;
+pub mod vlm_train;
 pub mod weights;
 
 pub use dit::{Dit, DitConfig, DitConfigError, Prediction};
-pub use roles::{NeuralDiffuser, NeuralEditor, NeuralSettings};
+pub use roles::{
+    CheckerSettings, NeuralChecker, NeuralDiffuser, NeuralEditor, NeuralPolicy, NeuralSettings,
+    PolicySettings,
+};
 pub use text::{TextBatch, Tokenizer};
 pub use weights::WeightsError;

@@ -1,16 +1,23 @@
-//! The Diffuser and Editor roles played by the trained networks.
+//! The roles played by the trained networks: Diffuser, Editor, Checker and Policy (the
+//! paper's Actor).
 
 use std::path::PathBuf;
 
 use burn::tensor::{Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rlrig_contract::{Diffuser, EditRequest, Editor, GenerateRequest, Image, RoleError};
+use rlrig_contract::{
+    CheckReport, CheckRequest, Checker, Diffuser, EditPolicy, EditProposal, EditRequest, Editor,
+    GenerateRequest, Image, ProposeRequest, RoleError,
+};
+use rlrig_world::{WorldGraph, reflect};
 use serde::{Deserialize, Serialize};
 
 use crate::flow::{self, SamplerConfig};
 use crate::image::{images_to_tensor, tensor_to_images};
-use crate::text::Tokenizer;
+use crate::text::{EOS, Tokenizer};
+use crate::vlm::{CheckerNet, Decoding, PolicyInput, PolicyNet};
+use crate::vlm_train::checker_findings;
 use crate::{Dit, weights};
 
 /// Settings of the neural Diffuser and Editor kinds, as flows give them.
@@ -85,9 +92,9 @@ struct Loaded {
     sampler: SamplerConfig,
 }
 
-fn load(settings: &NeuralSettings, want_cond: bool) -> Result<Loaded, String> {
+fn load(settings: &NeuralSettings, device: &str, want_cond: bool) -> Result<Loaded, String> {
     settings.check()?;
-    let device = Device::flex();
+    let device = crate::device::select(device).map_err(|e| e.to_string())?;
     let model = weights::load(&settings.weights, &device).map_err(|e| e.to_string())?;
     let has_cond = model.config().cond_channels() > 0;
     if has_cond != want_cond {
@@ -119,9 +126,9 @@ fn load(settings: &NeuralSettings, want_cond: bool) -> Result<Loaded, String> {
 pub struct NeuralDiffuser(Loaded);
 
 impl NeuralDiffuser {
-    /// Loads the weights named by the settings.
-    pub fn new(settings: &NeuralSettings) -> Result<Self, String> {
-        load(settings, false).map(NeuralDiffuser)
+    /// Loads the weights named by the settings onto `device` (`cpu`, `wgpu:N`, …).
+    pub fn new(settings: &NeuralSettings, device: &str) -> Result<Self, String> {
+        load(settings, device, false).map(NeuralDiffuser)
     }
 }
 
@@ -160,9 +167,9 @@ impl Diffuser for NeuralDiffuser {
 pub struct NeuralEditor(Loaded);
 
 impl NeuralEditor {
-    /// Loads the weights named by the settings.
-    pub fn new(settings: &NeuralSettings) -> Result<Self, String> {
-        load(settings, true).map(NeuralEditor)
+    /// Loads the weights named by the settings onto `device` (`cpu`, `wgpu:N`, …).
+    pub fn new(settings: &NeuralSettings, device: &str) -> Result<Self, String> {
+        load(settings, device, true).map(NeuralEditor)
     }
 }
 
@@ -172,5 +179,247 @@ impl Editor for NeuralEditor {
         let seeds: Vec<u64> = batch.iter().map(|r| r.seed).collect();
         let before: Vec<Image> = batch.iter().map(|r| r.image.clone()).collect();
         self.0.sample(&prompts, &seeds, Some(&before))
+    }
+}
+
+/// Settings of the `neural.checker` kind.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckerSettings {
+    /// The weights file, relative to the working directory.
+    pub weights: PathBuf,
+}
+
+impl Default for CheckerSettings {
+    fn default() -> Self {
+        CheckerSettings {
+            weights: PathBuf::from("weights/checker.safetensors"),
+        }
+    }
+}
+
+fn weights_exist(weights: &std::path::Path) -> Result<(), String> {
+    if weights.is_file() {
+        Ok(())
+    } else {
+        Err(format!(
+            "weights file {} does not exist (train it with a pre-training flow, or point `weights` at one)",
+            weights.display()
+        ))
+    }
+}
+
+impl CheckerSettings {
+    /// Checks that the weights file exists (its contents are checked on load).
+    pub fn check(&self) -> Result<(), String> {
+        weights_exist(&self.weights)
+    }
+}
+
+/// The trained Checker: a small VLM that answers one question per prompt item and relation;
+/// its verdicts give the score (the intrinsic reward) and the reflection, in the oracle's words
+/// ([`rlrig_world::reflect`]).
+pub struct NeuralChecker {
+    net: CheckerNet,
+}
+
+impl NeuralChecker {
+    /// Loads the weights onto `device` (`cpu`, `wgpu:N`, …).
+    pub fn new(settings: &CheckerSettings, device: &str) -> Result<Self, String> {
+        settings.check()?;
+        let device = crate::device::select(device).map_err(|e| e.to_string())?;
+        let net = weights::load_model::<CheckerNet>(&settings.weights, &device)
+            .map_err(|e| e.to_string())?;
+        Ok(NeuralChecker { net })
+    }
+
+    /// The network.
+    pub fn net(&self) -> &CheckerNet {
+        &self.net
+    }
+}
+
+impl Checker for NeuralChecker {
+    fn check(&mut self, batch: &[CheckRequest]) -> Result<Vec<CheckReport>, RoleError> {
+        let graphs = batch
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                WorldGraph::from_scene_graph(&r.prompt).map_err(|e| {
+                    RoleError(format!(
+                        "NeuralChecker: request {i} (prompt {:?}): {e}",
+                        r.prompt.prompt()
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let pairs: Vec<(&WorldGraph, &Image)> = graphs
+            .iter()
+            .zip(batch)
+            .map(|(g, r)| (g, &r.image))
+            .collect();
+        let findings = checker_findings(&self.net, &pairs)
+            .map_err(|e| RoleError(format!("NeuralChecker: {e}")))?;
+        Ok(graphs
+            .iter()
+            .zip(findings)
+            .map(|(g, f)| reflect::report(g, f))
+            .collect())
+    }
+}
+
+/// Settings of the `neural.policy` kind.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicySettings {
+    /// The weights file, relative to the working directory.
+    pub weights: PathBuf,
+    /// Greedy decoding (deterministic); `false` samples.
+    pub greedy: bool,
+    /// Sampling temperature (the returned log-probs are under it too).
+    pub temperature: f64,
+    /// Sample among the `top_k` likeliest tokens (0: all).
+    pub top_k: usize,
+    /// The most tokens of an edit prompt, `<eos>` included.
+    pub max_tokens: usize,
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        let d = Decoding::default();
+        PolicySettings {
+            weights: PathBuf::from("weights/policy.safetensors"),
+            greedy: d.greedy,
+            temperature: d.temperature,
+            top_k: d.top_k,
+            max_tokens: d.max_tokens,
+        }
+    }
+}
+
+impl PolicySettings {
+    /// Checks the values, and that the weights file exists.
+    pub fn check(&self) -> Result<(), String> {
+        weights_exist(&self.weights)?;
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return Err(format!(
+                "`temperature` = {}: must be above 0",
+                self.temperature
+            ));
+        }
+        if self.max_tokens == 0 {
+            return Err("`max_tokens` must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// How it decodes.
+    pub fn decoding(&self) -> Decoding {
+        Decoding {
+            greedy: self.greedy,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            max_tokens: self.max_tokens,
+        }
+    }
+}
+
+/// The trained Policy (the paper's Actor): a small VLM that writes the edit prompt token by
+/// token from the image, the prompt and the Checker's reflection, and reports each token's
+/// log-probability.
+pub struct NeuralPolicy {
+    net: PolicyNet,
+    decoding: Decoding,
+    version: u64,
+}
+
+impl NeuralPolicy {
+    /// Loads the weights onto `device` (`cpu`, `wgpu:N`, …).
+    pub fn new(settings: &PolicySettings, device: &str) -> Result<Self, String> {
+        settings.check()?;
+        let device = crate::device::select(device).map_err(|e| e.to_string())?;
+        let net = weights::load_model::<PolicyNet>(&settings.weights, &device)
+            .map_err(|e| e.to_string())?;
+        Ok(NeuralPolicy {
+            net,
+            decoding: settings.decoding(),
+            version: 0,
+        })
+    }
+
+    /// The network.
+    pub fn net(&self) -> &PolicyNet {
+        &self.net
+    }
+
+    /// The Policy's input for a request: the image, the prompt's and the reflection's tokens.
+    pub fn input(request: &ProposeRequest) -> Result<PolicyInput, String> {
+        let tok = Tokenizer::full(usize::MAX);
+        Ok(PolicyInput {
+            image: request.image.clone(),
+            prompt: tok
+                .tokens(&request.prompt.prompt())
+                .map_err(|e| e.to_string())?,
+            reflection: tok
+                .tokens(&request.report.reflection)
+                .map_err(|e| format!("the reflection: {e}"))?,
+        })
+    }
+
+    /// The per-token log-probabilities of given token sequences (as
+    /// [`EditProposal::token_ids`] holds them) under the current weights.
+    pub fn score(
+        &self,
+        batch: &[ProposeRequest],
+        tokens: &[Vec<u32>],
+    ) -> Result<Vec<Vec<f32>>, RoleError> {
+        let inputs = self.inputs(batch)?;
+        self.net
+            .score(&inputs, tokens, self.decoding.temperature)
+            .map_err(|e| RoleError(format!("NeuralPolicy: {e}")))
+    }
+
+    fn inputs(&self, batch: &[ProposeRequest]) -> Result<Vec<PolicyInput>, RoleError> {
+        batch
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                Self::input(r).map_err(|e| {
+                    RoleError(format!(
+                        "NeuralPolicy: request {i} (prompt {:?}): {e}",
+                        r.prompt.prompt()
+                    ))
+                })
+            })
+            .collect()
+    }
+}
+
+impl EditPolicy for NeuralPolicy {
+    fn propose(&mut self, batch: &[ProposeRequest]) -> Result<Vec<EditProposal>, RoleError> {
+        let inputs = self.inputs(batch)?;
+        let mut rngs: Vec<ChaCha8Rng> = batch
+            .iter()
+            .map(|r| ChaCha8Rng::seed_from_u64(r.seed))
+            .collect();
+        let decoded = self
+            .net
+            .decode(&inputs, &self.decoding, &mut rngs)
+            .map_err(|e| RoleError(format!("NeuralPolicy: {e}")))?;
+        let tok = Tokenizer::full(usize::MAX);
+        decoded
+            .into_iter()
+            .map(|d| {
+                let words: Vec<u32> = d.tokens.iter().copied().filter(|&t| t != EOS).collect();
+                Ok(EditProposal {
+                    edit_prompt: tok
+                        .decode(&words)
+                        .map_err(|e| RoleError(format!("NeuralPolicy: {e}")))?,
+                    token_ids: d.tokens,
+                    logprobs: d.logprobs,
+                    policy_version: self.version,
+                })
+            })
+            .collect()
     }
 }

@@ -1,30 +1,75 @@
 //! The closed-vocabulary tokenizer of rlrig's built-in models (docs/models.md, "Text encoder").
 //!
 //! The vocabulary is the world's words and the edit-prompt language's words, plus `;` (the
-//! separator of scene-graph prompts) as a token of its own. Id 0 is `<pad>`; there is no
-//! `<unk>`: a word outside the vocabulary is an error that names it. Token ids are padded with
-//! `<pad>` to a fixed length (`text_len`, 48 by default); a longer prompt is an error. The
-//! unconditional prompt of classifier-free guidance is all `<pad>`.
+//! separator of scene-graph prompts) as a token of its own — the *prompt vocabulary*, ids
+//! `0..PROMPT_VOCAB_SIZE`, which the Diffuser and the Editor read — followed by the words of the
+//! Checker's reflections (`is`, `missing`, `.`, …) and the decoder's `<bos>` / `<eos>`, which
+//! only the VLMs (Checker and Policy) read. Id 0 is `<pad>`; there is no `<unk>`: a word outside
+//! a tokenizer's vocabulary is an error that names it. Token ids are padded with `<pad>` to a
+//! fixed length (`text_len`, 48 by default); a longer prompt is an error. The unconditional
+//! prompt of classifier-free guidance is all `<pad>`.
 //!
-//! Words are separated by whitespace; a `;` is split off the words it touches, so
-//! `"red circle left of blue square; green triangle"` is 9 tokens.
+//! Words are separated by whitespace; `;`, `.` and `,` are split off the words they touch, so
+//! `"red circle left of blue square; green triangle"` is 9 tokens. `<bos>` and `<eos>` are
+//! never read from text.
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 /// The id of `<pad>`: padding and the unconditional prompt.
 pub const PAD: u32 = 0;
 
-/// The vocabulary, indexed by token id: `<pad>`, then the words in docs/models.md's order,
-/// then `;`.
-pub const VOCAB: [&str; 23] = [
-    "<pad>", "circle", "square", "triangle", "red", "green", "blue", "yellow", "left", "right",
-    "of", "above", "below", "to", "the", "move", "recolour", "add", "a", "remove", "swap", "and",
-    ";",
+/// The vocabulary, indexed by token id: `<pad>`, then the prompt words in docs/models.md's
+/// order, then `;`, then the reflection words and the decoder's markers.
+pub const VOCAB: [&str; 35] = [
+    "<pad>",
+    "circle",
+    "square",
+    "triangle",
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "left",
+    "right",
+    "of",
+    "above",
+    "below",
+    "to",
+    "the",
+    "move",
+    "recolour",
+    "add",
+    "a",
+    "remove",
+    "swap",
+    "and",
+    ";", // end of the prompt vocabulary
+    "is",
+    "missing",
+    "not",
+    "it",
+    "clearly",
+    "all",
+    "relations",
+    "hold",
+    ".",
+    ",",
+    "<bos>",
+    "<eos>",
 ];
 
-/// The number of token ids in use ([`VOCAB`]'s length). A model's embedding table may be
-/// larger (`DitConfig::vocab_size`), never smaller.
+/// The number of token ids in use ([`VOCAB`]'s length).
 pub const VOCAB_SIZE: usize = VOCAB.len();
+
+/// The ids of prompts and edit prompts: `0..PROMPT_VOCAB_SIZE`. The DiT's embedding table has
+/// at least this many rows (`DitConfig::vocab_size`).
+pub const PROMPT_VOCAB_SIZE: usize = 23;
+
+/// The decoder's start marker (the Policy's edit prompts begin after it).
+pub const BOS: u32 = 33;
+
+/// The decoder's end marker.
+pub const EOS: u32 = 34;
 
 /// The default padded length of a prompt.
 pub const DEFAULT_TEXT_LEN: usize = 48;
@@ -71,12 +116,17 @@ pub enum TextError {
     },
 }
 
-/// The id of a vocabulary word.
+/// The id of a vocabulary word (`None` for `<pad>`, `<bos>`, `<eos>` and unknown words).
 pub fn token_id(word: &str) -> Option<u32> {
-    VOCAB[1..]
+    VOCAB[1..BOS as usize]
         .iter()
         .position(|w| *w == word)
         .map(|i| i as u32 + 1)
+}
+
+/// Whether a token is punctuation, written attached to the word before it.
+fn is_punct(word: &str) -> bool {
+    matches!(word, ";" | "." | ",")
 }
 
 /// The word of a token id (`"<pad>"` for [`PAD`]).
@@ -89,10 +139,12 @@ pub fn mask(ids: &[u32]) -> Vec<bool> {
     ids.iter().map(|&id| id != PAD).collect()
 }
 
-/// The tokenizer for one padded length.
+/// The tokenizer for one padded length and one vocabulary (the prompt vocabulary, or all of
+/// [`VOCAB`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tokenizer {
     text_len: usize,
+    vocab: usize,
 }
 
 impl Default for Tokenizer {
@@ -102,9 +154,20 @@ impl Default for Tokenizer {
 }
 
 impl Tokenizer {
-    /// A tokenizer that pads to `text_len` tokens.
+    /// The Diffuser's and the Editor's tokenizer: the prompt vocabulary, padded to `text_len`.
     pub fn new(text_len: usize) -> Self {
-        Tokenizer { text_len }
+        Tokenizer {
+            text_len,
+            vocab: PROMPT_VOCAB_SIZE,
+        }
+    }
+
+    /// The VLMs' tokenizer: the whole vocabulary (reflection words too), padded to `text_len`.
+    pub fn full(text_len: usize) -> Self {
+        Tokenizer {
+            text_len,
+            vocab: VOCAB_SIZE,
+        }
     }
 
     /// The padded length.
@@ -115,18 +178,29 @@ impl Tokenizer {
     /// The token ids of a prompt, unpadded.
     pub fn tokens(&self, prompt: &str) -> Result<Vec<u32>, TextError> {
         let mut ids = Vec::new();
+        let mut push = |word: &str| match token_id(word) {
+            Some(id) if (id as usize) < self.vocab => {
+                ids.push(id);
+                Ok(())
+            }
+            _ => Err(TextError::UnknownWord {
+                prompt: prompt.to_owned(),
+                word: word.to_owned(),
+            }),
+        };
         for piece in prompt.split_whitespace() {
-            for (i, word) in piece.split(';').enumerate() {
-                if i > 0 {
-                    ids.push(token_id(";").expect("`;` is in the vocabulary"));
+            let mut word_start = 0;
+            for (at, c) in piece.char_indices() {
+                if is_punct(&piece[at..at + c.len_utf8()]) {
+                    if at > word_start {
+                        push(&piece[word_start..at])?;
+                    }
+                    push(&piece[at..at + c.len_utf8()])?;
+                    word_start = at + c.len_utf8();
                 }
-                if word.is_empty() {
-                    continue;
-                }
-                ids.push(token_id(word).ok_or_else(|| TextError::UnknownWord {
-                    prompt: prompt.to_owned(),
-                    word: word.to_owned(),
-                })?);
+            }
+            if word_start < piece.len() {
+                push(&piece[word_start..])?;
             }
         }
         Ok(ids)
@@ -164,13 +238,13 @@ impl Tokenizer {
         TextBatch::from_ids(&rows, device)
     }
 
-    /// The text of token ids, padding dropped: words joined by single spaces, `;` attached to
-    /// the word before it. `decode(encode(p)) == p` for prompts written that way.
+    /// The text of token ids, padding dropped: words joined by single spaces, `;`, `.` and `,`
+    /// attached to the word before it. `decode(encode(p)) == p` for prompts written that way.
     pub fn decode(&self, ids: &[u32]) -> Result<String, TextError> {
         let mut text = String::new();
         for &id in ids.iter().filter(|&&id| id != PAD) {
             let word = token_word(id).ok_or(TextError::UnknownId { id })?;
-            if !text.is_empty() && word != ";" {
+            if !text.is_empty() && !is_punct(word) {
                 text.push(' ');
             }
             text.push_str(word);
@@ -308,7 +382,12 @@ mod tests {
         assert_eq!(token_id(";"), Some(22));
         assert_eq!(token_id("<pad>"), None);
         assert_eq!(token_word(PAD), Some("<pad>"));
-        assert_eq!(VOCAB_SIZE, 23);
+        assert_eq!(VOCAB_SIZE, 35);
+        assert_eq!(VOCAB[PROMPT_VOCAB_SIZE - 1], ";");
+        assert_eq!(
+            (VOCAB[BOS as usize], VOCAB[EOS as usize]),
+            ("<bos>", "<eos>")
+        );
     }
 
     #[test]
@@ -328,6 +407,26 @@ mod tests {
         );
         assert_eq!(t.tokens("a ;red").unwrap(), t.tokens("a; red").unwrap());
         assert_eq!(mask(&ids).iter().filter(|&&m| m).count(), 9);
+    }
+
+    #[test]
+    fn reflections_need_the_full_vocabulary() {
+        let r = "the green triangle is missing. the red circle is right of the blue square, not left of it.";
+        let prompt_only = Tokenizer::new(48);
+        assert_eq!(
+            prompt_only.tokens(r).unwrap_err(),
+            TextError::UnknownWord {
+                prompt: r.into(),
+                word: "is".into()
+            }
+        );
+        let full = Tokenizer::full(48);
+        let ids = full.tokens(r).unwrap();
+        assert_eq!(ids.len(), 21);
+        assert_eq!(full.decode(&ids).unwrap(), r);
+        // The decoder's markers are never read from text.
+        assert!(full.tokens("<eos>").is_err());
+        assert!(full.tokens("<bos>").is_err());
     }
 
     #[test]

@@ -1,10 +1,11 @@
-//! Saving and loading a [`Dit`] as one safetensors file.
+//! Saving and loading a model ([`Dit`], or any [`Architecture`]) as one safetensors file.
 //!
 //! The tensors are the model's parameters under their module paths (`blocks.0.attn.qkv.weight`,
 //! f32, burn's `[in, out]` Linear layout), written by burn-store's `SafetensorsStore`. The
-//! architecture goes in the file's metadata as JSON under [`CONFIG_KEY`], so a file is
-//! self-describing: [`load`] builds the network the file describes, [`load_expecting`] also
-//! insists on a given architecture.
+//! architecture goes in the file's metadata as JSON under the model's key ([`CONFIG_KEY`] for
+//! the DiT), so a file is self-describing: [`load`] builds the DiT the file describes,
+//! [`load_expecting`] also insists on a given architecture ([`load_model`] and
+//! [`load_model_expecting`] for any [`Architecture`]).
 //!
 //! Loading checks the whole file before any weight is used and names the file and the
 //! tensors in its errors: a missing or unreadable file, a truncated or corrupt container, a
@@ -17,14 +18,50 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use burn::module::Module;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::Device;
 use safetensors::{Dtype, SafeTensors};
 
-use crate::dit::{Dit, DitConfig, DitConfigError};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
-/// The metadata key of the architecture (JSON of [`DitConfig`]).
+use crate::dit::{Dit, DitConfig};
+
+/// The metadata key of the DiT's architecture (JSON of [`DitConfig`]).
 pub const CONFIG_KEY: &str = "rlrig.dit_config";
+
+/// A network that a weights file can describe: its architecture is a serialisable config from
+/// which it can be built.
+pub trait Architecture: Module + Sized {
+    /// The architecture.
+    type Config: Serialize + DeserializeOwned + Clone + PartialEq + fmt::Debug;
+    /// The metadata key its config is stored under.
+    const CONFIG_KEY: &'static str;
+    /// What it is called in errors (`DiT`, `Checker`, …).
+    const NAME: &'static str;
+    /// Its architecture.
+    fn config(&self) -> &Self::Config;
+    /// The device of its parameters.
+    fn device(&self) -> Device;
+    /// A freshly initialised network of an architecture; an invalid config is an error.
+    fn build(config: &Self::Config, device: &Device) -> Result<Self, String>;
+}
+
+impl Architecture for Dit {
+    type Config = DitConfig;
+    const CONFIG_KEY: &'static str = CONFIG_KEY;
+    const NAME: &'static str = "DiT";
+    fn config(&self) -> &DitConfig {
+        Dit::config(self)
+    }
+    fn device(&self) -> Device {
+        Dit::device(self)
+    }
+    fn build(config: &DitConfig, device: &Device) -> Result<Self, String> {
+        Dit::new(config, device).map_err(|e| e.to_string())
+    }
+}
 
 /// A weights file that cannot be written or loaded.
 #[derive(Debug, thiserror::Error)]
@@ -47,42 +84,47 @@ pub enum WeightsError {
     },
     /// The file's metadata has no architecture.
     #[error(
-        "weights file {}: no `{CONFIG_KEY}` entry in the metadata; it was not written by rlrig-models",
+        "weights file {}: no `{key}` entry in the metadata; it holds no rlrig {name}",
         path.display()
     )]
     NoConfig {
         /// The file.
         path: PathBuf,
+        /// The metadata key looked for.
+        key: &'static str,
+        /// The model looked for.
+        name: &'static str,
     },
     /// The architecture in the metadata cannot be read.
-    #[error("weights file {}: the `{CONFIG_KEY}` metadata is not a DiT config: {source}", path.display())]
+    #[error("weights file {}: the `{key}` metadata is not a {name} config: {source}", path.display())]
     BadConfig {
         /// The file.
         path: PathBuf,
+        /// The metadata key.
+        key: &'static str,
+        /// The model looked for.
+        name: &'static str,
         /// The JSON error.
         source: serde_json::Error,
     },
     /// The architecture in the metadata describes no network.
-    #[error("weights file {}: {source}", path.display())]
+    #[error("weights file {}: {message}", path.display())]
     InvalidConfig {
         /// The file.
         path: PathBuf,
         /// What is wrong with it.
-        source: DitConfigError,
+        message: String,
     },
     /// The file holds another architecture than the one asked for.
     #[error(
-        "weights file {}: holds another architecture than expected: {}",
-        path.display(),
-        config_diff(expected, found)
+        "weights file {}: holds another architecture than expected: {differences}",
+        path.display()
     )]
     ConfigMismatch {
         /// The file.
         path: PathBuf,
-        /// The architecture asked for.
-        expected: Box<DitConfig>,
-        /// The file's.
-        found: Box<DitConfig>,
+        /// Each setting that differs, as `width is 32, expected 64`.
+        differences: String,
     },
     /// The tensors do not fit the architecture.
     #[error("weights file {}: tensors do not fit the architecture: {}", path.display(), list(problems))]
@@ -169,8 +211,8 @@ fn list(problems: &[TensorProblem]) -> String {
     text
 }
 
-fn config_diff(expected: &DitConfig, found: &DitConfig) -> String {
-    let as_map = |c: &DitConfig| match serde_json::to_value(c) {
+fn config_diff<C: Serialize>(expected: &C, found: &C) -> String {
+    let as_map = |c: &C| match serde_json::to_value(c) {
         Ok(serde_json::Value::Object(m)) => m,
         _ => serde_json::Map::new(),
     };
@@ -187,12 +229,12 @@ fn config_diff(expected: &DitConfig, found: &DitConfig) -> String {
 
 /// Writes the model's weights and architecture to `path` (replacing any file there; the
 /// write goes to a scratch file renamed into place, so a failed save leaves the old file).
-pub fn save(model: &Dit, path: impl AsRef<Path>) -> Result<(), WeightsError> {
+pub fn save<M: Architecture>(model: &M, path: impl AsRef<Path>) -> Result<(), WeightsError> {
     let path = path.as_ref();
-    let config = serde_json::to_string(model.config()).expect("a DiT config serialises");
+    let config = serde_json::to_string(model.config()).expect("a config serialises");
     let mut store = SafetensorsStore::from_file(path)
         .overwrite(true)
-        .metadata(CONFIG_KEY, config);
+        .metadata(M::CONFIG_KEY, config);
     model
         .save_into(&mut store)
         .map_err(|e| WeightsError::Store {
@@ -201,25 +243,50 @@ pub fn save(model: &Dit, path: impl AsRef<Path>) -> Result<(), WeightsError> {
         })
 }
 
-/// Reads the architecture stored in a weights file (checking the container, not the tensors).
+/// Reads the DiT architecture stored in a weights file (checking the container, not the
+/// tensors).
 pub fn read_config(path: impl AsRef<Path>) -> Result<DitConfig, WeightsError> {
+    read_model_config::<Dit>(path)
+}
+
+/// Reads the architecture of an `M` stored in a weights file.
+pub fn read_model_config<M: Architecture>(
+    path: impl AsRef<Path>,
+) -> Result<M::Config, WeightsError> {
     let path = path.as_ref();
     let bytes = read(path)?;
-    Ok(parse(path, &bytes)?.0)
+    Ok(parse::<M>(path, &bytes)?.0)
 }
 
-/// Loads the network a weights file describes onto `device`.
+/// Loads the DiT a weights file describes onto `device`.
 pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Dit, WeightsError> {
-    load_checked(path.as_ref(), None, device)
+    load_model(path, device)
 }
 
-/// Loads a weights file onto `device`, insisting that it holds the architecture `expected`.
+/// Loads a weights file onto `device`, insisting that it holds the DiT `expected`.
 pub fn load_expecting(
     path: impl AsRef<Path>,
     expected: &DitConfig,
     device: &Device,
 ) -> Result<Dit, WeightsError> {
-    load_checked(path.as_ref(), Some(expected), device)
+    load_model_expecting(path, expected, device)
+}
+
+/// Loads the `M` a weights file describes onto `device`.
+pub fn load_model<M: Architecture>(
+    path: impl AsRef<Path>,
+    device: &Device,
+) -> Result<M, WeightsError> {
+    load_checked::<M>(path.as_ref(), None, device)
+}
+
+/// Loads an `M` onto `device`, insisting that the file holds the architecture `expected`.
+pub fn load_model_expecting<M: Architecture>(
+    path: impl AsRef<Path>,
+    expected: &M::Config,
+    device: &Device,
+) -> Result<M, WeightsError> {
+    load_checked::<M>(path.as_ref(), Some(expected), device)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, WeightsError> {
@@ -231,10 +298,10 @@ fn read(path: &Path) -> Result<Vec<u8>, WeightsError> {
 
 /// The file's architecture and its tensors' `(dtype, shape)` by name.
 #[allow(clippy::type_complexity)]
-fn parse(
+fn parse<M: Architecture>(
     path: &Path,
     bytes: &[u8],
-) -> Result<(DitConfig, BTreeMap<String, (Dtype, Vec<usize>)>), WeightsError> {
+) -> Result<(M::Config, BTreeMap<String, (Dtype, Vec<usize>)>), WeightsError> {
     let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| WeightsError::Format {
         path: path.to_owned(),
         message: e.to_string(),
@@ -242,19 +309,17 @@ fn parse(
     let json = metadata
         .metadata()
         .as_ref()
-        .and_then(|m| m.get(CONFIG_KEY))
+        .and_then(|m| m.get(M::CONFIG_KEY))
         .ok_or_else(|| WeightsError::NoConfig {
             path: path.to_owned(),
+            key: M::CONFIG_KEY,
+            name: M::NAME,
         })?;
-    let config: DitConfig =
+    let config: M::Config =
         serde_json::from_str(json).map_err(|source| WeightsError::BadConfig {
             path: path.to_owned(),
-            source,
-        })?;
-    config
-        .validate()
-        .map_err(|source| WeightsError::InvalidConfig {
-            path: path.to_owned(),
+            key: M::CONFIG_KEY,
+            name: M::NAME,
             source,
         })?;
     let tensors = metadata
@@ -265,23 +330,22 @@ fn parse(
     Ok((config, tensors))
 }
 
-fn load_checked(
+fn load_checked<M: Architecture>(
     path: &Path,
-    expected: Option<&DitConfig>,
+    expected: Option<&M::Config>,
     device: &Device,
-) -> Result<Dit, WeightsError> {
+) -> Result<M, WeightsError> {
     let bytes = read(path)?;
-    let (config, stored) = parse(path, &bytes)?;
+    let (config, stored) = parse::<M>(path, &bytes)?;
     if let Some(expected) = expected.filter(|e| **e != config) {
         return Err(WeightsError::ConfigMismatch {
             path: path.to_owned(),
-            expected: Box::new(expected.clone()),
-            found: Box::new(config),
+            differences: config_diff(expected, &config),
         });
     }
-    let mut model = Dit::new(&config, device).map_err(|source| WeightsError::InvalidConfig {
+    let mut model = M::build(&config, device).map_err(|message| WeightsError::InvalidConfig {
         path: path.to_owned(),
-        source,
+        message,
     })?;
 
     let wanted: BTreeMap<String, Vec<usize>> = model

@@ -2,6 +2,7 @@
 
 use rlrig_models::DitConfig;
 use rlrig_models::pretrain::{ModelKind, PretrainJob, edit_example, run};
+use rlrig_models::train::TrainSettings;
 use rlrig_world::edit::Edit;
 use rlrig_world::{Canvas, parse};
 
@@ -19,16 +20,19 @@ fn tiny(model: ModelKind, steps: u64) -> PretrainJob {
             heads: 2,
             ..base
         },
-        steps,
-        batch: 2,
-        lr: 1e-3,
-        warmup: 2,
-        seed: 3,
-        checkpoint_every: 2,
-        sample_every: 100,
-        max_minutes: None,
-        export: None,
-        init: None,
+        train: TrainSettings {
+            steps,
+            batch: 2,
+            lr: 1e-3,
+            warmup: 2,
+            seed: 3,
+            checkpoint_every: 2,
+            sample_every: 100,
+            max_minutes: None,
+            export: None,
+            init: None,
+            device: "cpu".into(),
+        },
     }
 }
 
@@ -188,7 +192,7 @@ fn a_fresh_run_can_start_from_shipped_weights() {
             .unwrap()
     };
     let mut job = tiny(ModelKind::Diffuser, 1);
-    job.init = Some(dir.path().join("a/model.safetensors"));
+    job.train.init = Some(dir.path().join("a/model.safetensors"));
     let mut lines = Vec::new();
     run(&job, &dir.path().join("b"), false, |l| {
         lines.push(l.to_string())
@@ -212,7 +216,7 @@ fn a_fresh_run_can_start_from_shipped_weights() {
     // Other architecture: refused, naming the difference.
     let mut other = tiny(ModelKind::Diffuser, 1);
     other.config.width = 32;
-    other.init = job.init.clone();
+    other.train.init = job.train.init.clone();
     let e = run(&other, &dir.path().join("d"), false, |_| {}).unwrap_err();
     assert!(e.to_string().contains("width"), "{e}");
 }

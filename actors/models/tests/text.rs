@@ -1,7 +1,9 @@
-//! The tokenizer covers every prompt the world samples and every edit-prompt form.
+//! The tokenizer covers every prompt the world samples, every edit-prompt form and every
+//! reflection.
 
-use rlrig_models::text::{TextError, Tokenizer, VOCAB};
-use rlrig_world::{Canvas, Colour, Edit, Object, Rel, Shape, sample};
+use rlrig_models::text::{BOS, EOS, PROMPT_VOCAB_SIZE, TextError, Tokenizer, VOCAB};
+use rlrig_models::vlm_train::{Pool, oracle_findings, problem_scene};
+use rlrig_world::{Canvas, Colour, Edit, Object, Rel, Shape, reflect, sample};
 
 fn objects() -> Vec<Object> {
     Colour::ALL
@@ -86,18 +88,39 @@ fn every_edit_form_encodes_and_decodes() {
 }
 
 #[test]
-fn every_vocabulary_word_is_used_by_the_world_or_the_edits() {
+fn every_vocabulary_word_is_used_by_the_world_the_edits_or_the_reflections() {
     let tok = Tokenizer::default();
+    let full = Tokenizer::full(512);
     let canvas = Canvas::new(32).unwrap();
     let mut seen = vec![false; VOCAB.len()];
     seen[0] = true; // <pad>
+    seen[BOS as usize] = true; // the decoder's markers are never read from text
+    seen[EOS as usize] = true;
     let prompts = (0..200)
         .map(|i| sample(&canvas, 9, i).graph.prompt())
         .chain(all_edits().into_iter().map(|e| e.to_string()));
     for p in prompts {
         for id in tok.tokens(&p).unwrap() {
+            assert!((id as usize) < PROMPT_VOCAB_SIZE);
             seen[id as usize] = true;
         }
+    }
+    for i in 0..300 {
+        let scene = problem_scene(&canvas, 9, i, &Pool::default(), 0.0);
+        let f = oracle_findings(&scene);
+        for id in full.tokens(&reflect::reflection(&scene.graph, &f)).unwrap() {
+            seen[id as usize] = true;
+        }
+    }
+    // Two objects too close for any relation to hold (generated images do that): the
+    // reflection says "not clearly".
+    let scene = problem_scene(&canvas, 9, 0, &Pool::default(), 0.0);
+    let mut f = oracle_findings(&scene);
+    f.items.fill(rlrig_contract::ItemVerdict::Present);
+    f.relations.fill(rlrig_contract::RelationVerdict::Violated);
+    f.actual.iter_mut().for_each(Vec::clear);
+    for id in full.tokens(&reflect::reflection(&scene.graph, &f)).unwrap() {
+        seen[id as usize] = true;
     }
     let unused: Vec<_> = VOCAB.iter().zip(&seen).filter(|(_, s)| !**s).collect();
     assert!(unused.is_empty(), "unused words: {unused:?}");

@@ -98,7 +98,7 @@ pub struct ActorSpec {
     /// Settings for the kind, inline.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub settings: serde_json::Map<String, serde_json::Value>,
-    /// Device: `cpu`, `cuda:N` or `wgpu:N`.
+    /// Device: `cpu`, `wgpu`, `wgpu:N` (a build with the `wgpu` feature) or `cuda:N`.
     #[serde(default = "default_device")]
     pub device: String,
     /// Largest batch one model call takes.

@@ -28,6 +28,10 @@ pub enum PretrainModel {
     Diffuser,
     /// The image + edit prompt → image Editor.
     Editor,
+    /// The image + prompt → verdicts and reflection Checker (a small VLM).
+    Checker,
+    /// The image + prompt + reflection → edit prompt Policy, the paper's Actor (a small VLM).
+    Policy,
 }
 
 /// How to pre-train.
@@ -56,13 +60,17 @@ pub struct PretrainSettings {
     /// Steps between checkpoints (and loss-log flushes).
     #[serde(default = "default_every")]
     pub checkpoint_every: u64,
-    /// Steps between sample grids.
+    /// Training images besides the procedural ones, for the Checker and the Policy:
+    /// `generated` (pool size), `generated_fraction`, `diffuser`, `editor`, `guidance`.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub data: serde_json::Map<String, serde_json::Value>,
+    /// Steps between sample grids (evaluations).
     #[serde(default = "default_every")]
     pub sample_every: u64,
     /// Stop (with a checkpoint) after this many minutes of wall time; resume later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_minutes: Option<f64>,
-    /// Device: `cpu`, `cuda:N` or `wgpu:N`.
+    /// Device: `cpu`, `wgpu`, `wgpu:N` (a build with the `wgpu` feature) or `cuda:N`.
     #[serde(default = "crate::default_device")]
     pub device: String,
     /// Weights to start from instead of a fresh network (same architecture), e.g. the shipped
@@ -109,8 +117,15 @@ impl Checked for PretrainFlow {
         if p.max_minutes.is_some_and(|m| m.is_nan() || m <= 0.0) {
             bad("max_minutes", "must be a positive number of minutes");
         }
+        if !p.data.is_empty() && matches!(p.model, PretrainModel::Diffuser | PretrainModel::Editor)
+        {
+            bad(
+                "data",
+                "only the checker and the policy take generated training images",
+            );
+        }
         if !crate::validate::valid_device(&p.device) {
-            bad("device", "expected `cpu`, `cuda:N` or `wgpu:N`");
+            bad("device", "expected `cpu`, `wgpu`, `wgpu:N` or `cuda:N`");
         }
         let name = &loaded.flow.name;
         if name.is_empty()

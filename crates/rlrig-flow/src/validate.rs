@@ -71,7 +71,7 @@ pub(crate) fn check(loaded: &LoadedFlow) -> Vec<FlowProblem> {
             problem(
                 &format!("{key}.device"),
                 format!(
-                    "{:?} is not a device: expected `cpu`, `cuda:N` or `wgpu:N`",
+                    "{:?} is not a device: expected `cpu`, `wgpu`, `wgpu:N` or `cuda:N`",
                     a.device
                 ),
             );
@@ -101,6 +101,7 @@ pub(crate) fn check(loaded: &LoadedFlow) -> Vec<FlowProblem> {
 
 pub(crate) fn valid_device(d: &str) -> bool {
     d == "cpu"
+        || d == "wgpu"
         || ["cuda:", "wgpu:"].iter().any(|p| {
             d.strip_prefix(p)
                 .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))

@@ -15,6 +15,7 @@ pub mod corrupt;
 pub mod edit;
 pub mod geometry;
 pub mod oracle;
+pub mod reflect;
 pub mod sample;
 pub mod vocab;
 

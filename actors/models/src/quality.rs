@@ -1,0 +1,333 @@
+//! Quality measurements of the trained models against the oracle, on held-out prompts
+//! (seed [`EVAL_SEED`]), as `rlrig quality` reports them.
+//!
+//! * **Editor**: for each source image (a clean render, or the Diffuser's image of the same
+//!   prompt) one edit of each type in turn (move, recolour, add, remove, swap), chosen among
+//!   the objects the oracle finds in the source. *Success*: the instructed change is there
+//!   (move / add with a place: the relation holds by GenEval's rule; recolour: the new object
+//!   is there and the old one gone; remove: it is gone; swap: each object stands where the other
+//!   stood, within half a cell). *Context preservation*: the share of the other objects still
+//!   found within half a cell of where they were.
+//! * **Checker**: agreement with the oracle on generated images
+//!   ([`crate::vlm_train::checker_agreement`]).
+//! * **Policy**: parse rate and how often the edit prompt addresses a real problem, with the
+//!   oracle's reflection and with the Checker's.
+
+use std::collections::BTreeMap;
+
+use rand::SeedableRng;
+use rand::seq::IndexedRandom;
+use rand_chacha::ChaCha8Rng;
+use rlrig_contract::{EditRequest, Editor, Image};
+use rlrig_world::geometry::{BBox, holds};
+use rlrig_world::oracle::detect;
+use rlrig_world::{Canvas, Colour, Edit, Object, Rel, Shape, reflect, sample};
+use serde::{Deserialize, Serialize};
+
+use crate::pretrain::EVAL_SEED;
+use crate::text::{EOS, Tokenizer};
+use crate::train::mix;
+use crate::vlm::{CheckerNet, Decoding, PolicyNet};
+use crate::vlm_train::{Scene, addresses_problem, checker_findings, oracle_findings, policy_input};
+
+/// The edit types, in the order the evaluation cycles through them.
+pub const EDIT_TYPES: [&str; 5] = ["move", "recolour", "add", "remove", "swap"];
+
+/// One edit type's numbers.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct EditTypeQuality {
+    /// Edits made.
+    pub edits: usize,
+    /// Share whose instructed change happened.
+    pub success: f64,
+    /// Share of the other objects left in place.
+    pub context_preserved: f64,
+}
+
+/// The Editor's numbers on one set of source images.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct EditorQuality {
+    /// Per edit type.
+    pub per_type: BTreeMap<String, EditTypeQuality>,
+    /// Over all edits.
+    pub all: EditTypeQuality,
+}
+
+/// The largest detection of each object.
+fn scene_of(image: &Image) -> BTreeMap<Object, BBox> {
+    let mut out: BTreeMap<Object, (u32, BBox)> = BTreeMap::new();
+    for d in detect(image) {
+        let e = out.entry(d.object).or_insert((d.area, d.bbox));
+        if d.area > e.0 {
+            *e = (d.area, d.bbox);
+        }
+    }
+    out.into_iter().map(|(o, (_, b))| (o, b)).collect()
+}
+
+fn centre(b: &BBox) -> (f64, f64) {
+    (f64::from(b.x0 + b.x1) / 2.0, f64::from(b.y0 + b.y1) / 2.0)
+}
+
+fn near(a: &BBox, b: &BBox, tolerance: f64) -> bool {
+    let ((ax, ay), (bx, by)) = (centre(a), centre(b));
+    (ax - bx).abs() <= tolerance && (ay - by).abs() <= tolerance
+}
+
+/// An edit of type `kind` on the objects of `scene`, if the scene allows one.
+fn edit_of(kind: &str, scene: &BTreeMap<Object, BBox>, rng: &mut ChaCha8Rng) -> Option<Edit> {
+    let objs: Vec<Object> = scene.keys().copied().collect();
+    let two = |rng: &mut ChaCha8Rng| -> Option<(Object, Object)> {
+        let a = *objs.choose(rng)?;
+        let others: Vec<Object> = objs.iter().copied().filter(|&o| o != a).collect();
+        Some((a, *others.choose(rng)?))
+    };
+    let absent: Vec<Object> = Colour::ALL
+        .iter()
+        .flat_map(|&colour| {
+            Shape::ALL
+                .iter()
+                .map(move |&shape| Object { colour, shape })
+        })
+        .filter(|o| !scene.contains_key(o))
+        .collect();
+    match kind {
+        "move" => {
+            let (object, anchor) = two(rng)?;
+            let rels: Vec<Rel> = Rel::ALL
+                .into_iter()
+                .filter(|&r| !holds(&scene[&object], r, &scene[&anchor]))
+                .collect();
+            Some(Edit::Move {
+                object,
+                rel: *rels.choose(rng)?,
+                anchor,
+            })
+        }
+        "recolour" => {
+            let object = *objs.choose(rng)?;
+            let colours: Vec<Colour> = Colour::ALL
+                .into_iter()
+                .filter(|&c| {
+                    !scene.contains_key(&Object {
+                        colour: c,
+                        shape: object.shape,
+                    })
+                })
+                .collect();
+            Some(Edit::Recolour {
+                object,
+                colour: *colours.choose(rng)?,
+            })
+        }
+        "add" => {
+            let object = *absent.choose(rng)?;
+            let placement = objs
+                .choose(rng)
+                .map(|&anchor| (*Rel::ALL.choose(rng).expect("four"), anchor));
+            Some(Edit::Add { object, placement })
+        }
+        "remove" if objs.len() > 1 => Some(Edit::Remove {
+            object: *objs.choose(rng)?,
+        }),
+        "swap" => {
+            let (a, b) = two(rng)?;
+            Some(Edit::Swap { a, b })
+        }
+        _ => None,
+    }
+}
+
+/// Whether the instructed change is in `after`, and the share of the other objects kept.
+fn judge_edit(
+    edit: &Edit,
+    before: &BTreeMap<Object, BBox>,
+    after: &BTreeMap<Object, BBox>,
+    half_cell: f64,
+) -> (bool, Option<f64>) {
+    let success = match *edit {
+        Edit::Move {
+            object,
+            rel,
+            anchor,
+        } => {
+            matches!((after.get(&object), after.get(&anchor)), (Some(a), Some(b)) if holds(a, rel, b))
+        }
+        Edit::Recolour { object, colour } => {
+            after.contains_key(&Object {
+                colour,
+                shape: object.shape,
+            }) && !after.contains_key(&object)
+        }
+        Edit::Add { object, placement } => match (after.get(&object), placement) {
+            (Some(_), None) => true,
+            (Some(a), Some((rel, anchor))) => after.get(&anchor).is_some_and(|b| holds(a, rel, b)),
+            (None, _) => false,
+        },
+        Edit::Remove { object } => !after.contains_key(&object),
+        Edit::Swap { a, b } => match (after.get(&a), after.get(&b)) {
+            (Some(na), Some(nb)) => {
+                near(na, &before[&b], half_cell) && near(nb, &before[&a], half_cell)
+            }
+            _ => false,
+        },
+    };
+    let named = edit.objects();
+    let others: Vec<(&Object, &BBox)> = before.iter().filter(|(o, _)| !named.contains(o)).collect();
+    let kept = others
+        .iter()
+        .filter(|(o, b)| after.get(o).is_some_and(|a| near(a, b, half_cell)))
+        .count();
+    let context = (!others.is_empty()).then(|| kept as f64 / others.len() as f64);
+    (success, context)
+}
+
+/// The Editor's quality on `sources`: one edit per image, cycling through the edit types.
+pub fn editor_quality(
+    editor: &mut dyn Editor,
+    sources: &[Image],
+    canvas: &Canvas,
+) -> Result<EditorQuality, String> {
+    let half_cell = f64::from(canvas.cell_size()) / 2.0;
+    let mut cases = Vec::new();
+    for (i, image) in sources.iter().enumerate() {
+        let before = scene_of(image);
+        let mut rng = ChaCha8Rng::seed_from_u64(mix(EVAL_SEED ^ 0xED17, i as u64));
+        let start = i % EDIT_TYPES.len();
+        let picked = (0..EDIT_TYPES.len())
+            .map(|k| EDIT_TYPES[(start + k) % EDIT_TYPES.len()])
+            .find_map(|kind| edit_of(kind, &before, &mut rng).map(|e| (kind, e)));
+        if let Some((kind, edit)) = picked {
+            cases.push((kind, edit, before, image.clone(), mix(EVAL_SEED, i as u64)));
+        }
+    }
+    let mut tallies: BTreeMap<&str, (usize, usize, f64, usize)> = BTreeMap::new();
+    for chunk in cases.chunks(32) {
+        let requests: Vec<EditRequest> = chunk
+            .iter()
+            .map(|(_, edit, _, image, seed)| EditRequest {
+                image: image.clone(),
+                edit_prompt: edit.to_string(),
+                seed: *seed,
+            })
+            .collect();
+        let outputs = editor.edit(&requests).map_err(|e| e.0)?;
+        for ((kind, edit, before, _, _), out) in chunk.iter().zip(outputs) {
+            let (ok, context) = judge_edit(edit, before, &scene_of(&out), half_cell);
+            let t = tallies.entry(kind).or_default();
+            t.0 += 1;
+            t.1 += usize::from(ok);
+            if let Some(c) = context {
+                t.2 += c;
+                t.3 += 1;
+            }
+        }
+    }
+    let quality = |t: &(usize, usize, f64, usize)| EditTypeQuality {
+        edits: t.0,
+        success: t.1 as f64 / t.0.max(1) as f64,
+        context_preserved: t.2 / t.3.max(1) as f64,
+    };
+    let total = tallies.values().fold((0, 0, 0.0, 0), |a, t| {
+        (a.0 + t.0, a.1 + t.1, a.2 + t.2, a.3 + t.3)
+    });
+    Ok(EditorQuality {
+        per_type: tallies
+            .iter()
+            .map(|(k, t)| (k.to_string(), quality(t)))
+            .collect(),
+        all: quality(&total),
+    })
+}
+
+/// Clean renders of the first `n` held-out prompts.
+pub fn clean_renders(canvas: &Canvas, n: usize) -> Vec<Image> {
+    (0..n as u64)
+        .map(|i| sample(canvas, EVAL_SEED, i).image)
+        .collect()
+}
+
+/// The Policy's numbers on a set of scenes.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PolicyQuality {
+    /// Scenes.
+    pub scenes: usize,
+    /// Scenes where the oracle finds a problem.
+    pub with_problem: usize,
+    /// Edit prompts that parse.
+    pub parse_rate: f64,
+    /// Among scenes with a problem, edit prompts that address one (add a missing item, or
+    /// move / swap the objects of a violated relation).
+    pub targets_problem_rate: f64,
+    /// Among scenes with a violated relation, edit prompts that move or swap the objects of
+    /// one.
+    pub targets_violated_relation_rate: f64,
+}
+
+/// The Policy's quality on `scenes`, reading the Checker's reflections when `checker` is
+/// given, else the oracle's; problems are always the oracle's.
+pub fn policy_quality(
+    policy: &PolicyNet,
+    checker: Option<&CheckerNet>,
+    scenes: &[Scene],
+) -> Result<PolicyQuality, String> {
+    let tok = Tokenizer::full(usize::MAX);
+    let mut q = PolicyQuality {
+        scenes: scenes.len(),
+        ..PolicyQuality::default()
+    };
+    let (mut parsed, mut addressed, mut with_violation, mut addressed_violation) = (0, 0, 0, 0);
+    for chunk in scenes.chunks(64) {
+        let truth: Vec<_> = chunk.iter().map(oracle_findings).collect();
+        let reflections: Vec<String> = match checker {
+            Some(net) => {
+                let pairs: Vec<_> = chunk.iter().map(|s| (&s.graph, &s.image)).collect();
+                checker_findings(net, &pairs)?
+                    .iter()
+                    .zip(chunk)
+                    .map(|(f, s)| reflect::reflection(&s.graph, f))
+                    .collect()
+            }
+            None => truth
+                .iter()
+                .zip(chunk)
+                .map(|(f, s)| reflect::reflection(&s.graph, f))
+                .collect(),
+        };
+        let inputs = chunk
+            .iter()
+            .zip(&reflections)
+            .map(|(s, r)| policy_input(s, r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut rngs: Vec<ChaCha8Rng> = (0..inputs.len())
+            .map(|i| ChaCha8Rng::seed_from_u64(i as u64))
+            .collect();
+        let decoded = policy.decode(&inputs, &Decoding::default(), &mut rngs)?;
+        for ((s, f), d) in chunk.iter().zip(&truth).zip(decoded) {
+            let words: Vec<u32> = d.tokens.iter().copied().filter(|&t| t != EOS).collect();
+            let edit = Edit::parse(&tok.decode(&words).unwrap_or_default()).ok();
+            parsed += usize::from(edit.is_some());
+            let problem = f.items.contains(&rlrig_contract::ItemVerdict::Missing)
+                || f.relations
+                    .contains(&rlrig_contract::RelationVerdict::Violated);
+            let violation = f
+                .relations
+                .contains(&rlrig_contract::RelationVerdict::Violated);
+            q.with_problem += usize::from(problem);
+            with_violation += usize::from(violation);
+            if let Some(e) = edit {
+                if problem && addresses_problem(&e, &s.graph, f) {
+                    addressed += 1;
+                    if violation && matches!(e, Edit::Move { .. } | Edit::Swap { .. }) {
+                        addressed_violation += 1;
+                    }
+                }
+            }
+        }
+    }
+    let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    q.parse_rate = ratio(parsed, scenes.len());
+    q.targets_problem_rate = ratio(addressed, q.with_problem);
+    q.targets_violated_relation_rate = ratio(addressed_violation, with_violation);
+    Ok(q)
+}

@@ -1,0 +1,914 @@
+//! Pre-training the Checker and the Policy (the paper's Actor) on imperfect images with
+//! labels from the world's oracle, with the shared loop of [`crate::train`].
+//!
+//! **Data.** Example `i` of seed `s` is a sampled prompt with an image that gets it partly
+//! wrong ([`problem_scene`]): the exact rendering, a fresh random layout, one object moved,
+//! two swapped, one dropped or turned into another object, a distractor added, then perhaps
+//! noise, blur or specks — or, with probability `generated_fraction`, an image of the trained
+//! Diffuser (and, when an Editor is given, of the Editor editing it) from a pool generated once
+//! at the start of the run into `<run>/pool/`. Labels come from the oracle
+//! ([`rlrig_world::reflect::oracle_findings`]): the Checker learns its verdicts and where a
+//! violated relation's subject actually is; the Policy learns the repair rule's edit prompt
+//! ([`rlrig_world::reflect::repair`]) from the image, the prompt and the oracle's reflection.
+//!
+//! **Evaluation** during training uses procedural held-out scenes (seed [`EVAL_SEED`]); the
+//! quality numbers on generated images come from `rlrig quality`.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rlrig_contract::{
+    Diffuser, EditRequest, Editor, GenerateRequest, Image, ItemVerdict, RelationVerdict, SceneGraph,
+};
+use rlrig_world::canvas::GRID;
+use rlrig_world::corrupt;
+use rlrig_world::oracle::OracleConfig;
+use rlrig_world::reflect::{self, Findings};
+use rlrig_world::{Canvas, Colour, Edit, Object, Rel, Shape, WorldGraph, sample};
+use serde::{Deserialize, Serialize};
+
+use crate::pretrain::EVAL_SEED;
+use crate::roles::{NeuralDiffuser, NeuralEditor, NeuralSettings};
+use crate::text::{EOS, Tokenizer};
+use crate::train::{self, Task, TrainError, TrainOutcome, TrainSettings, io, mix, other};
+use crate::vlm::{CheckerNet, PolicyInput, PolicyNet, VlmConfig};
+
+/// Which VLM a job trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VlmRole {
+    /// Image + prompt → verdicts, score, reflection.
+    Checker,
+    /// Image + prompt + reflection → edit prompt (the paper's Actor).
+    Policy,
+}
+
+/// Where a VLM's training images come from besides the procedural ones.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VlmData {
+    /// Images of the trained Diffuser generated into the pool at the start (0: none).
+    pub generated: usize,
+    /// Share of training examples drawn from the pool, in `[0, 1]`.
+    pub generated_fraction: f64,
+    /// The Diffuser's weights.
+    pub diffuser: PathBuf,
+    /// The Editor's weights: when given, half the pool is the Editor's output on a Diffuser
+    /// image and a random edit prompt.
+    pub editor: Option<PathBuf>,
+    /// Guidance of the Diffuser's samples.
+    pub guidance: f64,
+}
+
+impl Default for VlmData {
+    fn default() -> Self {
+        VlmData {
+            generated: 0,
+            generated_fraction: 0.3,
+            diffuser: PathBuf::from("weights/diffuser.safetensors"),
+            editor: None,
+            guidance: 3.0,
+        }
+    }
+}
+
+/// A pre-training job of the Checker or the Policy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VlmJob {
+    /// What is trained.
+    pub model: VlmRole,
+    /// The architecture.
+    pub config: VlmConfig,
+    /// Generated images.
+    pub data: VlmData,
+    /// Steps, batch, learning rate, budget, device, …
+    #[serde(flatten)]
+    pub train: TrainSettings,
+}
+
+/// A prompt and an image that may get it wrong.
+#[derive(Clone, Debug)]
+pub struct Scene {
+    /// The prompt.
+    pub prompt: SceneGraph,
+    /// The prompt in the world's terms.
+    pub graph: WorldGraph,
+    /// The image.
+    pub image: Image,
+}
+
+/// Generated images with their prompts.
+#[derive(Clone, Debug, Default)]
+pub struct Pool(Vec<Scene>);
+
+impl Pool {
+    /// The number of images.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The scenes.
+    pub fn scenes(&self) -> &[Scene] {
+        &self.0
+    }
+}
+
+/// One pool line of `pool/index.jsonl`.
+#[derive(Serialize, Deserialize)]
+struct PoolLine {
+    file: String,
+    prompt: SceneGraph,
+}
+
+const POOL_STREAM: u64 = 0x9001;
+
+/// Generates `n` scenes of the trained Diffuser (and Editor) for prompts of `seed`, on
+/// `device`; deterministic for given weights.
+pub fn generate_pool(
+    data: &VlmData,
+    n: usize,
+    seed: u64,
+    canvas: &Canvas,
+    device: &str,
+) -> Result<Pool, String> {
+    if n == 0 {
+        return Ok(Pool::default());
+    }
+    let mut diffuser = NeuralDiffuser::new(
+        &NeuralSettings {
+            weights: data.diffuser.clone(),
+            steps: 20,
+            guidance: data.guidance,
+        },
+        device,
+    )?;
+    let mut editor = data
+        .editor
+        .as_ref()
+        .map(|w| {
+            NeuralEditor::new(
+                &NeuralSettings {
+                    weights: w.clone(),
+                    steps: 20,
+                    guidance: 1.0,
+                },
+                device,
+            )
+        })
+        .transpose()?;
+    let mut scenes = Vec::with_capacity(n);
+    for start in (0..n).step_by(64) {
+        let idx: Vec<u64> = (start..(start + 64).min(n)).map(|i| i as u64).collect();
+        let samples: Vec<_> = idx.iter().map(|&i| sample(canvas, seed, i)).collect();
+        let requests: Vec<GenerateRequest> = samples
+            .iter()
+            .zip(&idx)
+            .map(|(s, &i)| GenerateRequest {
+                prompt: s.graph.clone(),
+                seed: mix(seed, i),
+            })
+            .collect();
+        let mut images = diffuser.generate(&requests).map_err(|e| e.0)?;
+        if let Some(editor) = editor.as_mut() {
+            // Every other image goes through the Editor with a random edit of its prompt's
+            // objects, as the loop's later rounds do.
+            let picked: Vec<usize> = (0..images.len()).filter(|k| k % 2 == 1).collect();
+            let requests: Vec<EditRequest> = picked
+                .iter()
+                .map(|&k| {
+                    let mut rng = ChaCha8Rng::seed_from_u64(mix(seed ^ POOL_STREAM, idx[k]));
+                    EditRequest {
+                        image: images[k].clone(),
+                        edit_prompt: random_edit(&samples[k].world, &mut rng).to_string(),
+                        seed: mix(seed ^ POOL_STREAM, idx[k]),
+                    }
+                })
+                .collect();
+            if !requests.is_empty() {
+                let edited = editor.edit(&requests).map_err(|e| e.0)?;
+                for (&k, image) in picked.iter().zip(edited) {
+                    images[k] = image;
+                }
+            }
+        }
+        for (s, image) in samples.into_iter().zip(images) {
+            scenes.push(Scene {
+                prompt: s.graph,
+                graph: s.world,
+                image,
+            });
+        }
+    }
+    Ok(Pool(scenes))
+}
+
+/// A random move, swap or recolour among a prompt's objects.
+fn random_edit(graph: &WorldGraph, rng: &mut ChaCha8Rng) -> Edit {
+    let objs = &graph.objects;
+    let a = *objs.choose(rng).expect("prompts have objects");
+    let others: Vec<Object> = objs.iter().copied().filter(|&o| o != a).collect();
+    match (rng.random_range(0..3), others.choose(rng)) {
+        (0, Some(&b)) => Edit::Move {
+            object: a,
+            rel: *Rel::ALL.choose(rng).expect("four"),
+            anchor: b,
+        },
+        (1, Some(&b)) => Edit::Swap { a, b },
+        _ => Edit::Recolour {
+            object: a,
+            colour: *Colour::ALL.choose(rng).expect("four"),
+        },
+    }
+}
+
+/// Writes a pool to `dir` (PNG files and `index.jsonl`).
+fn save_pool(pool: &Pool, dir: &Path) -> Result<(), TrainError> {
+    let tmp = dir.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let mut index = String::new();
+    for (i, s) in pool.0.iter().enumerate() {
+        let file = format!("{i:05}.png");
+        let png = s.image.to_png().map_err(|e| other(&e))?;
+        std::fs::write(tmp.join(&file), png).map_err(io(&tmp))?;
+        let line = PoolLine {
+            file,
+            prompt: s.prompt.clone(),
+        };
+        index.push_str(&serde_json::to_string(&line).expect("serialises"));
+        index.push('\n');
+    }
+    std::fs::write(tmp.join("index.jsonl"), index).map_err(io(&tmp))?;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::rename(&tmp, dir).map_err(io(dir))
+}
+
+/// Reads a pool written by [`save_pool`].
+fn load_pool(dir: &Path) -> Result<Pool, TrainError> {
+    let index = dir.join("index.jsonl");
+    let text = std::fs::read_to_string(&index).map_err(io(&index))?;
+    let mut scenes = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let bad = |m: String| TrainError::Other(format!("{}:{}: {m}", index.display(), n + 1));
+        let l: PoolLine = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+        let path = dir.join(&l.file);
+        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        let image = Image::from_png(&bytes).map_err(|e| bad(e.to_string()))?;
+        let graph = WorldGraph::from_scene_graph(&l.prompt).map_err(|e| bad(e.to_string()))?;
+        scenes.push(Scene {
+            prompt: l.prompt,
+            graph,
+            image,
+        });
+    }
+    Ok(Pool(scenes))
+}
+
+/// Example `index` of `seed`: a sampled prompt and an image that may get it wrong (see the
+/// module docs); from `pool` with probability `pool_fraction` when it has images.
+pub fn problem_scene(
+    canvas: &Canvas,
+    seed: u64,
+    index: u64,
+    pool: &Pool,
+    pool_fraction: f64,
+) -> Scene {
+    let mut rng = ChaCha8Rng::seed_from_u64(mix(seed ^ 0xC4EC, index));
+    if !pool.is_empty() && rng.random_bool(pool_fraction.clamp(0.0, 1.0)) {
+        return pool.0[rng.random_range(0..pool.len())].clone();
+    }
+    let s = sample(canvas, seed, index);
+    let mut placed = s.placed.clone();
+    let free = |placed: &[rlrig_world::Placed], rng: &mut ChaCha8Rng| {
+        let mut cells: Vec<(u32, u32)> = (0..GRID)
+            .flat_map(|r| (0..GRID).map(move |c| (c, r)))
+            .filter(|cell| placed.iter().all(|p| p.cell != *cell))
+            .collect();
+        cells.shuffle(rng);
+        cells
+    };
+    let n = placed.len();
+    match rng.random_range(0..10) {
+        0 | 1 => {}
+        2..=4 => {
+            // A fresh random layout: each relation holds or not by chance.
+            let mut cells: Vec<(u32, u32)> = (0..GRID)
+                .flat_map(|r| (0..GRID).map(move |c| (c, r)))
+                .collect();
+            cells.shuffle(&mut rng);
+            for (p, &(c, r)) in placed.iter_mut().zip(&cells) {
+                *p = canvas.place_at(p.object, c, r);
+            }
+        }
+        5 => {
+            let i = rng.random_range(0..n);
+            let (c, r) = free(&placed, &mut rng)[0];
+            placed[i] = canvas.place_at(placed[i].object, c, r);
+        }
+        6 if n > 1 => {
+            let (a, b) = (rng.random_range(0..n), rng.random_range(0..n));
+            let (ca, cb) = (placed[a].cell, placed[b].cell);
+            placed[a] = canvas.place_at(placed[a].object, cb.0, cb.1);
+            placed[b] = canvas.place_at(placed[b].object, ca.0, ca.1);
+        }
+        7 => {
+            placed.remove(rng.random_range(0..n));
+        }
+        _ => {
+            // One object becomes another (a wrong colour or shape).
+            let i = rng.random_range(0..n);
+            let o = placed[i].object;
+            let other = Object {
+                colour: *Colour::ALL.choose(&mut rng).expect("four"),
+                shape: if rng.random_bool(0.5) {
+                    o.shape
+                } else {
+                    *Shape::ALL.choose(&mut rng).expect("three")
+                },
+            };
+            placed[i].object = other;
+        }
+    }
+    if rng.random_bool(0.1) && placed.len() < 6 {
+        let object = Object {
+            colour: *Colour::ALL.choose(&mut rng).expect("four"),
+            shape: *Shape::ALL.choose(&mut rng).expect("three"),
+        };
+        let (c, r) = free(&placed, &mut rng)[0];
+        placed.push(canvas.place_at(object, c, r));
+    }
+    let mut image = canvas.draw(&placed);
+    match rng.random_range(0..10) {
+        0 => corrupt::gaussian_noise(&mut image, rng.random_range(5.0..25.0), &mut rng),
+        1 => corrupt::box_blur(&mut image, 1),
+        2 => corrupt::specks(&mut image, rng.random_range(1..4), &mut rng),
+        _ => {}
+    }
+    Scene {
+        prompt: s.graph,
+        graph: s.world,
+        image,
+    }
+}
+
+/// The oracle's findings on a scene (the labels).
+pub fn oracle_findings(scene: &Scene) -> Findings {
+    reflect::oracle_findings(&scene.graph, &scene.image, &OracleConfig::default())
+}
+
+/// One question of the Checker: its words and which requirement it asks about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Question {
+    /// Is item `i` there?
+    Item(usize),
+    /// Does relation `i` hold?
+    Relation(usize),
+}
+
+/// The questions of a prompt, items first, and their token ids (no `<bos>`).
+pub fn questions(graph: &WorldGraph) -> Vec<(Question, Vec<u32>)> {
+    let tok = Tokenizer::full(usize::MAX);
+    let ids = |text: String| {
+        tok.tokens(&text)
+            .expect("world words are in the vocabulary")
+    };
+    let mut out: Vec<(Question, Vec<u32>)> = graph
+        .objects
+        .iter()
+        .enumerate()
+        .map(|(i, o)| (Question::Item(i), ids(o.to_string())))
+        .collect();
+    for (i, &(a, rel, b)) in graph.relations.iter().enumerate() {
+        out.push((
+            Question::Relation(i),
+            ids(format!("{} {rel} {}", graph.objects[a], graph.objects[b])),
+        ));
+    }
+    out
+}
+
+/// The verdict class of a label: 0 yes, 1 no, 2 cannot tell.
+fn class_of(q: &Question, f: &Findings) -> usize {
+    match *q {
+        Question::Item(i) => usize::from(f.items[i] == ItemVerdict::Missing),
+        Question::Relation(i) => match f.relations[i] {
+            RelationVerdict::Holds => 0,
+            RelationVerdict::Violated => 1,
+            RelationVerdict::CannotTell => 2,
+        },
+    }
+}
+
+/// The four position bits of a violated relation's actual placement, if the label has one.
+fn position_of(q: &Question, f: &Findings) -> Option<[f32; 4]> {
+    match *q {
+        Question::Relation(i) if f.relations[i] == RelationVerdict::Violated => {
+            Some(std::array::from_fn(|k| {
+                f32::from(u8::from(f.actual[i].contains(&Rel::ALL[k])))
+            }))
+        }
+        _ => None,
+    }
+}
+
+/// The Checker's findings on a batch of scenes, from its answers.
+pub fn checker_findings(
+    net: &CheckerNet,
+    scenes: &[(&WorldGraph, &Image)],
+) -> Result<Vec<Findings>, String> {
+    let mut out: Vec<Findings> = scenes
+        .iter()
+        .map(|(g, _)| Findings {
+            items: vec![ItemVerdict::Present; g.objects.len()],
+            relations: vec![RelationVerdict::Holds; g.relations.len()],
+            actual: vec![Vec::new(); g.relations.len()],
+        })
+        .collect();
+    for (chunk_no, chunk) in scenes.chunks(64).enumerate() {
+        let asked: Vec<Vec<(Question, Vec<u32>)>> =
+            chunk.iter().map(|(g, _)| questions(g)).collect();
+        if asked.iter().all(Vec::is_empty) {
+            continue;
+        }
+        let images: Vec<Image> = chunk.iter().map(|(_, i)| (*i).clone()).collect();
+        let words: Vec<Vec<Vec<u32>>> = asked
+            .iter()
+            .map(|qs| qs.iter().map(|(_, w)| w.clone()).collect())
+            .collect();
+        let mut answers = net.answer(&images, &words)?.into_iter();
+        for (k, qs) in asked.iter().enumerate() {
+            let f = &mut out[chunk_no * 64 + k];
+            for (q, _) in qs {
+                let (v, p) = answers.next().ok_or("the Checker gave too few answers")?;
+                match *q {
+                    Question::Item(i) => {
+                        f.items[i] = if v[0] >= v[1] {
+                            ItemVerdict::Present
+                        } else {
+                            ItemVerdict::Missing
+                        };
+                    }
+                    Question::Relation(i) => {
+                        let best = (0..3)
+                            .max_by(|&a, &b| v[a].total_cmp(&v[b]))
+                            .expect("three");
+                        f.relations[i] = [
+                            RelationVerdict::Holds,
+                            RelationVerdict::Violated,
+                            RelationVerdict::CannotTell,
+                        ][best];
+                        if best == 1 {
+                            f.actual[i] = (0..4)
+                                .filter(|&r| p[r] > 0.5)
+                                .map(|r| Rel::ALL[r])
+                                .collect();
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // A relation whose endpoint the Checker itself finds missing cannot be told.
+    for (f, (g, _)) in out.iter_mut().zip(scenes) {
+        for (i, &(a, _, b)) in g.relations.iter().enumerate() {
+            if f.items[a] == ItemVerdict::Missing || f.items[b] == ItemVerdict::Missing {
+                f.relations[i] = RelationVerdict::CannotTell;
+                f.actual[i].clear();
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// How well the Checker agrees with the oracle on a set of scenes.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CheckerAgreement {
+    /// Scenes.
+    pub scenes: usize,
+    /// Item verdicts equal to the oracle's.
+    pub item_accuracy: f64,
+    /// Relation verdicts equal to the oracle's.
+    pub relation_accuracy: f64,
+    /// Relation verdicts on relations the oracle finds violated.
+    pub violated_recall: f64,
+    /// Reflections word for word equal to the oracle's.
+    pub reflection_exact: f64,
+    /// Pearson correlation of the Checker's score with the oracle's relation accuracy (scenes
+    /// with relations).
+    pub score_correlation: f64,
+    /// Mean absolute difference between the Checker's score and the oracle's.
+    pub score_mae: f64,
+}
+
+/// The Checker's agreement with the oracle on `scenes`.
+pub fn checker_agreement(net: &CheckerNet, scenes: &[Scene]) -> Result<CheckerAgreement, String> {
+    let pairs: Vec<(&WorldGraph, &Image)> = scenes.iter().map(|s| (&s.graph, &s.image)).collect();
+    let mut mine = Vec::new();
+    for chunk in pairs.chunks(64) {
+        mine.extend(checker_findings(net, chunk)?);
+    }
+    let (mut items, mut items_ok, mut rels, mut rels_ok, mut viol, mut viol_ok) =
+        (0, 0, 0, 0, 0, 0);
+    let (mut exact, mut mae) = (0usize, 0.0f64);
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for (s, f) in scenes.iter().zip(&mine) {
+        let o = oracle_findings(s);
+        items += o.items.len();
+        items_ok += o.items.iter().zip(&f.items).filter(|(a, b)| a == b).count();
+        rels += o.relations.len();
+        rels_ok += o
+            .relations
+            .iter()
+            .zip(&f.relations)
+            .filter(|(a, b)| a == b)
+            .count();
+        for (a, b) in o.relations.iter().zip(&f.relations) {
+            if *a == RelationVerdict::Violated {
+                viol += 1;
+                viol_ok += usize::from(b == a);
+            }
+        }
+        exact += usize::from(reflect::reflection(&s.graph, &o) == reflect::reflection(&s.graph, f));
+        let mine_score = reflect::score(&f.items, &f.relations);
+        mae += (mine_score - reflect::score(&o.items, &o.relations)).abs();
+        if !o.relations.is_empty() {
+            let holds = o
+                .relations
+                .iter()
+                .filter(|&&v| v == RelationVerdict::Holds)
+                .count();
+            xs.push(mine_score);
+            ys.push(holds as f64 / o.relations.len() as f64);
+        }
+    }
+    let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    Ok(CheckerAgreement {
+        scenes: scenes.len(),
+        item_accuracy: ratio(items_ok, items),
+        relation_accuracy: ratio(rels_ok, rels),
+        violated_recall: ratio(viol_ok, viol),
+        reflection_exact: ratio(exact, scenes.len()),
+        score_correlation: pearson(&xs, &ys),
+        score_mae: mae / scenes.len().max(1) as f64,
+    })
+}
+
+/// Pearson's correlation (0 when either side is constant).
+pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
+    let n = x.len().min(y.len()) as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (a, b) in x.iter().zip(y) {
+        sxy += (a - mx) * (b - my);
+        sxx += (a - mx).powi(2);
+        syy += (b - my).powi(2);
+    }
+    if sxx == 0.0 || syy == 0.0 {
+        0.0
+    } else {
+        sxy / (sxx * syy).sqrt()
+    }
+}
+
+/// The Policy's input for a scene and a reflection.
+pub fn policy_input(scene: &Scene, reflection: &str) -> Result<PolicyInput, String> {
+    let tok = Tokenizer::full(usize::MAX);
+    Ok(PolicyInput {
+        image: scene.image.clone(),
+        prompt: tok
+            .tokens(&scene.prompt.prompt())
+            .map_err(|e| e.to_string())?,
+        reflection: tok.tokens(reflection).map_err(|e| e.to_string())?,
+    })
+}
+
+/// The Policy's imitation example for a scene: its input (with the oracle's reflection) and
+/// the repair rule's edit prompt as tokens, `<eos>` last.
+pub fn policy_example(scene: &Scene) -> Result<(PolicyInput, Vec<u32>), String> {
+    let f = oracle_findings(scene);
+    let edit = reflect::repair(&scene.graph, &f.items, &f.relations, true)?;
+    let input = policy_input(scene, &reflect::reflection(&scene.graph, &f))?;
+    let mut target = Tokenizer::full(usize::MAX)
+        .tokens(&edit.to_string())
+        .map_err(|e| e.to_string())?;
+    target.push(EOS);
+    Ok((input, target))
+}
+
+/// How the Policy's edit prompts fare on a set of scenes (greedy decoding, the oracle's
+/// reflections as input).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PolicyAgreement {
+    /// Scenes.
+    pub scenes: usize,
+    /// Edit prompts that parse in the edit-prompt language.
+    pub parse_rate: f64,
+    /// Edit prompts equal to the repair rule's.
+    pub exact_rate: f64,
+    /// Among scenes with a problem, edit prompts that address one: add a missing item, or
+    /// move (or swap) the two objects of a violated relation.
+    pub targets_problem_rate: f64,
+}
+
+/// Whether an edit addresses a problem the findings show.
+pub fn addresses_problem(edit: &Edit, graph: &WorldGraph, f: &Findings) -> bool {
+    let missing: Vec<Object> = graph
+        .objects
+        .iter()
+        .zip(&f.items)
+        .filter(|(_, v)| **v == ItemVerdict::Missing)
+        .map(|(o, _)| *o)
+        .collect();
+    let violated: Vec<(Object, Object)> = graph
+        .relations
+        .iter()
+        .zip(&f.relations)
+        .filter(|(_, v)| **v == RelationVerdict::Violated)
+        .map(|(&(a, _, b), _)| (graph.objects[a], graph.objects[b]))
+        .collect();
+    match *edit {
+        Edit::Add { object, .. } => missing.contains(&object),
+        Edit::Move { object, anchor, .. } => violated
+            .iter()
+            .any(|&(a, b)| (a, b) == (object, anchor) || (b, a) == (object, anchor)),
+        Edit::Swap { a, b } => violated
+            .iter()
+            .any(|&(x, y)| (x, y) == (a, b) || (y, x) == (a, b)),
+        _ => false,
+    }
+}
+
+/// The Policy's agreement with the repair rule on `scenes`.
+pub fn policy_agreement(net: &PolicyNet, scenes: &[Scene]) -> Result<PolicyAgreement, String> {
+    let tok = Tokenizer::full(usize::MAX);
+    let (mut parsed, mut exact, mut problems, mut addressed) = (0, 0, 0, 0);
+    for chunk in scenes.chunks(64) {
+        let examples: Vec<(PolicyInput, Vec<u32>)> =
+            chunk.iter().map(policy_example).collect::<Result<_, _>>()?;
+        let inputs: Vec<PolicyInput> = examples.iter().map(|e| e.0.clone()).collect();
+        let mut rngs: Vec<ChaCha8Rng> = (0..inputs.len())
+            .map(|i| ChaCha8Rng::seed_from_u64(i as u64))
+            .collect();
+        let decoded = net.decode(&inputs, &crate::vlm::Decoding::default(), &mut rngs)?;
+        for ((s, (_, target)), d) in chunk.iter().zip(&examples).zip(decoded) {
+            exact += usize::from(d.tokens == *target);
+            let words: Vec<u32> = d.tokens.iter().copied().filter(|&t| t != EOS).collect();
+            let text = tok.decode(&words).unwrap_or_default();
+            let f = oracle_findings(s);
+            let has_problem = f.items.contains(&ItemVerdict::Missing)
+                || f.relations.contains(&RelationVerdict::Violated);
+            problems += usize::from(has_problem);
+            if let Ok(edit) = Edit::parse(&text) {
+                parsed += 1;
+                if has_problem && addresses_problem(&edit, &s.graph, &f) {
+                    addressed += 1;
+                }
+            }
+        }
+    }
+    let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    Ok(PolicyAgreement {
+        scenes: scenes.len(),
+        parse_rate: ratio(parsed, scenes.len()),
+        exact_rate: ratio(exact, scenes.len()),
+        targets_problem_rate: ratio(addressed, problems),
+    })
+}
+
+/// Held-out scenes for evaluation during training.
+fn held_out(canvas: &Canvas, n: usize) -> Vec<Scene> {
+    (0..n as u64)
+        .map(|i| problem_scene(canvas, EVAL_SEED, i, &Pool::default(), 0.0))
+        .collect()
+}
+
+struct CheckerTask<'a> {
+    job: &'a VlmJob,
+    canvas: Canvas,
+    pool: Pool,
+    device: Device,
+    eval: Vec<Scene>,
+}
+
+struct PolicyTask<'a> {
+    job: &'a VlmJob,
+    canvas: Canvas,
+    pool: Pool,
+    eval: Vec<Scene>,
+}
+
+fn identity(job: &VlmJob) -> serde_json::Value {
+    serde_json::json!({
+        "model": job.model,
+        "config": job.config,
+        "data": job.data,
+        "seed": job.train.seed,
+        "batch": job.train.batch,
+    })
+}
+
+impl CheckerTask<'_> {
+    fn scenes(&self, step: u64) -> Vec<Scene> {
+        let base = step * self.job.train.batch as u64;
+        (0..self.job.train.batch as u64)
+            .map(|i| {
+                problem_scene(
+                    &self.canvas,
+                    self.job.train.seed,
+                    base + i,
+                    &self.pool,
+                    self.job.data.generated_fraction,
+                )
+            })
+            .collect()
+    }
+}
+
+impl Task for CheckerTask<'_> {
+    type Model = CheckerNet;
+
+    fn settings(&self) -> &TrainSettings {
+        &self.job.train
+    }
+
+    fn identity(&self) -> serde_json::Value {
+        identity(self.job)
+    }
+
+    fn config(&self) -> &VlmConfig {
+        &self.job.config
+    }
+
+    fn loss(&self, model: &CheckerNet, step: u64) -> Result<Tensor<1>, TrainError> {
+        let (mut images, mut rows, mut classes, mut positions, mut weights) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for scene in self.scenes(step) {
+            let f = oracle_findings(&scene);
+            let qs = questions(&scene.graph);
+            for (q, _) in &qs {
+                classes.push(class_of(q, &f) as i64);
+                let p = position_of(q, &f);
+                positions.extend(p.unwrap_or([0.0; 4]));
+                weights.push(if p.is_some() { 1.0f32 } else { 0.0 });
+            }
+            rows.push(qs.into_iter().map(|(_, w)| w).collect::<Vec<_>>());
+            images.push(scene.image);
+        }
+        let n = classes.len();
+        let d = &self.device;
+        let (v, p) = model.forward(&images, &rows).map_err(TrainError::Other)?;
+        let classes = Tensor::<1, Int>::from_data(TensorData::new(classes, [n]), d);
+        let logp = burn::tensor::activation::log_softmax(v, 1);
+        let ce = logp.gather(1, classes.unsqueeze_dim::<2>(1)).neg().mean();
+        let targets = Tensor::<2>::from_data(TensorData::new(positions, [n, 4]), d);
+        let w = Tensor::<2>::from_data(TensorData::new(weights.clone(), [n, 1]), d);
+        // Binary cross-entropy with logits: softplus(p) − y·p, on violated relations only.
+        let softplus = p.clone().exp().add_scalar(1.0).log();
+        let bce = (softplus - targets * p) * w;
+        let counted = weights.iter().sum::<f32>().max(1.0);
+        Ok(ce + bce.sum().div_scalar(counted * 4.0).mul_scalar(0.5))
+    }
+
+    fn evaluate(
+        &self,
+        model: &CheckerNet,
+        _step: u64,
+        _dir: &Path,
+    ) -> Result<(String, serde_json::Value), TrainError> {
+        let a = checker_agreement(model, &self.eval).map_err(|e| TrainError::Other(e))?;
+        Ok((
+            format!(
+                "held-out items {:.3}, relations {:.3}, violated recall {:.3}, reflections exact {:.3}, score corr. {:.3}",
+                a.item_accuracy,
+                a.relation_accuracy,
+                a.violated_recall,
+                a.reflection_exact,
+                a.score_correlation
+            ),
+            serde_json::to_value(&a).expect("serialises"),
+        ))
+    }
+}
+
+impl Task for PolicyTask<'_> {
+    type Model = PolicyNet;
+
+    fn settings(&self) -> &TrainSettings {
+        &self.job.train
+    }
+
+    fn identity(&self) -> serde_json::Value {
+        identity(self.job)
+    }
+
+    fn config(&self) -> &VlmConfig {
+        &self.job.config
+    }
+
+    fn loss(&self, model: &PolicyNet, step: u64) -> Result<Tensor<1>, TrainError> {
+        let base = step * self.job.train.batch as u64;
+        let (mut inputs, mut targets) = (Vec::new(), Vec::new());
+        for i in 0..self.job.train.batch as u64 {
+            let scene = problem_scene(
+                &self.canvas,
+                self.job.train.seed,
+                base + i,
+                &self.pool,
+                self.job.data.generated_fraction,
+            );
+            let (input, target) = policy_example(&scene).map_err(TrainError::Other)?;
+            inputs.push(input);
+            targets.push(target);
+        }
+        let (logp, w) = model
+            .target_logprobs(&inputs, &targets, 1.0)
+            .map_err(TrainError::Other)?;
+        // Token-mean negative log-likelihood.
+        Ok(logp.sum().neg() / w.sum())
+    }
+
+    fn evaluate(
+        &self,
+        model: &PolicyNet,
+        _step: u64,
+        _dir: &Path,
+    ) -> Result<(String, serde_json::Value), TrainError> {
+        let a = policy_agreement(model, &self.eval).map_err(TrainError::Other)?;
+        Ok((
+            format!(
+                "held-out parse {:.3}, exact {:.3}, targets a problem {:.3}",
+                a.parse_rate, a.exact_rate, a.targets_problem_rate
+            ),
+            serde_json::to_value(&a).expect("serialises"),
+        ))
+    }
+}
+
+/// Runs (or, with `resume`, continues) a VLM job in `dir`.
+pub fn run(
+    job: &VlmJob,
+    dir: &Path,
+    resume: bool,
+    mut log: impl FnMut(&str),
+) -> Result<TrainOutcome, TrainError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let device = train::training_device(&job.train)?;
+    let canvas = Canvas::new(job.config.image_size as u32).map_err(|e| other(&e))?;
+    let pool_dir = dir.join("pool");
+    let pool = if job.data.generated == 0 {
+        Pool::default()
+    } else if pool_dir.join("index.jsonl").exists() {
+        load_pool(&pool_dir)?
+    } else {
+        log(&format!(
+            "generating {} images with {} for the pool…",
+            job.data.generated,
+            job.data.diffuser.display()
+        ));
+        let pool = generate_pool(
+            &job.data,
+            job.data.generated,
+            mix(job.train.seed, POOL_STREAM),
+            &canvas,
+            &job.train.device,
+        )
+        .map_err(TrainError::Other)?;
+        save_pool(&pool, &pool_dir)?;
+        pool
+    };
+    device.seed(job.train.seed);
+    match job.model {
+        VlmRole::Checker => {
+            let model = CheckerNet::new(&job.config, &device).map_err(TrainError::Other)?;
+            let task = CheckerTask {
+                job,
+                canvas,
+                pool,
+                device,
+                eval: held_out(&canvas, 256),
+            };
+            train::run(&task, model, dir, resume, log)
+        }
+        VlmRole::Policy => {
+            let model = PolicyNet::new(&job.config, &device).map_err(TrainError::Other)?;
+            let task = PolicyTask {
+                job,
+                canvas,
+                pool,
+                eval: held_out(&canvas, 128),
+            };
+            train::run(&task, model, dir, resume, log)
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! The Checker's and the Policy's VLMs: masks, decoding, scoring, the roles, weights and errors.
+
+use burn::tensor::Device;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rlrig_contract::{
+    CheckReport, CheckRequest, Checker, EditPolicy, ItemVerdict, ProposeRequest, RelationVerdict,
+};
+use rlrig_models::pretrain::EVAL_SEED;
+use rlrig_models::text::{EOS, Tokenizer};
+use rlrig_models::vlm::{CheckerNet, Decoding, PolicyInput, PolicyNet, VlmConfig};
+use rlrig_models::vlm_train::{Pool, policy_example, problem_scene, questions};
+use rlrig_models::weights::{self, WeightsError};
+use rlrig_models::{CheckerSettings, NeuralChecker, NeuralPolicy, PolicySettings};
+use rlrig_world::Canvas;
+
+fn tiny(base: VlmConfig) -> VlmConfig {
+    VlmConfig {
+        width: 32,
+        depth: 2,
+        heads: 2,
+        ..base
+    }
+}
+
+fn canvas() -> Canvas {
+    Canvas::new(32).unwrap()
+}
+
+fn close(a: &[f32], b: &[f32], tol: f32) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol)
+}
+
+#[test]
+fn a_question_is_answered_the_same_alone_or_beside_others() {
+    let device = Device::flex();
+    device.seed(1);
+    let net = CheckerNet::new(&tiny(VlmConfig::checker()), &device).unwrap();
+    let scene = problem_scene(&canvas(), 5, 3, &Pool::default(), 0.0);
+    let qs: Vec<Vec<u32>> = questions(&scene.graph)
+        .into_iter()
+        .map(|(_, w)| w)
+        .collect();
+    assert!(qs.len() >= 3, "{qs:?}");
+    let together = net
+        .answer(
+            std::slice::from_ref(&scene.image),
+            std::slice::from_ref(&qs),
+        )
+        .unwrap();
+    for (k, q) in qs.iter().enumerate() {
+        let alone = net
+            .answer(std::slice::from_ref(&scene.image), &[vec![q.clone()]])
+            .unwrap();
+        assert!(close(&alone[0].0, &together[k].0, 1e-5), "question {k}");
+        assert!(close(&alone[0].1, &together[k].1, 1e-5), "question {k}");
+    }
+}
+
+#[test]
+fn questions_that_do_not_fit_one_row_go_to_the_next() {
+    let device = Device::flex();
+    let net = CheckerNet::new(
+        &VlmConfig {
+            text_len: 10,
+            ..tiny(VlmConfig::checker())
+        },
+        &device,
+    )
+    .unwrap();
+    let tok = Tokenizer::full(64);
+    let q = |t: &str| tok.tokens(t).unwrap();
+    let asked = vec![
+        q("red circle"),
+        q("red circle left of blue square"),
+        q("blue square"),
+    ];
+    let (rows, at) = net.pack(&asked).unwrap();
+    // `<bos>` + words: 3 + 7 tokens fill the first row; the third question starts another.
+    assert_eq!(rows.ids.len(), 2);
+    assert_eq!(at, vec![(0, 0), (0, 3), (1, 0)]);
+    let two = net
+        .pack(&[q("red circle"), q("blue square"), q("green triangle")])
+        .unwrap();
+    assert_eq!(two.1, vec![(0, 0), (0, 3), (0, 6)]);
+    let too_long = q("red circle left of blue square ; green triangle above");
+    assert!(net.pack(&[too_long]).is_err());
+}
+
+fn policy_inputs(n: u64) -> (Vec<PolicyInput>, Vec<Vec<u32>>) {
+    (0..n)
+        .map(|i| {
+            policy_example(&problem_scene(
+                &canvas(),
+                EVAL_SEED,
+                i,
+                &Pool::default(),
+                0.0,
+            ))
+            .unwrap()
+        })
+        .unzip()
+}
+
+#[test]
+fn the_policy_returns_the_log_probs_that_rescoring_gives() {
+    let device = Device::flex();
+    device.seed(2);
+    let net = PolicyNet::new(&tiny(VlmConfig::policy()), &device).unwrap();
+    let (inputs, _) = policy_inputs(4);
+    for (greedy, temperature, top_k) in [(false, 1.0, 0), (false, 0.7, 5), (true, 1.0, 0)] {
+        let decoding = Decoding {
+            greedy,
+            temperature,
+            top_k,
+            max_tokens: 8,
+        };
+        let mut rngs: Vec<ChaCha8Rng> = (0..4).map(ChaCha8Rng::seed_from_u64).collect();
+        let decoded = net.decode(&inputs, &decoding, &mut rngs).unwrap();
+        let tokens: Vec<Vec<u32>> = decoded.iter().map(|d| d.tokens.clone()).collect();
+        let rescored = net.score(&inputs, &tokens, temperature).unwrap();
+        for (d, r) in decoded.iter().zip(&rescored) {
+            assert!(!d.tokens.is_empty());
+            assert!(d.tokens.len() <= 8);
+            assert!(close(&d.logprobs, r, 1e-4), "{:?} vs {r:?}", d.logprobs);
+            assert!(d.logprobs.iter().all(|&l| l <= 0.0));
+        }
+    }
+}
+
+#[test]
+fn greedy_decoding_is_deterministic_and_causal() {
+    let device = Device::flex();
+    device.seed(3);
+    let net = PolicyNet::new(&tiny(VlmConfig::policy()), &device).unwrap();
+    let (inputs, targets) = policy_inputs(3);
+    let decode = |seed: u64| {
+        let mut rngs: Vec<ChaCha8Rng> = (0..3)
+            .map(|i| ChaCha8Rng::seed_from_u64(seed + i))
+            .collect();
+        net.decode(&inputs, &Decoding::default(), &mut rngs)
+            .unwrap()
+    };
+    assert_eq!(decode(0), decode(100));
+    // A token's log-prob does not depend on the tokens after it.
+    let full = net.score(&inputs, &targets, 1.0).unwrap();
+    let cut: Vec<Vec<u32>> = targets.iter().map(|t| t[..2].to_vec()).collect();
+    let short = net.score(&inputs, &cut, 1.0).unwrap();
+    for (f, s) in full.iter().zip(&short) {
+        assert!(close(&f[..2], s, 1e-5));
+    }
+    assert!(targets.iter().all(|t| t.last() == Some(&EOS)));
+}
+
+#[test]
+fn the_neural_roles_load_their_weights_and_keep_their_contracts() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    device.seed(4);
+    let checker_path = dir.path().join("checker.safetensors");
+    let policy_path = dir.path().join("policy.safetensors");
+    weights::save(
+        &CheckerNet::new(&tiny(VlmConfig::checker()), &device).unwrap(),
+        &checker_path,
+    )
+    .unwrap();
+    weights::save(
+        &PolicyNet::new(&tiny(VlmConfig::policy()), &device).unwrap(),
+        &policy_path,
+    )
+    .unwrap();
+
+    let mut checker = NeuralChecker::new(
+        &CheckerSettings {
+            weights: checker_path.clone(),
+        },
+        "cpu",
+    )
+    .unwrap();
+    let scenes: Vec<_> = (0..6)
+        .map(|i| problem_scene(&canvas(), 9, i, &Pool::default(), 0.0))
+        .collect();
+    let requests: Vec<CheckRequest> = scenes
+        .iter()
+        .map(|s| CheckRequest {
+            prompt: s.prompt.clone(),
+            image: s.image.clone(),
+        })
+        .collect();
+    let reports: Vec<CheckReport> = checker.check(&requests).unwrap();
+    for (r, s) in reports.iter().zip(&scenes) {
+        assert_eq!(r.items.len(), s.graph.objects.len());
+        assert_eq!(r.relations.len(), s.graph.relations.len());
+        let met = r
+            .items
+            .iter()
+            .filter(|&&v| v == ItemVerdict::Present)
+            .count()
+            + r.relations
+                .iter()
+                .filter(|&&v| v == RelationVerdict::Holds)
+                .count();
+        let asked = r.items.len() + r.relations.len();
+        assert_eq!(r.score, met as f64 / asked as f64);
+        // The reflection is readable by the Policy's tokenizer.
+        Tokenizer::full(512).tokens(&r.reflection).unwrap();
+    }
+
+    let mut policy = NeuralPolicy::new(
+        &PolicySettings {
+            weights: policy_path.clone(),
+            max_tokens: 6,
+            ..PolicySettings::default()
+        },
+        "cpu",
+    )
+    .unwrap();
+    let proposals: Vec<ProposeRequest> = requests
+        .iter()
+        .zip(&reports)
+        .enumerate()
+        .map(|(i, (c, r))| ProposeRequest {
+            prompt: c.prompt.clone(),
+            image: c.image.clone(),
+            report: r.clone(),
+            seed: i as u64,
+        })
+        .collect();
+    let out = policy.propose(&proposals).unwrap();
+    let tokens: Vec<Vec<u32>> = out.iter().map(|p| p.token_ids.clone()).collect();
+    let rescored = policy.score(&proposals, &tokens).unwrap();
+    for (p, r) in out.iter().zip(&rescored) {
+        assert_eq!(p.token_ids.len(), p.logprobs.len());
+        assert!(close(&p.logprobs, r, 1e-4));
+    }
+
+    // A Checker's weights are not a Policy's, and the error says what the file lacks.
+    let err = NeuralPolicy::new(
+        &PolicySettings {
+            weights: checker_path.clone(),
+            ..PolicySettings::default()
+        },
+        "cpu",
+    )
+    .err()
+    .unwrap();
+    assert!(
+        err.contains("rlrig.policy_config") && err.contains("Policy"),
+        "{err}"
+    );
+    let err = weights::load_model::<CheckerNet>(dir.path().join("nope.safetensors"), &device)
+        .unwrap_err();
+    assert!(matches!(err, WeightsError::Io { .. }), "{err:?}");
+    let err = NeuralChecker::new(
+        &CheckerSettings {
+            weights: dir.path().join("nope.safetensors"),
+        },
+        "cpu",
+    )
+    .err()
+    .unwrap();
+    assert!(err.contains("does not exist"), "{err}");
+
+    // A prompt outside the world's vocabulary is refused with the offending word.
+    let mut bad = requests[0].clone();
+    bad.prompt.items[0].label = "hexagon".into();
+    let err = checker.check(&[bad]).unwrap_err();
+    assert!(err.0.contains("hexagon"), "{}", err.0);
+}
