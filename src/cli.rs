@@ -45,6 +45,9 @@ enum Command {
     Schema,
     /// Lists the actor kinds a flow may name.
     Kinds,
+    /// Measures a trained model against the oracle on held-out prompts (Editor: success per
+    /// edit type and context preservation; Checker: agreement; Policy: parse and targeting).
+    Quality(crate::quality_cmd::QualityArgs),
     /// The built-in world of spatial scenes: sample, render, parse and judge images.
     #[command(subcommand)]
     World(world_cmd::WorldCommand),
@@ -79,6 +82,7 @@ pub fn main(registry: Registry) -> i32 {
             Ok(0)
         }
         Command::World(cmd) => world_cmd::run(cmd),
+        Command::Quality(args) => crate::quality_cmd::run(args),
     };
     match result {
         Ok(code) => code,

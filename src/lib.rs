@@ -19,6 +19,7 @@
 mod builtin;
 pub mod cli;
 pub mod pretrain_cmd;
+mod quality_cmd;
 pub mod run;
 mod world_cmd;
 
