@@ -56,7 +56,10 @@ pub struct QualityArgs {
 
 fn editor_table(name: &str, q: &EditorQuality) {
     println!("{name}:");
-    println!("  {:<10} {:>6} {:>9} {:>9}", "edit", "edits", "success", "context");
+    println!(
+        "  {:<10} {:>6} {:>9} {:>9}",
+        "edit", "edits", "success", "context"
+    );
     for (kind, t) in q.per_type.iter().chain([(&"all".to_string(), &q.all)]) {
         println!(
             "  {kind:<10} {:>6} {:>9.3} {:>9.3}",
@@ -80,8 +83,8 @@ pub fn run(args: QualityArgs) -> Result<i32> {
                 NeuralEditor::new(&NeuralSettings::with_weights(&args.editor), &args.device)
                     .map_err(anyhow::Error::msg)?;
             let clean = quality::clean_renders(&canvas, args.n);
-            let mut diffuser =
-                NeuralDiffuser::new(&diffuser_settings, &args.device).map_err(anyhow::Error::msg)?;
+            let mut diffuser = NeuralDiffuser::new(&diffuser_settings, &args.device)
+                .map_err(anyhow::Error::msg)?;
             let requests: Vec<GenerateRequest> = (0..args.n as u64)
                 .map(|i| GenerateRequest {
                     prompt: sample(&canvas, EVAL_SEED, i).graph,
@@ -111,9 +114,10 @@ pub fn run(args: QualityArgs) -> Result<i32> {
                 "generating {} test images ({}{})…",
                 args.n,
                 args.diffuser.display(),
-                data.editor
-                    .as_ref()
-                    .map_or(String::new(), |e| format!(", half edited by {}", e.display()))
+                data.editor.as_ref().map_or(String::new(), |e| format!(
+                    ", half edited by {}",
+                    e.display()
+                ))
             );
             let pool = vlm_train::generate_pool(&data, args.n, EVAL_SEED, &canvas, &args.device)
                 .map_err(anyhow::Error::msg)?;
@@ -130,7 +134,14 @@ pub fn run(args: QualityArgs) -> Result<i32> {
                 println!("  relation verdict accuracy  {:.3}", a.relation_accuracy);
                 println!("  violated relations found   {:.3}", a.violated_recall);
                 println!("  reflection word for word   {:.3}", a.reflection_exact);
-                println!("  score vs oracle rel. acc.  r = {:.3}", a.score_correlation);
+                println!(
+                    "  score vs oracle rel. acc.  r = {:.3}",
+                    a.score_correlation
+                );
+                println!(
+                    "  score vs oracle score      r = {:.3}",
+                    a.score_oracle_correlation
+                );
                 println!("  score mean abs. error      {:.3}", a.score_mae);
                 serde_json::to_value(&a)?
             } else {
@@ -147,11 +158,17 @@ pub fn run(args: QualityArgs) -> Result<i32> {
                     None
                 };
                 println!(
-                    "Policy on {} generated images ({} with a problem):",
-                    with_oracle.scenes, with_oracle.with_problem
+                    "Policy on {} generated images ({} with a problem, {} with only violated relations):",
+                    with_oracle.scenes, with_oracle.with_problem, with_oracle.with_violation_only
                 );
-                println!("  {:<22} {:>8} {:>15} {:>17}", "reflection from", "parses", "targets problem", "targets violated");
-                for (name, q) in [("the oracle", Some(&with_oracle)), ("the Checker", with_checker.as_ref())] {
+                println!(
+                    "  {:<22} {:>8} {:>15} {:>17}",
+                    "reflection from", "parses", "targets problem", "targets violated"
+                );
+                for (name, q) in [
+                    ("the oracle", Some(&with_oracle)),
+                    ("the Checker", with_checker.as_ref()),
+                ] {
                     if let Some(q) = q {
                         println!(
                             "  {name:<22} {:>8.3} {:>15.3} {:>17.3}",
@@ -163,7 +180,11 @@ pub fn run(args: QualityArgs) -> Result<i32> {
             }
         }
     };
-    eprintln!("measured in {:.0} s on {}", started.elapsed().as_secs_f64(), args.device);
+    eprintln!(
+        "measured in {:.0} s on {}",
+        started.elapsed().as_secs_f64(),
+        args.device
+    );
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&value)?)
             .with_context(|| format!("writing {}", path.display()))?;

@@ -1,5 +1,7 @@
-//! The neural Diffuser and Editor kinds in a real run: weights files made here (a small random
-//! network — the shipped, trained ones are judged by `flows/infer-neural.toml`, not by tests).
+//! The neural kinds in real runs: the Diffuser and Editor with weights files made here (a small
+//! random network), and `flows/infer.toml` with the four shipped, trained networks (whose
+//! quality `rlrig quality` and the README's tables measure; here: that they run and keep the
+//! contract).
 
 use std::path::Path;
 use std::process::Command;
@@ -49,7 +51,7 @@ fn neural_diffuser_and_editor_play_their_roles_in_a_run() {
     let args = |d: &Path, e: &Path| {
         vec![
             "run".to_string(),
-            "flows/infer.toml".into(),
+            "flows/infer-baseline.toml".into(),
             "--set".into(),
             "prompts.count=6".into(),
             "--set".into(),
@@ -73,7 +75,7 @@ fn neural_diffuser_and_editor_play_their_roles_in_a_run() {
     let a = args(&d, &e);
     let o = rlrig(&a.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success(), "{}", text(&o));
-    let store = TrajectoryStore::open(&tmp.path().join("infer/store")).unwrap();
+    let store = TrajectoryStore::open(&tmp.path().join("infer-baseline/store")).unwrap();
     assert_eq!(store.len(), 6);
     let t = store.get(0).unwrap().unwrap();
     match &t.steps[0].output {
@@ -100,4 +102,60 @@ fn neural_diffuser_and_editor_play_their_roles_in_a_run() {
     let o = rlrig(&a.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(!o.status.success());
     assert!(text(&o).contains("nope.safetensors"), "{}", text(&o));
+}
+
+#[test]
+fn the_shipped_networks_run_the_infer_flow() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = format!("run_dir={}", tmp.path().display());
+    let o = rlrig(&[
+        "run",
+        "flows/infer.toml",
+        "--set",
+        "prompts.count=6",
+        "--set",
+        "cycle.max_rounds=1",
+        "--set",
+        &run_dir,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("6 done, 0 failed"), "{}", text(&o));
+    let store = TrajectoryStore::open(&tmp.path().join("infer/store")).unwrap();
+    let mut edits = 0;
+    for id in 0..6 {
+        let t = store.get(id).unwrap().unwrap();
+        for step in &t.steps {
+            match &step.output {
+                StepOutput::Report(r) => {
+                    // The Checker's score is the share of its own verdicts met.
+                    let met = r
+                        .items
+                        .iter()
+                        .filter(|v| **v == rlrig_contract::ItemVerdict::Present)
+                        .count()
+                        + r.relations
+                            .iter()
+                            .filter(|v| **v == rlrig_contract::RelationVerdict::Holds)
+                            .count();
+                    let asked = r.items.len() + r.relations.len();
+                    assert_eq!(r.score, met as f64 / asked as f64);
+                }
+                StepOutput::Edit(e) => {
+                    edits += 1;
+                    // The Policy's tokens: one log-prob each, ended by <eos>, and a prompt in
+                    // the edit language.
+                    assert_eq!(e.token_ids.len(), e.logprobs.len());
+                    assert_eq!(e.token_ids.last(), Some(&rlrig_models::text::EOS));
+                    assert!(e.logprobs.iter().all(|l| *l <= 0.0));
+                    rlrig_world::edit::Edit::parse(&e.edit_prompt)
+                        .unwrap_or_else(|err| panic!("{err}"));
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(
+        edits > 0,
+        "the Checker found nothing to repair in six prompts"
+    );
 }

@@ -41,14 +41,14 @@ fn infer_flow_writes_the_run_directory_store_and_metrics() {
     let run_dir = tmp.path().to_str().unwrap();
     let o = rlrig(&[
         "run",
-        "flows/infer.toml",
+        "flows/infer-baseline.toml",
         "--set",
         "prompts.count=30",
         "--set",
         &format!("run_dir={run_dir}"),
     ]);
     assert!(o.status.success(), "{}", text(&o));
-    let dir = tmp.path().join("infer");
+    let dir = tmp.path().join("infer-baseline");
     let out = text(&o);
     assert!(
         out.contains("30 done, 0 failed") && out.contains("final"),
@@ -120,7 +120,7 @@ fn infer_flow_writes_the_run_directory_store_and_metrics() {
     // Never overwritten silently.
     let again = rlrig(&[
         "run",
-        "flows/infer.toml",
+        "flows/infer-baseline.toml",
         "--set",
         "prompts.count=3",
         "--set",
@@ -130,7 +130,7 @@ fn infer_flow_writes_the_run_directory_store_and_metrics() {
     assert!(text(&again).contains("already exists"), "{}", text(&again));
     let forced = rlrig(&[
         "run",
-        "flows/infer.toml",
+        "flows/infer-baseline.toml",
         "--overwrite",
         "--set",
         "prompts.count=3",

@@ -259,8 +259,10 @@ pub struct PolicyQuality {
     /// Among scenes with a problem, edit prompts that address one (add a missing item, or
     /// move / swap the objects of a violated relation).
     pub targets_problem_rate: f64,
-    /// Among scenes with a violated relation, edit prompts that move or swap the objects of
-    /// one.
+    /// Scenes with every item present and a violated relation.
+    pub with_violation_only: usize,
+    /// Among those, edit prompts that move or swap the objects of a violated relation (with a
+    /// missing item the repair rule adds it first, so those scenes are not counted here).
     pub targets_violated_relation_rate: f64,
 }
 
@@ -312,15 +314,14 @@ pub fn policy_quality(
                     .contains(&rlrig_contract::RelationVerdict::Violated);
             let violation = f
                 .relations
-                .contains(&rlrig_contract::RelationVerdict::Violated);
+                .contains(&rlrig_contract::RelationVerdict::Violated)
+                && !f.items.contains(&rlrig_contract::ItemVerdict::Missing);
             q.with_problem += usize::from(problem);
             with_violation += usize::from(violation);
-            if let Some(e) = edit {
-                if problem && addresses_problem(&e, &s.graph, f) {
-                    addressed += 1;
-                    if violation && matches!(e, Edit::Move { .. } | Edit::Swap { .. }) {
-                        addressed_violation += 1;
-                    }
+            if let Some(e) = edit.filter(|e| problem && addresses_problem(e, &s.graph, f)) {
+                addressed += 1;
+                if violation && matches!(e, Edit::Move { .. } | Edit::Swap { .. }) {
+                    addressed_violation += 1;
                 }
             }
         }
@@ -328,6 +329,7 @@ pub fn policy_quality(
     let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
     q.parse_rate = ratio(parsed, scenes.len());
     q.targets_problem_rate = ratio(addressed, q.with_problem);
+    q.with_violation_only = with_violation;
     q.targets_violated_relation_rate = ratio(addressed_violation, with_violation);
     Ok(q)
 }

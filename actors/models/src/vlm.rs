@@ -85,13 +85,13 @@ impl VlmConfig {
     /// Checks that the numbers describe a network.
     pub fn validate(&self) -> Result<(), String> {
         let fail = |m: String| Err(m);
-        if self.patch == 0 || self.image_size % self.patch != 0 {
+        if self.patch == 0 || !self.image_size.is_multiple_of(self.patch) {
             return fail(format!(
                 "patch {} must divide image_size {}",
                 self.patch, self.image_size
             ));
         }
-        if self.heads == 0 || self.width % self.heads != 0 || self.width == 0 {
+        if self.heads == 0 || self.width == 0 || !self.width.is_multiple_of(self.heads) {
             return fail(format!(
                 "width {} must be a positive multiple of heads {}",
                 self.width, self.heads
@@ -319,6 +319,10 @@ pub struct CheckerNet {
 
 architecture!(CheckerNet, "rlrig.checker_config", "Checker");
 
+/// One answer of the Checker: verdict probabilities (yes, no, cannot tell) and position
+/// probabilities (left of, right of, above, below).
+pub type Answer = ([f32; 3], [f32; 4]);
+
 /// Verdict classes of [`CheckerNet`]: yes (present / holds), no (missing / violated), cannot
 /// tell (relations only).
 pub const VERDICTS: usize = 3;
@@ -421,7 +425,7 @@ impl CheckerNet {
         &self,
         images: &[Image],
         questions: &[Vec<Vec<u32>>],
-    ) -> Result<Vec<([f32; 3], [f32; 4])>, String> {
+    ) -> Result<Vec<Answer>, String> {
         let (v, p) = self.forward(images, questions)?;
         let q = v.dims()[0];
         let v = burn::tensor::activation::softmax(v, 1)

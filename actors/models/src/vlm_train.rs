@@ -504,6 +504,9 @@ pub struct CheckerAgreement {
     /// Pearson correlation of the Checker's score with the oracle's relation accuracy (scenes
     /// with relations).
     pub score_correlation: f64,
+    /// Pearson correlation of the Checker's score with the oracle's score (the same fraction
+    /// of requirements met, by the oracle's verdicts).
+    pub score_oracle_correlation: f64,
     /// Mean absolute difference between the Checker's score and the oracle's.
     pub score_mae: f64,
 }
@@ -519,6 +522,7 @@ pub fn checker_agreement(net: &CheckerNet, scenes: &[Scene]) -> Result<CheckerAg
         (0, 0, 0, 0, 0, 0);
     let (mut exact, mut mae) = (0usize, 0.0f64);
     let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    let (mut mine_all, mut oracle_all) = (Vec::new(), Vec::new());
     for (s, f) in scenes.iter().zip(&mine) {
         let o = oracle_findings(s);
         items += o.items.len();
@@ -538,7 +542,10 @@ pub fn checker_agreement(net: &CheckerNet, scenes: &[Scene]) -> Result<CheckerAg
         }
         exact += usize::from(reflect::reflection(&s.graph, &o) == reflect::reflection(&s.graph, f));
         let mine_score = reflect::score(&f.items, &f.relations);
-        mae += (mine_score - reflect::score(&o.items, &o.relations)).abs();
+        let oracle_score = reflect::score(&o.items, &o.relations);
+        mae += (mine_score - oracle_score).abs();
+        mine_all.push(mine_score);
+        oracle_all.push(oracle_score);
         if !o.relations.is_empty() {
             let holds = o
                 .relations
@@ -557,6 +564,7 @@ pub fn checker_agreement(net: &CheckerNet, scenes: &[Scene]) -> Result<CheckerAg
         violated_recall: ratio(viol_ok, viol),
         reflection_exact: ratio(exact, scenes.len()),
         score_correlation: pearson(&xs, &ys),
+        score_oracle_correlation: pearson(&mine_all, &oracle_all),
         score_mae: mae / scenes.len().max(1) as f64,
     })
 }
@@ -786,7 +794,7 @@ impl Task for CheckerTask<'_> {
         _step: u64,
         _dir: &Path,
     ) -> Result<(String, serde_json::Value), TrainError> {
-        let a = checker_agreement(model, &self.eval).map_err(|e| TrainError::Other(e))?;
+        let a = checker_agreement(model, &self.eval).map_err(TrainError::Other)?;
         Ok((
             format!(
                 "held-out items {:.3}, relations {:.3}, violated recall {:.3}, reflections exact {:.3}, score corr. {:.3}",
