@@ -5,6 +5,7 @@
 //! * [`dit`]: [`DitConfig`] and the network [`Dit`] (`v_θ(x_s, s, text)`).
 //! * [`flow`]: the training loss, the Euler ODE sampler with classifier-free guidance, and
 //!   Flow-GRPO's SDE sampler with per-step log-probabilities.
+//! * [`grpo`]: GRPO's objective for the Policy's tokens (advantages, clipping, k3 KL).
 //! * [`image`]: [`rlrig_contract::Image`] ↔ tensors in `[−1, 1]`.
 //! * [`weights`]: one self-describing safetensors file per model.
 //! * [`vlm`]: the Checker's and the Policy's small vision-language models.
@@ -40,6 +41,7 @@ pub use burn;
 pub mod device;
 pub mod dit;
 pub mod flow;
+pub mod grpo;
 pub mod image;
 pub mod pretrain;
 pub mod quality;

@@ -3,7 +3,9 @@
 //!
 //! * **Editor**: for each source image (a clean render, or the Diffuser's image of the same
 //!   prompt) one edit of each type in turn (move, recolour, add, remove, swap), chosen among
-//!   the objects the oracle finds in the source. *Success*: the instructed change is there
+//!   the objects the oracle finds in the source and feasible by the edit language's semantics
+//!   on the grid (`rlrig_world::edit::apply` on the scene read back: e.g. no `left of` an
+//!   object in the first column). *Success*: the instructed change is there
 //!   (move / add with a place: the relation holds by GenEval's rule; recolour: the new object
 //!   is there and the old one gone; remove: it is gone; swap: each object stands where the other
 //!   stood, within half a cell). *Context preservation*: the share of the other objects still
@@ -19,9 +21,11 @@ use rand::SeedableRng;
 use rand::seq::IndexedRandom;
 use rand_chacha::ChaCha8Rng;
 use rlrig_contract::{EditRequest, Editor, Image};
+use rlrig_world::canvas::GRID;
+use rlrig_world::edit::apply;
 use rlrig_world::geometry::{BBox, holds};
 use rlrig_world::oracle::detect;
-use rlrig_world::{Canvas, Colour, Edit, Object, Rel, Shape, reflect, sample};
+use rlrig_world::{Canvas, Colour, Edit, Object, Placed, Rel, Shape, reflect, sample};
 use serde::{Deserialize, Serialize};
 
 use crate::pretrain::EVAL_SEED;
@@ -74,8 +78,49 @@ fn near(a: &BBox, b: &BBox, tolerance: f64) -> bool {
     (ax - bx).abs() <= tolerance && (ay - by).abs() <= tolerance
 }
 
-/// An edit of type `kind` on the objects of `scene`, if the scene allows one.
-fn edit_of(kind: &str, scene: &BTreeMap<Object, BBox>, rng: &mut ChaCha8Rng) -> Option<Edit> {
+/// The scene read back onto the grid: each object in the cell of its box's centre (the larger
+/// of two in one cell).
+fn placed_of(scene: &BTreeMap<Object, BBox>, canvas: &Canvas) -> Vec<Placed> {
+    let cell = f64::from(canvas.cell_size());
+    let mut by_cell: BTreeMap<(u32, u32), (Object, u32)> = BTreeMap::new();
+    for (&object, b) in scene {
+        let (x, y) = centre(b);
+        let at = (
+            ((x / cell) as u32).min(GRID - 1),
+            ((y / cell) as u32).min(GRID - 1),
+        );
+        let area = (b.x1 - b.x0) * (b.y1 - b.y0);
+        if by_cell.get(&at).is_none_or(|&(_, a)| area > a) {
+            by_cell.insert(at, (object, area));
+        }
+    }
+    by_cell
+        .into_iter()
+        .map(|((c, r), (object, _))| canvas.place_at(object, c, r))
+        .collect()
+}
+
+/// An edit of type `kind` on the objects of `scene` that the edit language can carry out on
+/// the grid, if the scene allows one.
+fn edit_of(
+    kind: &str,
+    scene: &BTreeMap<Object, BBox>,
+    canvas: &Canvas,
+    rng: &mut ChaCha8Rng,
+) -> Option<Edit> {
+    let placed = placed_of(scene, canvas);
+    (0..8).find_map(|_| {
+        let edit = random_edit_of(kind, scene, rng)?;
+        apply(canvas, &placed, &edit, rng).ok().map(|_| edit)
+    })
+}
+
+/// A random edit of type `kind` on the objects of `scene`.
+fn random_edit_of(
+    kind: &str,
+    scene: &BTreeMap<Object, BBox>,
+    rng: &mut ChaCha8Rng,
+) -> Option<Edit> {
     let objs: Vec<Object> = scene.keys().copied().collect();
     let two = |rng: &mut ChaCha8Rng| -> Option<(Object, Object)> {
         let a = *objs.choose(rng)?;
@@ -196,7 +241,7 @@ pub fn editor_quality(
         let start = i % EDIT_TYPES.len();
         let picked = (0..EDIT_TYPES.len())
             .map(|k| EDIT_TYPES[(start + k) % EDIT_TYPES.len()])
-            .find_map(|kind| edit_of(kind, &before, &mut rng).map(|e| (kind, e)));
+            .find_map(|kind| edit_of(kind, &before, canvas, &mut rng).map(|e| (kind, e)));
         if let Some((kind, edit)) = picked {
             cases.push((kind, edit, before, image.clone(), mix(EVAL_SEED, i as u64)));
         }

@@ -267,3 +267,45 @@ fn the_neural_roles_load_their_weights_and_keep_their_contracts() {
     let err = checker.check(&[bad]).unwrap_err();
     assert!(err.0.contains("hexagon"), "{}", err.0);
 }
+
+#[test]
+fn a_grpo_step_makes_the_rewarded_edit_prompt_likelier() {
+    use burn::optim::GradientsParams;
+    use rlrig_models::grpo::{self, GrpoConfig};
+
+    let device = Device::flex().autodiff();
+    device.seed(5);
+    let net = PolicyNet::new(&tiny(VlmConfig::policy()), &device).unwrap();
+    let (inputs, _) = policy_inputs(1);
+    let group: Vec<PolicyInput> = std::iter::repeat_n(inputs[0].clone(), 4).collect();
+    let decoding = Decoding {
+        greedy: false,
+        max_tokens: 6,
+        ..Decoding::default()
+    };
+    let mut rngs: Vec<ChaCha8Rng> = (0..4).map(ChaCha8Rng::seed_from_u64).collect();
+    let valid = burn::module::Module::valid(&net);
+    let sampled = valid.decode(&group, &decoding, &mut rngs).unwrap();
+    let tokens: Vec<Vec<u32>> = sampled.iter().map(|d| d.tokens.clone()).collect();
+    assert_ne!(tokens[0], tokens[1], "sampling should differ across seeds");
+    let before = valid.score(&group, &tokens, 1.0).unwrap();
+
+    let advantages = grpo::group_advantages(&[1.0, 0.0, 0.0, 0.0], true).unwrap();
+    let (logp, mask) = net.target_logprobs(&group, &tokens, 1.0).unwrap();
+    let old = logp.clone().detach();
+    let out = grpo::loss(logp, old, None, &advantages, mask, &GrpoConfig::default());
+    let grads = GradientsParams::from_grads(out.loss.backward(), &net);
+    let mut optim = rlrig_models::flow::adamw().init();
+    let net = optim.step(1e-3, net, grads);
+    let after = burn::module::Module::valid(&net)
+        .score(&group, &tokens, 1.0)
+        .unwrap();
+    let sum = |v: &[f32]| v.iter().sum::<f32>();
+    assert!(
+        sum(&after[0]) > sum(&before[0]),
+        "{:?} → {:?}",
+        before[0],
+        after[0]
+    );
+    assert!(sum(&after[1]) < sum(&before[1]) || tokens[1] == tokens[0]);
+}

@@ -1,0 +1,270 @@
+//! GRPO's objective for token policies (DeepSeekMath 2402.03300; DESIGN.md §6), as
+//! Reflection-GRPO's phase 1 trains the Policy with it. Knob names follow TRL / verl.
+//!
+//! * Group-normalised advantages: `A_i = (r_i − mean(r)) / (std(r) + eps)` over the `G`
+//!   rollouts of one prompt (population std), or `r_i − mean(r)` without std scaling
+//!   (`scale_rewards = false`, Dr. GRPO). A group whose rewards are all equal carries no signal
+//!   and is filtered (DAPO's dynamic sampling), and counted.
+//! * Per token: `ρ = exp(logp − logp_old)`, loss `−min(ρ·A, clip(ρ, 1 − ε, 1 + ε_high)·A)`,
+//!   plus `β · KL` with the k3 estimator `exp(ref − logp) − (ref − logp) − 1` against a frozen
+//!   reference policy.
+//! * Aggregation: `token_mean` (all tokens of the batch weigh the same, DAPO) or
+//!   `sequence_mean` (each sequence's token mean, then the mean over sequences, GRPO's paper).
+
+use burn::tensor::{Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+/// How per-token losses become one number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossType {
+    /// Every token of the batch weighs the same (DAPO).
+    TokenMean,
+    /// Mean over each sequence's tokens, then over sequences (the GRPO paper).
+    SequenceMean,
+}
+
+/// GRPO's settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpoConfig {
+    /// Rollouts per prompt (`G`).
+    pub num_generations: usize,
+    /// Weight of the KL term (0: no reference policy needed).
+    pub beta: f64,
+    /// Lower clip range: `ρ ≥ 1 − epsilon`.
+    pub epsilon: f64,
+    /// Upper clip range: `ρ ≤ 1 + epsilon_high`.
+    pub epsilon_high: f64,
+    /// Token-mean or sequence-mean aggregation.
+    pub loss_type: LossType,
+    /// Divide advantages by the group's standard deviation.
+    pub scale_rewards: bool,
+}
+
+impl Default for GrpoConfig {
+    fn default() -> Self {
+        GrpoConfig {
+            num_generations: 8,
+            beta: 0.04,
+            epsilon: 0.2,
+            epsilon_high: 0.28,
+            loss_type: LossType::TokenMean,
+            scale_rewards: true,
+        }
+    }
+}
+
+/// The epsilon added to a group's standard deviation.
+pub const ADV_EPS: f64 = 1e-4;
+
+/// A group's advantages, or `None` when every reward is equal (the group is filtered).
+pub fn group_advantages(rewards: &[f64], scale_rewards: bool) -> Option<Vec<f64>> {
+    let n = rewards.len() as f64;
+    let first = *rewards.first()?;
+    if rewards.iter().all(|&r| r == first) {
+        return None;
+    }
+    let mean = rewards.iter().sum::<f64>() / n;
+    let std = (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
+    Some(
+        rewards
+            .iter()
+            .map(|r| {
+                let centred = r - mean;
+                if scale_rewards {
+                    centred / (std + ADV_EPS)
+                } else {
+                    centred
+                }
+            })
+            .collect(),
+    )
+}
+
+/// The k3 estimator of `KL(π ‖ π_ref)` per token: `exp(ref − logp) − (ref − logp) − 1` (≥ 0,
+/// 0 where the two agree).
+pub fn k3<const D: usize>(logp: Tensor<D>, ref_logp: Tensor<D>) -> Tensor<D> {
+    let d = ref_logp - logp;
+    d.clone().exp() - d - 1.0
+}
+
+/// The batch's loss and what it shows.
+#[derive(Debug)]
+pub struct GrpoLoss {
+    /// The scalar to minimise.
+    pub loss: Tensor<1>,
+    /// Share of tokens whose ratio was clipped (on the side that binds).
+    pub clip_fraction: f64,
+    /// Mean k3 KL per token (0 without a reference).
+    pub kl: f64,
+}
+
+/// GRPO's loss over a batch of sequences.
+///
+/// * `logp`: `(B, T)` log-probs of the sampled tokens under the current policy (with a
+///   gradient), `old_logp`: the same under the policy that sampled them, `ref_logp`: under the
+///   frozen reference (needed when `beta > 0`).
+/// * `advantages`: one per sequence; `mask`: `(B, T)`, 1 for real tokens, 0 past each end.
+pub fn loss(
+    logp: Tensor<2>,
+    old_logp: Tensor<2>,
+    ref_logp: Option<Tensor<2>>,
+    advantages: &[f64],
+    mask: Tensor<2>,
+    config: &GrpoConfig,
+) -> GrpoLoss {
+    let [b, t] = logp.dims();
+    assert_eq!(
+        advantages.len(),
+        b,
+        "grpo::loss: one advantage per sequence"
+    );
+    let device = logp.device();
+    let adv = Tensor::<2>::from_data(
+        TensorData::new(
+            advantages.iter().map(|&a| a as f32).collect::<Vec<_>>(),
+            [b, 1],
+        ),
+        &device,
+    )
+    .expand([b, t]);
+    let ratio = (logp.clone() - old_logp).exp();
+    let clipped = ratio
+        .clone()
+        .clamp(1.0 - config.epsilon, 1.0 + config.epsilon_high);
+    let unclipped_obj = ratio.clone() * adv.clone();
+    let clipped_obj = clipped * adv.clone();
+    let objective = unclipped_obj.clone().min_pair(clipped_obj.clone());
+    let mut per_token = objective.neg();
+    // Clipped tokens: where the clipped term binds (it is the smaller one).
+    let binds = clipped_obj.lower(unclipped_obj).float() * mask.clone();
+    let mut kl_mean = 0.0;
+    if let Some(reference) = ref_logp.filter(|_| config.beta > 0.0) {
+        let kl = k3(logp, reference);
+        let counted = mask.clone().sum().into_scalar::<f32>().max(1.0);
+        kl_mean = f64::from((kl.clone() * mask.clone()).sum().into_scalar::<f32>() / counted);
+        per_token = per_token + kl.mul_scalar(config.beta);
+    }
+    let per_token = per_token * mask.clone();
+    let tokens = mask.clone().sum().into_scalar::<f32>().max(1.0);
+    let clip_fraction = f64::from(binds.sum().into_scalar::<f32>() / tokens);
+    let loss = match config.loss_type {
+        LossType::TokenMean => per_token.sum().div_scalar(tokens),
+        LossType::SequenceMean => {
+            let lengths = mask.sum_dim(1).clamp_min(1.0);
+            (per_token.sum_dim(1) / lengths).mean()
+        }
+    };
+    GrpoLoss {
+        loss: loss.reshape([1]),
+        clip_fraction,
+        kl: kl_mean,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Device;
+
+    fn t2(rows: &[&[f32]]) -> Tensor<2> {
+        let (b, t) = (rows.len(), rows[0].len());
+        let flat: Vec<f32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+        Tensor::from_data(TensorData::new(flat, [b, t]), &Device::flex())
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-5
+    }
+
+    #[test]
+    fn advantages_by_hand() {
+        // mean 0.5, population std 0.5.
+        let a = group_advantages(&[1.0, 0.0, 1.0, 0.0], true).unwrap();
+        let expect = 0.5 / (0.5 + ADV_EPS);
+        assert!(close(a[0], expect) && close(a[1], -expect), "{a:?}");
+        let a = group_advantages(&[0.75, 0.25, 0.5], false).unwrap();
+        assert!(close(a[0], 0.25) && close(a[1], -0.25) && close(a[2], 0.0));
+        // All equal: filtered.
+        assert_eq!(group_advantages(&[0.5, 0.5, 0.5], true), None);
+        assert_eq!(group_advantages(&[], true), None);
+    }
+
+    #[test]
+    fn clipping_binds_on_both_sides() {
+        let config = GrpoConfig {
+            beta: 0.0,
+            epsilon: 0.2,
+            epsilon_high: 0.28,
+            ..GrpoConfig::default()
+        };
+        let old = t2(&[&[0.0, 0.0], &[0.0, 0.0]]);
+        // Ratios e^0.5 ≈ 1.6487 (above 1.28) and e^-0.5 ≈ 0.6065 (below 0.8).
+        let logp = t2(&[&[0.5, -0.5], &[0.5, -0.5]]);
+        let mask = t2(&[&[1.0, 1.0], &[1.0, 1.0]]);
+        let out = loss(logp, old, None, &[1.0, -1.0], mask, &config);
+        // A = +1: min(1.6487, 1.28) = 1.28; min(0.6065, 0.8·1) = 0.6065 (unclipped binds).
+        // A = −1: min(−1.6487, −1.28) = −1.6487 (unclipped); min(−0.6065, −0.8) = −0.8.
+        let expect = -(1.28 + 0.606_530_7 - 1.648_721_3 - 0.8) / 4.0;
+        assert!(close(f64::from(out.loss.into_scalar::<f32>()), expect));
+        assert!(close(out.clip_fraction, 0.5), "{}", out.clip_fraction);
+    }
+
+    #[test]
+    fn k3_is_zero_for_identical_policies_and_positive_otherwise() {
+        let logp = t2(&[&[-1.0, -2.0, -0.5]]);
+        let same = k3(logp.clone(), logp.clone()).sum().into_scalar::<f32>();
+        assert_eq!(same, 0.0);
+        let r = t2(&[&[-1.5, -2.0, -0.1]]);
+        let v = k3(logp, r).into_data().try_to_vec::<f32>().unwrap();
+        // d = ref − logp = (−0.5, 0, 0.4): e^d − d − 1.
+        let by_hand = [(-0.5f64).exp() + 0.5 - 1.0, 0.0, 0.4f64.exp() - 0.4 - 1.0];
+        for (a, b) in v.iter().zip(by_hand) {
+            assert!(close(f64::from(*a), b));
+        }
+    }
+
+    #[test]
+    fn the_kl_term_and_the_aggregations() {
+        let config = GrpoConfig {
+            beta: 0.5,
+            ..GrpoConfig::default()
+        };
+        let logp = t2(&[&[-1.0, -1.0, 0.0], &[-2.0, 0.0, 0.0]]);
+        let mask = t2(&[&[1.0, 1.0, 0.0], &[1.0, 0.0, 0.0]]);
+        // Identical policies, zero advantages: the loss is 0 and so is the KL.
+        let out = loss(
+            logp.clone(),
+            logp.clone(),
+            Some(logp.clone()),
+            &[0.0, 0.0],
+            mask.clone(),
+            &config,
+        );
+        assert_eq!(out.kl, 0.0);
+        assert!(close(f64::from(out.loss.into_scalar::<f32>()), 0.0));
+        // Ratios 1, A = (1, 2): token mean −(1 + 1 + 2)/3, sequence mean −(1 + 2)/2.
+        let tm = loss(
+            logp.clone(),
+            logp.clone(),
+            None,
+            &[1.0, 2.0],
+            mask.clone(),
+            &config,
+        );
+        assert!(close(f64::from(tm.loss.into_scalar::<f32>()), -4.0 / 3.0));
+        let sm = loss(
+            logp.clone(),
+            logp.clone(),
+            None,
+            &[1.0, 2.0],
+            mask,
+            &GrpoConfig {
+                loss_type: LossType::SequenceMean,
+                ..config
+            },
+        );
+        assert!(close(f64::from(sm.loss.into_scalar::<f32>()), -1.5));
+    }
+}
