@@ -48,6 +48,9 @@ enum Command {
     /// Measures a trained model against the oracle on held-out prompts (Editor: success per
     /// edit type and context preservation; Checker: agreement; Policy: parse and targeting).
     Quality(crate::quality_cmd::QualityArgs),
+    /// What a run's trajectory store holds: list, show one, export PNG chains and JSONL.
+    #[command(subcommand)]
+    Trajectories(crate::trajectories_cmd::TrajectoriesCommand),
     /// The built-in world of spatial scenes: sample, render, parse and judge images.
     #[command(subcommand)]
     World(world_cmd::WorldCommand),
@@ -83,6 +86,7 @@ pub fn main(registry: Registry) -> i32 {
         }
         Command::World(cmd) => world_cmd::run(cmd),
         Command::Quality(args) => crate::quality_cmd::run(args),
+        Command::Trajectories(cmd) => crate::trajectories_cmd::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -21,6 +21,7 @@ pub mod cli;
 pub mod pretrain_cmd;
 mod quality_cmd;
 pub mod run;
+mod trajectories_cmd;
 mod world_cmd;
 
 pub use builtin::builtin_registry;

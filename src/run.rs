@@ -280,8 +280,13 @@ impl Collector {
     }
 }
 
-/// Writes one trajectory's images and `chain.json` under `trajectories/<id>/`.
-fn write_chain(out: &Path, t: &Trajectory, images: StoredImages) -> Result<()> {
+/// Writes one trajectory's images and `chain.json` under `<out>/<id>/`; returns the chain
+/// document (also one line of `rlrig trajectories export`'s JSONL).
+pub(crate) fn write_chain(
+    out: &Path,
+    t: &Trajectory,
+    images: StoredImages,
+) -> Result<serde_json::Value> {
     let dir = out.join(format!("{:06}", t.id));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let answer = match t.outcome {
@@ -305,7 +310,8 @@ fn write_chain(out: &Path, t: &Trajectory, images: StoredImages) -> Result<()> {
             }),
             StepOutput::Edit(e) => serde_json::json!({
                 "step": i, "round": s.round, "actor": s.actor, "role": s.role,
-                "edit_prompt": e.edit_prompt, "policy_version": e.policy_version,
+                "edit_prompt": e.edit_prompt, "token_ids": e.token_ids, "logprobs": e.logprobs,
+                "policy_version": e.policy_version,
             }),
         };
         chain.push(entry);
@@ -318,7 +324,7 @@ fn write_chain(out: &Path, t: &Trajectory, images: StoredImages) -> Result<()> {
         dir.join("chain.json"),
         serde_json::to_string_pretty(&doc)? + "\n",
     )?;
-    Ok(())
+    Ok(doc)
 }
 
 /// A progress bar on a terminal, a log line every tenth of the run otherwise.

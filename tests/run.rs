@@ -117,6 +117,27 @@ fn infer_flow_writes_the_run_directory_store_and_metrics() {
     );
     drop(store);
 
+    // What the store holds, from the command line.
+    let ls = rlrig(&["trajectories", "ls", dir.to_str().unwrap()]);
+    assert!(ls.status.success(), "{}", text(&ls));
+    assert_eq!(String::from_utf8_lossy(&ls.stdout).lines().count(), 31);
+    let show = rlrig(&["trajectories", "show", dir.to_str().unwrap(), "7"]);
+    assert!(text(&show).contains("trajectory 7:"), "{}", text(&show));
+    let export_dir = tmp.path().join("export");
+    let ex = rlrig(&[
+        "trajectories",
+        "export",
+        dir.to_str().unwrap(),
+        "--out",
+        export_dir.to_str().unwrap(),
+    ]);
+    assert!(ex.status.success(), "{}", text(&ex));
+    let jsonl = std::fs::read_to_string(export_dir.join("trajectories.jsonl")).unwrap();
+    assert_eq!(jsonl.lines().count(), 30);
+    assert!(export_dir.join("000029/chain.json").is_file());
+    let missing = rlrig(&["trajectories", "show", dir.to_str().unwrap(), "99"]);
+    assert!(!missing.status.success() && text(&missing).contains("no trajectory 99"));
+
     // Never overwritten silently.
     let again = rlrig(&[
         "run",
