@@ -84,6 +84,7 @@ pub fn job_of(loaded: &Loaded<PretrainFlow>) -> Result<Job, rlrig_flow::FlowErro
         Ok(Job::Dit(PretrainJob {
             model,
             config,
+            edit_weight: p.edit_weight.unwrap_or(0.0),
             train: train.clone(),
         }))
     };

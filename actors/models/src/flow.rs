@@ -155,6 +155,21 @@ pub fn training_loss(
     text: &TextBatch,
     rng: &mut impl Rng,
 ) -> Tensor<1> {
+    training_loss_weighted(model, x0, cond_image, text, rng, 0.0)
+}
+
+/// [`training_loss`] with the Editor's pixels that the edit changes (source and target differ
+/// by more than 0.1 in some channel) weighted `1 + edit_weight` in a normalised weighted mean,
+/// so that the few pixels an edit touches are not drowned by the many it copies. With
+/// `edit_weight = 0` or no source image it is [`training_loss`].
+pub fn training_loss_weighted(
+    model: &Dit,
+    x0: Tensor<4>,
+    cond_image: Option<&Tensor<4>>,
+    text: &TextBatch,
+    rng: &mut impl Rng,
+    edit_weight: f64,
+) -> Tensor<1> {
     let dims = x0.dims();
     let b = dims[0];
     assert_eq!(
@@ -181,10 +196,26 @@ pub fn training_loss(
         text.ids().clone(),
         text.mask().clone(),
     );
-    match model.config().prediction {
-        Prediction::Velocity => (out - (eps - x0)).square().mean(),
+    let weights = cond_image.filter(|_| edit_weight > 0.0).map(|cond| {
+        let changed = (x0.clone() - cond.clone())
+            .abs()
+            .max_dim(1)
+            .greater_elem(0.1)
+            .float();
+        changed.mul_scalar(edit_weight).add_scalar(1.0)
+    });
+    let squared = match model.config().prediction {
+        Prediction::Velocity => (out - (eps - x0)).square(),
         // The clean image is the target; its error is the velocity's scaled by s.
-        Prediction::Sample => (out - x0).square().mean(),
+        Prediction::Sample => (out - x0).square(),
+    };
+    match weights {
+        None => squared.mean(),
+        Some(w) => {
+            let c = squared.dims()[1] as f64;
+            let total = w.clone().sum().mul_scalar(c);
+            (squared * w).sum() / total
+        }
     }
 }
 

@@ -41,6 +41,10 @@ pub struct PretrainJob {
     pub model: ModelKind,
     /// The architecture.
     pub config: DitConfig,
+    /// The Editor's weight on the pixels an edit changes ([`flow::training_loss_weighted`];
+    /// 0: a plain mean).
+    #[serde(default)]
+    pub edit_weight: f64,
     /// Steps, batch, learning rate, budget, device, …
     #[serde(flatten)]
     pub train: TrainSettings,
@@ -219,12 +223,13 @@ impl Task for DitTask<'_> {
     fn loss(&self, model: &Dit, step: u64) -> Result<Tensor<1>, TrainError> {
         let (x0, cond, text) = batch(self.job, &self.canvas, &self.tok, step, &self.device)?;
         let mut rng = ChaCha8Rng::seed_from_u64(mix(self.job.train.seed ^ 0x5EED, step));
-        Ok(flow::training_loss(
+        Ok(flow::training_loss_weighted(
             model,
             x0,
             cond.as_ref(),
             &text,
             &mut rng,
+            self.job.edit_weight,
         ))
     }
 

@@ -286,3 +286,38 @@ fn clean_image_prediction_turns_into_the_velocity_that_reaches_it() {
         .into_scalar();
     assert!((loss - expected).abs() < 1e-5, "{loss} vs {expected}");
 }
+
+#[test]
+fn the_edit_weighted_loss_only_reweighs_changed_pixels() {
+    let device = Device::flex();
+    let editor = perturb(model(8, 6, 7), 0.05, 3);
+    let (x0, text) = world_batch(4, &device);
+    let loss = |cond: &Tensor<4>, w: f64| {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        values(flow::training_loss_weighted(
+            &editor,
+            x0.clone(),
+            Some(cond),
+            &text,
+            &mut rng,
+            w,
+        ))[0]
+    };
+    let plain = |cond: &Tensor<4>| {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        values(flow::training_loss(
+            &editor,
+            x0.clone(),
+            Some(cond),
+            &text,
+            &mut rng,
+        ))[0]
+    };
+    // No edit (source = target): every weight is 1, the mean is the plain mean.
+    assert!((loss(&x0, 10.0) - plain(&x0)).abs() < 1e-6);
+    // Weight 0: the plain mean whatever the source.
+    let other = x0.clone().flip([3]);
+    assert!((loss(&other, 0.0) - plain(&other)).abs() < 1e-7);
+    // A real edit: the changed pixels count more, so the loss moves.
+    assert!((loss(&other, 10.0) - plain(&other)).abs() > 1e-6);
+}

@@ -20,6 +20,7 @@ fn tiny(model: ModelKind, steps: u64) -> PretrainJob {
             heads: 2,
             ..base
         },
+        edit_weight: 0.0,
         train: TrainSettings {
             steps,
             batch: 2,

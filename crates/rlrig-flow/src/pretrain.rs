@@ -60,6 +60,9 @@ pub struct PretrainSettings {
     /// Steps between checkpoints (and loss-log flushes).
     #[serde(default = "default_every")]
     pub checkpoint_every: u64,
+    /// The Editor only: extra weight on the pixels an edit changes (0: a plain mean).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edit_weight: Option<f64>,
     /// Training images besides the procedural ones, for the Checker and the Policy:
     /// `generated` (pool size), `generated_fraction`, `diffuser`, `editor`, `guidance`.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
@@ -123,6 +126,13 @@ impl Checked for PretrainFlow {
                 "data",
                 "only the checker and the policy take generated training images",
             );
+        }
+        if let Some(w) = p.edit_weight {
+            if p.model != PretrainModel::Editor {
+                bad("edit_weight", "only the editor weighs its edits");
+            } else if !(w.is_finite() && w >= 0.0) {
+                bad("edit_weight", "must be a number ≥ 0");
+            }
         }
         if !crate::validate::valid_device(&p.device) {
             bad("device", "expected `cpu`, `wgpu`, `wgpu:N` or `cuda:N`");
