@@ -252,6 +252,39 @@ pub struct TextRows {
 }
 
 impl TextRows {
+    /// The rows cut after the last column that holds a token in any row (padding costs
+    /// attention; positions are per token, so nothing else changes).
+    pub fn trimmed(mut self) -> TextRows {
+        let used = self
+            .ids
+            .iter()
+            .map(|r| r.iter().rposition(|&id| id != PAD).map_or(0, |i| i + 1))
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        for rows in [
+            &mut self.ids,
+            &mut self.segments,
+            &mut self.groups,
+            &mut self.positions,
+        ] {
+            for r in rows.iter_mut() {
+                r.truncate(used);
+            }
+        }
+        self
+    }
+
+    /// Text tokens per row.
+    pub fn len(&self) -> usize {
+        self.ids.first().map_or(0, Vec::len)
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
     fn tensors(&self, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<2, Int>) {
         let (b, l) = (self.ids.len(), self.ids.first().map_or(0, Vec::len));
         let t = |rows: &[Vec<u32>]| -> Tensor<2, Int> {
@@ -391,25 +424,28 @@ impl CheckerNet {
     ) -> Result<(Tensor<2>, Tensor<2>), String> {
         let device = self.vlm.img_pos.device();
         let n = self.vlm.config.num_patches();
-        let l = self.vlm.config.text_len;
         let mut rows = TextRows::default();
         let mut row_images = Vec::new();
-        let mut cls = Vec::new();
+        let mut at_all = Vec::new();
         for (image, qs) in images.iter().zip(questions) {
             let (r, at) = self.pack(qs).map_err(|e| e.to_string())?;
             let base = rows.ids.len();
-            for (row, p) in at {
-                cls.push(((base + row) * (n + l) + n + p) as i64);
-            }
+            at_all.extend(at.into_iter().map(|(row, p)| (base + row, p)));
             row_images.extend(std::iter::repeat_n(image.clone(), r.ids.len()));
             rows.ids.extend(r.ids);
             rows.segments.extend(r.segments);
             rows.groups.extend(r.groups);
             rows.positions.extend(r.positions);
         }
-        if cls.is_empty() {
+        if at_all.is_empty() {
             return Err("no questions to answer".into());
         }
+        let rows = rows.trimmed();
+        let l = rows.len();
+        let cls: Vec<i64> = at_all
+            .iter()
+            .map(|&(row, p)| (row * (n + l) + n + p) as i64)
+            .collect();
         let x = images_to_tensor(&row_images, &device).map_err(|e| e.to_string())?;
         let z = self.vlm.forward(x, &rows);
         let [b, t, d] = z.dims();
@@ -556,8 +592,9 @@ impl PolicyNet {
         let images: Vec<Image> = inputs.iter().map(|i| i.image.clone()).collect();
         let images = images_to_tensor(&images, &device).map_err(|e| e.to_string())?;
         let n = self.vlm.config.num_patches();
+        let rows = rows.trimmed();
+        let l = rows.len();
         let z = self.vlm.forward(images, &rows);
-        let l = self.vlm.config.text_len;
         Ok(self.head.forward(z.narrow(1, n, l)))
     }
 
