@@ -14,7 +14,7 @@ use rand_chacha::ChaCha8Rng;
 use rlrig_contract::Image;
 use rlrig_world::edit::{Edit, apply};
 use rlrig_world::sample::sample_rng;
-use rlrig_world::{Canvas, Colour, Object, Rel, Shape, judge, sample};
+use rlrig_world::{Canvas, Colour, Object, Rel, judge, sample};
 use serde::{Deserialize, Serialize};
 
 use crate::flow::{self, SamplerConfig};
@@ -89,15 +89,7 @@ pub fn edit_example(canvas: &Canvas, seed: u64, index: u64) -> EditExample {
     loop {
         let objs: Vec<Object> = s.placed.iter().map(|p| p.object).collect();
         let pick = |rng: &mut ChaCha8Rng| *objs.choose(rng).expect("scenes have objects");
-        let absent: Vec<Object> = Colour::ALL
-            .iter()
-            .flat_map(|&colour| {
-                Shape::ALL
-                    .iter()
-                    .map(move |&shape| Object { colour, shape })
-            })
-            .filter(|o| !objs.contains(o))
-            .collect();
+        let absent: Vec<Object> = Object::all().filter(|o| !objs.contains(o)).collect();
         let edit = match rng.random_range(0..5) {
             0 => {
                 let mut two = objs.clone();

@@ -25,7 +25,7 @@ use rlrig_world::canvas::GRID;
 use rlrig_world::edit::apply;
 use rlrig_world::geometry::{BBox, holds};
 use rlrig_world::oracle::detect;
-use rlrig_world::{Canvas, Colour, Edit, Object, Placed, Rel, Shape, reflect, sample};
+use rlrig_world::{Canvas, Colour, Edit, Object, Placed, Rel, reflect, sample};
 use serde::{Deserialize, Serialize};
 
 use crate::pretrain::EVAL_SEED;
@@ -127,15 +127,7 @@ fn random_edit_of(
         let others: Vec<Object> = objs.iter().copied().filter(|&o| o != a).collect();
         Some((a, *others.choose(rng)?))
     };
-    let absent: Vec<Object> = Colour::ALL
-        .iter()
-        .flat_map(|&colour| {
-            Shape::ALL
-                .iter()
-                .map(move |&shape| Object { colour, shape })
-        })
-        .filter(|o| !scene.contains_key(o))
-        .collect();
+    let absent: Vec<Object> = Object::all().filter(|o| !scene.contains_key(o)).collect();
     match kind {
         "move" => {
             let (object, anchor) = two(rng)?;

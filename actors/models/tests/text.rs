@@ -3,17 +3,10 @@
 
 use rlrig_models::text::{BOS, EOS, PROMPT_VOCAB_SIZE, TextError, Tokenizer, VOCAB};
 use rlrig_models::vlm_train::{Pool, oracle_findings, problem_scene};
-use rlrig_world::{Canvas, Colour, Edit, Object, Rel, Shape, reflect, sample};
+use rlrig_world::{Canvas, Colour, Edit, Object, Rel, reflect, sample};
 
 fn objects() -> Vec<Object> {
-    Colour::ALL
-        .iter()
-        .flat_map(|&colour| {
-            Shape::ALL
-                .iter()
-                .map(move |&shape| Object { colour, shape })
-        })
-        .collect()
+    Object::all().collect()
 }
 
 /// Every edit the edit-prompt language can express.

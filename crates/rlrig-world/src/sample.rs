@@ -16,7 +16,7 @@ use rlrig_sg::SceneGraph;
 
 use crate::canvas::{Canvas, GRID, Placed};
 use crate::geometry::relative_position;
-use crate::vocab::{Colour, Object, Shape, WorldGraph};
+use crate::vocab::{Object, WorldGraph};
 
 /// One sampled scene: its graph, the drawing and where each object stands.
 #[derive(Clone, Debug)]
@@ -47,14 +47,7 @@ pub fn sample_name(index: u64) -> String {
 pub fn sample(canvas: &Canvas, seed: u64, index: u64) -> Sample {
     let mut rng = sample_rng(seed, index);
     let n_items = rng.random_range(2..=4);
-    let mut all: Vec<Object> = Colour::ALL
-        .iter()
-        .flat_map(|&colour| {
-            Shape::ALL
-                .iter()
-                .map(move |&shape| Object { colour, shape })
-        })
-        .collect();
+    let mut all: Vec<Object> = Object::all().collect();
     all.shuffle(&mut rng);
     let objects: Vec<Object> = all[..n_items].to_vec();
 

@@ -161,6 +161,15 @@ impl fmt::Display for Object {
 }
 
 impl Object {
+    /// Every object of the world (colour-major: the red ones first), twelve in all.
+    pub fn all() -> impl Iterator<Item = Object> {
+        Colour::ALL.into_iter().flat_map(|colour| {
+            Shape::ALL
+                .into_iter()
+                .map(move |shape| Object { colour, shape })
+        })
+    }
+
     /// The LAION-SG item for this object.
     pub fn item(self, item_id: u64) -> Item {
         Item {
