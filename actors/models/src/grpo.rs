@@ -10,9 +10,14 @@
 //!   reference policy.
 //! * Aggregation: `token_mean` (all tokens of the batch weigh the same, DAPO) or
 //!   `sequence_mean` (each sequence's token mean, then the mean over sequences, GRPO's paper).
+//!
+//! [`Learner`] applies it to the Policy: groups of sampled edit prompts with their stored
+//! log-probs and rewards in, one AdamW step (gradient clipping by norm), a new version out.
 
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
+
+use crate::vlm::{PolicyInput, PolicyNet};
 
 /// How per-token losses become one number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -266,5 +271,196 @@ mod tests {
             },
         );
         assert!(close(f64::from(sm.loss.into_scalar::<f32>()), -1.5));
+    }
+}
+
+/// One sampled edit prompt of a group: its tokens, their log-probs under the policy that
+/// sampled them, and its reward.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    /// Token ids, `<eos>` included when generated.
+    pub tokens: Vec<u32>,
+    /// Log-probs at sampling time (`logp_old`).
+    pub logprobs: Vec<f32>,
+    /// The reward (the Checker's score after the edit).
+    pub reward: f64,
+}
+
+/// The `G` samples drawn for one Policy input.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Group {
+    /// What the Policy read.
+    pub input: PolicyInput,
+    /// Its samples.
+    pub samples: Vec<Sample>,
+}
+
+/// The learner's settings besides GRPO's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LearnerConfig {
+    /// GRPO's knobs.
+    pub grpo: GrpoConfig,
+    /// AdamW's learning rate.
+    pub lr: f64,
+    /// Gradient clipping by norm, per parameter tensor (burn's `GradientClipping::Norm`).
+    pub max_grad_norm: f32,
+    /// The sampling temperature the log-probs are taken at.
+    pub temperature: f64,
+}
+
+impl Default for LearnerConfig {
+    fn default() -> Self {
+        LearnerConfig {
+            grpo: GrpoConfig::default(),
+            lr: 1e-5,
+            max_grad_norm: 1.0,
+            temperature: 1.0,
+        }
+    }
+}
+
+/// What one learner step saw and did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepStats {
+    /// The policy version after the step.
+    pub version: u64,
+    /// Groups given.
+    pub groups: usize,
+    /// Groups dropped because their rewards were all equal.
+    pub filtered_groups: usize,
+    /// Sequences trained on.
+    pub sequences: usize,
+    /// Mean and standard deviation of the rewards given.
+    pub reward_mean: f64,
+    /// See `reward_mean`.
+    pub reward_std: f64,
+    /// The loss (0 when every group was filtered).
+    pub loss: f64,
+    /// Mean k3 KL to the reference per token.
+    pub kl: f64,
+    /// Share of tokens whose ratio was clipped.
+    pub clip_fraction: f64,
+}
+
+/// The GRPO learner of the Policy: the trained network (on an autodiff device), a frozen copy
+/// of its starting weights as the KL reference, AdamW with gradient clipping, and a version
+/// that every step that changes the weights advances.
+pub struct Learner {
+    /// Always `Some` between calls (taken for the optimiser's step, which consumes it).
+    policy: Option<PolicyNet>,
+    reference: PolicyNet,
+    optim: burn::optim::ModuleOptimizer,
+    config: LearnerConfig,
+    version: u64,
+}
+
+impl Learner {
+    /// A learner starting from `policy` (built on an autodiff device), at version 0.
+    pub fn new(policy: PolicyNet, config: LearnerConfig) -> Self {
+        let reference = burn::module::Module::valid(&policy);
+        let optim = crate::flow::adamw()
+            .with_grad_clipping(Some(
+                burn::optim::grad_clipping::GradientClippingConfig::Norm(config.max_grad_norm),
+            ))
+            .init();
+        Learner {
+            policy: Some(policy),
+            reference,
+            optim,
+            config,
+            version: 0,
+        }
+    }
+
+    /// The current weights, for the Policy actors (no autodiff).
+    pub fn policy(&self) -> PolicyNet {
+        burn::module::Module::valid(self.net())
+    }
+
+    fn net(&self) -> &PolicyNet {
+        self.policy
+            .as_ref()
+            .expect("the learner holds its policy between steps")
+    }
+
+    /// The version of the current weights.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// One GRPO step on a batch of groups.
+    pub fn step(&mut self, groups: &[Group]) -> Result<StepStats, String> {
+        let rewards: Vec<f64> = groups
+            .iter()
+            .flat_map(|g| g.samples.iter().map(|s| s.reward))
+            .collect();
+        let n = rewards.len().max(1) as f64;
+        let mean = rewards.iter().sum::<f64>() / n;
+        let mut stats = StepStats {
+            version: self.version,
+            groups: groups.len(),
+            reward_mean: mean,
+            reward_std: (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt(),
+            ..StepStats::default()
+        };
+        let (mut inputs, mut tokens, mut old, mut advantages) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for g in groups {
+            let r: Vec<f64> = g.samples.iter().map(|s| s.reward).collect();
+            let Some(adv) = group_advantages(&r, self.config.grpo.scale_rewards) else {
+                stats.filtered_groups += 1;
+                continue;
+            };
+            for (s, a) in g.samples.iter().zip(adv) {
+                if s.tokens.len() != s.logprobs.len() {
+                    return Err(format!(
+                        "a sample has {} tokens but {} log-probs",
+                        s.tokens.len(),
+                        s.logprobs.len()
+                    ));
+                }
+                inputs.push(g.input.clone());
+                tokens.push(s.tokens.clone());
+                old.push(s.logprobs.clone());
+                advantages.push(a);
+            }
+        }
+        stats.sequences = inputs.len();
+        if inputs.is_empty() {
+            return Ok(stats);
+        }
+        let t = self.config.temperature;
+        let (logp, mask) = self.net().target_logprobs(&inputs, &tokens, t)?;
+        let [b, width] = logp.dims();
+        let device = logp.device();
+        let padded = |rows: &[Vec<f32>]| -> Tensor<2> {
+            let mut flat = vec![0f32; b * width];
+            for (r, row) in rows.iter().enumerate() {
+                flat[r * width..r * width + row.len()].copy_from_slice(row);
+            }
+            Tensor::from_data(TensorData::new(flat, [b, width]), &device)
+        };
+        let reference = (self.config.grpo.beta > 0.0)
+            .then(|| self.reference.score(&inputs, &tokens, t))
+            .transpose()?
+            .map(|r| padded(&r));
+        let out = loss(
+            logp,
+            padded(&old),
+            reference,
+            &advantages,
+            mask,
+            &self.config.grpo,
+        );
+        stats.loss = f64::from(out.loss.clone().into_scalar::<f32>());
+        stats.kl = out.kl;
+        stats.clip_fraction = out.clip_fraction;
+        let grads = burn::optim::GradientsParams::from_grads(out.loss.backward(), self.net());
+        let policy = self.policy.take().expect("held between steps");
+        self.policy = Some(self.optim.step(self.config.lr, policy, grads));
+        self.version += 1;
+        stats.version = self.version;
+        Ok(stats)
     }
 }

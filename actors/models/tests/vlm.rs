@@ -309,3 +309,81 @@ fn a_grpo_step_makes_the_rewarded_edit_prompt_likelier() {
     );
     assert!(sum(&after[1]) < sum(&before[1]) || tokens[1] == tokens[0]);
 }
+
+#[test]
+fn the_learner_steps_filters_equal_groups_and_advances_versions() {
+    use rlrig_models::grpo::{Group, Learner, LearnerConfig, Sample};
+
+    let device = Device::flex().autodiff();
+    device.seed(6);
+    let mut learner = Learner::new(
+        PolicyNet::new(&tiny(VlmConfig::policy()), &device).unwrap(),
+        LearnerConfig {
+            lr: 1e-3,
+            ..LearnerConfig::default()
+        },
+    );
+    let (inputs, _) = policy_inputs(2);
+    let decoding = Decoding {
+        greedy: false,
+        max_tokens: 6,
+        ..Decoding::default()
+    };
+    let sample_group = |learner: &Learner, input: &PolicyInput, rewards: [f64; 4]| {
+        let group: Vec<PolicyInput> = std::iter::repeat_n(input.clone(), 4).collect();
+        let mut rngs: Vec<ChaCha8Rng> = (10..14).map(ChaCha8Rng::seed_from_u64).collect();
+        let d = learner
+            .policy()
+            .decode(&group, &decoding, &mut rngs)
+            .unwrap();
+        Group {
+            input: input.clone(),
+            samples: d
+                .into_iter()
+                .zip(rewards)
+                .map(|(d, reward)| Sample {
+                    tokens: d.tokens,
+                    logprobs: d.logprobs,
+                    reward,
+                })
+                .collect(),
+        }
+    };
+    let rewarded = sample_group(&learner, &inputs[0], [1.0, 0.0, 0.0, 0.0]);
+    let flat = sample_group(&learner, &inputs[1], [0.5; 4]);
+    let score = |learner: &Learner| {
+        let s = learner
+            .policy()
+            .score(
+                &[rewarded.input.clone()],
+                &[rewarded.samples[0].tokens.clone()],
+                1.0,
+            )
+            .unwrap();
+        s[0].iter().sum::<f32>()
+    };
+    let before = score(&learner);
+    assert_eq!(learner.version(), 0);
+    let stats = learner.step(&[rewarded.clone(), flat.clone()]).unwrap();
+    assert_eq!(
+        (
+            stats.version,
+            stats.groups,
+            stats.filtered_groups,
+            stats.sequences
+        ),
+        (1, 2, 1, 4)
+    );
+    // The first step starts at the reference: no KL, and the sampling policy is the current one,
+    // so no ratio is clipped.
+    assert!(stats.kl.abs() < 1e-5, "{}", stats.kl);
+    assert_eq!(stats.clip_fraction, 0.0);
+    assert!(score(&learner) > before);
+    // Every group filtered: nothing to learn, the version stays.
+    let stats = learner.step(&[flat]).unwrap();
+    assert_eq!((stats.version, stats.sequences, stats.loss), (1, 0, 0.0));
+    // A sample whose log-probs do not match its tokens is refused.
+    let mut bad = rewarded;
+    bad.samples[0].logprobs.pop();
+    assert!(learner.step(&[bad]).unwrap_err().contains("log-probs"));
+}
