@@ -355,7 +355,7 @@ fn the_learner_steps_filters_equal_groups_and_advances_versions() {
         let s = learner
             .policy()
             .score(
-                &[rewarded.input.clone()],
+                std::slice::from_ref(&rewarded.input),
                 &[rewarded.samples[0].tokens.clone()],
                 1.0,
             )
