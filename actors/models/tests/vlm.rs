@@ -387,3 +387,64 @@ fn the_learner_steps_filters_equal_groups_and_advances_versions() {
     bad.samples[0].logprobs.pop();
     assert!(learner.step(&[bad]).unwrap_err().contains("log-probs"));
 }
+
+#[test]
+fn vlm_jobs_train_resume_and_export_loadable_weights() {
+    use rlrig_models::train::TrainSettings;
+    use rlrig_models::vlm_train::{self, VlmData, VlmJob, VlmRole};
+
+    let dir = tempfile::tempdir().unwrap();
+    for (role, base) in [
+        (VlmRole::Checker, VlmConfig::checker()),
+        (VlmRole::Policy, VlmConfig::policy()),
+    ] {
+        let run = dir.path().join(format!("{role:?}"));
+        let export = dir.path().join(format!("{role:?}.safetensors"));
+        let job = |steps| VlmJob {
+            model: role,
+            config: VlmConfig {
+                depth: 1,
+                ..tiny(base.clone())
+            },
+            data: VlmData::default(),
+            train: TrainSettings {
+                steps,
+                batch: 2,
+                lr: 1e-3,
+                warmup: 1,
+                seed: 4,
+                checkpoint_every: 2,
+                sample_every: 100,
+                max_minutes: None,
+                export: Some(export.clone()),
+                init: None,
+                device: "cpu".into(),
+            },
+        };
+        let first = vlm_train::run(&job(2), &run, false, |_| {}).unwrap();
+        assert!(first.finished && first.step == 2);
+        // A second job with more steps continues the checkpoint; a different batch is refused.
+        let mut other = job(4);
+        other.train.batch = 3;
+        assert!(vlm_train::run(&other, &run, true, |_| {}).is_err());
+        let second = vlm_train::run(&job(4), &run, true, |_| {}).unwrap();
+        assert_eq!(second.step, 4);
+        let lines = std::fs::read_to_string(run.join("loss.jsonl")).unwrap();
+        assert_eq!(lines.lines().count(), 4);
+        match role {
+            VlmRole::Checker => {
+                NeuralChecker::new(&CheckerSettings { weights: export }, "cpu").unwrap();
+            }
+            VlmRole::Policy => {
+                NeuralPolicy::new(
+                    &PolicySettings {
+                        weights: export,
+                        ..PolicySettings::default()
+                    },
+                    "cpu",
+                )
+                .unwrap();
+            }
+        }
+    }
+}
