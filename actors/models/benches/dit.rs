@@ -13,7 +13,7 @@ use burn::tensor::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rlrig_models::flow::{self, SamplerConfig};
-use rlrig_models::text::{PAD, TextBatch, VOCAB_SIZE};
+use rlrig_models::text::{PAD, PROMPT_VOCAB_SIZE, TextBatch};
 use rlrig_models::{Dit, DitConfig};
 
 const BATCH: usize = 16;
@@ -42,7 +42,7 @@ fn random_text(config: &DitConfig, rng: &mut ChaCha8Rng, device: &Device) -> Tex
             (0..config.text_len)
                 .map(|i| {
                     if i < n {
-                        rng.random_range(1..VOCAB_SIZE as u32)
+                        rng.random_range(1..PROMPT_VOCAB_SIZE as u32)
                     } else {
                         PAD
                     }
