@@ -354,16 +354,11 @@ impl NeuralPolicy {
 
     /// The Policy's input for a request: the image, the prompt's and the reflection's tokens.
     pub fn input(request: &ProposeRequest) -> Result<PolicyInput, String> {
-        let tok = Tokenizer::full(usize::MAX);
-        Ok(PolicyInput {
-            image: request.image.clone(),
-            prompt: tok
-                .tokens(&request.prompt.prompt())
-                .map_err(|e| e.to_string())?,
-            reflection: tok
-                .tokens(&request.report.reflection)
-                .map_err(|e| format!("the reflection: {e}"))?,
-        })
+        PolicyInput::new(
+            request.image.clone(),
+            &request.prompt.prompt(),
+            &request.report.reflection,
+        )
     }
 
     /// The per-token log-probabilities of given token sequences (as

@@ -503,6 +503,21 @@ pub struct PolicyInput {
     pub reflection: Vec<u32>,
 }
 
+impl PolicyInput {
+    /// The input for an image, a prompt and a reflection, tokenized with the whole vocabulary;
+    /// a word outside it is an error naming it (and which text it is in).
+    pub fn new(image: Image, prompt: &str, reflection: &str) -> Result<Self, String> {
+        let tok = crate::text::Tokenizer::full(usize::MAX);
+        Ok(PolicyInput {
+            image,
+            prompt: tok.tokens(prompt).map_err(|e| format!("the prompt: {e}"))?,
+            reflection: tok
+                .tokens(reflection)
+                .map_err(|e| format!("the reflection: {e}"))?,
+        })
+    }
+}
+
 /// How the Policy picks tokens.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

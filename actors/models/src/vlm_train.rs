@@ -591,14 +591,7 @@ pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
 
 /// The Policy's input for a scene and a reflection.
 pub fn policy_input(scene: &Scene, reflection: &str) -> Result<PolicyInput, String> {
-    let tok = Tokenizer::full(usize::MAX);
-    Ok(PolicyInput {
-        image: scene.image.clone(),
-        prompt: tok
-            .tokens(&scene.prompt.prompt())
-            .map_err(|e| e.to_string())?,
-        reflection: tok.tokens(reflection).map_err(|e| e.to_string())?,
-    })
+    PolicyInput::new(scene.image.clone(), &scene.prompt.prompt(), reflection)
 }
 
 /// The Policy's imitation example for a scene: its input (with the oracle's reflection) and
