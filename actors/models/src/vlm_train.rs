@@ -694,32 +694,17 @@ fn held_out(canvas: &Canvas, n: usize) -> Vec<Scene> {
         .collect()
 }
 
-struct CheckerTask<'a> {
-    job: &'a VlmJob,
-    canvas: Canvas,
-    pool: Pool,
-    device: Device,
-    eval: Vec<Scene>,
-}
-
-struct PolicyTask<'a> {
+/// What both VLM tasks draw from: the job, the world, the generated pool and the held-out
+/// evaluation scenes.
+struct Examples<'a> {
     job: &'a VlmJob,
     canvas: Canvas,
     pool: Pool,
     eval: Vec<Scene>,
 }
 
-fn identity(job: &VlmJob) -> serde_json::Value {
-    serde_json::json!({
-        "model": job.model,
-        "config": job.config,
-        "data": job.data,
-        "seed": job.train.seed,
-        "batch": job.train.batch,
-    })
-}
-
-impl CheckerTask<'_> {
+impl Examples<'_> {
+    /// The scenes of training batch `step`.
     fn scenes(&self, step: u64) -> Vec<Scene> {
         let base = step * self.job.train.batch as u64;
         (0..self.job.train.batch as u64)
@@ -734,27 +719,46 @@ impl CheckerTask<'_> {
             })
             .collect()
     }
+
+    /// What must match for a checkpoint to be this job's.
+    fn identity(&self) -> serde_json::Value {
+        let job = self.job;
+        serde_json::json!({
+            "model": job.model,
+            "config": job.config,
+            "data": job.data,
+            "seed": job.train.seed,
+            "batch": job.train.batch,
+        })
+    }
 }
+
+struct CheckerTask<'a> {
+    ex: Examples<'a>,
+    device: Device,
+}
+
+struct PolicyTask<'a>(Examples<'a>);
 
 impl Task for CheckerTask<'_> {
     type Model = CheckerNet;
 
     fn settings(&self) -> &TrainSettings {
-        &self.job.train
+        &self.ex.job.train
     }
 
     fn identity(&self) -> serde_json::Value {
-        identity(self.job)
+        self.ex.identity()
     }
 
     fn config(&self) -> &VlmConfig {
-        &self.job.config
+        &self.ex.job.config
     }
 
     fn loss(&self, model: &CheckerNet, step: u64) -> Result<Tensor<1>, TrainError> {
         let (mut images, mut rows, mut classes, mut positions, mut weights) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for scene in self.scenes(step) {
+        for scene in self.ex.scenes(step) {
             let f = oracle_findings(&scene);
             let qs = questions(&scene.graph);
             for (q, _) in &qs {
@@ -787,7 +791,7 @@ impl Task for CheckerTask<'_> {
         _step: u64,
         _dir: &Path,
     ) -> Result<(String, serde_json::Value), TrainError> {
-        let a = checker_agreement(model, &self.eval).map_err(TrainError::Other)?;
+        let a = checker_agreement(model, &self.ex.eval).map_err(TrainError::Other)?;
         Ok((
             format!(
                 "held-out items {:.3}, relations {:.3}, violated recall {:.3}, reflections exact {:.3}, score corr. {:.3}",
@@ -806,28 +810,20 @@ impl Task for PolicyTask<'_> {
     type Model = PolicyNet;
 
     fn settings(&self) -> &TrainSettings {
-        &self.job.train
+        &self.0.job.train
     }
 
     fn identity(&self) -> serde_json::Value {
-        identity(self.job)
+        self.0.identity()
     }
 
     fn config(&self) -> &VlmConfig {
-        &self.job.config
+        &self.0.job.config
     }
 
     fn loss(&self, model: &PolicyNet, step: u64) -> Result<Tensor<1>, TrainError> {
-        let base = step * self.job.train.batch as u64;
         let (mut inputs, mut targets) = (Vec::new(), Vec::new());
-        for i in 0..self.job.train.batch as u64 {
-            let scene = problem_scene(
-                &self.canvas,
-                self.job.train.seed,
-                base + i,
-                &self.pool,
-                self.job.data.generated_fraction,
-            );
+        for scene in self.0.scenes(step) {
             let (input, target) = policy_example(&scene).map_err(TrainError::Other)?;
             inputs.push(input);
             targets.push(target);
@@ -845,7 +841,7 @@ impl Task for PolicyTask<'_> {
         _step: u64,
         _dir: &Path,
     ) -> Result<(String, serde_json::Value), TrainError> {
-        let a = policy_agreement(model, &self.eval).map_err(TrainError::Other)?;
+        let a = policy_agreement(model, &self.0.eval).map_err(TrainError::Other)?;
         Ok((
             format!(
                 "held-out parse {:.3}, exact {:.3}, targets a problem {:.3}",
@@ -893,22 +889,24 @@ pub fn run(
         VlmRole::Checker => {
             let model = CheckerNet::new(&job.config, &device).map_err(TrainError::Other)?;
             let task = CheckerTask {
-                job,
-                canvas,
-                pool,
+                ex: Examples {
+                    job,
+                    canvas,
+                    pool,
+                    eval: held_out(&canvas, 256),
+                },
                 device,
-                eval: held_out(&canvas, 256),
             };
             train::run(&task, model, dir, resume, log)
         }
         VlmRole::Policy => {
             let model = PolicyNet::new(&job.config, &device).map_err(TrainError::Other)?;
-            let task = PolicyTask {
+            let task = PolicyTask(Examples {
                 job,
                 canvas,
                 pool,
                 eval: held_out(&canvas, 128),
-            };
+            });
             train::run(&task, model, dir, resume, log)
         }
     }
