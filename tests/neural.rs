@@ -159,3 +159,38 @@ fn the_shipped_networks_run_the_infer_flow() {
         "the Checker found nothing to repair in six prompts"
     );
 }
+
+#[test]
+fn quality_measures_the_shipped_networks_and_writes_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    for which in ["editor", "checker", "policy"] {
+        let json = tmp.path().join(format!("{which}.json"));
+        let o = rlrig(&[
+            "quality",
+            which,
+            "--n",
+            "5",
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{which}: {}", text(&o));
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        match which {
+            "editor" => assert_eq!(v["clean"]["all"]["edits"], 5, "{v}"),
+            "checker" => assert_eq!(v["scenes"], 5, "{v}"),
+            _ => assert_eq!(v["oracle_reflection"]["scenes"], 5, "{v}"),
+        }
+    }
+    // A weights file that is not there is named.
+    let o = rlrig(&[
+        "quality",
+        "checker",
+        "--n",
+        "2",
+        "--checker",
+        "nope.safetensors",
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("nope.safetensors"), "{}", text(&o));
+}
