@@ -29,7 +29,7 @@ enum Command {
         /// Replaces the run directory if it exists.
         #[arg(long)]
         overwrite: bool,
-        /// Continues the flow's run from its last checkpoint (pre-training flows).
+        /// Continues the flow's run from its last checkpoint (pre-training and training flows).
         #[arg(long, conflicts_with = "overwrite")]
         resume: bool,
     },
@@ -110,9 +110,21 @@ fn run_any(
         rlrig_flow::FlowKind::Pretrain => {
             crate::pretrain_cmd::run(&flow, &sets, resume, overwrite).map(|_| 0)
         }
+        rlrig_flow::FlowKind::Cycle if rlrig_flow::load(&flow, &sets)?.flow.train.is_some() => {
+            crate::train::run(
+                registry,
+                &RunOptions {
+                    flow,
+                    sets,
+                    overwrite,
+                },
+                resume,
+            )
+            .map(|_| 0)
+        }
         rlrig_flow::FlowKind::Cycle if resume => {
             anyhow::bail!(
-                "--resume continues pre-training flows; cycle flows start afresh (use a new name or --overwrite)"
+                "--resume continues pre-training and training flows; inference flows start afresh (use a new name or --overwrite)"
             )
         }
         rlrig_flow::FlowKind::Cycle => run(

@@ -18,9 +18,11 @@
 
 mod builtin;
 pub mod cli;
+mod plot;
 pub mod pretrain_cmd;
 mod quality_cmd;
 pub mod run;
+pub mod train;
 mod trajectories_cmd;
 mod world_cmd;
 

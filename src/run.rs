@@ -128,7 +128,7 @@ pub fn run(registry: &Registry, opts: &RunOptions) -> Result<(RunMetrics, PathBu
     Ok((metrics, dir))
 }
 
-fn prepare_run_dir(dir: &Path, overwrite: bool) -> Result<()> {
+pub(crate) fn prepare_run_dir(dir: &Path, overwrite: bool) -> Result<()> {
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
         if !overwrite {
             bail!(
@@ -314,6 +314,11 @@ pub(crate) fn write_chain(
                 "policy_version": e.policy_version,
             }),
         };
+        let mut entry = entry;
+        if let Some(b) = s.branch {
+            entry["branch"] = b.index.into();
+            entry["kept"] = b.kept.into();
+        }
         chain.push(entry);
     }
     let doc = serde_json::json!({

@@ -14,7 +14,11 @@
 //! [`Learner`] applies it to the Policy: groups of sampled edit prompts with their stored
 //! log-probs and rewards in, one AdamW step (gradient clipping by norm), a new version out.
 
+use std::path::Path;
+
+use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::{Tensor, TensorData};
+use rlrig_contract::{PolicyGroup, PolicyLearner, PolicyUpdate, RoleError};
 use serde::{Deserialize, Serialize};
 
 use crate::vlm::{PolicyInput, PolicyNet};
@@ -320,28 +324,8 @@ impl Default for LearnerConfig {
     }
 }
 
-/// What one learner step saw and did.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct StepStats {
-    /// The policy version after the step.
-    pub version: u64,
-    /// Groups given.
-    pub groups: usize,
-    /// Groups dropped because their rewards were all equal.
-    pub filtered_groups: usize,
-    /// Sequences trained on.
-    pub sequences: usize,
-    /// Mean and standard deviation of the rewards given.
-    pub reward_mean: f64,
-    /// See `reward_mean`.
-    pub reward_std: f64,
-    /// The loss (0 when every group was filtered).
-    pub loss: f64,
-    /// Mean k3 KL to the reference per token.
-    pub kl: f64,
-    /// Share of tokens whose ratio was clipped.
-    pub clip_fraction: f64,
-}
+/// What one learner step saw and did (the contract's type).
+pub use rlrig_contract::LearnStats as StepStats;
 
 /// The GRPO learner of the Policy: the trained network (on an autodiff device), a frozen copy
 /// of its starting weights as the KL reference, AdamW with gradient clipping, and a version
@@ -462,5 +446,103 @@ impl Learner {
         self.version += 1;
         stats.version = self.version;
         Ok(stats)
+    }
+}
+
+/// The learner's state besides weights and optimiser, as a checkpoint stores it.
+#[derive(Serialize, Deserialize)]
+struct LearnerState {
+    version: u64,
+    #[allow(dead_code)]
+    config: LearnerConfig,
+}
+
+impl Learner {
+    /// The groups as the network reads them.
+    fn groups(groups: &[PolicyGroup]) -> Result<Vec<Group>, String> {
+        groups
+            .iter()
+            .map(|g| {
+                let input =
+                    PolicyInput::new(g.image.clone(), &g.prompt.prompt(), &g.report.reflection)
+                        .map_err(|e| {
+                            format!("trajectory {} round {}: {e}", g.trajectory, g.round)
+                        })?;
+                Ok(Group {
+                    input,
+                    samples: g
+                        .samples
+                        .iter()
+                        .map(|s| Sample {
+                            tokens: s.proposal.token_ids.clone(),
+                            logprobs: s.proposal.logprobs.clone(),
+                            reward: s.reward,
+                        })
+                        .collect(),
+                })
+            })
+            .collect()
+    }
+}
+
+impl PolicyLearner for Learner {
+    fn step(&mut self, groups: &[PolicyGroup]) -> Result<StepStats, RoleError> {
+        let groups = Self::groups(groups).map_err(RoleError)?;
+        Learner::step(self, &groups).map_err(RoleError)
+    }
+
+    fn version(&self) -> u64 {
+        self.version
+    }
+
+    fn update(&self) -> Result<PolicyUpdate, RoleError> {
+        Ok(PolicyUpdate {
+            version: self.version,
+            weights: crate::weights::to_bytes(&self.policy())
+                .map_err(|e| RoleError(e.to_string()))?,
+        })
+    }
+
+    /// `policy.bpk` (weights), `optim.bpk` (AdamW's moments), `learner.json` (version,
+    /// settings). The KL reference is not saved: it is the starting weights, which the learner
+    /// is built from again.
+    fn save(&self, dir: &Path) -> Result<(), RoleError> {
+        let bad = |e: String| RoleError(format!("saving the learner to {}: {e}", dir.display()));
+        let mut store = BurnpackStore::from_file(dir.join("policy.bpk")).overwrite(true);
+        self.net()
+            .save_into(&mut store)
+            .map_err(|e| bad(e.to_string()))?;
+        self.optim
+            .save(dir.join("optim.bpk"))
+            .map_err(|e| bad(format!("optimiser: {e}")))?;
+        let state = LearnerState {
+            version: self.version,
+            config: self.config.clone(),
+        };
+        std::fs::write(
+            dir.join("learner.json"),
+            serde_json::to_string_pretty(&state).expect("serialises"),
+        )
+        .map_err(|e| bad(e.to_string()))
+    }
+
+    fn restore(&mut self, dir: &Path) -> Result<(), RoleError> {
+        let bad =
+            |e: String| RoleError(format!("restoring the learner from {}: {e}", dir.display()));
+        let text =
+            std::fs::read_to_string(dir.join("learner.json")).map_err(|e| bad(e.to_string()))?;
+        let state: LearnerState = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let mut policy = self.policy.take().expect("held between calls");
+        let loaded = crate::train::load_burnpack(&mut policy, &dir.join("policy.bpk"), "policy");
+        self.policy = Some(policy);
+        loaded.map_err(|e| bad(e.to_string()))?;
+        let optim = std::mem::replace(&mut self.optim, crate::flow::adamw().init());
+        self.optim = optim
+            .load(dir.join("optim.bpk"))
+            .map_err(|e| bad(format!("optimiser: {e}")))?;
+        // The settings stay those the learner was built with (a resumed run reads its own
+        // flow.toml); the saved ones are for the record.
+        self.version = state.version;
+        Ok(())
     }
 }

@@ -8,7 +8,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rlrig_contract::{
     CheckReport, CheckRequest, Checker, Diffuser, EditPolicy, EditProposal, EditRequest, Editor,
-    GenerateRequest, Image, ProposeRequest, RoleError,
+    GenerateRequest, Image, PolicyUpdate, ProposeRequest, RoleError,
 };
 use rlrig_world::{WorldGraph, reflect};
 use serde::{Deserialize, Serialize};
@@ -391,6 +391,24 @@ impl NeuralPolicy {
 }
 
 impl EditPolicy for NeuralPolicy {
+    /// Loads the weights (a safetensors file's bytes, of the same architecture) and takes the
+    /// update's version.
+    fn update(&mut self, update: &PolicyUpdate) -> Result<(), RoleError> {
+        let origin =
+            std::path::PathBuf::from(format!("<policy weights version {}>", update.version));
+        let device = crate::weights::Architecture::device(&self.net);
+        let net = weights::from_bytes::<PolicyNet>(
+            update.weights.clone(),
+            &origin,
+            Some(crate::weights::Architecture::config(&self.net)),
+            &device,
+        )
+        .map_err(|e| RoleError(format!("NeuralPolicy: {e}")))?;
+        self.net = net;
+        self.version = update.version;
+        Ok(())
+    }
+
     fn propose(&mut self, batch: &[ProposeRequest]) -> Result<Vec<EditProposal>, RoleError> {
         let inputs = self.inputs(batch)?;
         let mut rngs: Vec<ChaCha8Rng> = batch

@@ -220,7 +220,11 @@ fn update_ema<M: Module>(ema: M, model: &M, decay: f64) -> M {
 }
 
 /// Loads burnpack tensors into `model`, insisting that every one applies.
-fn load_burnpack<M: Module>(model: &mut M, path: &Path, what: &str) -> Result<(), TrainError> {
+pub(crate) fn load_burnpack<M: Module>(
+    model: &mut M,
+    path: &Path,
+    what: &str,
+) -> Result<(), TrainError> {
     let bad = |message: String| TrainError::Checkpoint {
         path: path.to_owned(),
         message,

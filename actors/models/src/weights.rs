@@ -243,6 +243,35 @@ pub fn save<M: Architecture>(model: &M, path: impl AsRef<Path>) -> Result<(), We
         })
 }
 
+/// The model's weights and architecture as the bytes of a safetensors file (what [`save`]
+/// writes), e.g. to send new Policy weights by message.
+pub fn to_bytes<M: Architecture>(model: &M) -> Result<Vec<u8>, WeightsError> {
+    let config = serde_json::to_string(model.config()).expect("a config serialises");
+    let mut store = SafetensorsStore::from_bytes(None).metadata(M::CONFIG_KEY, config);
+    let origin = || PathBuf::from("<in memory>");
+    model
+        .save_into(&mut store)
+        .map_err(|e| WeightsError::Store {
+            path: origin(),
+            message: e.to_string(),
+        })?;
+    store.get_bytes().map_err(|e| WeightsError::Store {
+        path: origin(),
+        message: e.to_string(),
+    })
+}
+
+/// Loads an `M` from the bytes of a weights file, insisting on the architecture `expected`
+/// when given, with the checks of [`load_model`]; `origin` names the bytes in errors.
+pub fn from_bytes<M: Architecture>(
+    bytes: Vec<u8>,
+    origin: &Path,
+    expected: Option<&M::Config>,
+    device: &Device,
+) -> Result<M, WeightsError> {
+    load_bytes::<M>(origin, bytes, expected, device)
+}
+
 /// Reads the DiT architecture stored in a weights file (checking the container, not the
 /// tensors).
 pub fn read_config(path: impl AsRef<Path>) -> Result<DitConfig, WeightsError> {
@@ -335,7 +364,15 @@ fn load_checked<M: Architecture>(
     expected: Option<&M::Config>,
     device: &Device,
 ) -> Result<M, WeightsError> {
-    let bytes = read(path)?;
+    load_bytes::<M>(path, read(path)?, expected, device)
+}
+
+fn load_bytes<M: Architecture>(
+    path: &Path,
+    bytes: Vec<u8>,
+    expected: Option<&M::Config>,
+    device: &Device,
+) -> Result<M, WeightsError> {
     let (config, stored) = parse::<M>(path, &bytes)?;
     if let Some(expected) = expected.filter(|e| **e != config) {
         return Err(WeightsError::ConfigMismatch {

@@ -8,6 +8,8 @@
 //! * the messages that travel between roles ([`GenerateRequest`], [`CheckRequest`],
 //!   [`CheckReport`], [`ProposeRequest`], [`EditProposal`], [`EditRequest`]), all
 //!   serde-serialisable so that they can cross process and node boundaries;
+//! * what GRPO learns from ([`PolicyGroup`], read back from a [`Trajectory`]), the
+//!   learner's interface ([`PolicyLearner`]) and the weights message ([`PolicyUpdate`]);
 //! * one trait per role ([`Diffuser`], [`Checker`], [`EditPolicy`], [`Editor`]), each taking a
 //!   whole batch so that the engine can batch requests dynamically.
 //!
@@ -21,9 +23,11 @@ pub use rlrig_sg as sg;
 pub use rlrig_sg::SceneGraph;
 
 mod image;
+mod learn;
 mod trajectory;
 pub use image::{Image, ImageError, PngError};
-pub use trajectory::{Outcome, Step, StepOutput, Trajectory};
+pub use learn::{GroupSample, LearnStats, PolicyGroup, PolicyLearner, PolicyUpdate};
+pub use trajectory::{Branch, Outcome, Step, StepOutput, Trajectory};
 
 /// The roles of the reflect-edit cycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
@@ -171,6 +175,15 @@ pub trait Checker: Send {
 pub trait EditPolicy: Send {
     /// Proposes one edit per request.
     fn propose(&mut self, batch: &[ProposeRequest]) -> Result<Vec<EditProposal>, RoleError>;
+
+    /// Takes new weights from the trainer; later proposals carry `update.version`. Policies
+    /// that cannot learn refuse.
+    fn update(&mut self, update: &PolicyUpdate) -> Result<(), RoleError> {
+        Err(RoleError(format!(
+            "this policy cannot take new weights (version {})",
+            update.version
+        )))
+    }
 }
 
 /// The paper's *Inverse Diffuser*: applies an edit prompt, one image per request, in order.

@@ -38,6 +38,20 @@ pub struct Step {
     pub attempts: u32,
     /// Time from request to answer, milliseconds.
     pub elapsed_ms: u64,
+    /// Set on the steps of a round that the Policy sampled `num_generations` ways: which of
+    /// the group's branches the step belongs to, and whether the trajectory went on from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<Branch>,
+}
+
+/// A step's place in a group of sampled branches (GRPO rollout).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Branch {
+    /// The branch, `0..num_generations`.
+    pub index: u32,
+    /// Whether the trajectory continued from this branch (the best Checker score; the lowest
+    /// index among equals). Exactly one branch of a group is kept.
+    pub kept: bool,
 }
 
 /// The output of a step.
@@ -70,12 +84,21 @@ pub enum Outcome {
     },
 }
 
+impl Step {
+    /// Whether the step is on the trajectory's line: not part of a branch that was dropped.
+    pub fn on_line(&self) -> bool {
+        self.branch.is_none_or(|b| b.kept)
+    }
+}
+
 impl Trajectory {
-    /// The images of the trajectory, with their step index and round, in order.
+    /// The images on the trajectory's line (dropped branches left out), with their step index
+    /// and round, in order.
     pub fn images(&self) -> impl Iterator<Item = (usize, u32, &Image)> {
         self.steps
             .iter()
             .enumerate()
+            .filter(|(_, s)| s.on_line())
             .filter_map(|(i, s)| match &s.output {
                 StepOutput::Image(img) => Some((i, s.round, img)),
                 _ => None,

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ractor::{Actor, ActorRef};
 use rlrig_contract::{
-    CheckReport, CheckRequest, EditRequest, GenerateRequest, Image, Outcome, ProposeRequest, Role,
-    SceneGraph, Step, StepOutput, Trajectory,
+    Branch, CheckReport, CheckRequest, EditRequest, GenerateRequest, Image, Outcome, PolicyUpdate,
+    ProposeRequest, Role, SceneGraph, Step, StepOutput, Trajectory,
 };
 use rlrig_flow::{Answer as AnswerRule, Flow, FlowError, LoadedFlow};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
@@ -152,6 +152,15 @@ impl Engine {
         })
     }
 
+    /// A handle that sends new weights to every replica of the policy actor `actor` (`None`
+    /// if the flow runs no actor of that name).
+    pub fn policy_updater(&self, actor: &str) -> Option<PolicyUpdater> {
+        self.routers.get(actor).map(|r| PolicyUpdater {
+            actor: actor.to_string(),
+            router: r.clone(),
+        })
+    }
+
     /// The engine's counters.
     pub fn stats(&self) -> Arc<EngineStats> {
         self.stats.clone()
@@ -226,6 +235,24 @@ impl Engine {
     }
 }
 
+/// Sends new Policy weights to the replicas of one actor, by message. Each replica applies an
+/// update between batches, so a batch runs on one version; a replica restarted later gets the
+/// latest update right after it is built; an update older than one already sent is ignored.
+#[derive(Clone)]
+pub struct PolicyUpdater {
+    actor: String,
+    router: ActorRef<RouterMsg>,
+}
+
+impl PolicyUpdater {
+    /// Sends `update` to every replica; fails only if the actor has stopped.
+    pub fn send(&self, update: PolicyUpdate) -> Result<(), String> {
+        self.router
+            .cast(RouterMsg::Update(Box::new(update)))
+            .map_err(|_| format!("actor {:?} is not running", self.actor))
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -261,6 +288,7 @@ struct Driver {
 }
 
 /// The state of a trajectory between steps.
+#[derive(Clone)]
 struct Progress {
     image: Option<Image>,
     reports: Vec<CheckReport>,
@@ -280,12 +308,12 @@ impl Driver {
         };
         let cycle = &self.flow.cycle;
         let mut result = self
-            .run_steps(&cycle.start, 0, &prompt, seed, &mut p, &mut steps)
+            .run_steps(&cycle.start, 0, &prompt, seed, &mut p, &mut steps, None)
             .await;
         let mut round = 1;
         while result.is_ok() && round <= cycle.max_rounds && !self.satisfied(&p) {
             result = self
-                .run_steps(&cycle.round, round, &prompt, seed, &mut p, &mut steps)
+                .run_steps(&cycle.round, round, &prompt, seed, &mut p, &mut steps, None)
                 .await;
             round += 1;
         }
@@ -305,12 +333,15 @@ impl Driver {
     }
 
     fn satisfied(&self, p: &Progress) -> bool {
-        match (self.flow.cycle.stop_score, combine(&p.reports)) {
+        match (self.flow.cycle.stop_score, CheckReport::combine(&p.reports)) {
             (Some(t), Some(r)) => r.score >= t,
             _ => false,
         }
     }
 
+    /// Runs `names` in order. On the line (`branch` is `None`) with `num_generations > 1`, the
+    /// Policy step and the rest of the round run as a group of branches.
+    #[allow(clippy::too_many_arguments)]
     async fn run_steps(
         &self,
         names: &[String],
@@ -319,9 +350,15 @@ impl Driver {
         seed: u64,
         p: &mut Progress,
         steps: &mut Vec<Step>,
+        branch: Option<u32>,
     ) -> Result<(), String> {
-        for name in names {
+        for (i, name) in names.iter().enumerate() {
             let role = self.flow.actors[name].role;
+            if role == Role::Policy && branch.is_none() && self.flow.num_generations() > 1 {
+                return self
+                    .run_group(&names[i..], round, prompt, seed, p, steps)
+                    .await;
+            }
             let step_seed = mix_seed(seed.wrapping_add(steps.len() as u64));
             let missing = |what: &str| format!("actor {name:?} ({role}) has no {what} to work on");
             let request = match role {
@@ -336,7 +373,8 @@ impl Driver {
                 Role::Policy => Request::Propose(ProposeRequest {
                     prompt: prompt.clone(),
                     image: p.image.clone().ok_or_else(|| missing("image"))?,
-                    report: combine(&p.reports).ok_or_else(|| missing("checker report"))?,
+                    report: CheckReport::combine(&p.reports)
+                        .ok_or_else(|| missing("checker report"))?,
                     seed: step_seed,
                 }),
                 Role::Editor => Request::Edit(EditRequest {
@@ -378,7 +416,69 @@ impl Driver {
                 output,
                 attempts,
                 elapsed_ms: t0.elapsed().as_millis() as u64,
+                branch: branch.map(|index| Branch { index, kept: false }),
             });
+        }
+        Ok(())
+    }
+
+    /// GRPO rollout: `names` (from the Policy step to the end of the round) run
+    /// `num_generations` times concurrently, each branch with its own seeds. Every branch's
+    /// steps are recorded; the trajectory goes on from the branch with the best combined
+    /// Checker score (the lowest index among equals). A failed branch fails the trajectory.
+    async fn run_group(
+        &self,
+        names: &[String],
+        round: u32,
+        prompt: &SceneGraph,
+        seed: u64,
+        p: &mut Progress,
+        steps: &mut Vec<Step>,
+    ) -> Result<(), String> {
+        let g = self.flow.num_generations();
+        let base = steps.len() as u64;
+        let branches = (0..g).map(|b| {
+            let mut bp = p.clone();
+            let bseed = mix_seed(seed ^ mix_seed(base.wrapping_add(u64::from(b) << 32)));
+            async move {
+                let mut bsteps = Vec::new();
+                let r = Box::pin(self.run_steps(
+                    names,
+                    round,
+                    prompt,
+                    bseed,
+                    &mut bp,
+                    &mut bsteps,
+                    Some(b),
+                ))
+                .await;
+                (r, bp, bsteps)
+            }
+        });
+        let results = futures::future::join_all(branches).await;
+        let mut kept = 0;
+        let mut best = f64::NEG_INFINITY;
+        for (b, (r, bp, _)) in results.iter().enumerate() {
+            if let Err(e) = r {
+                return Err(format!("branch {b}: {e}"));
+            }
+            let score = CheckReport::combine(&bp.reports).map_or(f64::NEG_INFINITY, |r| r.score);
+            if score > best {
+                best = score;
+                kept = b;
+            }
+        }
+        for (b, (_, bp, bsteps)) in results.into_iter().enumerate() {
+            for mut s in bsteps {
+                s.branch = Some(Branch {
+                    index: b as u32,
+                    kept: b == kept,
+                });
+                steps.push(s);
+            }
+            if b == kept {
+                *p = bp;
+            }
         }
         Ok(())
     }
@@ -397,35 +497,16 @@ impl Driver {
     }
 }
 
-/// Several checkers' reports on one image as one: the last one's verdicts, the mean score, the
-/// reflections joined.
-pub fn combine(reports: &[CheckReport]) -> Option<CheckReport> {
-    let last = reports.last()?;
-    if reports.len() == 1 {
-        return Some(last.clone());
-    }
-    Some(CheckReport {
-        items: last.items.clone(),
-        relations: last.relations.clone(),
-        score: reports.iter().map(|r| r.score).sum::<f64>() / reports.len() as f64,
-        reflection: reports
-            .iter()
-            .map(|r| r.reflection.as_str())
-            .collect::<Vec<_>>()
-            .join(" "),
-    })
-}
-
 /// The answer of a finished trajectory: its last image, or the image with the best combined
-/// checker score (the latest among equals).
+/// checker score (the latest among equals), among the steps on its line.
 fn answer(steps: &[Step], rule: AnswerRule) -> Outcome {
     let mut scored: Vec<(usize, Option<f64>)> = Vec::new();
     let mut reports: Vec<CheckReport> = Vec::new();
-    for (i, s) in steps.iter().enumerate() {
+    for (i, s) in steps.iter().enumerate().filter(|(_, s)| s.on_line()) {
         match &s.output {
             StepOutput::Image(_) => {
                 if let Some(last) = scored.last_mut() {
-                    last.1 = combine(&reports).map(|r| r.score);
+                    last.1 = CheckReport::combine(&reports).map(|r| r.score);
                 }
                 reports.clear();
                 scored.push((i, None));
@@ -435,7 +516,7 @@ fn answer(steps: &[Step], rule: AnswerRule) -> Outcome {
         }
     }
     if let Some(last) = scored.last_mut() {
-        last.1 = combine(&reports).map(|r| r.score);
+        last.1 = CheckReport::combine(&reports).map(|r| r.score);
     }
     let pick = match rule {
         AnswerRule::Last => scored.last().copied(),

@@ -21,7 +21,9 @@ mod registry;
 mod router;
 mod worker;
 
-pub use engine::{Engine, EngineError, EngineStats, RunSummary, StopSignal, combine, mix_seed};
+pub use engine::{
+    Engine, EngineError, EngineStats, PolicyUpdater, RunSummary, StopSignal, mix_seed,
+};
 pub use model::{
     Request, Response, RoleModel, any_role_model, checker_model, diffuser_model, editor_model,
     policy_model,

@@ -3,7 +3,7 @@
 
 use rlrig_contract::{
     CheckReport, CheckRequest, Checker, Diffuser, EditPolicy, EditProposal, EditRequest, Editor,
-    GenerateRequest, Image, ProposeRequest, Role, RoleError,
+    GenerateRequest, Image, PolicyUpdate, ProposeRequest, Role, RoleError,
 };
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +49,14 @@ impl Request {
 pub trait RoleModel: Send {
     /// Answers a batch, in order.
     fn call(&mut self, batch: Vec<Request>) -> Result<Vec<Response>, RoleError>;
+
+    /// Takes new Policy weights (policies only; the others refuse).
+    fn update(&mut self, update: &PolicyUpdate) -> Result<(), RoleError> {
+        Err(RoleError(format!(
+            "only a policy takes new weights (version {})",
+            update.version
+        )))
+    }
 }
 
 fn wrong(expected: Role, got: &Request) -> RoleError {
@@ -56,7 +64,7 @@ fn wrong(expected: Role, got: &Request) -> RoleError {
 }
 
 macro_rules! adapter {
-    ($name:ident, $tr:ident, $role:expr, $variant:ident, $method:ident, $resp:ident) => {
+    ($name:ident, $tr:ident, $role:expr, $variant:ident, $method:ident, $resp:ident $(, $update:ident)?) => {
         struct $name(Box<dyn $tr>);
         impl RoleModel for $name {
             fn call(&mut self, batch: Vec<Request>) -> Result<Vec<Response>, RoleError> {
@@ -74,6 +82,11 @@ macro_rules! adapter {
                     .map(Response::$resp)
                     .collect())
             }
+            $(
+                fn update(&mut self, update: &PolicyUpdate) -> Result<(), RoleError> {
+                    self.0.$update(update)
+                }
+            )?
         }
     };
 }
@@ -93,7 +106,8 @@ adapter!(
     Role::Policy,
     Propose,
     propose,
-    Proposal
+    Proposal,
+    update
 );
 adapter!(EditorModel, Editor, Role::Editor, Edit, edit, Image);
 

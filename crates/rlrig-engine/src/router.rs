@@ -10,6 +10,8 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
 
+use rlrig_contract::PolicyUpdate;
+
 use crate::model::{Request, Response};
 use crate::registry::{ActorContext, Build};
 use crate::worker::{BatchFailed, Job, Worker, WorkerArgs, WorkerMsg};
@@ -27,6 +29,8 @@ pub(crate) enum RouterMsg {
     Submit(Request, oneshot::Sender<Result<Answer, String>>),
     /// A replica answered a job.
     Done { job_id: u64, response: Response },
+    /// New Policy weights for every replica (and for replicas restarted later).
+    Update(Box<PolicyUpdate>),
 }
 
 pub(crate) struct RouterArgs {
@@ -58,6 +62,7 @@ pub(crate) struct RouterState {
     max_attempts: u32,
     outstanding_max: Arc<AtomicUsize>,
     restarts: Arc<AtomicUsize>,
+    latest: Option<PolicyUpdate>,
 }
 
 pub(crate) struct Router;
@@ -88,6 +93,7 @@ impl Actor for Router {
             max_attempts: args.max_attempts,
             outstanding_max: args.outstanding_max,
             restarts: args.restarts,
+            latest: None,
         };
         for ctx in args.contexts {
             st.slots.push(Slot {
@@ -137,6 +143,20 @@ impl Actor for Router {
                 if let Some(reply) = st.waiting.remove(&job_id) {
                     let _ = reply.send(Ok(Answer { response, attempts }));
                 }
+            }
+            RouterMsg::Update(update) => {
+                if st
+                    .latest
+                    .as_ref()
+                    .is_some_and(|l| l.version >= update.version)
+                {
+                    return Ok(());
+                }
+                for w in st.slots.iter().filter_map(|s| s.worker.as_ref()) {
+                    // A send fails only if the replica just died; its restart applies `latest`.
+                    let _ = w.cast(crate::worker::WorkerMsg::Update(update.clone()));
+                }
+                st.latest = Some(*update);
             }
         }
         Ok(())
@@ -229,6 +249,7 @@ async fn spawn_worker(
         router: myself.clone(),
         batch: st.batch,
         max_wait: st.max_wait,
+        update: st.latest.clone(),
     };
     Actor::spawn_linked(None, Worker, args, myself.get_cell())
         .await

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
+use rlrig_contract::PolicyUpdate;
+
 use crate::model::{Request, Response, RoleModel};
 use crate::registry::{ActorContext, Build};
 use crate::router::RouterMsg;
@@ -24,6 +26,8 @@ pub(crate) enum WorkerMsg {
     Job(Box<Job>),
     /// Run the partial batch gathered so far, if it is still generation `.0`.
     Flush(u64),
+    /// Take new Policy weights before the next batch.
+    Update(Box<PolicyUpdate>),
 }
 
 /// A batch failed: the replica stops with this error and its router restarts it.
@@ -40,6 +44,8 @@ pub(crate) struct WorkerArgs {
     pub router: ActorRef<RouterMsg>,
     pub batch: usize,
     pub max_wait: Duration,
+    /// The latest weights update, applied right after building (a restarted replica).
+    pub update: Option<PolicyUpdate>,
 }
 
 pub(crate) struct WorkerState {
@@ -64,10 +70,18 @@ impl Actor for Worker {
         args: WorkerArgs,
     ) -> Result<WorkerState, ActorProcessingErr> {
         // Building may load weights: off the async executor.
-        let (build, ctx) = (args.build.clone(), args.ctx.clone());
-        let model = tokio::task::spawn_blocking(move || build(&ctx))
-            .await
-            .map_err(|e| format!("building the model panicked: {e}"))??;
+        let (build, ctx, update) = (args.build.clone(), args.ctx.clone(), args.update);
+        let model = tokio::task::spawn_blocking(move || {
+            let mut model = build(&ctx)?;
+            if let Some(u) = update {
+                model
+                    .update(&u)
+                    .map_err(|e| format!("applying weights version {}: {e}", u.version))?;
+            }
+            Ok::<_, String>(model)
+        })
+        .await
+        .map_err(|e| format!("building the model panicked: {e}"))??;
         Ok(WorkerState {
             model: Some(model),
             pending: Vec::new(),
@@ -97,6 +111,23 @@ impl Actor for Worker {
                 if generation == st.generation && !st.pending.is_empty() {
                     run_batch(&myself, st).await?;
                 }
+            }
+            WorkerMsg::Update(update) => {
+                let mut model = st
+                    .model
+                    .take()
+                    .ok_or("the model was lost by an earlier failure")?;
+                let (model, result) = tokio::task::spawn_blocking(move || {
+                    let r = model.update(&update);
+                    (
+                        model,
+                        r.map_err(|e| format!("weights version {}: {e}", update.version)),
+                    )
+                })
+                .await
+                .map_err(|e| format!("the update thread failed: {e}"))?;
+                st.model = Some(model);
+                result?;
             }
         }
         Ok(())

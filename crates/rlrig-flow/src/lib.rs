@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 mod load;
 mod pretrain;
+mod train;
 mod validate;
 
 pub use load::{
@@ -29,6 +30,7 @@ pub use load::{
     load_as, load_str, settings_into,
 };
 pub use pretrain::{PretrainFlow, PretrainModel, PretrainSettings};
+pub use train::TrainSettings;
 
 /// A whole flow file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -51,6 +53,16 @@ pub struct Flow {
     /// What is stored.
     #[serde(default)]
     pub store: StoreSettings,
+    /// Present in training flows: Reflection-GRPO of the Policy (`rlrig run` then trains).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<TrainSettings>,
+}
+
+impl Flow {
+    /// How many ways the Policy samples per round: `train.num_generations`, else 1.
+    pub fn num_generations(&self) -> u32 {
+        self.train.as_ref().map_or(1, |t| t.num_generations)
+    }
 }
 
 pub(crate) fn default_run_dir() -> PathBuf {

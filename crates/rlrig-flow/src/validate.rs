@@ -95,8 +95,104 @@ pub(crate) fn check(loaded: &LoadedFlow) -> Vec<FlowProblem> {
             format!("{s} is not a score: expected a number in [0, 1]"),
         );
     }
+    if let Some(t) = &flow.train {
+        check_train(flow, t, &mut problem);
+    }
     out.extend(check_cycle(loaded));
     out
+}
+
+fn check_train(
+    flow: &crate::Flow,
+    t: &crate::TrainSettings,
+    problem: &mut dyn FnMut(&str, String),
+) {
+    match flow.actors.get(&t.policy) {
+        None => problem(
+            "train.policy",
+            format!("no actor named {:?} is defined under [actors]", t.policy),
+        ),
+        Some(a) if a.role != Role::Policy => problem(
+            "train.policy",
+            format!("{:?} is a {}, not a policy", t.policy, a.role),
+        ),
+        Some(_) if !flow.cycle.round.contains(&t.policy) => problem(
+            "train.policy",
+            format!("{:?} is not a step of `cycle.round`", t.policy),
+        ),
+        Some(_) => {}
+    }
+    let round = &flow.cycle.round;
+    let roles: Vec<Role> = round
+        .iter()
+        .filter_map(|n| flow.actors.get(n))
+        .map(|a| a.role)
+        .collect();
+    let editor = roles.iter().rposition(|r| *r == Role::Editor);
+    if editor.is_none_or(|e| !roles[e..].contains(&Role::Checker)) {
+        problem(
+            "cycle.round",
+            "training needs a checker after the round's last editor: its score is the reward"
+                .into(),
+        );
+    }
+    if flow.cycle.max_rounds == 0 {
+        problem(
+            "cycle.max_rounds",
+            "training needs at least one round".into(),
+        );
+    }
+    if t.num_generations < 2 {
+        problem(
+            "train.num_generations",
+            "must be at least 2: GRPO compares a group".into(),
+        );
+    }
+    if t.steps == 0 {
+        problem("train.steps", "must be at least 1".into());
+    }
+    if t.groups_per_step == 0 {
+        problem("train.groups_per_step", "must be at least 1".into());
+    }
+    if t.checkpoint_every == 0 {
+        problem("train.checkpoint_every", "must be at least 1".into());
+    }
+    if !(t.learning_rate > 0.0) {
+        problem("train.learning_rate", "must be positive".into());
+    }
+    if !(t.beta >= 0.0) {
+        problem("train.beta", "must be at least 0".into());
+    }
+    if !(t.epsilon > 0.0 && t.epsilon < 1.0) {
+        problem("train.epsilon", "must be in (0, 1)".into());
+    }
+    if !(t.epsilon_high > 0.0) {
+        problem("train.epsilon_high", "must be positive".into());
+    }
+    if !(t.temperature > 0.0) {
+        problem("train.temperature", "must be positive".into());
+    }
+    if !(t.max_grad_norm > 0.0) {
+        problem("train.max_grad_norm", "must be positive".into());
+    }
+    if !["token_mean", "sequence_mean"].contains(&t.loss_type.as_str()) {
+        problem(
+            "train.loss_type",
+            format!(
+                "{:?}: expected \"token_mean\" or \"sequence_mean\"",
+                t.loss_type
+            ),
+        );
+    }
+    if !valid_device(&t.device) {
+        problem(
+            "train.device",
+            format!(
+                "{:?} is not a device: expected `cpu`, `wgpu` or `wgpu:N`",
+                t.device
+            ),
+        );
+    }
 }
 
 pub(crate) fn valid_device(d: &str) -> bool {

@@ -1,0 +1,93 @@
+//! The `[train]` table: a cycle flow that trains the Policy with Reflection-GRPO (phase 1).
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::default_device;
+
+/// Reflection-GRPO settings. Knob names follow TRL / verl (`num_generations`, `beta`,
+/// `epsilon`, `epsilon_high`, `loss_type`, `scale_rewards`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSettings {
+    /// The Policy actor whose weights are trained; every other actor is frozen.
+    pub policy: String,
+    /// Edit prompts the Policy samples per round (`G`); each is edited and re-checked.
+    #[serde(default = "default_generations")]
+    pub num_generations: u32,
+    /// Learner steps to take.
+    pub steps: u64,
+    /// Groups per learner step.
+    #[serde(default = "default_groups")]
+    pub groups_per_step: usize,
+    /// AdamW's learning rate.
+    #[serde(default = "default_lr")]
+    pub learning_rate: f64,
+    /// Weight of the k3 KL to the frozen starting Policy (0: no reference).
+    #[serde(default = "default_beta")]
+    pub beta: f64,
+    /// Lower clip range: `ratio ≥ 1 − epsilon`.
+    #[serde(default = "default_epsilon")]
+    pub epsilon: f64,
+    /// Upper clip range: `ratio ≤ 1 + epsilon_high`.
+    #[serde(default = "default_epsilon_high")]
+    pub epsilon_high: f64,
+    /// `token_mean` (DAPO) or `sequence_mean` (GRPO's paper).
+    #[serde(default = "default_loss_type")]
+    pub loss_type: String,
+    /// Divide advantages by the group's standard deviation (`false`: Dr. GRPO).
+    #[serde(default = "yes")]
+    pub scale_rewards: bool,
+    /// Gradient clipping by norm.
+    #[serde(default = "default_grad_norm")]
+    pub max_grad_norm: f64,
+    /// Sampling temperature of the Policy's log-probs (must match the Policy actor's).
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+    /// Groups sampled by weights more than this many versions old are skipped (and counted).
+    #[serde(default = "default_staleness")]
+    pub max_staleness: u64,
+    /// Save a checkpoint every this many learner steps (and at the end).
+    #[serde(default = "default_checkpoint")]
+    pub checkpoint_every: u64,
+    /// Device of the learner: `cpu`, `wgpu`, `wgpu:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
+}
+
+fn default_generations() -> u32 {
+    8
+}
+fn default_groups() -> usize {
+    16
+}
+fn default_lr() -> f64 {
+    1e-5
+}
+fn default_beta() -> f64 {
+    0.04
+}
+fn default_epsilon() -> f64 {
+    0.2
+}
+fn default_epsilon_high() -> f64 {
+    0.28
+}
+fn default_loss_type() -> String {
+    "token_mean".into()
+}
+fn yes() -> bool {
+    true
+}
+fn default_grad_norm() -> f64 {
+    1.0
+}
+fn default_temperature() -> f64 {
+    1.0
+}
+fn default_staleness() -> u64 {
+    2
+}
+fn default_checkpoint() -> u64 {
+    10
+}

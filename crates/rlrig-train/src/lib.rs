@@ -1,0 +1,433 @@
+//! rlrig's GRPO trainer: the learner side of Reflection-GRPO, as a ractor actor.
+//!
+//! The rollout (the engine running the cycle with the Policy sampling `G` edit prompts per
+//! round) and learning meet only in the trajectory store. The [`Trainer`] actor is told that
+//! trajectories were committed; it reads them **from the store in commit order** (the store's
+//! sequence numbers) from its cursor, turns them into GRPO groups
+//! ([`rlrig_contract::PolicyGroup`]), skips groups sampled by weights more than
+//! `max_staleness` versions old (counted), and steps a [`PolicyLearner`]. After each step it
+//! publishes the new weights with their version (by a callback: the run layer sends them to the
+//! Policy actors), appends a line to `metrics.jsonl`, and every `checkpoint_every` steps writes a
+//! checkpoint.
+//!
+//! **Exactly once.** A step takes whole trajectories, in commit order, until it holds at least
+//! `groups_per_step` groups; the checkpoint stores the learner's state and the sequence number
+//! of the last trajectory used, together, replaced atomically. A resumed trainer restores both
+//! and reads on from there: a committed trajectory is used by exactly one step, whether it was
+//! committed before or after the checkpoint, and a step taken after the checkpoint but before a
+//! crash is taken again (its `metrics.jsonl` lines are dropped on resume).
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use rlrig_contract::{LearnStats, PolicyGroup, PolicyLearner, PolicyUpdate};
+use rlrig_store::TrajectoryStore;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+/// The trainer's settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainerConfig {
+    /// Learner steps to take.
+    pub steps: u64,
+    /// Groups a step needs at least (it takes whole trajectories).
+    pub groups_per_step: usize,
+    /// Groups sampled by weights more than this many versions old are skipped.
+    pub max_staleness: u64,
+    /// Checkpoint every this many steps (and after the last).
+    pub checkpoint_every: u64,
+    /// Where `metrics.jsonl` and `checkpoint/` go.
+    pub dir: PathBuf,
+}
+
+/// Sends new weights to the Policy actors.
+pub type Publish = Box<dyn Fn(PolicyUpdate) -> Result<(), String> + Send + Sync>;
+
+/// What the trainer is started with.
+pub struct TrainerArgs {
+    /// The learner, built from the starting weights (its KL reference).
+    pub learner: Box<dyn PolicyLearner>,
+    /// The run's store.
+    pub store: Arc<TrajectoryStore>,
+    /// Settings.
+    pub config: TrainerConfig,
+    /// Where new weights go.
+    pub publish: Publish,
+    /// Continue from `dir/checkpoint` if there is one.
+    pub resume: bool,
+    /// Told once when the trainer stops: after the last step, or why not.
+    pub done: oneshot::Sender<Result<TrainSummary, String>>,
+}
+
+/// Messages to the trainer.
+#[derive(Debug)]
+pub enum TrainerMsg {
+    /// Trajectories were committed to the store.
+    Committed,
+    /// No more trajectories will come: stop (reporting how far training got).
+    Finish,
+}
+
+/// How training ended.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainSummary {
+    /// Learner steps taken, in all (resumed runs included).
+    pub steps: u64,
+    /// The policy version reached.
+    pub version: u64,
+    /// Whether `steps` was reached.
+    pub complete: bool,
+    /// Trajectories used.
+    pub trajectories: u64,
+    /// Groups given to the learner.
+    pub groups: u64,
+    /// Groups skipped as stale.
+    pub stale_groups: u64,
+    /// Groups filtered by the learner (equal rewards).
+    pub filtered_groups: u64,
+    /// The step resumed from (0 for a fresh run).
+    pub resumed_from: u64,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StepMetrics {
+    /// The step (1-based).
+    pub step: u64,
+    /// Seconds since this trainer started.
+    pub seconds: f64,
+    /// Sequence numbers of the trajectories used: `first..=last`.
+    pub first_seq: u64,
+    /// See `first_seq`.
+    pub last_seq: u64,
+    /// Trajectories used.
+    pub trajectories: usize,
+    /// Groups skipped as stale.
+    pub stale_groups: usize,
+    /// Mean age of the groups used, in versions.
+    pub staleness: f64,
+    /// Trajectories committed per second since the trainer started.
+    pub trajectories_per_s: f64,
+    /// The learner's report.
+    #[serde(flatten)]
+    pub learn: LearnStats,
+}
+
+/// The trainer's own state in a checkpoint.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct TrainerState {
+    step: u64,
+    /// Sequence number of the last trajectory used.
+    cursor: Option<u64>,
+    summary: TrainSummary,
+}
+
+/// The trainer actor.
+pub struct Trainer;
+
+/// The trainer's state.
+pub struct TrainerActorState {
+    learner: Option<Box<dyn PolicyLearner>>,
+    store: Arc<TrajectoryStore>,
+    config: TrainerConfig,
+    publish: Publish,
+    done: Option<oneshot::Sender<Result<TrainSummary, String>>>,
+    state: TrainerState,
+    /// Read from the store, not yet used: (sequence number, its groups).
+    buffer: VecDeque<(u64, Vec<PolicyGroup>)>,
+    /// Sequence number of the last trajectory read into the buffer.
+    read: Option<u64>,
+    started: Instant,
+    committed_at_start: u64,
+}
+
+impl Actor for Trainer {
+    type Msg = TrainerMsg;
+    type State = TrainerActorState;
+    type Arguments = TrainerArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<TrainerMsg>,
+        args: TrainerArgs,
+    ) -> Result<TrainerActorState, ActorProcessingErr> {
+        let mut learner = args.learner;
+        let mut state = TrainerState::default();
+        let ckpt = args.config.dir.join("checkpoint");
+        if args.resume
+            && let Some(found) = checkpoint_to_resume(&ckpt)
+        {
+            let text = std::fs::read_to_string(found.join("trainer.json"))
+                .map_err(|e| format!("{}: {e}", found.display()))?;
+            state = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", found.display()))?;
+            let dir = found.join("learner");
+            let (l, r) = tokio::task::spawn_blocking(move || {
+                let r = learner.restore(&dir);
+                (learner, r)
+            })
+            .await?;
+            learner = l;
+            r?;
+            state.summary.resumed_from = state.step;
+            truncate_metrics(&args.config.dir.join("metrics.jsonl"), state.step)?;
+            tracing::info!(
+                step = state.step,
+                version = learner.version(),
+                "trainer resumed"
+            );
+            (args.publish)(learner.update()?)?;
+        } else {
+            std::fs::File::create(args.config.dir.join("metrics.jsonl"))?;
+        }
+        let committed_at_start = args.store.next_seq()?;
+        Ok(TrainerActorState {
+            read: state.cursor,
+            learner: Some(learner),
+            store: args.store,
+            config: args.config,
+            publish: args.publish,
+            done: Some(args.done),
+            state,
+            buffer: VecDeque::new(),
+            started: Instant::now(),
+            committed_at_start,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<TrainerMsg>,
+        msg: TrainerMsg,
+        st: &mut TrainerActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        if st.state.step >= st.config.steps {
+            st.finish(&myself, true);
+            return Ok(());
+        }
+        match msg {
+            TrainerMsg::Committed => {
+                if let Err(e) = st.train(&myself).await {
+                    st.fail(&myself, e);
+                }
+            }
+            TrainerMsg::Finish => {
+                let r = st.train(&myself).await;
+                match r {
+                    Err(e) => st.fail(&myself, e),
+                    Ok(()) => st.finish(&myself, st.state.step >= st.config.steps),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TrainerActorState {
+    /// Reads what was committed since the last read, then takes every step it can.
+    async fn train(&mut self, myself: &ActorRef<TrainerMsg>) -> Result<(), String> {
+        loop {
+            let batch = self
+                .store
+                .committed_after(self.read, 256)
+                .map_err(|e| e.to_string())?;
+            if batch.is_empty() {
+                break;
+            }
+            for (seq, t) in batch {
+                self.read = Some(seq);
+                self.buffer.push_back((seq, t.policy_groups()));
+            }
+        }
+        while self.state.step < self.config.steps {
+            let mut have = 0;
+            let take = self.buffer.iter().position(|(_, g)| {
+                have += g.len();
+                have >= self.config.groups_per_step
+            });
+            let Some(last) = take else { break };
+            let used: Vec<(u64, Vec<PolicyGroup>)> = self.buffer.drain(..=last).collect();
+            self.step(used).await?;
+        }
+        if self.state.step >= self.config.steps {
+            self.finish(myself, true);
+        }
+        Ok(())
+    }
+
+    async fn step(&mut self, used: Vec<(u64, Vec<PolicyGroup>)>) -> Result<(), String> {
+        let mut learner = self.learner.take().ok_or("the learner was lost")?;
+        let version = learner.version();
+        let (first_seq, last_seq) = (used[0].0, used[used.len() - 1].0);
+        let trajectories = used.len();
+        let mut stale = 0;
+        let mut ages = Vec::new();
+        let mut groups = Vec::new();
+        for g in used.into_iter().flat_map(|(_, g)| g) {
+            let age = version.saturating_sub(g.policy_version());
+            if age > self.config.max_staleness {
+                stale += 1;
+            } else {
+                ages.push(age as f64);
+                groups.push(g);
+            }
+        }
+        let (learner, result) = tokio::task::spawn_blocking(move || {
+            let r = learner
+                .step(&groups)
+                .and_then(|s| Ok((s, learner.update()?)));
+            (learner, r)
+        })
+        .await
+        .map_err(|e| format!("the learner thread failed: {e}"))?;
+        self.learner = Some(learner);
+        let (stats, update) = result.map_err(|e| format!("learner step: {e}"))?;
+        if stats.version != version {
+            (self.publish)(update)?;
+        }
+        self.state.step += 1;
+        self.state.cursor = Some(last_seq);
+        let s = &mut self.state.summary;
+        s.steps = self.state.step;
+        s.version = stats.version;
+        s.trajectories += trajectories as u64;
+        s.groups += stats.groups as u64;
+        s.stale_groups += stale as u64;
+        s.filtered_groups += stats.filtered_groups as u64;
+        let seconds = self.started.elapsed().as_secs_f64();
+        let committed = self.store.next_seq().map_err(|e| e.to_string())?;
+        let line = StepMetrics {
+            step: self.state.step,
+            seconds,
+            first_seq,
+            last_seq,
+            trajectories,
+            stale_groups: stale,
+            staleness: if ages.is_empty() {
+                0.0
+            } else {
+                ages.iter().sum::<f64>() / ages.len() as f64
+            },
+            trajectories_per_s: (committed - self.committed_at_start) as f64 / seconds.max(1e-9),
+            learn: stats,
+        };
+        tracing::info!(
+            step = line.step,
+            reward = line.learn.reward_mean,
+            kl = line.learn.kl,
+            "learner step"
+        );
+        let path = self.config.dir.join("metrics.jsonl");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        writeln!(f, "{}", serde_json::to_string(&line).expect("serialises"))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if self.state.step % self.config.checkpoint_every == 0
+            || self.state.step >= self.config.steps
+        {
+            self.checkpoint().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the learner and the trainer's state into a scratch directory, then swaps it in.
+    async fn checkpoint(&mut self) -> Result<(), String> {
+        let ckpt = self.config.dir.join("checkpoint");
+        let tmp = ckpt.with_extension("tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(tmp.join("learner"))
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        let learner = self.learner.take().ok_or("the learner was lost")?;
+        let dir = tmp.join("learner");
+        let (learner, r) = tokio::task::spawn_blocking(move || {
+            let r = learner.save(&dir);
+            (learner, r)
+        })
+        .await
+        .map_err(|e| format!("the checkpoint thread failed: {e}"))?;
+        self.learner = Some(learner);
+        r.map_err(|e| e.to_string())?;
+        std::fs::write(
+            tmp.join("trainer.json"),
+            serde_json::to_string_pretty(&self.state).expect("serialises"),
+        )
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        swap_in(&tmp, &ckpt).map_err(|e| format!("{}: {e}", ckpt.display()))
+    }
+
+    fn finish(&mut self, myself: &ActorRef<TrainerMsg>, complete: bool) {
+        if let Some(done) = self.done.take() {
+            let mut s = self.state.summary.clone();
+            s.complete = complete;
+            s.steps = self.state.step;
+            if let Some(l) = &self.learner {
+                s.version = l.version();
+            }
+            let _ = done.send(Ok(s));
+        }
+        myself.stop(None);
+    }
+
+    fn fail(&mut self, myself: &ActorRef<TrainerMsg>, error: String) {
+        tracing::error!(%error, "trainer failed");
+        if let Some(done) = self.done.take() {
+            let _ = done.send(Err(error));
+        }
+        myself.stop(None);
+    }
+}
+
+/// Renames `tmp` to `dst`, keeping the old `dst` as `dst.old` until the new one is in place
+/// (so that at every moment one whole checkpoint exists; see [`checkpoint_to_resume`]).
+fn swap_in(tmp: &Path, dst: &Path) -> std::io::Result<()> {
+    let old = dst.with_extension("old");
+    let _ = std::fs::remove_dir_all(&old);
+    if dst.exists() {
+        std::fs::rename(dst, &old)?;
+    }
+    std::fs::rename(tmp, dst)?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// The checkpoint to resume from: `checkpoint/`, or `checkpoint.old/` when a crash came
+/// between the two renames of a swap.
+pub fn checkpoint_to_resume(ckpt: &Path) -> Option<PathBuf> {
+    [ckpt.to_path_buf(), ckpt.with_extension("old")]
+        .into_iter()
+        .find(|p| p.join("trainer.json").is_file())
+}
+
+/// Keeps the lines of `metrics.jsonl` up to step `step` (the later ones belong to steps that
+/// will be taken again).
+fn truncate_metrics(path: &Path, step: u64) -> Result<(), String> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| serde_json::from_str::<StepMetrics>(l).is_ok_and(|m| m.step <= step))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let tmp = path.with_extension("jsonl.tmp");
+    std::fs::write(&tmp, kept).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Reads `metrics.jsonl`.
+pub fn read_metrics(path: &Path) -> Result<Vec<StepMetrics>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))
+        })
+        .collect()
+}

@@ -1,0 +1,300 @@
+//! `rlrig run` of a flow with a `[train]` table: Reflection-GRPO phase 1 (the Policy learns,
+//! every other actor is frozen).
+//!
+//! The engine runs the cycle over the flow's prompts with the Policy sampling
+//! `num_generations` edit prompts per round; every finished trajectory is committed to the
+//! run's store, and the trainer actor (crate `rlrig-train`) is told. The trainer reads the
+//! store on its own schedule, steps the GRPO learner and sends each new version of the
+//! weights to the Policy's replicas. The run ends when the trainer has taken `train.steps`
+//! steps (the trajectories still in flight are cancelled and recorded as such).
+//!
+//! The run directory holds, besides what every run writes: `metrics.jsonl` (one line per
+//! learner step), `metrics.svg` (reward, KL, clip fraction), `checkpoint/` (learner weights,
+//! optimiser, version, store cursor), `policy.safetensors` (the trained weights, loadable by
+//! `neural.policy`) and `train.json` (the summary). `--resume` continues a run exactly where its
+//! checkpoint left it: prompts already committed are not run again, the trainer reads on from
+//! its cursor.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use ractor::Actor;
+use rlrig_contract::{PolicyUpdate, Trajectory};
+use rlrig_engine::{Engine, Registry, StopSignal};
+use rlrig_flow::{LoadedFlow, TrainSettings};
+use rlrig_models::grpo::{GrpoConfig, Learner, LearnerConfig, LossType};
+use rlrig_models::roles::PolicySettings;
+use rlrig_models::vlm::PolicyNet;
+use rlrig_store::TrajectoryStore;
+use rlrig_train::{TrainSummary, Trainer, TrainerArgs, TrainerConfig, TrainerMsg};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::run::{RunOptions, prompts_of, write_chain};
+
+/// The policy actor's settings, checked against `[train]`.
+fn policy_settings(loaded: &LoadedFlow, t: &TrainSettings) -> Result<PolicySettings> {
+    let spec = &loaded.flow.actors[&t.policy];
+    let key = format!("actors.{}", t.policy);
+    if spec.kind != "neural.policy" {
+        bail!(loaded.error_at(
+            &format!("{key}.kind"),
+            format!(
+                "training needs the `neural.policy` kind, not {:?}",
+                spec.kind
+            )
+        ));
+    }
+    let ctx = Registry::context(loaded, &t.policy, spec, 0).map_err(rlrig_flow::FlowError::from)?;
+    let s: PolicySettings = rlrig_flow::settings_into(&ctx.settings)
+        .map_err(|(k, m)| loaded.error_at(&format!("{key}.settings.{k}"), m))?;
+    if s.greedy {
+        bail!(loaded.error_at(
+            &format!("{key}.settings"),
+            "the trained policy must sample: set `greedy = false`"
+        ));
+    }
+    if (s.temperature - t.temperature).abs() > 1e-12 {
+        bail!(loaded.error_at(
+            "train.temperature",
+            format!(
+                "{} differs from the policy's sampling temperature {}: the log-probs must be taken at the temperature they were sampled at",
+                t.temperature, s.temperature
+            )
+        ));
+    }
+    Ok(s)
+}
+
+/// The learner for a flow: the Policy's starting weights on the learner's device (autodiff),
+/// GRPO's settings from `[train]`.
+pub fn learner_for(loaded: &LoadedFlow) -> Result<Learner> {
+    let t = loaded
+        .flow
+        .train
+        .as_ref()
+        .context("the flow has no [train] table")?;
+    let settings = policy_settings(loaded, t)?;
+    let device = rlrig_models::device::select(&t.device)
+        .map_err(|e| loaded.error_at("train.device", e.to_string()))?
+        .autodiff();
+    let policy: PolicyNet = rlrig_models::weights::load_model(&settings.weights, &device)?;
+    let loss_type = match t.loss_type.as_str() {
+        "sequence_mean" => LossType::SequenceMean,
+        _ => LossType::TokenMean,
+    };
+    Ok(Learner::new(
+        policy,
+        LearnerConfig {
+            grpo: GrpoConfig {
+                num_generations: t.num_generations as usize,
+                beta: t.beta,
+                epsilon: t.epsilon,
+                epsilon_high: t.epsilon_high,
+                loss_type,
+                scale_rewards: t.scale_rewards,
+            },
+            lr: t.learning_rate,
+            max_grad_norm: t.max_grad_norm as f32,
+            temperature: t.temperature,
+        },
+    ))
+}
+
+/// Runs a training flow; returns the trainer's summary and the run directory.
+pub fn run(
+    registry: &Registry,
+    opts: &RunOptions,
+    resume: bool,
+) -> Result<(TrainSummary, PathBuf)> {
+    let loaded = rlrig_flow::load(&opts.flow, &opts.sets)?;
+    registry.check_flow(&loaded)?;
+    let t = loaded
+        .flow
+        .train
+        .clone()
+        .context("the flow has no [train] table")?;
+    policy_settings(&loaded, &t)?;
+    let dir = loaded.flow.run_dir.join(&loaded.flow.name);
+    if resume {
+        let stored = std::fs::read_to_string(dir.join("flow.toml"))
+            .with_context(|| format!("--resume: {} holds no run to continue", dir.display()))?;
+        if stored != loaded.text {
+            bail!(
+                "--resume: the flow (with its --set values) differs from the one {} was started with ({}); resume with the same flow and overrides",
+                dir.display(),
+                dir.join("flow.toml").display()
+            );
+        }
+    } else {
+        crate::run::prepare_run_dir(&dir, opts.overwrite)?;
+        std::fs::write(dir.join("flow.toml"), &loaded.text).context("writing flow.toml")?;
+    }
+    let store = Arc::new(TrajectoryStore::open(&dir.join("store"))?);
+    let mut prompts = prompts_of(&loaded)?;
+    let before = prompts.len();
+    let mut kept = Vec::with_capacity(prompts.len());
+    for (id, p) in prompts.drain(..) {
+        if !store.contains(id)? {
+            kept.push((id, p));
+        }
+    }
+    if resume {
+        eprintln!(
+            "resuming {}: {} of {before} prompts already committed",
+            dir.display(),
+            before - kept.len()
+        );
+    }
+    let learner = learner_for(&loaded)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let summary = runtime.block_on(drive(
+        registry, &loaded, &t, kept, store, learner, &dir, resume,
+    ))?;
+    std::fs::write(
+        dir.join("train.json"),
+        serde_json::to_string_pretty(&summary)? + "\n",
+    )?;
+    if let Ok(m) = rlrig_train::read_metrics(&dir.join("metrics.jsonl")) {
+        if let Err(e) = crate::plot::training_curves(&m, &dir.join("metrics.svg")) {
+            eprintln!("warning: metrics.svg: {e}");
+        }
+    }
+    println!(
+        "run {}: {} learner steps, policy version {}, {} trajectories used ({} groups; {} filtered, {} stale)",
+        dir.display(),
+        summary.steps,
+        summary.version,
+        summary.trajectories,
+        summary.groups,
+        summary.filtered_groups,
+        summary.stale_groups
+    );
+    if !summary.complete {
+        bail!(
+            "training stopped at step {} of {}: {}",
+            summary.steps,
+            t.steps,
+            "the prompts ran out or the run was interrupted; raise prompts.count or continue with --resume"
+        );
+    }
+    Ok((summary, dir))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    registry: &Registry,
+    loaded: &LoadedFlow,
+    t: &TrainSettings,
+    prompts: Vec<(u64, rlrig_contract::SceneGraph)>,
+    store: Arc<TrajectoryStore>,
+    learner: Learner,
+    dir: &Path,
+    resume: bool,
+) -> Result<TrainSummary> {
+    let t0 = Instant::now();
+    let engine = Engine::start(loaded, registry).await?;
+    let updater = engine
+        .policy_updater(&t.policy)
+        .context("the trained policy is not running")?;
+    let latest: Arc<Mutex<Option<PolicyUpdate>>> = Arc::default();
+    let publish = {
+        let latest = latest.clone();
+        Box::new(move |u: PolicyUpdate| {
+            updater.send(u.clone())?;
+            *latest.lock().expect("not poisoned") = Some(u);
+            Ok(())
+        })
+    };
+    let (done_tx, mut done_rx) = oneshot::channel();
+    let (trainer, trainer_handle) = Actor::spawn(
+        None,
+        Trainer,
+        TrainerArgs {
+            learner: Box::new(learner),
+            store: store.clone(),
+            config: TrainerConfig {
+                steps: t.steps,
+                groups_per_step: t.groups_per_step,
+                max_staleness: t.max_staleness,
+                checkpoint_every: t.checkpoint_every,
+                dir: dir.to_path_buf(),
+            },
+            publish,
+            resume,
+            done: done_tx,
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("the trainer could not start: {e}"))?;
+    // Trajectories already committed but not yet used (a resumed run) go first.
+    let _ = trainer.cast(TrainerMsg::Committed);
+
+    let (stop_tx, stop_rx) = watch::channel(StopSignal::Run);
+    {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!(
+                    "\ninterrupted: cancelling the rollouts in flight; continue with --resume"
+                );
+                let _ = stop_tx.send(StopSignal::Cancel);
+            }
+        });
+    }
+    let (tx, mut rx) = mpsc::channel::<Trajectory>(loaded.flow.engine.max_in_flight);
+    let images = loaded.flow.store.images;
+    let out_dir = dir.join("trajectories");
+    let consumer = {
+        let (store, trainer) = (store.clone(), trainer.clone());
+        tokio::task::spawn_blocking(move || -> Result<u64> {
+            let mut n = 0;
+            while let Some(t) = rx.blocking_recv() {
+                store.put(&t)?;
+                n += 1;
+                write_chain(&out_dir, &t, images)?;
+                let _ = trainer.cast(TrainerMsg::Committed);
+            }
+            store.flush()?;
+            Ok(n)
+        })
+    };
+    let mut result = None;
+    {
+        let rollout = engine.run(prompts, tx, stop_rx);
+        tokio::pin!(rollout);
+        tokio::select! {
+            _ = &mut rollout => {}
+            r = &mut done_rx => {
+                result = Some(r);
+                let _ = stop_tx.send(StopSignal::Cancel);
+                rollout.await;
+            }
+        }
+    }
+    engine.shutdown().await;
+    let committed = consumer.await??;
+    let result = match result {
+        Some(r) => r,
+        None => {
+            let _ = trainer.cast(TrainerMsg::Finish);
+            done_rx.await
+        }
+    };
+    let _ = trainer_handle.await;
+    let summary = result
+        .map_err(|_| anyhow::anyhow!("the trainer stopped without a word"))?
+        .map_err(|e| anyhow::anyhow!("training failed: {e}"))?;
+    if let Some(u) = latest.lock().expect("not poisoned").take() {
+        let path = dir.join("policy.safetensors");
+        std::fs::write(&path, &u.weights).with_context(|| format!("writing {}", path.display()))?;
+    }
+    eprintln!(
+        "{committed} trajectories committed in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(summary)
+}
