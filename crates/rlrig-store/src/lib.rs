@@ -1,16 +1,25 @@
 //! The trajectory store: every trajectory of a run, persisted in a sled database.
 //!
-//! * **Atomic per trajectory.** A trajectory and the images it references are written in one
-//!   sled transaction over both trees: a reader sees all of it or none of it, and a crash never
-//!   leaves half a trajectory visible.
+//! * **An append-only commit log.** [`TrajectoryStore::put`] appends: in one sled transaction it
+//!   writes the trajectory, the images it references and a log entry under the next sequence
+//!   number (0, 1, 2, … gap-free, in commit order, also with concurrent writers). A reader sees
+//!   all of it or none of it, and a crash never leaves half a trajectory visible.
+//! * **Read by cursor.** A consumer (the asynchronous GRPO trainer) keeps the last sequence
+//!   number it has read and asks [`TrajectoryStore::committed_after`] for what came after it.
+//! * **Ids are unique.** Putting a trajectory whose id is already stored is
+//!   [`StoreError::Duplicate`] and writes nothing: stored trajectories never change.
 //! * **Content-addressed images.** Images are stored once as PNG under the BLAKE3 hash of their
 //!   PNG bytes; trajectories hold the hash.
 //! * **Versioned.** The store records its format name and schema version on creation and checks
 //!   them on open: an old or foreign database is a clear error, never read as garbage.
+//!
+//! Trees: `meta` (format, schema version, next sequence number), `trajectories` (id, u64
+//! big-endian → JSON record), `images` (BLAKE3 hex → PNG), `log` (sequence number, u64
+//! big-endian → id, u64 big-endian).
 
 use std::path::{Path, PathBuf};
 
-use rlrig_contract::{Image, Outcome, Step, StepOutput, Trajectory};
+use rlrig_contract::{Branch, Image, Outcome, Step, StepOutput, Trajectory};
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -18,7 +27,10 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 /// The format name written into every store.
 pub const FORMAT: &str = "rlrig-trajectories";
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The `meta` key holding the next sequence number (u64 big-endian; absent means 0).
+const NEXT_SEQ: &str = "next_seq";
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +62,14 @@ pub enum StoreError {
         /// What failed.
         message: String,
     },
+    /// A trajectory with this id is already stored; nothing was written.
+    #[error("trajectory store {path}: trajectory {id} is already stored")]
+    Duplicate {
+        /// The store's directory.
+        path: PathBuf,
+        /// The trajectory id.
+        id: u64,
+    },
 }
 
 /// A reference to a stored image.
@@ -72,6 +92,8 @@ struct StoredStep {
     output: StoredOutput,
     attempts: u32,
     elapsed_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    branch: Option<Branch>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -93,12 +115,20 @@ struct StoredTrajectory {
     elapsed_ms: u64,
 }
 
+/// Why a `put` transaction aborted.
+enum Abort {
+    Duplicate,
+    Counter,
+}
+
 /// A sled database of trajectories.
 pub struct TrajectoryStore {
     path: PathBuf,
     db: sled::Db,
+    meta: sled::Tree,
     trajectories: sled::Tree,
     images: sled::Tree,
+    log: sled::Tree,
 }
 
 impl TrajectoryStore {
@@ -154,11 +184,14 @@ impl TrajectoryStore {
         }
         let trajectories = db.open_tree("trajectories").map_err(sled_err)?;
         let images = db.open_tree("images").map_err(sled_err)?;
+        let log = db.open_tree("log").map_err(sled_err)?;
         Ok(TrajectoryStore {
             path: path.to_path_buf(),
             db,
+            meta,
             trajectories,
             images,
+            log,
         })
     }
 
@@ -167,8 +200,10 @@ impl TrajectoryStore {
         &self.path
     }
 
-    /// Writes a trajectory and its images in one transaction, replacing any with the same id.
-    pub fn put(&self, t: &Trajectory) -> Result<(), StoreError> {
+    /// Appends a trajectory: writes it, its images and its log entry in one transaction and
+    /// returns its sequence number. A trajectory with the same id already stored is
+    /// [`StoreError::Duplicate`], and nothing is written.
+    pub fn put(&self, t: &Trajectory) -> Result<u64, StoreError> {
         let record_err = |message: String| StoreError::Record {
             path: self.path.clone(),
             id: t.id,
@@ -199,6 +234,7 @@ impl TrajectoryStore {
                 output,
                 attempts: s.attempts,
                 elapsed_ms: s.elapsed_ms,
+                branch: s.branch,
             });
         }
         let stored = StoredTrajectory {
@@ -211,23 +247,96 @@ impl TrajectoryStore {
             elapsed_ms: t.elapsed_ms,
         };
         let record = serde_json::to_vec(&stored).map_err(|e| record_err(e.to_string()))?;
-        (&self.trajectories, &self.images)
-            .transaction(|(tt, it)| {
+        let key = t.id.to_be_bytes();
+        // sled serialises transactions, so reading and bumping the counter here gives
+        // gap-free sequence numbers in commit order.
+        (&self.trajectories, &self.images, &self.log, &self.meta)
+            .transaction(|(tt, it, lt, mt)| {
+                if tt.get(key)?.is_some() {
+                    return Err(ConflictableTransactionError::Abort(Abort::Duplicate));
+                }
+                let seq = match mt.get(NEXT_SEQ)? {
+                    None => 0,
+                    Some(v) => match <[u8; 8]>::try_from(v.as_ref()) {
+                        Ok(b) => u64::from_be_bytes(b),
+                        Err(_) => return Err(ConflictableTransactionError::Abort(Abort::Counter)),
+                    },
+                };
                 for (hash, png) in &blobs {
                     if it.get(hash.as_bytes())?.is_none() {
                         it.insert(hash.as_bytes(), png.as_slice())?;
                     }
                 }
-                tt.insert(&t.id.to_be_bytes(), record.as_slice())?;
-                Ok::<(), ConflictableTransactionError<()>>(())
+                tt.insert(&key, record.as_slice())?;
+                lt.insert(&seq.to_be_bytes(), &key)?;
+                mt.insert(NEXT_SEQ, &(seq + 1).to_be_bytes())?;
+                Ok(seq)
             })
             .map_err(|e| match e {
-                TransactionError::Storage(source) => StoreError::Sled {
+                TransactionError::Storage(source) => self.sled(source),
+                TransactionError::Abort(Abort::Duplicate) => StoreError::Duplicate {
                     path: self.path.clone(),
-                    source,
+                    id: t.id,
                 },
-                TransactionError::Abort(()) => record_err("transaction aborted".into()),
+                TransactionError::Abort(Abort::Counter) => self.damaged_counter(),
             })
+    }
+
+    /// Whether a trajectory with this id is stored.
+    pub fn contains(&self, id: u64) -> Result<bool, StoreError> {
+        self.trajectories
+            .contains_key(id.to_be_bytes())
+            .map_err(|source| self.sled(source))
+    }
+
+    /// The next sequence number: how many trajectories have been committed.
+    pub fn next_seq(&self) -> Result<u64, StoreError> {
+        match self
+            .meta
+            .get(NEXT_SEQ)
+            .map_err(|source| self.sled(source))?
+        {
+            None => Ok(0),
+            Some(v) => <[u8; 8]>::try_from(v.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| self.damaged_counter()),
+        }
+    }
+
+    /// The trajectories committed after `cursor` (all when `None`) with their sequence
+    /// numbers, ascending, at most `limit`. Pass the last sequence number returned as the next
+    /// cursor.
+    pub fn committed_after(
+        &self,
+        cursor: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, Trajectory)>, StoreError> {
+        let start = match cursor {
+            None => 0,
+            Some(u64::MAX) => return Ok(Vec::new()),
+            Some(c) => c + 1,
+        };
+        let mut out = Vec::new();
+        for entry in self.log.range(start.to_be_bytes()..).take(limit) {
+            let (k, v) = entry.map_err(|source| self.sled(source))?;
+            let (Ok(seq), Ok(id)) = (
+                <[u8; 8]>::try_from(k.as_ref()),
+                <[u8; 8]>::try_from(v.as_ref()),
+            ) else {
+                return Err(StoreError::Incompatible {
+                    path: self.path.clone(),
+                    message: "damaged commit log entry".into(),
+                });
+            };
+            let (seq, id) = (u64::from_be_bytes(seq), u64::from_be_bytes(id));
+            let t = self.get(id)?.ok_or_else(|| StoreError::Record {
+                path: self.path.clone(),
+                id,
+                message: format!("logged at sequence number {seq} but not stored"),
+            })?;
+            out.push((seq, t));
+        }
+        Ok(out)
     }
 
     /// The trajectory with this id, images loaded.
@@ -279,6 +388,13 @@ impl TrajectoryStore {
             .map_err(|source| self.sled(source))
     }
 
+    fn damaged_counter(&self) -> StoreError {
+        StoreError::Incompatible {
+            path: self.path.clone(),
+            message: "damaged sequence counter".into(),
+        }
+    }
+
     fn sled(&self, source: sled::Error) -> StoreError {
         StoreError::Sled {
             path: self.path.clone(),
@@ -318,6 +434,7 @@ impl TrajectoryStore {
                 output,
                 attempts: st.attempts,
                 elapsed_ms: st.elapsed_ms,
+                branch: st.branch,
             });
         }
         Ok(Trajectory {
