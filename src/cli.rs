@@ -33,6 +33,21 @@ enum Command {
         #[arg(long, conflicts_with = "overwrite")]
         resume: bool,
     },
+    /// Trains the Policy from a run's stored trajectories only (off-policy GRPO, no rollouts),
+    /// with the `[train]` settings of FLOW; writes into FLOW's run directory.
+    Replay {
+        /// The source run directory (holding `store/`), e.g. runs/train.
+        run: PathBuf,
+        /// The flow whose Policy weights and `[train]` settings are used, e.g. flows/train.toml.
+        #[arg(long)]
+        flow: PathBuf,
+        /// Overrides a value of the flow (repeatable), e.g. --set name=train-replay.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Replaces the output run directory if it exists.
+        #[arg(long)]
+        overwrite: bool,
+    },
     /// Checks a flow without running anything: format, references, cycle order, kinds, settings.
     Validate {
         /// The flow file.
@@ -72,6 +87,12 @@ pub fn main(registry: Registry) -> i32 {
             overwrite,
             resume,
         } => run_any(&registry, flow, sets, overwrite, resume),
+        Command::Replay {
+            run,
+            flow,
+            sets,
+            overwrite,
+        } => crate::replay::run(&registry, &run, &flow, &sets, overwrite).map(|_| 0),
         Command::Validate { flow, sets } => validate(&registry, &flow, &sets),
         Command::Schema => {
             print!("{}", rlrig_flow::schema());

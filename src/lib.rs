@@ -21,6 +21,7 @@ pub mod cli;
 mod plot;
 pub mod pretrain_cmd;
 mod quality_cmd;
+pub mod replay;
 pub mod run;
 pub mod train;
 mod trajectories_cmd;

@@ -275,7 +275,8 @@ async fn drive(
             }
         }
     }
-    engine.shutdown().await;
+    // Every trajectory reaches the store before the trainer is told that no more will come,
+    // and the trainer finishes (publishing to the Policy actors) before the engine stops.
     let committed = consumer.await??;
     let result = match result {
         Some(r) => r,
@@ -285,16 +286,24 @@ async fn drive(
         }
     };
     let _ = trainer_handle.await;
+    engine.shutdown().await;
     let summary = result
         .map_err(|_| anyhow::anyhow!("the trainer stopped without a word"))?
         .map_err(|e| anyhow::anyhow!("training failed: {e}"))?;
     if let Some(u) = latest.lock().expect("not poisoned").take() {
-        let path = dir.join("policy.safetensors");
-        std::fs::write(&path, &u.weights).with_context(|| format!("writing {}", path.display()))?;
+        write_weights(&dir.join("policy.safetensors"), &u.weights)?;
     }
     eprintln!(
         "{committed} trajectories committed in {:.1} s",
         t0.elapsed().as_secs_f64()
     );
     Ok(summary)
+}
+
+/// Writes a weights file beside its place and renames it there, so that a reader never sees
+/// half of one.
+pub(crate) fn write_weights(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("safetensors.tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }

@@ -14,7 +14,8 @@
 //! * [`PolicyNet`] is a prefix language model: `[image; prompt; reflection]` see each other,
 //!   `<bos> edit prompt <eos>` is decoded causally after them, and a Linear head gives the
 //!   next token's logits. It samples (temperature, top-k) or decodes greedily, returns each
-//!   token's log-probability, and scores given edit prompts (for GRPO's ratios and replay).
+//!   token's log-probability, and scores given edit prompts (for GRPO's ratios and replay);
+//!   it writes only words of the edit-prompt vocabulary ([`writable`]).
 
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear};
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::dit::{Attention, gelu_tanh, sincos_2d, sincos_text, xavier};
 use crate::image::images_to_tensor;
 use crate::text::{BOS, EOS, PAD, TextError, VOCAB_SIZE};
+
 use crate::weights::Architecture;
 
 /// The architecture of a [`Vlm`] (and of the [`CheckerNet`] / [`PolicyNet`] around it).
@@ -544,7 +546,7 @@ impl Default for Decoding {
 }
 
 /// One decoded edit prompt: its tokens (`<eos>` last when it ended) and each token's
-/// log-probability under `softmax(logits / temperature)` over the whole vocabulary (top-k only
+/// log-probability under `softmax(logits / temperature)` over the [`writable`] ids (top-k only
 /// narrows what is sampled; the returned log-probs are those [`PolicyNet::score`] gives).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decoded {
@@ -642,7 +644,13 @@ impl PolicyNet {
         let v = logits.dims()[2];
         let pos = Tensor::<2, Int>::from_data(TensorData::new(pos, [b, width]), &device);
         let at = logits.gather(1, pos.unsqueeze_dim::<3>(2).expand([b, width, v]));
-        let logp = log_softmax(at.div_scalar(temperature), 2);
+        let mask: Vec<f32> = (0..v)
+            .map(|i| if writable(i) { 0.0 } else { MASKED })
+            .collect();
+        let mask = Tensor::<1>::from_data(TensorData::new(mask, [v]), &device)
+            .reshape([1, 1, v])
+            .expand([b, width, v]);
+        let logp = log_softmax(at.div_scalar(temperature) + mask, 2);
         let tok = Tensor::<2, Int>::from_data(TensorData::new(tok, [b, width]), &device);
         let chosen = logp
             .gather(2, tok.unsqueeze_dim::<3>(2))
@@ -714,16 +722,35 @@ impl PolicyNet {
     }
 }
 
+/// What the Policy may write: the words of prompts and edit prompts (`1..PROMPT_VOCAB_SIZE`)
+/// and `<eos>`. The rest (`<pad>`, the reflection's words, `<bos>`) is masked out of its
+/// softmax, so every edit prompt it writes is one the Editor can read, and its log-probs are
+/// over what it may write.
+pub fn writable(id: usize) -> bool {
+    (1..crate::text::PROMPT_VOCAB_SIZE).contains(&id) || id == EOS as usize
+}
+
+/// The logit offset of ids the Policy may not write.
+const MASKED: f32 = -1e9;
+
 /// Picks the next token from one row of logits; returns it and its log-probability under
-/// `softmax(logits / temperature)`. Ids that are never generated (`<pad>`, `<bos>`) are
-/// excluded from sampling.
+/// `softmax(logits / temperature)` over the [`writable`] ids.
 fn pick<R: Rng>(logits: &[f32], d: &Decoding, rng: &mut R) -> (u32, f32) {
     let t = d.temperature.max(1e-6);
-    let scaled: Vec<f64> = logits.iter().map(|&x| f64::from(x) / t).collect();
+    let scaled: Vec<f64> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            if writable(i) {
+                f64::from(x) / t
+            } else {
+                f64::from(MASKED)
+            }
+        })
+        .collect();
     let max = scaled.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let lse = max + scaled.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
-    let allowed = |i: usize| i != PAD as usize && i != BOS as usize;
-    let mut order: Vec<usize> = (0..scaled.len()).filter(|&i| allowed(i)).collect();
+    let mut order: Vec<usize> = (0..scaled.len()).filter(|&i| writable(i)).collect();
     order.sort_by(|&a, &b| scaled[b].total_cmp(&scaled[a]));
     let token = if d.greedy {
         order[0]

@@ -105,6 +105,11 @@ pub struct Scene {
 pub struct Pool(Vec<Scene>);
 
 impl Pool {
+    /// A pool without images (problem scenes are then all rendered and corrupted).
+    pub fn empty() -> Pool {
+        Pool(Vec::new())
+    }
+
     /// The number of images.
     pub fn len(&self) -> usize {
         self.0.len()

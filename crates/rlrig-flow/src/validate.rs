@@ -114,7 +114,11 @@ fn check_train(
         ),
         Some(a) if a.role != Role::Policy => problem(
             "train.policy",
-            format!("{:?} is a {}, not a policy", t.policy, a.role),
+            format!(
+                "{:?} has role {:?}; the trained actor must have role \"policy\"",
+                t.policy,
+                a.role.name()
+            ),
         ),
         Some(_) if !flow.cycle.round.contains(&t.policy) => problem(
             "train.policy",

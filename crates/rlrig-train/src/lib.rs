@@ -11,7 +11,7 @@
 //! checkpoint.
 //!
 //! **Exactly once.** A step takes whole trajectories, in commit order, until it holds at least
-//! `groups_per_step` groups; the checkpoint stores the learner's state and the sequence number
+//! `groups_per_step` groups young enough (older ones are dropped on the way, and counted); the checkpoint stores the learner's state and the sequence number
 //! of the last trajectory used, together, replaced atomically. A resumed trainer restores both
 //! and reads on from there: a committed trajectory is used by exactly one step, whether it was
 //! committed before or after the checkpoint, and a step taken after the checkpoint but before a
@@ -243,13 +243,30 @@ impl TrainerActorState {
             }
         }
         while self.state.step < self.config.steps {
-            let mut have = 0;
-            let take = self.buffer.iter().position(|(_, g)| {
-                have += g.len();
-                have >= self.config.groups_per_step
-            });
-            let Some(last) = take else { break };
-            let used: Vec<(u64, Vec<PolicyGroup>)> = self.buffer.drain(..=last).collect();
+            // Whole trajectories in commit order until enough fresh groups are in hand; groups
+            // older than `max_staleness` versions are dropped (and counted) on the way.
+            let version = self
+                .learner
+                .as_ref()
+                .ok_or("the learner was lost")?
+                .version();
+            let (mut need, mut fresh) = (0, 0);
+            for (_, groups) in &self.buffer {
+                need += 1;
+                fresh += groups
+                    .iter()
+                    .filter(|g| {
+                        version.saturating_sub(g.policy_version()) <= self.config.max_staleness
+                    })
+                    .count();
+                if fresh >= self.config.groups_per_step {
+                    break;
+                }
+            }
+            if fresh < self.config.groups_per_step {
+                break;
+            }
+            let used: Vec<(u64, Vec<PolicyGroup>)> = self.buffer.drain(..need).collect();
             self.step(used).await?;
         }
         if self.state.step >= self.config.steps {
@@ -338,6 +355,9 @@ impl TrainerActorState {
 
     /// Writes the learner and the trainer's state into a scratch directory, then swaps it in.
     async fn checkpoint(&mut self) -> Result<(), String> {
+        // The cursor must never point past what is on disk: a crash may lose sled writes that
+        // were not flushed, and their sequence numbers would be given out again.
+        self.store.flush().map_err(|e| e.to_string())?;
         let ckpt = self.config.dir.join("checkpoint");
         let tmp = ckpt.with_extension("tmp");
         let _ = std::fs::remove_dir_all(&tmp);

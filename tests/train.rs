@@ -1,0 +1,255 @@
+//! Reflection-GRPO phase 1 end to end with the real binary: a tiny training flow (baseline
+//! Diffuser, Editor and Checker; the shipped Policy network), a real sled store, processes
+//! killed with SIGKILL and resumed, and replay from the store.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use rlrig_contract::StepOutput;
+use rlrig_store::TrajectoryStore;
+
+const FLOW: &str = "tests/flows/valid/train-tiny.toml";
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn command(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rlrig"));
+    c.args(args).current_dir(root());
+    c
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn train_args(run_dir: &Path, extra: &[String]) -> Vec<String> {
+    let mut a = vec![
+        "run".to_string(),
+        FLOW.into(),
+        "--set".into(),
+        format!("run_dir={}", run_dir.display()),
+    ];
+    a.extend(extra.iter().cloned());
+    a
+}
+
+fn run_ok(args: &[String]) -> Output {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = command(&args).output().expect("runs");
+    assert!(o.status.success(), "rlrig {args:?} failed:\n{}", text(&o));
+    o
+}
+
+/// The metrics lines: steps 1..=n once each, the store read in one contiguous sweep.
+fn check_metrics(dir: &Path, steps: u64) -> Vec<rlrig_train::StepMetrics> {
+    let m = rlrig_train::read_metrics(&dir.join("metrics.jsonl")).unwrap();
+    let got: Vec<u64> = m.iter().map(|s| s.step).collect();
+    assert_eq!(got, (1..=steps).collect::<Vec<_>>(), "{m:#?}");
+    let mut next = 0;
+    for s in &m {
+        assert_eq!(
+            s.first_seq, next,
+            "step {} must start where the last ended",
+            s.step
+        );
+        assert!(s.last_seq >= s.first_seq);
+        assert!(
+            s.learn.groups >= 4,
+            "a step takes at least groups_per_step groups"
+        );
+        next = s.last_seq + 1;
+    }
+    m
+}
+
+/// The largest absolute difference between two safetensors files' f32 tensors.
+fn max_difference(a: &Path, b: &Path) -> f32 {
+    let (a, b) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+    let (a, b) = (
+        safetensors::SafeTensors::deserialize(&a).unwrap(),
+        safetensors::SafeTensors::deserialize(&b).unwrap(),
+    );
+    assert_eq!(a.len(), b.len());
+    let floats = |d: &[u8]| -> Vec<f32> {
+        d.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    a.tensors()
+        .iter()
+        .flat_map(|(name, t)| {
+            let (x, y) = (floats(t.data()), floats(b.tensor(name).unwrap().data()));
+            x.into_iter()
+                .zip(y)
+                .map(|(x, y)| (x - y).abs())
+                .collect::<Vec<_>>()
+        })
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn a_tiny_training_run_commits_trajectories_steps_and_publishes_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = run_ok(&train_args(tmp.path(), &[]));
+    let dir = tmp.path().join("train-tiny");
+    assert!(text(&o).contains("3 learner steps"), "{}", text(&o));
+    let m = check_metrics(&dir, 3);
+    // With `max_staleness = 0` a step learns only from proposals of the current version, so
+    // three steps prove that versions 1 and 2 reached the Policy actors by message.
+    let version = m.last().unwrap().learn.version;
+    assert_eq!(version, 3, "every step changed the weights: {m:#?}");
+
+    // The store holds branched rounds: four proposals per round, one branch kept.
+    let store = TrajectoryStore::open(&dir.join("store")).unwrap();
+    let all = store.committed_after(None, usize::MAX).unwrap();
+    assert_eq!(all.len() as u64, store.next_seq().unwrap());
+    let groups: usize = all.iter().map(|(_, t)| t.policy_groups().len()).sum();
+    assert!(groups >= m.iter().map(|s| s.learn.groups).sum::<usize>());
+    let mut versions = Vec::new();
+    for (_, t) in &all {
+        for s in &t.steps {
+            if let (StepOutput::Edit(e), Some(b)) = (&s.output, s.branch) {
+                assert!(b.index < 4);
+                versions.push(e.policy_version);
+            }
+        }
+        for round in 1..=2 {
+            let kept: Vec<_> = t
+                .steps
+                .iter()
+                .filter(|s| s.round == round && s.branch.is_some_and(|b| b.kept))
+                .map(|s| s.branch.unwrap().index)
+                .collect();
+            assert!(
+                kept.windows(2).all(|w| w[0] == w[1]),
+                "one kept branch per round"
+            );
+        }
+    }
+    assert!(!versions.is_empty());
+    assert!(
+        versions.iter().any(|&v| v >= 1),
+        "new weights reached the Policy actors by message"
+    );
+
+    drop(store); // sled locks the database: the replays below open it.
+
+    // The published weights are the trained ones, not the shipped ones.
+    let trained = dir.join("policy.safetensors");
+    assert!(max_difference(&trained, &root().join("weights/policy.safetensors")) > 1e-4);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("train.json")).unwrap()).unwrap();
+    assert_eq!(summary["complete"], true);
+    assert!(dir.join("metrics.svg").is_file());
+    assert!(dir.join("checkpoint/trainer.json").is_file());
+
+    // Replay from the store only: same seed, same weights; another seed, other weights.
+    let replay = |name: &str, seed: u64| -> PathBuf {
+        let args: Vec<String> = vec![
+            "replay".into(),
+            dir.display().to_string(),
+            "--flow".into(),
+            FLOW.into(),
+            "--set".into(),
+            format!("run_dir={}", tmp.path().display()),
+            "--set".into(),
+            format!("name={name}"),
+            "--set".into(),
+            format!("engine.seed={seed}"),
+            "--set".into(),
+            "train.steps=4".into(),
+        ];
+        run_ok(&args);
+        tmp.path().join(name).join("policy.safetensors")
+    };
+    let (a, b, c) = (
+        replay("replay-a", 5),
+        replay("replay-b", 5),
+        replay("replay-c", 6),
+    );
+    assert_eq!(
+        differing_tensors(&a, &b),
+        0,
+        "same store, flow and seed → same weights"
+    );
+    assert!(
+        differing_tensors(&a, &c) > 0,
+        "another seed → another batch order"
+    );
+    assert!(differing_tensors(&a, &root().join("weights/policy.safetensors")) > 0);
+}
+
+#[test]
+fn sigkill_at_random_points_then_resume_uses_every_trajectory_exactly_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("train-tiny");
+    let extra = ["--set".to_string(), "train.steps=8".into()];
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2026);
+    let mut kills = 0;
+    for attempt in 0..4 {
+        let mut args = train_args(tmp.path(), &extra);
+        if dir.join("flow.toml").is_file() {
+            args.push("--resume".into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut child = command(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(rng.random_range(800..4000)));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        let status = child.wait().unwrap();
+        eprintln!("attempt {attempt}: {status}");
+    }
+    assert!(
+        kills >= 2,
+        "the test must really kill training ({kills} kills)"
+    );
+    let mut args = train_args(tmp.path(), &extra);
+    args.push("--resume".into());
+    run_ok(&args);
+
+    check_metrics(&dir, 8);
+    let store = TrajectoryStore::open(&dir.join("store")).unwrap();
+    let all = store.committed_after(None, usize::MAX).unwrap();
+    assert_eq!(
+        all.len(),
+        store.len(),
+        "one log entry per stored trajectory"
+    );
+    let mut ids: Vec<u64> = all.iter().map(|(_, t)| t.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), all.len(), "every trajectory stored once");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("train.json")).unwrap()).unwrap();
+    assert_eq!(summary["complete"], true);
+    assert_eq!(summary["steps"], 8);
+}
+
+#[test]
+fn resume_refuses_a_changed_flow() {
+    let tmp = tempfile::tempdir().unwrap();
+    run_ok(&train_args(
+        tmp.path(),
+        &["--set".into(), "train.steps=1".into()],
+    ));
+    let mut args = train_args(tmp.path(), &["--set".into(), "train.steps=2".into()]);
+    args.push("--resume".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = command(&args).output().unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("differs from the one"), "{}", text(&o));
+}
