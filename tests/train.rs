@@ -175,16 +175,15 @@ fn a_tiny_training_run_commits_trajectories_steps_and_publishes_weights() {
         replay("replay-b", 5),
         replay("replay-c", 6),
     );
-    assert_eq!(
-        differing_tensors(&a, &b),
-        0,
-        "same store, flow and seed → same weights"
-    );
+    // Equal up to the summation order of flex's multi-threaded kernels (bit-equal in practice).
+    let same = max_difference(&a, &b);
     assert!(
-        differing_tensors(&a, &c) > 0,
-        "another seed → another batch order"
+        same <= 1e-6,
+        "same store, flow and seed → same weights ({same})"
     );
-    assert!(differing_tensors(&a, &root().join("weights/policy.safetensors")) > 0);
+    let other = max_difference(&a, &c);
+    assert!(other > 1e-4, "another seed → another batch order ({other})");
+    assert!(max_difference(&a, &root().join("weights/policy.safetensors")) > 1e-4);
 }
 
 #[test]

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use rlrig_contract::{
     CheckReport, CheckRequest, Checker, Diffuser, EditPolicy, EditProposal, EditRequest, Editor,
-    GenerateRequest, Image, Outcome, ProposeRequest, RoleError, SceneGraph, StepOutput, Trajectory,
+    GenerateRequest, Image, Outcome, PolicyUpdate, ProposeRequest, RoleError, SceneGraph,
+    StepOutput, Trajectory,
 };
 use rlrig_engine::{Engine, Registry, RunSummary, StopSignal};
 use rlrig_sg::read_jsonl;
@@ -22,6 +23,9 @@ struct Knobs {
     panic_every: usize,
     /// The checker fails every batch holding a prompt whose img_id is "poison".
     poison: bool,
+    /// The policy writes a bad edit (the editor then fails to fix the image) for two seeds in
+    /// three.
+    graded: bool,
     /// Per-request sleep of the editor and of the others.
     editor_ms: u64,
     other_ms: u64,
@@ -34,7 +38,7 @@ struct Knobs {
 
 struct Gen(Arc<Knobs>);
 struct Check(Arc<Knobs>);
-struct Pol(Arc<Knobs>);
+struct Pol(Arc<Knobs>, u64);
 struct Edit(Arc<Knobs>);
 
 fn image(k: &Knobs, tag: u8) -> Image {
@@ -85,20 +89,41 @@ impl EditPolicy for Pol {
         std::thread::sleep(Duration::from_millis(self.0.other_ms * batch.len() as u64));
         Ok(batch
             .iter()
-            .map(|_| EditProposal {
-                edit_prompt: "fix it".into(),
+            .map(|r| EditProposal {
+                edit_prompt: if self.0.graded && r.seed % 3 != 0 {
+                    "fix it badly".into()
+                } else {
+                    "fix it".into()
+                },
                 token_ids: vec![],
                 logprobs: vec![],
-                policy_version: 0,
+                policy_version: self.1,
             })
             .collect())
+    }
+
+    fn update(&mut self, update: &PolicyUpdate) -> Result<(), RoleError> {
+        self.1 = update.version;
+        Ok(())
     }
 }
 
 impl Editor for Edit {
     fn edit(&mut self, batch: &[EditRequest]) -> Result<Vec<Image>, RoleError> {
         std::thread::sleep(Duration::from_millis(self.0.editor_ms * batch.len() as u64));
-        Ok(batch.iter().map(|_| image(&self.0, 2)).collect())
+        Ok(batch
+            .iter()
+            .map(|r| {
+                image(
+                    &self.0,
+                    if r.edit_prompt.ends_with("badly") {
+                        3
+                    } else {
+                        2
+                    },
+                )
+            })
+            .collect())
     }
 }
 
@@ -115,7 +140,7 @@ fn registry(k: &Arc<Knobs>) -> Registry {
     });
     let k3 = k.clone();
     r.add_policy("t.policy", "", ok, move |_: serde_json::Value, _| {
-        Ok(Box::new(Pol(k3.clone())))
+        Ok(Box::new(Pol(k3.clone(), 0)))
     });
     let k4 = k.clone();
     r.add_editor("t.edit", "", ok, move |_: serde_json::Value, _| {
@@ -367,4 +392,80 @@ async fn drain_stops_new_prompts_and_cancel_fails_those_in_flight() {
             |t| matches!(&t.outcome, Outcome::Failed { error } if error.contains("cancelled"))
         )
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sampled_round_runs_as_branches_and_goes_on_from_the_best() {
+    let k = Arc::new(Knobs {
+        graded: true,
+        ..Knobs::default()
+    });
+    let loaded = flow("[train]\npolicy = \"policy\"\nnum_generations = 4\nsteps = 1");
+    let engine = Engine::start(&loaded, &registry(&k)).await.unwrap();
+    let (_stop_tx, stop_rx) = watch::channel(StopSignal::Run);
+    let (summary, ts) = run_all(&engine, 30, stop_rx, &k).await;
+    engine.shutdown().await;
+    assert_eq!(summary.done, 30);
+    let mut mixed = 0;
+    for t in &ts {
+        let rounds = t.steps.iter().map(|s| s.round).max().unwrap();
+        for round in 1..=rounds {
+            let steps: Vec<_> = t.steps.iter().filter(|s| s.round == round).collect();
+            assert_eq!(steps.len(), 12, "4 branches × (policy, edit, check)");
+            let kept: HashSet<u32> = steps
+                .iter()
+                .filter_map(|s| s.branch.filter(|b| b.kept).map(|b| b.index))
+                .collect();
+            assert_eq!(kept.len(), 1, "one branch kept per round");
+        }
+        let groups = t.policy_groups();
+        assert_eq!(groups.len() as u32, rounds, "one group per sampled round");
+        for g in &groups {
+            assert_eq!(g.samples.len(), 4);
+            let rewards: Vec<f64> = g.samples.iter().map(|s| s.reward).collect();
+            let best = rewards.iter().cloned().fold(0.0, f64::max);
+            // The line goes on from the best branch: a round with a good edit ends the trajectory.
+            if best == 1.0 {
+                assert_eq!(g.round, rounds);
+                assert!(matches!(t.outcome, Outcome::Done { score: Some(s), .. } if s == 1.0));
+            }
+            if rewards.iter().any(|&r| r != rewards[0]) {
+                mixed += 1;
+            }
+        }
+    }
+    assert!(
+        mixed > 0,
+        "branches have their own seeds, so their edits differ"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_updates_reach_every_replica_in_order() {
+    let k = Arc::new(Knobs::default());
+    let loaded = flow("");
+    let engine = Engine::start(&loaded, &registry(&k)).await.unwrap();
+    let updater = engine.policy_updater("policy").unwrap();
+    let versions = |ts: &[Trajectory]| -> HashSet<u64> {
+        ts.iter()
+            .flat_map(|t| &t.steps)
+            .filter_map(|s| match &s.output {
+                StepOutput::Edit(e) => Some(e.policy_version),
+                _ => None,
+            })
+            .collect()
+    };
+    let (_stop_tx, stop_rx) = watch::channel(StopSignal::Run);
+    let (_, ts) = run_all(&engine, 5, stop_rx.clone(), &k).await;
+    assert_eq!(versions(&ts), HashSet::from([0]));
+    let update = |version| PolicyUpdate {
+        version,
+        weights: vec![],
+    };
+    updater.send(update(5)).unwrap();
+    updater.send(update(3)).unwrap(); // older: ignored
+    let (_, ts) = run_all(&engine, 5, stop_rx, &k).await;
+    assert_eq!(versions(&ts), HashSet::from([5]));
+    engine.shutdown().await;
+    assert!(updater.send(update(6)).is_err(), "a stopped actor says so");
 }
