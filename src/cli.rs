@@ -48,6 +48,9 @@ enum Command {
         #[arg(long)]
         overwrite: bool,
     },
+    /// Compares two runs over the same prompts, prompt by prompt: final oracle scores and paired
+    /// bootstrap confidence intervals of the difference.
+    Compare(crate::compare_cmd::CompareArgs),
     /// Checks a flow without running anything: format, references, cycle order, kinds, settings.
     Validate {
         /// The flow file.
@@ -93,6 +96,7 @@ pub fn main(registry: Registry) -> i32 {
             sets,
             overwrite,
         } => crate::replay::run(&registry, &run, &flow, &sets, overwrite).map(|_| 0),
+        Command::Compare(args) => crate::compare_cmd::run(args),
         Command::Validate { flow, sets } => validate(&registry, &flow, &sets),
         Command::Schema => {
             print!("{}", rlrig_flow::schema());

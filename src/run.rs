@@ -4,7 +4,8 @@
 //! sled trajectory store, every trajectory written atomically), `trajectories/<id>/` (each
 //! prompt's image chain as PNGs and `chain.json` with the reflections and edit prompts), and
 //! `metrics.json` (oracle metrics at round 0, each round and final, when the prompts are in the
-//! built-in world's vocabulary).
+//! built-in world's vocabulary) with `scores.jsonl` (the same per trajectory, for paired
+//! comparisons of runs over the same prompts).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -191,7 +192,12 @@ async fn drive(
     let summary = engine.run(prompts, tx, stop_rx).await;
     let restarts = engine.stats().restarts.load(Ordering::Relaxed);
     engine.shutdown().await;
-    let collector = consumer.await??;
+    let mut collector = consumer.await??;
+    if judged {
+        collector.lines.sort_by_key(|l| l["id"].as_u64());
+        let text: String = collector.lines.iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(dir.join("scores.jsonl"), text).context("writing scores.jsonl")?;
+    }
     progress.finish();
     if restarts > 0 {
         eprintln!("{restarts} actor replica restart(s) after failures; see the log");
@@ -211,6 +217,8 @@ struct Collector {
     done: usize,
     failed: usize,
     rounds_run: u64,
+    /// One line per judged trajectory for `scores.jsonl`.
+    lines: Vec<serde_json::Value>,
 }
 
 impl Collector {
@@ -223,6 +231,7 @@ impl Collector {
             done: 0,
             failed: 0,
             rounds_run: 0,
+            lines: Vec::new(),
         }
     }
 
@@ -242,16 +251,28 @@ impl Collector {
                 .ok()
         };
         let images: Vec<_> = t.images().collect();
+        let mut per_round = Vec::new();
         for r in 0..=self.max_rounds {
             if let Some((_, _, img)) = images.iter().rev().find(|(_, round, _)| *round <= r)
                 && let Some(s) = score(img)
             {
                 self.rounds[r as usize].push(s);
+                per_round.push(s);
             }
         }
-        if let Some(s) = t.answer().and_then(score) {
+        let final_ = t.answer().and_then(score);
+        if let Some(s) = final_ {
             self.finals.push(s);
         }
+        let line = |s: &(IouScores, Option<f64>)| {
+            serde_json::json!({"sg_iou": s.0.sg_iou, "entity_iou": s.0.entity_iou,
+                "relation_iou": s.0.relation_iou, "relation_accuracy": s.1})
+        };
+        self.lines.push(serde_json::json!({
+            "id": t.id,
+            "rounds": per_round.iter().map(line).collect::<Vec<_>>(),
+            "final": final_.as_ref().map(line),
+        }));
     }
 
     fn metrics(&self, complete: bool, elapsed: Duration) -> RunMetrics {

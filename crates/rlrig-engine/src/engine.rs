@@ -359,7 +359,12 @@ impl Driver {
                     .run_group(&names[i..], round, prompt, seed, p, steps)
                     .await;
             }
-            let step_seed = mix_seed(seed.wrapping_add(steps.len() as u64));
+            let mut step_seed = mix_seed(seed.wrapping_add(steps.len() as u64));
+            if let (Role::Policy, Some(b)) = (role, branch) {
+                // Common random numbers: a group's branches share every seed but the Policy's,
+                // so their rewards differ by what the Policy wrote, not by the Editor's noise.
+                step_seed = mix_seed(step_seed ^ mix_seed(0x5eed_0000_0000 + u64::from(b)));
+            }
             let missing = |what: &str| format!("actor {name:?} ({role}) has no {what} to work on");
             let request = match role {
                 Role::Diffuser => Request::Generate(GenerateRequest {
@@ -423,7 +428,8 @@ impl Driver {
     }
 
     /// GRPO rollout: `names` (from the Policy step to the end of the round) run
-    /// `num_generations` times concurrently, each branch with its own seeds. Every branch's
+    /// `num_generations` times concurrently; the branches share their seeds except the
+    /// Policy's (common random numbers). Every branch's
     /// steps are recorded; the trajectory goes on from the branch with the best combined
     /// Checker score (the lowest index among equals). A failed branch fails the trajectory.
     async fn run_group(
@@ -437,9 +443,10 @@ impl Driver {
     ) -> Result<(), String> {
         let g = self.flow.num_generations();
         let base = steps.len() as u64;
+        let gseed = mix_seed(seed ^ mix_seed(base));
         let branches = (0..g).map(|b| {
             let mut bp = p.clone();
-            let bseed = mix_seed(seed ^ mix_seed(base.wrapping_add(u64::from(b) << 32)));
+            let bseed = gseed;
             async move {
                 let mut bsteps = Vec::new();
                 let r = Box::pin(self.run_steps(

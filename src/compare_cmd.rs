@@ -1,0 +1,138 @@
+//! `rlrig compare RUN_A RUN_B`: two runs over the same prompts, compared prompt by prompt on
+//! their oracle scores (`scores.jsonl`), with paired bootstrap confidence intervals of the
+//! difference (B − A) of each metric's mean over the final answers.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use rand::{Rng, SeedableRng};
+
+/// Options of `rlrig compare`.
+#[derive(clap::Args)]
+pub struct CompareArgs {
+    /// The baseline run directory (holding scores.jsonl).
+    pub a: PathBuf,
+    /// The run compared with it.
+    pub b: PathBuf,
+    /// Bootstrap resamples.
+    #[arg(long, default_value_t = 10_000)]
+    pub resamples: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+const METRICS: [&str; 4] = ["sg_iou", "entity_iou", "relation_iou", "relation_accuracy"];
+
+fn finals(run: &Path) -> Result<BTreeMap<u64, serde_json::Value>> {
+    let path = run.join("scores.jsonl");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{} (runs judged by the oracle write it)", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .filter_map(
+            |(i, l)| match serde_json::from_str::<serde_json::Value>(l) {
+                Ok(v) if v["final"].is_object() => {
+                    v["id"].as_u64().map(|id| Ok((id, v["final"].clone())))
+                }
+                Ok(_) => None,
+                Err(e) => Some(Err(anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1))),
+            },
+        )
+        .collect()
+}
+
+/// Mean difference and its 95 % percentile bootstrap interval, resampling prompts.
+pub fn paired_bootstrap(d: &[f64], resamples: usize, seed: u64) -> (f64, f64, f64) {
+    let n = d.len();
+    let mean = d.iter().sum::<f64>() / n as f64;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut means: Vec<f64> = (0..resamples)
+        .map(|_| (0..n).map(|_| d[rng.random_range(0..n)]).sum::<f64>() / n as f64)
+        .collect();
+    means.sort_by(f64::total_cmp);
+    let at = |q: f64| means[((q * resamples as f64) as usize).min(resamples - 1)];
+    (mean, at(0.025), at(0.975))
+}
+
+/// Runs the command.
+pub fn run(args: CompareArgs) -> Result<i32> {
+    let (a, b) = (finals(&args.a)?, finals(&args.b)?);
+    let ids: Vec<u64> = a.keys().filter(|id| b.contains_key(id)).copied().collect();
+    if ids.len() < 2 {
+        bail!(
+            "the runs share {} judged prompts; a comparison needs two at least",
+            ids.len()
+        );
+    }
+    let mut rows = Vec::new();
+    for m in METRICS {
+        let pairs: Vec<(f64, f64)> = ids
+            .iter()
+            .filter_map(|id| Some((a[id][m].as_f64()?, b[id][m].as_f64()?)))
+            .collect();
+        if pairs.is_empty() {
+            continue;
+        }
+        let n = pairs.len() as f64;
+        let d: Vec<f64> = pairs.iter().map(|(x, y)| y - x).collect();
+        let (diff, lo, hi) = paired_bootstrap(&d, args.resamples.max(100), 0);
+        rows.push(serde_json::json!({
+            "metric": m, "n": pairs.len(),
+            "a": pairs.iter().map(|p| p.0).sum::<f64>() / n,
+            "b": pairs.iter().map(|p| p.1).sum::<f64>() / n,
+            "diff": diff, "ci95": [lo, hi],
+        }));
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(0);
+    }
+    println!(
+        "A = {}\nB = {}\n{} prompts in both; paired bootstrap, {} resamples",
+        args.a.display(),
+        args.b.display(),
+        ids.len(),
+        args.resamples
+    );
+    println!(
+        "{:<18} {:>8} {:>8} {:>9} {:>22}",
+        "metric (final)", "A", "B", "B − A", "95 % CI of B − A"
+    );
+    for r in &rows {
+        println!(
+            "{:<18} {:>8.4} {:>8.4} {:>+9.4} {:>22}",
+            r["metric"].as_str().unwrap_or(""),
+            r["a"].as_f64().unwrap_or(0.0),
+            r["b"].as_f64().unwrap_or(0.0),
+            r["diff"].as_f64().unwrap_or(0.0),
+            format!(
+                "[{:+.4}, {:+.4}]",
+                r["ci95"][0].as_f64().unwrap_or(0.0),
+                r["ci95"][1].as_f64().unwrap_or(0.0)
+            ),
+        );
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::paired_bootstrap;
+
+    #[test]
+    fn the_interval_covers_the_mean_and_shrinks_with_more_prompts() {
+        let d: Vec<f64> = (0..200)
+            .map(|i| if i % 4 == 0 { 1.0 } else { 0.0 })
+            .collect();
+        let (m, lo, hi) = paired_bootstrap(&d, 2000, 1);
+        assert!((m - 0.25).abs() < 1e-12 && lo < m && m < hi);
+        let d4: Vec<f64> = d.iter().cycle().take(800).copied().collect();
+        let (_, lo4, hi4) = paired_bootstrap(&d4, 2000, 1);
+        assert!(hi4 - lo4 < hi - lo);
+        let zero = vec![0.5; 50];
+        assert_eq!(paired_bootstrap(&zero, 500, 1), (0.5, 0.5, 0.5));
+    }
+}
