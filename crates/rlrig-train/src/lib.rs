@@ -11,7 +11,8 @@
 //! checkpoint.
 //!
 //! **Exactly once.** A step takes whole trajectories, in commit order, until it holds at least
-//! `groups_per_step` groups young enough (older ones are dropped on the way, and counted); the checkpoint stores the learner's state and the sequence number
+//! `groups_per_step` groups that are young enough and whose rewards differ (the others are
+//! dropped on the way, and counted: DAPO's dynamic sampling); the checkpoint stores the learner's state and the sequence number
 //! of the last trajectory used, together, replaced atomically. A resumed trainer restores both
 //! and reads on from there: a committed trajectory is used by exactly one step, whether it was
 //! committed before or after the checkpoint, and a step taken after the checkpoint but before a
@@ -257,6 +258,7 @@ impl TrainerActorState {
                     .iter()
                     .filter(|g| {
                         version.saturating_sub(g.policy_version()) <= self.config.max_staleness
+                            && informative(g)
                     })
                     .count();
                 if fresh >= self.config.groups_per_step {
@@ -283,10 +285,13 @@ impl TrainerActorState {
         let mut stale = 0;
         let mut ages = Vec::new();
         let mut groups = Vec::new();
+        let mut equal = 0;
         for g in used.into_iter().flat_map(|(_, g)| g) {
             let age = version.saturating_sub(g.policy_version());
             if age > self.config.max_staleness {
                 stale += 1;
+            } else if !informative(&g) {
+                equal += 1;
             } else {
                 ages.push(age as f64);
                 groups.push(g);
@@ -301,7 +306,8 @@ impl TrainerActorState {
         .await
         .map_err(|e| format!("the learner thread failed: {e}"))?;
         self.learner = Some(learner);
-        let (stats, update) = result.map_err(|e| format!("learner step: {e}"))?;
+        let (mut stats, update) = result.map_err(|e| format!("learner step: {e}"))?;
+        stats.filtered_groups += equal;
         if stats.version != version {
             (self.publish)(update)?;
         }
@@ -403,6 +409,13 @@ impl TrainerActorState {
     }
 }
 
+/// Whether a group's rewards differ: one whose rewards are all equal has no advantage to learn
+/// from and is filtered (DAPO's dynamic sampling): a step waits for `groups_per_step` groups
+/// that carry a signal.
+fn informative(g: &PolicyGroup) -> bool {
+    g.samples.iter().any(|s| s.reward != g.samples[0].reward)
+}
+
 /// Renames `tmp` to `dst`, keeping the old `dst` as `dst.old` until the new one is in place
 /// (so that at every moment one whole checkpoint exists; see [`checkpoint_to_resume`]).
 fn swap_in(tmp: &Path, dst: &Path) -> std::io::Result<()> {
@@ -450,4 +463,65 @@ pub fn read_metrics(path: &Path) -> Result<Vec<StepMetrics>, String> {
             serde_json::from_str(l).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(step: u64) -> String {
+        let m = StepMetrics {
+            step,
+            seconds: 0.0,
+            first_seq: step * 10,
+            last_seq: step * 10 + 9,
+            trajectories: 10,
+            stale_groups: 0,
+            staleness: 0.0,
+            trajectories_per_s: 0.0,
+            learn: LearnStats::default(),
+        };
+        serde_json::to_string(&m).unwrap() + "\n"
+    }
+
+    #[test]
+    fn resume_drops_the_metric_lines_of_steps_after_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        std::fs::write(
+            &path,
+            (1..=5).map(line).collect::<String>() + "{\"step\": 6, tor",
+        )
+        .unwrap();
+        truncate_metrics(&path, 3).unwrap();
+        let steps: Vec<u64> = read_metrics(&path)
+            .unwrap()
+            .iter()
+            .map(|m| m.step)
+            .collect();
+        assert_eq!(steps, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_crash_between_the_two_renames_resumes_from_the_old_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let ckpt = dir.path().join("checkpoint");
+        assert_eq!(checkpoint_to_resume(&ckpt), None);
+        let tmp = dir.path().join("checkpoint.tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
+        std::fs::write(tmp.join("trainer.json"), "{}").unwrap();
+        swap_in(&tmp, &ckpt).unwrap();
+        assert_eq!(checkpoint_to_resume(&ckpt), Some(ckpt.clone()));
+        // The state after `rename(checkpoint → checkpoint.old)` and before the second rename.
+        std::fs::rename(&ckpt, ckpt.with_extension("old")).unwrap();
+        assert_eq!(
+            checkpoint_to_resume(&ckpt),
+            Some(ckpt.with_extension("old"))
+        );
+        // A scratch directory alone (a crash while writing) is never resumed from.
+        std::fs::remove_dir_all(ckpt.with_extension("old")).unwrap();
+        std::fs::create_dir_all(&tmp).unwrap();
+        std::fs::write(tmp.join("trainer.json"), "{}").unwrap();
+        assert_eq!(checkpoint_to_resume(&ckpt), None);
+    }
 }
