@@ -151,9 +151,17 @@ pub fn run(
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let summary = runtime.block_on(drive(
-        registry, &loaded, &t, kept, store, learner, &dir, resume,
-    ))?;
+    let (eval_tx, eval_rx) = std::sync::mpsc::channel::<PolicyUpdate>();
+    let summary = std::thread::scope(|scope| {
+        let evaluator = scope.spawn(|| evaluate_versions(registry, &loaded, &t, &dir, eval_rx));
+        let summary = runtime.block_on(drive(
+            registry, &loaded, &t, kept, store, learner, &dir, resume, eval_tx,
+        ));
+        if let Err(e) = evaluator.join().expect("the evaluator does not panic") {
+            eprintln!("warning: evaluation: {e:#}");
+        }
+        summary
+    })?;
     std::fs::write(
         dir.join("train.json"),
         serde_json::to_string_pretty(&summary)? + "\n",
@@ -194,6 +202,7 @@ async fn drive(
     learner: Learner,
     dir: &Path,
     resume: bool,
+    eval: std::sync::mpsc::Sender<PolicyUpdate>,
 ) -> Result<TrainSummary> {
     let t0 = Instant::now();
     let engine = Engine::start(loaded, registry).await?;
@@ -202,9 +211,12 @@ async fn drive(
         .context("the trained policy is not running")?;
     let latest: Arc<Mutex<Option<PolicyUpdate>>> = Arc::default();
     let publish = {
-        let latest = latest.clone();
+        let (latest, eval, every) = (latest.clone(), eval.clone(), t.eval_every);
         Box::new(move |u: PolicyUpdate| {
             updater.send(u.clone())?;
+            if every > 0 && u.version > 0 && u.version.is_multiple_of(every) {
+                let _ = eval.send(u.clone());
+            }
             *latest.lock().expect("not poisoned") = Some(u);
             Ok(())
         })
@@ -292,6 +304,9 @@ async fn drive(
         .map_err(|e| anyhow::anyhow!("training failed: {e}"))?;
     if let Some(u) = latest.lock().expect("not poisoned").take() {
         write_weights(&dir.join("policy.safetensors"), &u.weights)?;
+        if t.eval_every > 0 && !u.version.is_multiple_of(t.eval_every) {
+            let _ = eval.send(u);
+        }
     }
     eprintln!(
         "{committed} trajectories committed in {:.1} s",
@@ -306,4 +321,67 @@ pub(crate) fn write_weights(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("safetensors.tmp");
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Evaluates the Policy versions sent by the trainer, one after the other, on held-out prompts:
+/// the flow's cycle without `[train]`, the Policy greedy with that version's weights, judged by
+/// the oracle. Each evaluation is a run under `<run>/eval/v<version>/`; `eval.jsonl` gets a line
+/// per version (final and per-round means).
+fn evaluate_versions(
+    registry: &Registry,
+    loaded: &LoadedFlow,
+    t: &TrainSettings,
+    dir: &Path,
+    versions: std::sync::mpsc::Receiver<PolicyUpdate>,
+) -> Result<()> {
+    let eval_dir = dir.join("eval");
+    let mut flow_path = None;
+    for u in versions {
+        let flow = match &flow_path {
+            Some(p) => p,
+            None => {
+                std::fs::create_dir_all(&eval_dir)?;
+                let text = rlrig_flow::without_table(&loaded.text, "train")
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let p = eval_dir.join("flow.toml");
+                std::fs::write(&p, text)?;
+                flow_path.insert(p)
+            }
+        };
+        let weights = eval_dir.join(format!("policy-v{}.safetensors", u.version));
+        write_weights(&weights, &u.weights)?;
+        let policy = &t.policy;
+        let sets = vec![
+            format!("name=v{}", u.version),
+            format!("run_dir={}", eval_dir.display()),
+            "prompts.source=\"world\"".to_string(),
+            format!("prompts.seed={}", t.eval_seed),
+            format!("prompts.count={}", t.eval_prompts),
+            format!("actors.{policy}.settings.greedy=true"),
+            format!("actors.{policy}.settings.weights=\"{}\"", weights.display()),
+            "store.trajectories=false".to_string(),
+        ];
+        let (metrics, _) = crate::run::run(
+            registry,
+            &RunOptions {
+                flow: flow.clone(),
+                sets,
+                overwrite: true,
+            },
+        )
+        .with_context(|| format!("evaluating version {}", u.version))?;
+        let line = serde_json::json!({
+            "version": u.version,
+            "prompts": t.eval_prompts,
+            "final": metrics.final_,
+            "rounds": metrics.rounds,
+        });
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("eval.jsonl"))?;
+        writeln!(f, "{line}")?;
+    }
+    Ok(())
 }

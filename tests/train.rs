@@ -151,6 +151,17 @@ fn a_tiny_training_run_commits_trajectories_steps_and_publishes_weights() {
     assert!(dir.join("metrics.svg").is_file());
     assert!(dir.join("checkpoint/trainer.json").is_file());
 
+    // The held-out evaluation of version 3, judged by the oracle.
+    let eval: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("eval.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(eval.len(), 1, "{eval:?}");
+    assert_eq!(eval[0]["version"], 3);
+    assert_eq!(eval[0]["final"]["n"], 12, "{eval:?}");
+    assert!(eval[0]["final"]["mean"]["sg_iou"].as_f64().unwrap() > 0.0);
+
     // Replay from the store only: same seed, same weights; another seed, other weights.
     let replay = |name: &str, seed: u64| -> PathBuf {
         let args: Vec<String> = vec![

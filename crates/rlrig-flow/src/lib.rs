@@ -58,6 +58,16 @@ pub struct Flow {
     pub train: Option<TrainSettings>,
 }
 
+/// The flow text without one top-level table (e.g. `train`, for the inference variant of a
+/// training flow); the rest is kept as written.
+pub fn without_table(text: &str, table: &str) -> Result<String, String> {
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e: toml_edit::TomlError| e.to_string())?;
+    doc.remove(table);
+    Ok(doc.to_string())
+}
+
 impl Flow {
     /// How many ways the Policy samples per round: `train.num_generations`, else 1.
     pub fn num_generations(&self) -> u32 {

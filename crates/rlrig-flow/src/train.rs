@@ -53,6 +53,24 @@ pub struct TrainSettings {
     /// Device of the learner: `cpu`, `wgpu`, `wgpu:N`.
     #[serde(default = "default_device")]
     pub device: String,
+    /// Evaluate the Policy on held-out prompts every this many versions, and the last one
+    /// (0: never). The evaluation runs the flow's cycle without `[train]`, the Policy greedy,
+    /// beside the training, and the oracle judges it (`eval.jsonl`).
+    #[serde(default)]
+    pub eval_every: u64,
+    /// Held-out prompts per evaluation (the world's sampler).
+    #[serde(default = "default_eval_prompts")]
+    pub eval_prompts: u64,
+    /// The sampler seed of the held-out prompts (different from `prompts.seed`).
+    #[serde(default = "default_eval_seed")]
+    pub eval_seed: u64,
+}
+
+fn default_eval_prompts() -> u64 {
+    100
+}
+fn default_eval_seed() -> u64 {
+    1000
 }
 
 fn default_generations() -> u32 {

@@ -188,6 +188,18 @@ fn check_train(
             ),
         );
     }
+    if t.eval_every > 0 && t.eval_prompts == 0 {
+        problem(
+            "train.eval_prompts",
+            "must be at least 1 when `eval_every` is set".into(),
+        );
+    }
+    if t.eval_every > 0 && t.eval_seed == flow.prompts.seed {
+        problem(
+            "train.eval_seed",
+            "equals `prompts.seed`: held-out prompts must come from another seed".into(),
+        );
+    }
     if !valid_device(&t.device) {
         problem(
             "train.device",
