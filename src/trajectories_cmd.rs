@@ -102,9 +102,16 @@ pub fn run(cmd: TrajectoriesCommand) -> Result<i32> {
                         e.policy_version
                     ),
                 };
+                let branch = s.branch.map_or(String::new(), |b| {
+                    format!(
+                        " [branch {}{}]",
+                        b.index,
+                        if b.kept { ", kept" } else { "" }
+                    )
+                });
                 writeln!(
                     out,
-                    "  {i:>2} round {} {:<9} {}: {what}",
+                    "  {i:>2} round {}{branch} {:<9} {}: {what}",
                     s.round, s.role, s.actor
                 )?;
             }

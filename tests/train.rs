@@ -140,7 +140,21 @@ fn a_tiny_training_run_commits_trajectories_steps_and_publishes_weights() {
         "new weights reached the Policy actors by message"
     );
 
-    drop(store); // sled locks the database: the replays below open it.
+    let branched = all
+        .iter()
+        .find(|(_, t)| t.steps.iter().any(|s| s.branch.is_some()))
+        .map(|(_, t)| t.id)
+        .unwrap();
+    drop(store); // sled locks the database: the commands below open it.
+    let id = branched.to_string();
+    let shown = command(&["trajectories", "show", dir.to_str().unwrap(), &id])
+        .output()
+        .unwrap();
+    let shown = text(&shown);
+    assert!(
+        shown.contains("[branch 0") && shown.contains(", kept]"),
+        "{shown}"
+    );
 
     // The published weights are the trained ones, not the shipped ones.
     let trained = dir.join("policy.safetensors");
