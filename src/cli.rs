@@ -51,6 +51,9 @@ enum Command {
     /// Compares two runs over the same prompts, prompt by prompt: final oracle scores and paired
     /// bootstrap confidence intervals of the difference.
     Compare(crate::compare_cmd::CompareArgs),
+    /// Runs a flow over LAION-SG prompts (JSON or JSONL) and reports SG-IoU, Entity-IoU and
+    /// Relation-IoU per round and final with bootstrap confidence intervals.
+    Eval(crate::eval_cmd::EvalArgs),
     /// Checks a flow without running anything: format, references, cycle order, kinds, settings.
     Validate {
         /// The flow file.
@@ -97,6 +100,7 @@ pub fn main(registry: Registry) -> i32 {
             overwrite,
         } => crate::replay::run(&registry, &run, &flow, &sets, overwrite).map(|_| 0),
         Command::Compare(args) => crate::compare_cmd::run(args),
+        Command::Eval(args) => crate::eval_cmd::run(&registry, args),
         Command::Validate { flow, sets } => validate(&registry, &flow, &sets),
         Command::Schema => {
             print!("{}", rlrig_flow::schema());

@@ -44,8 +44,9 @@ fn finals(run: &Path) -> Result<BTreeMap<u64, serde_json::Value>> {
         .collect()
 }
 
-/// Mean difference and its 95 % percentile bootstrap interval, resampling prompts.
-pub fn paired_bootstrap(d: &[f64], resamples: usize, seed: u64) -> (f64, f64, f64) {
+/// The mean of `d` and its 95 % percentile bootstrap interval, resampling its entries (the
+/// prompts); for paired differences, `d` holds them.
+pub fn bootstrap_ci(d: &[f64], resamples: usize, seed: u64) -> (f64, f64, f64) {
     let n = d.len();
     let mean = d.iter().sum::<f64>() / n as f64;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -78,7 +79,7 @@ pub fn run(args: CompareArgs) -> Result<i32> {
         }
         let n = pairs.len() as f64;
         let d: Vec<f64> = pairs.iter().map(|(x, y)| y - x).collect();
-        let (diff, lo, hi) = paired_bootstrap(&d, args.resamples.max(100), 0);
+        let (diff, lo, hi) = bootstrap_ci(&d, args.resamples.max(100), 0);
         rows.push(serde_json::json!({
             "metric": m, "n": pairs.len(),
             "a": pairs.iter().map(|p| p.0).sum::<f64>() / n,
@@ -120,19 +121,19 @@ pub fn run(args: CompareArgs) -> Result<i32> {
 
 #[cfg(test)]
 mod tests {
-    use super::paired_bootstrap;
+    use super::bootstrap_ci;
 
     #[test]
     fn the_interval_covers_the_mean_and_shrinks_with_more_prompts() {
         let d: Vec<f64> = (0..200)
             .map(|i| if i % 4 == 0 { 1.0 } else { 0.0 })
             .collect();
-        let (m, lo, hi) = paired_bootstrap(&d, 2000, 1);
+        let (m, lo, hi) = bootstrap_ci(&d, 2000, 1);
         assert!((m - 0.25).abs() < 1e-12 && lo < m && m < hi);
         let d4: Vec<f64> = d.iter().cycle().take(800).copied().collect();
-        let (_, lo4, hi4) = paired_bootstrap(&d4, 2000, 1);
+        let (_, lo4, hi4) = bootstrap_ci(&d4, 2000, 1);
         assert!(hi4 - lo4 < hi - lo);
         let zero = vec![0.5; 50];
-        assert_eq!(paired_bootstrap(&zero, 500, 1), (0.5, 0.5, 0.5));
+        assert_eq!(bootstrap_ci(&zero, 500, 1), (0.5, 0.5, 0.5));
     }
 }

@@ -19,6 +19,7 @@
 mod builtin;
 pub mod cli;
 mod compare_cmd;
+mod eval_cmd;
 mod plot;
 pub mod pretrain_cmd;
 mod quality_cmd;
