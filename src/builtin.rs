@@ -50,6 +50,7 @@ mod editor_defaults {
 /// | `neural.editor` | editor | the trained editor DiT (`weights`, default `weights/editor.safetensors`) |
 /// | `neural.checker` | checker | the trained Checker VLM (`weights`, default `weights/checker.safetensors`) |
 /// | `neural.policy` | policy | the trained Policy VLM, the paper's Actor (`weights`, default `weights/policy.safetensors`; decoding settings) |
+/// | `judge.checker` | checker | a VLM judge over an OpenAI-compatible endpoint (`base_url`, `model`, the key from `api_key_env`) |
 /// | `external` | any | a child process speaking rlrig's line-delimited JSON protocol (docs/external-protocol.md) |
 pub fn builtin_registry() -> Registry {
     let mut r = Registry::new();
@@ -100,6 +101,12 @@ pub fn builtin_registry() -> Registry {
         "the trained Policy VLM (the paper's Actor): writes the edit prompt token by token; `weights`, `greedy`, `temperature`, `top_k`, `max_tokens`",
         |c: &PolicySettings| c.check(),
         |c, ctx| Ok(Box::new(NeuralPolicy::new(&c, &ctx.device)?)),
+    );
+    r.add_checker(
+        "judge.checker",
+        "a VLM judge over an OpenAI-compatible chat-completions endpoint (LAION-SG's extraction): `base_url`, `model`, `api_key_env`, `timeout_ms`, `max_attempts`, `backoff_ms`",
+        |c: &rlrig_judge::JudgeSettings| c.check(),
+        |c, _| Ok(Box::new(rlrig_judge::JudgeChecker::new(c)?)),
     );
     r.add_any_role(
         "external",
