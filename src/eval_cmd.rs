@@ -6,6 +6,9 @@
 //! The oracle judges only the built-in world: every record must be in its vocabulary (shapes,
 //! colours, the four relations), else the command refuses before running, listing each record's
 //! problems. Malformed records are refused by the LAION-SG reader with their line and field.
+//! With `--judge-url`, a VLM behind an OpenAI-compatible endpoint judges instead (crate
+//! `rlrig-judge`), each round's image and the answer of every stored trajectory; a trajectory
+//! that stops early counts its last image for the later rounds.
 
 use std::path::PathBuf;
 
@@ -36,6 +39,16 @@ pub struct EvalArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Judge with a VLM at this OpenAI-compatible base URL (e.g. http://127.0.0.1:8000/v1)
+    /// instead of the oracle; prompts may then use any vocabulary the flow's actors take.
+    #[arg(long)]
+    pub judge_url: Option<String>,
+    /// The judge's model name.
+    #[arg(long, default_value = "judge", requires = "judge_url")]
+    pub judge_model: String,
+    /// The environment variable holding the judge's API key.
+    #[arg(long, default_value = "OPENAI_API_KEY", requires = "judge_url")]
+    pub judge_key_env: String,
 }
 
 const METRICS: [&str; 3] = ["sg_iou", "entity_iou", "relation_iou"];
@@ -46,9 +59,23 @@ pub fn run(registry: &Registry, args: EvalArgs) -> Result<i32> {
     if records.is_empty() {
         bail!("{}: no records", args.prompts.display());
     }
+    let judge = args
+        .judge_url
+        .as_ref()
+        .map(|url| {
+            rlrig_judge::JudgeClient::new(rlrig_judge::JudgeSettings {
+                base_url: url.clone(),
+                model: args.judge_model.clone(),
+                api_key_env: args.judge_key_env.clone(),
+                ..rlrig_judge::JudgeSettings::default()
+            })
+            .map_err(|e| anyhow::anyhow!("--judge-url: {e}"))
+        })
+        .transpose()?;
     let problems: Vec<String> = records
         .iter()
         .enumerate()
+        .filter(|_| judge.is_none())
         .filter_map(|(i, g)| {
             WorldGraph::from_scene_graph(g).err().map(|e| {
                 let name = g
@@ -94,13 +121,24 @@ pub fn run(registry: &Registry, args: EvalArgs) -> Result<i32> {
             overwrite: args.overwrite,
         },
     )?;
-    let path = dir.join("scores.jsonl");
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
-        .with_context(|| path.display().to_string())?
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()?;
-    let rounds = metrics.rounds.len();
+    let (lines, rounds) = match &judge {
+        None => {
+            let path = dir.join("scores.jsonl");
+            let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+                .with_context(|| path.display().to_string())?
+                .lines()
+                .map(serde_json::from_str)
+                .collect::<Result<_, _>>()?;
+            (lines, metrics.rounds.len())
+        }
+        Some(judge) => {
+            let max_rounds = rlrig_flow::load(&args.flow, &args.sets)?
+                .flow
+                .cycle
+                .max_rounds;
+            judge_run(judge, &dir, max_rounds)?
+        }
+    };
     let summarise = |pick: &dyn Fn(&serde_json::Value) -> Option<serde_json::Value>| {
         let mut out = serde_json::Map::new();
         for m in METRICS {
@@ -125,6 +163,7 @@ pub fn run(registry: &Registry, args: EvalArgs) -> Result<i32> {
     let final_ = summarise(&|l| Some(l["final"].clone()).filter(|f| f.is_object()));
     let report = serde_json::json!({
         "flow": args.flow, "prompts": args.prompts, "records": records.len(),
+        "judge": args.judge_url.as_ref().map_or("oracle".to_string(), |u| format!("{} at {u}", args.judge_model)),
         "done": metrics.done, "failed": metrics.failed,
         "rounds": per_round, "final": final_,
     });
@@ -169,4 +208,43 @@ pub fn run(registry: &Registry, args: EvalArgs) -> Result<i32> {
         );
     }
     Ok(0)
+}
+
+/// Judges every stored trajectory of a run with a VLM: each round's image on the line and the
+/// answer; writes `judge_scores.jsonl` (the shape of `scores.jsonl`). Returns the lines and the
+/// number of rounds.
+fn judge_run(
+    judge: &rlrig_judge::JudgeClient,
+    dir: &std::path::Path,
+    max_rounds: u32,
+) -> Result<(Vec<serde_json::Value>, usize)> {
+    let store = rlrig_store::TrajectoryStore::open(&dir.join("store"))
+        .context("judging needs the run's trajectory store (store.trajectories = true)")?;
+    let line = |s: &rlrig_sg::IouScores| serde_json::json!({"sg_iou": s.sg_iou, "entity_iou": s.entity_iou, "relation_iou": s.relation_iou});
+    let mut lines = Vec::new();
+    for (_, t) in store.committed_after(None, usize::MAX)? {
+        let Some(answer) = t.answer() else { continue };
+        let images: Vec<_> = t.images().collect();
+        // Each distinct image is judged once.
+        let mut judged: std::collections::HashMap<usize, rlrig_sg::IouScores> = Default::default();
+        let mut per_round = Vec::new();
+        for r in 0..=max_rounds {
+            if let Some((step, _, img)) = images.iter().rev().find(|(_, round, _)| *round <= r) {
+                if !judged.contains_key(step) {
+                    judged.insert(*step, judge.score(img, &t.prompt)?);
+                }
+                per_round.push(line(&judged[step]));
+            }
+        }
+        let final_ = match t.outcome {
+            rlrig_contract::Outcome::Done { answer: step, .. } if judged.contains_key(&step) => {
+                judged[&step]
+            }
+            _ => judge.score(answer, &t.prompt)?,
+        };
+        lines.push(serde_json::json!({"id": t.id, "rounds": per_round, "final": line(&final_)}));
+    }
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(dir.join("judge_scores.jsonl"), text)?;
+    Ok((lines, max_rounds as usize + 1))
 }

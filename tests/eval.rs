@@ -116,3 +116,62 @@ fn eval_refuses_words_outside_the_world_and_unknown_item_ids() {
     let t = text(&o);
     assert!(t.contains("dangling.jsonl:1") && t.contains('7'), "{t}");
 }
+
+/// A chat-completions server that answers every extraction question with all the candidate
+/// objects it was offered and no relations.
+fn echo_judge() -> String {
+    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", server.server_addr().to_ip().unwrap());
+    std::thread::spawn(move || {
+        for mut req in server.incoming_requests() {
+            let mut body = String::new();
+            req.as_reader().read_to_string(&mut body).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let question = v["messages"][0]["content"][0]["text"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let start = question.find("Candidate objects").unwrap();
+            let list = &question[start..];
+            let list = &list[list.find('[').unwrap()..=list.find(']').unwrap()];
+            let answer = format!("```json\n{{\"objects\": {list}, \"relations\": []}}\n```");
+            let reply = serde_json::json!({"choices": [{"message": {"content": answer}}]});
+            let _ = req.respond(tiny_http::Response::from_string(reply.to_string()));
+        }
+    });
+    url
+}
+
+#[test]
+fn eval_with_a_vlm_judge_scores_what_the_judge_extracts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = echo_judge();
+    let run_dir = format!("run_dir={}", tmp.path().display());
+    let o = rlrig(&[
+        "eval",
+        "flows/infer-baseline.toml",
+        "--prompts",
+        "tests/data/world_prompts.jsonl",
+        "--set",
+        &run_dir,
+        "--judge-url",
+        &url,
+        "--judge-model",
+        "echo",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let dir = tmp.path().join("infer-baseline");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("eval.json")).unwrap()).unwrap();
+    assert!(
+        report["judge"]
+            .as_str()
+            .unwrap()
+            .starts_with("echo at http://127.0.0.1:")
+    );
+    // The echo judge names every object and no relation.
+    assert_eq!(report["final"]["entity_iou"]["mean"], 1.0);
+    assert_eq!(report["final"]["relation_iou"]["mean"], 0.0);
+    assert_eq!(report["rounds"].as_array().unwrap().len(), 4);
+    assert!(dir.join("judge_scores.jsonl").is_file());
+}
