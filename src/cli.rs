@@ -54,6 +54,12 @@ enum Command {
     /// Runs a flow over LAION-SG prompts (JSON or JSONL) and reports SG-IoU, Entity-IoU and
     /// Relation-IoU per round and final with bootstrap confidence intervals.
     Eval(crate::eval_cmd::EvalArgs),
+    /// Writes RUN/report.html (every run writes it at its end too): metrics, training curves,
+    /// each prompt's image chain with reflections and edit prompts, in one self-contained file.
+    Report {
+        /// The run directory, e.g. runs/infer.
+        run: PathBuf,
+    },
     /// Checks a flow without running anything: format, references, cycle order, kinds, settings.
     Validate {
         /// The flow file.
@@ -100,6 +106,10 @@ pub fn main(registry: Registry) -> i32 {
             overwrite,
         } => crate::replay::run(&registry, &run, &flow, &sets, overwrite).map(|_| 0),
         Command::Compare(args) => crate::compare_cmd::run(args),
+        Command::Report { run } => crate::report::write(&run).map(|p| {
+            println!("{}", p.display());
+            0
+        }),
         Command::Eval(args) => crate::eval_cmd::run(&registry, args),
         Command::Validate { flow, sets } => validate(&registry, &flow, &sets),
         Command::Schema => {

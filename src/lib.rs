@@ -24,6 +24,7 @@ mod plot;
 pub mod pretrain_cmd;
 mod quality_cmd;
 pub mod replay;
+pub mod report;
 pub mod run;
 pub mod train;
 mod trajectories_cmd;

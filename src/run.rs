@@ -119,6 +119,9 @@ pub fn run(registry: &Registry, opts: &RunOptions) -> Result<(RunMetrics, PathBu
         serde_json::to_string_pretty(&metrics)? + "\n",
     )?;
     print_table(&metrics, &dir);
+    if let Err(e) = crate::report::write(&dir) {
+        eprintln!("warning: report.html: {e:#}");
+    }
     if !summary.all_started {
         bail!(
             "interrupted: {} of {total} prompts were started; what ran is stored in {}",

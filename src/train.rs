@@ -171,6 +171,9 @@ pub fn run(
             eprintln!("warning: metrics.svg: {e}");
         }
     }
+    if let Err(e) = crate::report::write(&dir) {
+        eprintln!("warning: report.html: {e:#}");
+    }
     println!(
         "run {}: {} learner steps, policy version {}, {} trajectories used ({} groups; {} filtered, {} stale)",
         dir.display(),

@@ -163,6 +163,8 @@ fn a_tiny_training_run_commits_trajectories_steps_and_publishes_weights() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("train.json")).unwrap()).unwrap();
     assert_eq!(summary["complete"], true);
     assert!(dir.join("metrics.svg").is_file());
+    let report = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(report.contains("<h2>Training</h2>") && report.contains("<svg"));
     assert!(dir.join("checkpoint/trainer.json").is_file());
 
     // The held-out evaluation of version 3, judged by the oracle.
