@@ -279,3 +279,52 @@ fn resume_refuses_a_changed_flow() {
     assert!(!o.status.success());
     assert!(text(&o).contains("differs from the one"), "{}", text(&o));
 }
+
+#[test]
+fn ctrl_c_keeps_every_step_taken_for_the_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("train-tiny");
+    let extra = [
+        "--set".to_string(),
+        "train.steps=1000".into(),
+        "--set".into(),
+        "train.checkpoint_every=1000".into(),
+        "--set".into(),
+        "train.eval_every=0".into(),
+    ];
+    let args = train_args(tmp.path(), &extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = command(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let steps = || rlrig_train::read_metrics(&dir.join("metrics.jsonl")).map_or(0, |m| m.len());
+    let t0 = std::time::Instant::now();
+    while steps() < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(240), "no learner steps");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let o = child.wait_with_output().unwrap();
+    assert!(!o.status.success(), "an interrupted run is incomplete");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("continue with --resume"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let taken = steps() as u64;
+    let trainer: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("checkpoint/trainer.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        trainer["step"], taken,
+        "the last step taken is checkpointed"
+    );
+    assert!(dir.join("policy.safetensors").is_file());
+}

@@ -144,6 +144,8 @@ pub struct TrainerActorState {
     read: Option<u64>,
     started: Instant,
     committed_at_start: u64,
+    /// The step of the last checkpoint written.
+    checkpointed: u64,
 }
 
 impl Actor for Trainer {
@@ -185,6 +187,7 @@ impl Actor for Trainer {
             std::fs::File::create(args.config.dir.join("metrics.jsonl"))?;
         }
         let committed_at_start = args.store.next_seq()?;
+        let checkpointed_step = state.step;
         Ok(TrainerActorState {
             read: state.cursor,
             learner: Some(learner),
@@ -196,6 +199,7 @@ impl Actor for Trainer {
             buffer: VecDeque::new(),
             started: Instant::now(),
             committed_at_start,
+            checkpointed: checkpointed_step,
         })
     }
 
@@ -216,7 +220,12 @@ impl Actor for Trainer {
                 }
             }
             TrainerMsg::Finish => {
-                let r = st.train(&myself).await;
+                let mut r = st.train(&myself).await;
+                // Stopped before the last step (prompts ran out, Ctrl-C): keep every step taken,
+                // so that a resume goes on from here rather than from the last periodic checkpoint.
+                if r.is_ok() && st.state.step > st.checkpointed {
+                    r = st.checkpoint().await;
+                }
                 match r {
                     Err(e) => st.fail(&myself, e),
                     Ok(()) => st.finish(&myself, st.state.step >= st.config.steps),
@@ -384,7 +393,9 @@ impl TrainerActorState {
             serde_json::to_string_pretty(&self.state).expect("serialises"),
         )
         .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        swap_in(&tmp, &ckpt).map_err(|e| format!("{}: {e}", ckpt.display()))
+        swap_in(&tmp, &ckpt).map_err(|e| format!("{}: {e}", ckpt.display()))?;
+        self.checkpointed = self.state.step;
+        Ok(())
     }
 
     fn finish(&mut self, myself: &ActorRef<TrainerMsg>, complete: bool) {
