@@ -21,7 +21,8 @@ struct Cli {
 enum Command {
     /// Runs a flow: every prompt through the reflect-edit cycle, into <run_dir>/<name>/.
     Run {
-        /// The flow file, e.g. flows/infer.toml.
+        /// The flow file, e.g. flows/infer.toml, or a run directory (its flow.toml, as run), e.g.
+        /// `rlrig run runs/train --resume`.
         flow: PathBuf,
         /// Overrides a value of the flow: --set cycle.max_rounds=5 (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -143,6 +144,12 @@ fn run_any(
     overwrite: bool,
     resume: bool,
 ) -> anyhow::Result<i32> {
+    // A run directory stands for the flow it ran (`rlrig run runs/train --resume`).
+    let flow = if flow.is_dir() && flow.join("flow.toml").is_file() {
+        flow.join("flow.toml")
+    } else {
+        flow
+    };
     let text =
         std::fs::read_to_string(&flow).map_err(|e| anyhow::anyhow!("{}: {e}", flow.display()))?;
     match rlrig_flow::flow_kind(&text) {

@@ -243,9 +243,8 @@ fn sigkill_at_random_points_then_resume_uses_every_trajectory_exactly_once() {
         kills >= 2,
         "the test must really kill training ({kills} kills)"
     );
-    let mut args = train_args(tmp.path(), &extra);
-    args.push("--resume".into());
-    run_ok(&args);
+    // The last resume names the run directory, which stands for the flow as it ran.
+    run_ok(&["run".into(), dir.display().to_string(), "--resume".into()]);
 
     check_metrics(&dir, 6);
     let store = TrajectoryStore::open(&dir.join("store")).unwrap();
