@@ -10,7 +10,7 @@
 //! multi-threaded CPU kernels, the same weights.
 //!
 //! Output, in the flow's run directory: `metrics.jsonl` (one line per step), `metrics.svg`,
-//! `policy.safetensors`, `replay.json`.
+//! `policy.safetensors`, `replay.json`, `report.html`.
 
 use std::path::{Path, PathBuf};
 
@@ -155,6 +155,9 @@ pub fn run(
         dir.join("replay.json"),
         serde_json::to_string_pretty(&summary)? + "\n",
     )?;
+    if let Err(e) = crate::report::write(&dir) {
+        eprintln!("warning: report.html: {e:#}");
+    }
     println!(
         "replay {} → {}: {} steps over {} groups from {} trajectories ({} epochs), policy version {}",
         source.display(),
