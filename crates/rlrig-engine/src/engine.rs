@@ -266,7 +266,7 @@ fn cancelled(id: u64, prompt: SceneGraph) -> Trajectory {
         seed: 0,
         steps: Vec::new(),
         outcome: Outcome::Failed {
-            error: "cancelled by the user".into(),
+            error: "cancelled: the run stopped before this trajectory finished".into(),
         },
         started_unix_ms: now_ms(),
         elapsed_ms: 0,
