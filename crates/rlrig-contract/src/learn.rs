@@ -57,14 +57,7 @@ impl Trajectory {
         while i < self.steps.len() {
             let step = &self.steps[i];
             if step.branch.is_none() {
-                match &step.output {
-                    StepOutput::Image(img) => {
-                        image = Some(img);
-                        reports.clear();
-                    }
-                    StepOutput::Report(r) => reports.push(r.clone()),
-                    StepOutput::Edit(_) => {}
-                }
+                follow(&mut image, &mut reports, step);
                 i += 1;
                 continue;
             }
@@ -117,18 +110,27 @@ impl Trajectory {
             }
             // The kept branch's state carries the line on.
             for s in run.iter().filter(|s| s.on_line()) {
-                match &s.output {
-                    StepOutput::Image(img) => {
-                        image = Some(img);
-                        reports.clear();
-                    }
-                    StepOutput::Report(r) => reports.push(r.clone()),
-                    StepOutput::Edit(_) => {}
-                }
+                follow(&mut image, &mut reports, s);
             }
             i = end;
         }
         groups
+    }
+}
+
+/// Carries the line's state over one step: the current image and the reports on it.
+fn follow<'a>(
+    image: &mut Option<&'a Image>,
+    reports: &mut Vec<CheckReport>,
+    step: &'a crate::Step,
+) {
+    match &step.output {
+        StepOutput::Image(img) => {
+            *image = Some(img);
+            reports.clear();
+        }
+        StepOutput::Report(r) => reports.push(r.clone()),
+        StepOutput::Edit(_) => {}
     }
 }
 
