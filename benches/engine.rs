@@ -177,6 +177,7 @@ fn sequential(
                 .remove(0);
             image = e
                 .edit(&[EditRequest {
+                    explore: false,
                     image,
                     edit_prompt: edit.edit_prompt,
                     seed: step_seed(k + 1),

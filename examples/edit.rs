@@ -39,6 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut editor = NeuralEditor::new(&settings, "cpu")?;
     let after = editor
         .edit(&[EditRequest {
+            explore: false,
             image: before.clone(),
             edit_prompt: prompt,
             seed,

@@ -27,6 +27,8 @@ mod editor_defaults {
             weights: Option<std::path::PathBuf>,
             steps: Option<usize>,
             guidance: Option<f64>,
+            explore_steps: Option<usize>,
+            noise_scale: Option<f64>,
         }
         let p = Partial::deserialize(d)?;
         let base = NeuralSettings::with_weights("weights/editor.safetensors");
@@ -34,6 +36,8 @@ mod editor_defaults {
             weights: p.weights.unwrap_or(base.weights),
             steps: p.steps.unwrap_or(base.steps),
             guidance: p.guidance.unwrap_or(base.guidance),
+            explore_steps: p.explore_steps.unwrap_or(base.explore_steps),
+            noise_scale: p.noise_scale.unwrap_or(base.noise_scale),
         })
     }
 }

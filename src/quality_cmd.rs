@@ -72,9 +72,8 @@ fn editor_table(name: &str, q: &EditorQuality) {
 pub fn run(args: QualityArgs) -> Result<i32> {
     let canvas = Canvas::new(32)?;
     let diffuser_settings = NeuralSettings {
-        weights: args.diffuser.clone(),
-        steps: 20,
         guidance: args.guidance,
+        ..NeuralSettings::with_weights(&args.diffuser)
     };
     let started = std::time::Instant::now();
     let value = match args.which {

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
-use rlrig_contract::{PolicyGroup, PolicyLearner};
+use rlrig_contract::{GrpoGroup, GrpoLearner};
 use rlrig_engine::Registry;
 use rlrig_store::TrajectoryStore;
 use serde::Serialize;
@@ -40,7 +40,7 @@ pub struct ReplaySummary {
 }
 
 /// Reads every GRPO group of a run's store, in commit order.
-pub fn stored_groups(run: &Path) -> Result<(usize, Vec<PolicyGroup>)> {
+pub fn stored_groups(run: &Path) -> Result<(usize, Vec<GrpoGroup>)> {
     let path = run.join("store");
     if !path.is_dir() {
         bail!(
@@ -60,7 +60,7 @@ pub fn stored_groups(run: &Path) -> Result<(usize, Vec<PolicyGroup>)> {
         for (seq, t) in batch {
             cursor = Some(seq);
             n += 1;
-            groups.extend(t.policy_groups());
+            groups.extend(t.grpo_groups());
         }
     }
     Ok((n, groups))
@@ -113,7 +113,7 @@ pub fn run(
             }
             batch.push(groups[order.pop().expect("refilled")].clone());
         }
-        let stats = PolicyLearner::step(&mut learner, &batch)
+        let stats = GrpoLearner::step(&mut learner, &batch)
             .map_err(|e| anyhow::anyhow!("step {step}: {e}"))?;
         let line = rlrig_train::StepMetrics {
             step,

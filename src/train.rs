@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use ractor::Actor;
-use rlrig_contract::{PolicyUpdate, Trajectory};
+use rlrig_contract::{Trajectory, WeightsUpdate};
 use rlrig_engine::{Engine, Registry, StopSignal};
 use rlrig_flow::{LoadedFlow, TrainSettings};
 use rlrig_models::grpo::{GrpoConfig, Learner, LearnerConfig, LossType};
@@ -35,8 +35,8 @@ use crate::run::{RunOptions, prompts_of, write_chain};
 
 /// The policy actor's settings, checked against `[train]`.
 fn policy_settings(loaded: &LoadedFlow, t: &TrainSettings) -> Result<PolicySettings> {
-    let spec = &loaded.flow.actors[&t.policy];
-    let key = format!("actors.{}", t.policy);
+    let spec = &loaded.flow.actors[&t.actor];
+    let key = format!("actors.{}", t.actor);
     if spec.kind != "neural.policy" {
         bail!(loaded.error_at(
             &format!("{key}.kind"),
@@ -46,7 +46,7 @@ fn policy_settings(loaded: &LoadedFlow, t: &TrainSettings) -> Result<PolicySetti
             )
         ));
     }
-    let ctx = Registry::context(loaded, &t.policy, spec, 0).map_err(rlrig_flow::FlowError::from)?;
+    let ctx = Registry::context(loaded, &t.actor, spec, 0).map_err(rlrig_flow::FlowError::from)?;
     let s: PolicySettings = rlrig_flow::settings_into(&ctx.settings)
         .map_err(|(k, m)| loaded.error_at(&format!("{key}.settings.{k}"), m))?;
     if s.greedy {
@@ -151,7 +151,7 @@ pub fn run(
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let (eval_tx, eval_rx) = std::sync::mpsc::channel::<PolicyUpdate>();
+    let (eval_tx, eval_rx) = std::sync::mpsc::channel::<WeightsUpdate>();
     let summary = std::thread::scope(|scope| {
         let evaluator = scope.spawn(|| evaluate_versions(registry, &loaded, &t, &dir, eval_rx));
         let summary = runtime.block_on(drive(
@@ -205,17 +205,17 @@ async fn drive(
     learner: Learner,
     dir: &Path,
     resume: bool,
-    eval: std::sync::mpsc::Sender<PolicyUpdate>,
+    eval: std::sync::mpsc::Sender<WeightsUpdate>,
 ) -> Result<TrainSummary> {
     let t0 = Instant::now();
     let engine = Engine::start(loaded, registry).await?;
     let updater = engine
-        .policy_updater(&t.policy)
+        .weights_updater(&t.actor)
         .context("the trained policy is not running")?;
-    let latest: Arc<Mutex<Option<PolicyUpdate>>> = Arc::default();
+    let latest: Arc<Mutex<Option<WeightsUpdate>>> = Arc::default();
     let publish = {
         let (latest, eval, every) = (latest.clone(), eval.clone(), t.eval_every);
-        Box::new(move |u: PolicyUpdate| {
+        Box::new(move |u: WeightsUpdate| {
             updater.send(u.clone())?;
             if every > 0 && u.version > 0 && u.version.is_multiple_of(every) {
                 let _ = eval.send(u.clone());
@@ -335,7 +335,7 @@ fn evaluate_versions(
     loaded: &LoadedFlow,
     t: &TrainSettings,
     dir: &Path,
-    versions: std::sync::mpsc::Receiver<PolicyUpdate>,
+    versions: std::sync::mpsc::Receiver<WeightsUpdate>,
 ) -> Result<()> {
     let eval_dir = dir.join("eval");
     let mut flow_path = None;
@@ -353,7 +353,7 @@ fn evaluate_versions(
         };
         let weights = eval_dir.join(format!("policy-v{}.safetensors", u.version));
         write_weights(&weights, &u.weights)?;
-        let policy = &t.policy;
+        let policy = &t.actor;
         let sets = vec![
             format!("name=v{}", u.version),
             format!("run_dir={}", eval_dir.display()),

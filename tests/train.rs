@@ -111,7 +111,7 @@ fn a_tiny_training_run_commits_trajectories_steps_and_publishes_weights() {
     let store = TrajectoryStore::open(&dir.join("store")).unwrap();
     let all = store.committed_after(None, usize::MAX).unwrap();
     assert_eq!(all.len() as u64, store.next_seq().unwrap());
-    let groups: usize = all.iter().map(|(_, t)| t.policy_groups().len()).sum();
+    let groups: usize = all.iter().map(|(_, t)| t.grpo_groups().len()).sum();
     assert!(groups >= m.iter().map(|s| s.learn.groups).sum::<usize>());
     let mut versions = Vec::new();
     for (_, t) in &all {
@@ -293,7 +293,7 @@ fn ctrl_c_keeps_every_step_taken_for_the_resume() {
     ];
     let args = train_args(tmp.path(), &extra);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut child = command(&args)
+    let child = command(&args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()

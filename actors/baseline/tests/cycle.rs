@@ -41,6 +41,7 @@ fn propose(prompt: &SceneGraph, image: &Image, report: CheckReport) -> EditPropo
 fn edit_one(editor: &mut SceneEditor, image: &Image, edit_prompt: &str, seed: u64) -> Image {
     editor
         .edit(&[EditRequest {
+            explore: false,
             image: image.clone(),
             edit_prompt: edit_prompt.into(),
             seed,
@@ -251,6 +252,7 @@ fn context_loss_disturbs_only_objects_the_edit_does_not_name() {
 fn the_editor_refuses_images_that_are_not_world_canvases() {
     let e = editor(0.0)
         .edit(&[EditRequest {
+            explore: false,
             image: Image::filled(40, 32, [255; 3]),
             edit_prompt: "remove the red circle".into(),
             seed: 0,
@@ -262,6 +264,7 @@ fn the_editor_refuses_images_that_are_not_world_canvases() {
     );
     let e = editor(0.0)
         .edit(&[EditRequest {
+            explore: false,
             image: Image::filled(16, 16, [255; 3]),
             edit_prompt: "remove the red circle".into(),
             seed: 0,
@@ -338,6 +341,7 @@ fn the_reflect_edit_cycle_repairs_mistaken_renders() {
             .zip(&proposals)
             .enumerate()
             .map(|(k, (i, p))| EditRequest {
+                explore: false,
                 image: i.clone(),
                 edit_prompt: p.edit_prompt.clone(),
                 seed: (round * 1_000 + k) as u64,

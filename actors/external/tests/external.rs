@@ -220,6 +220,7 @@ fn every_role_round_trips_through_its_wire_form() {
     let mut picture = Image::filled(9, 4, [255, 255, 255]);
     picture.put(8, 3, [40, 90, 220]);
     let edit = EditRequest {
+        explore: false,
         image: picture.clone(),
         edit_prompt: "move it".into(),
         seed: 3,

@@ -424,6 +424,95 @@ pub fn sample_sde(
     }
 }
 
+/// What [`sample_sde_chains`] returns.
+#[derive(Clone, Debug)]
+pub struct SdeChains {
+    /// The final images at `s = 0`, `(B, out_channels, H, W)`, not clamped.
+    pub images: Tensor<4>,
+    /// Per row: its `steps + 1` states (the starting noise first), each row-major, rounded to
+    /// `f16`, concatenated.
+    pub states: Vec<Vec<f32>>,
+    /// Per row: the log-probability of each step's transition ([`gaussian_log_prob`] of the
+    /// rounded state).
+    pub log_probs: Vec<Vec<f32>>,
+}
+
+/// Rounds every value to `f16` (on the host), as a stored denoising chain keeps it.
+fn round_to_f16(x: Tensor<4>) -> (Tensor<4>, Vec<f32>) {
+    let dims = x.dims();
+    let device = x.device();
+    let values: Vec<f32> = x
+        .into_data()
+        .iter::<f32>()
+        .map(rlrig_contract::round_f16)
+        .collect();
+    let rounded = Tensor::from_data(TensorData::new(values.clone(), dims), &device);
+    (rounded, values)
+}
+
+/// Flow-GRPO's SDE sampler for phase 2, one noise stream per row: row `i` draws its starting
+/// noise and then each step's `ε` from `ChaCha8Rng::seed_from_u64(seeds[i])`, so a row's chain
+/// does not depend on the batch it ran in (and its starting noise is the ODE sampler's for the
+/// same seed). Every state is rounded to `f16` as it is made, and each step's log-probability
+/// is taken of the rounded state: a stored chain reproduces its log-probabilities exactly
+/// through [`transition_log_prob`].
+///
+/// # Panics
+///
+/// If `seeds` does not have one seed per prompt, `sampler.steps` is 0, or a shape does not
+/// fit the model.
+pub fn sample_sde_chains(
+    model: &Dit,
+    text: &TextBatch,
+    cond_image: Option<&Tensor<4>>,
+    sampler: &SamplerConfig,
+    seeds: &[u64],
+) -> SdeChains {
+    let b = text.batch_size();
+    assert_eq!(seeds.len(), b, "one seed per prompt");
+    let device = model.device();
+    let c = model.config();
+    let shape = [1, c.out_channels, c.image_size, c.image_size];
+    let mut rngs: Vec<ChaCha8Rng> = seeds
+        .iter()
+        .map(|&s| ChaCha8Rng::seed_from_u64(s))
+        .collect();
+    let start: Vec<Tensor<4>> = rngs
+        .iter_mut()
+        .map(|rng| normal_tensor(shape, rng, &device))
+        .collect();
+    let (mut x, first) = round_to_f16(Tensor::cat(start, 0));
+    let per_row = first.len() / b;
+    let mut states: Vec<Vec<f32>> = first.chunks_exact(per_row).map(<[f32]>::to_vec).collect();
+    let mut log_probs = vec![Vec::with_capacity(sampler.steps); b];
+    let levels = noise_levels(sampler.steps);
+    for (step, &s) in levels[..sampler.steps].iter().enumerate() {
+        let coef = SdeStep::new(step, sampler.steps, sampler.noise_scale);
+        let v = velocity(model, x.clone(), s, text, cond_image, sampler.guidance);
+        let mean = coef.mean(x, v);
+        let eps: Vec<Tensor<4>> = rngs
+            .iter_mut()
+            .map(|rng| normal_tensor(shape, rng, &device))
+            .collect();
+        let (x_next, values) =
+            round_to_f16(mean.clone() + Tensor::cat(eps, 0).mul_scalar(coef.std));
+        let lp: Vec<f32> = gaussian_log_prob(x_next.clone(), mean, coef.std)
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        for (row, chunk) in values.chunks_exact(per_row).enumerate() {
+            states[row].extend_from_slice(chunk);
+            log_probs[row].push(lp[row]);
+        }
+        x = x_next;
+    }
+    SdeChains {
+        images: x,
+        states,
+        log_probs,
+    }
+}
+
 /// The log-probability of a given transition `x → x_next` at step `step` of the sampler's
 /// schedule, under the model's current velocity: the quantity whose ratio to the stored one is
 /// GRPO's importance ratio. Shape `(B)`; differentiable through the model when it is on an

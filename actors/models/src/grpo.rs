@@ -18,7 +18,7 @@ use std::path::Path;
 
 use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::{Tensor, TensorData};
-use rlrig_contract::{PolicyGroup, PolicyLearner, PolicyUpdate, RoleError};
+use rlrig_contract::{GrpoGroup, GrpoLearner, RoleError, WeightsUpdate};
 use serde::{Deserialize, Serialize};
 
 use crate::vlm::{PolicyInput, PolicyNet};
@@ -459,7 +459,7 @@ struct LearnerState {
 
 impl Learner {
     /// The groups as the network reads them.
-    fn groups(groups: &[PolicyGroup]) -> Result<Vec<Group>, String> {
+    fn groups(groups: &[GrpoGroup]) -> Result<Vec<Group>, String> {
         groups
             .iter()
             .map(|g| {
@@ -485,8 +485,8 @@ impl Learner {
     }
 }
 
-impl PolicyLearner for Learner {
-    fn step(&mut self, groups: &[PolicyGroup]) -> Result<StepStats, RoleError> {
+impl GrpoLearner for Learner {
+    fn step(&mut self, groups: &[GrpoGroup]) -> Result<StepStats, RoleError> {
         let groups = Self::groups(groups).map_err(RoleError)?;
         Learner::step(self, &groups).map_err(RoleError)
     }
@@ -495,8 +495,8 @@ impl PolicyLearner for Learner {
         self.version
     }
 
-    fn update(&self) -> Result<PolicyUpdate, RoleError> {
-        Ok(PolicyUpdate {
+    fn update(&self) -> Result<WeightsUpdate, RoleError> {
+        Ok(WeightsUpdate {
             version: self.version,
             weights: crate::weights::to_bytes(&self.policy())
                 .map_err(|e| RoleError(e.to_string()))?,

@@ -243,6 +243,7 @@ pub fn editor_quality(
         let requests: Vec<EditRequest> = chunk
             .iter()
             .map(|(_, edit, _, image, seed)| EditRequest {
+                explore: false,
                 image: image.clone(),
                 edit_prompt: edit.to_string(),
                 seed: *seed,

@@ -7,8 +7,9 @@ use burn::tensor::{Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rlrig_contract::{
-    CheckReport, CheckRequest, Checker, Diffuser, EditPolicy, EditProposal, EditRequest, Editor,
-    GenerateRequest, Image, PolicyUpdate, ProposeRequest, RoleError,
+    CheckReport, CheckRequest, Checker, DenoisingChain, Diffuser, EditPolicy, EditProposal,
+    EditRequest, Editor, GenerateRequest, Image, ProposeRequest, RoleError, SampledEdit,
+    WeightsUpdate,
 };
 use rlrig_world::{WorldGraph, reflect};
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,11 @@ pub struct NeuralSettings {
     pub steps: usize,
     /// Classifier-free guidance scale (1: conditional only).
     pub guidance: f64,
+    /// Phase 2 (Editor only): steps of the SDE sampler that exploring edits use (Flow-GRPO
+    /// samples its training rollouts with fewer steps than it evaluates with).
+    pub explore_steps: usize,
+    /// Phase 2: the SDE's noise scale `a`.
+    pub noise_scale: f64,
 }
 
 impl NeuralSettings {
@@ -40,6 +46,8 @@ impl NeuralSettings {
             weights: weights.into(),
             steps: 20,
             guidance: 1.0,
+            explore_steps: 10,
+            noise_scale: flow::SDE_NOISE_SCALE,
         }
     }
 
@@ -53,6 +61,15 @@ impl NeuralSettings {
         }
         if self.steps == 0 {
             return Err("`steps` must be at least 1".into());
+        }
+        if self.explore_steps == 0 {
+            return Err("`explore_steps` must be at least 1".into());
+        }
+        if !self.noise_scale.is_finite() || self.noise_scale <= 0.0 {
+            return Err(format!(
+                "`noise_scale` = {}: must be a number > 0",
+                self.noise_scale
+            ));
         }
         if !self.guidance.is_finite() || self.guidance < 0.0 {
             return Err(format!(
@@ -90,6 +107,10 @@ struct Loaded {
     model: Dit,
     tok: Tokenizer,
     sampler: SamplerConfig,
+    /// Phase 2's SDE sampler.
+    explore: SamplerConfig,
+    /// The weights' version: 0 as loaded, then the trainer's.
+    version: u64,
 }
 
 fn load(settings: &NeuralSettings, device: &str, want_cond: bool) -> Result<Loaded, String> {
@@ -115,10 +136,17 @@ fn load(settings: &NeuralSettings, device: &str, want_cond: bool) -> Result<Load
         guidance: settings.guidance,
         ..SamplerConfig::default()
     };
+    let explore = SamplerConfig {
+        steps: settings.explore_steps,
+        noise_scale: settings.noise_scale,
+        ..sampler
+    };
     Ok(Loaded {
         model,
         tok,
         sampler,
+        explore,
+        version: 0,
     })
 }
 
@@ -179,6 +207,61 @@ impl Editor for NeuralEditor {
         let seeds: Vec<u64> = batch.iter().map(|r| r.seed).collect();
         let before: Vec<Image> = batch.iter().map(|r| r.image.clone()).collect();
         self.0.sample(&prompts, &seeds, Some(&before))
+    }
+
+    /// Flow-GRPO's SDE sampler with `explore_steps` steps and noise scale `noise_scale`
+    /// ([`flow::sample_sde_chains`]); each chain carries the weights' version.
+    fn edit_explore(&mut self, batch: &[EditRequest]) -> Result<Vec<SampledEdit>, RoleError> {
+        let err = |e: &dyn std::fmt::Display| RoleError(format!("NeuralEditor: {e}"));
+        let l = &self.0;
+        let device = l.model.device();
+        let prompts: Vec<&str> = batch.iter().map(|r| r.edit_prompt.as_str()).collect();
+        let seeds: Vec<u64> = batch.iter().map(|r| r.seed).collect();
+        let before: Vec<Image> = batch.iter().map(|r| r.image.clone()).collect();
+        let text = l.tok.batch(&prompts, &device).map_err(|e| err(&e))?;
+        let cond = images_to_tensor(&before, &device).map_err(|e| err(&e))?;
+        let out = flow::sample_sde_chains(&l.model, &text, Some(&cond), &l.explore, &seeds);
+        let images = tensor_to_images(out.images).map_err(|e| err(&e))?;
+        let c = l.model.config();
+        let shape = [
+            c.out_channels as u32,
+            c.image_size as u32,
+            c.image_size as u32,
+        ];
+        images
+            .into_iter()
+            .zip(out.states.iter().zip(out.log_probs))
+            .map(|(image, (states, log_probs))| {
+                let chain = DenoisingChain::new(
+                    l.version,
+                    l.explore.noise_scale,
+                    l.explore.guidance,
+                    shape,
+                    states,
+                    log_probs,
+                )
+                .map_err(|e| err(&e))?;
+                Ok(SampledEdit { image, chain })
+            })
+            .collect()
+    }
+
+    /// Loads the weights (a safetensors file's bytes of the same architecture) and takes the
+    /// update's version.
+    fn update(&mut self, update: &WeightsUpdate) -> Result<(), RoleError> {
+        let origin =
+            std::path::PathBuf::from(format!("<editor weights version {}>", update.version));
+        let device = self.0.model.device();
+        let model = weights::from_bytes::<Dit>(
+            update.weights.clone(),
+            &origin,
+            Some(self.0.model.config()),
+            &device,
+        )
+        .map_err(|e| RoleError(format!("NeuralEditor: {e}")))?;
+        self.0.model = model;
+        self.0.version = update.version;
+        Ok(())
     }
 }
 
@@ -393,7 +476,7 @@ impl NeuralPolicy {
 impl EditPolicy for NeuralPolicy {
     /// Loads the weights (a safetensors file's bytes, of the same architecture) and takes the
     /// update's version.
-    fn update(&mut self, update: &PolicyUpdate) -> Result<(), RoleError> {
+    fn update(&mut self, update: &WeightsUpdate) -> Result<(), RoleError> {
         let origin =
             std::path::PathBuf::from(format!("<policy weights version {}>", update.version));
         let device = crate::weights::Architecture::device(&self.net);

@@ -149,9 +149,8 @@ pub fn generate_pool(
     }
     let mut diffuser = NeuralDiffuser::new(
         &NeuralSettings {
-            weights: data.diffuser.clone(),
-            steps: 20,
             guidance: data.guidance,
+            ..NeuralSettings::with_weights(data.diffuser.clone())
         },
         device,
     )?;
@@ -161,9 +160,7 @@ pub fn generate_pool(
         .map(|w| {
             NeuralEditor::new(
                 &NeuralSettings {
-                    weights: w.clone(),
-                    steps: 20,
-                    guidance: 1.0,
+                    ..NeuralSettings::with_weights(w.clone())
                 },
                 device,
             )
@@ -191,6 +188,7 @@ pub fn generate_pool(
                 .map(|&k| {
                     let mut rng = ChaCha8Rng::seed_from_u64(mix(seed ^ POOL_STREAM, idx[k]));
                     EditRequest {
+                        explore: false,
                         image: images[k].clone(),
                         edit_prompt: random_edit(&samples[k].world, &mut rng).to_string(),
                         seed: mix(seed ^ POOL_STREAM, idx[k]),

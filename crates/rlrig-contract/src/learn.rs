@@ -1,63 +1,90 @@
-//! What GRPO learns from, and how new Policy weights travel: groups of sampled edit prompts
-//! read back from stored trajectories, the learner's interface, and the weights message.
+//! What GRPO learns from, and how new weights travel: groups of samples read back from stored
+//! trajectories — edit prompts of the Policy (phase 1) or denoising chains of the Editor
+//! (phase 2) — the learner's interface, and the weights message.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{CheckReport, EditProposal, Image, RoleError, SceneGraph, StepOutput, Trajectory};
+use crate::{
+    CheckReport, DenoisingChain, EditProposal, Image, RoleError, SceneGraph, StepOutput, Trajectory,
+};
 
-/// The `G` edit prompts the Policy sampled for one input (one trajectory, one round), each
-/// with the reward it earned: the Checker's score after the Editor applied it.
+/// The `G` samples drawn for one input (one trajectory, one round), each with the reward it
+/// earned: the Checker's score after the edit. In phase 1 the Policy sampled `G` edit prompts
+/// (each then edited and re-checked); in phase 2 the Editor sampled `G` edits of one edit
+/// prompt, each with its denoising chain.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PolicyGroup {
+pub struct GrpoGroup {
     /// The trajectory it comes from.
     pub trajectory: u64,
     /// The round.
     pub round: u32,
     /// The prompt.
     pub prompt: SceneGraph,
-    /// The image the Policy looked at.
+    /// The image the sampled role looked at: the Policy's input, or the Editor's source image.
     pub image: Image,
-    /// The Checker's report the Policy read (its reflection).
+    /// The Checker's report on `image` (the reflection the Policy read).
     pub report: CheckReport,
     /// The samples, in branch order.
     pub samples: Vec<GroupSample>,
 }
 
-/// One sampled edit prompt of a [`PolicyGroup`].
+/// One sample of a [`GrpoGroup`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GroupSample {
-    /// The edit prompt with its token ids, sampling log-probs and policy version.
+    /// The edit prompt: sampled by the Policy (phase 1, with its token ids, sampling log-probs
+    /// and version), or the one the Editor applied (phase 2, the same in every sample).
     pub proposal: EditProposal,
+    /// Phase 2: the Editor's sampled denoising chain, with its log-probs and version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<DenoisingChain>,
     /// The reward: the combined Checker score of the branch's last image.
     pub reward: f64,
 }
 
-impl PolicyGroup {
-    /// The oldest policy version among the samples.
-    pub fn policy_version(&self) -> u64 {
+impl GroupSample {
+    /// The version of the weights that drew the sample: the chain's (phase 2) or the
+    /// proposal's (phase 1).
+    pub fn version(&self) -> u64 {
+        self.chain
+            .as_ref()
+            .map_or(self.proposal.policy_version, |c| c.version)
+    }
+}
+
+impl GrpoGroup {
+    /// The oldest weights version among the samples.
+    pub fn version(&self) -> u64 {
         self.samples
             .iter()
-            .map(|s| s.proposal.policy_version)
+            .map(GroupSample::version)
             .min()
             .unwrap_or(0)
     }
 }
 
+/// The line's state as [`Trajectory::grpo_groups`] walks it.
+#[derive(Default)]
+struct Line<'a> {
+    image: Option<&'a Image>,
+    reports: Vec<CheckReport>,
+    proposal: Option<&'a EditProposal>,
+}
+
 impl Trajectory {
-    /// The GRPO groups of the trajectory: one per round whose Policy step was sampled several
-    /// ways ([`crate::Branch`]). A branch without a Checker report after its last image has
-    /// no reward; a group with fewer than two rewarded samples is left out.
-    pub fn policy_groups(&self) -> Vec<PolicyGroup> {
+    /// The GRPO groups of the trajectory: one per round whose steps ran as a group of
+    /// branches ([`crate::Branch`]) — from the Policy step (phase 1) or from the Editor step
+    /// (phase 2) to the end of the round. A branch without a Checker report after its last
+    /// image has no reward; a group with fewer than two rewarded samples is left out.
+    pub fn grpo_groups(&self) -> Vec<GrpoGroup> {
         let mut groups = Vec::new();
-        let mut image: Option<&Image> = None;
-        let mut reports: Vec<CheckReport> = Vec::new();
+        let mut line = Line::default();
         let mut i = 0;
         while i < self.steps.len() {
             let step = &self.steps[i];
             if step.branch.is_none() {
-                follow(&mut image, &mut reports, step);
+                line.follow(step);
                 i += 1;
                 continue;
             }
@@ -75,7 +102,9 @@ impl Trajectory {
             branches.dedup();
             let mut samples = Vec::new();
             for b in &branches {
+                // A branch that starts at the Editor applies the line's edit prompt.
                 let mut proposal = None;
+                let mut chain = None;
                 let mut branch_reports: Vec<CheckReport> = Vec::new();
                 for s in run
                     .iter()
@@ -84,22 +113,29 @@ impl Trajectory {
                     match &s.output {
                         StepOutput::Edit(e) if proposal.is_none() => proposal = Some(e.clone()),
                         StepOutput::Edit(_) => {}
-                        StepOutput::Image(_) => branch_reports.clear(),
+                        StepOutput::Image(_) => {
+                            if chain.is_none() {
+                                chain = s.chain.clone();
+                            }
+                            branch_reports.clear();
+                        }
                         StepOutput::Report(r) => branch_reports.push(r.clone()),
                     }
                 }
+                let proposal = proposal.or_else(|| line.proposal.cloned());
                 if let (Some(proposal), Some(r)) = (proposal, CheckReport::combine(&branch_reports))
                 {
                     samples.push(GroupSample {
                         proposal,
+                        chain,
                         reward: r.score,
                     });
                 }
             }
-            if let (Some(img), Some(report)) = (image, CheckReport::combine(&reports))
+            if let (Some(img), Some(report)) = (line.image, CheckReport::combine(&line.reports))
                 && samples.len() >= 2
             {
-                groups.push(PolicyGroup {
+                groups.push(GrpoGroup {
                     trajectory: self.id,
                     round,
                     prompt: self.prompt.clone(),
@@ -110,7 +146,7 @@ impl Trajectory {
             }
             // The kept branch's state carries the line on.
             for s in run.iter().filter(|s| s.on_line()) {
-                follow(&mut image, &mut reports, s);
+                line.follow(s);
             }
             i = end;
         }
@@ -118,19 +154,19 @@ impl Trajectory {
     }
 }
 
-/// Carries the line's state over one step: the current image and the reports on it.
-fn follow<'a>(
-    image: &mut Option<&'a Image>,
-    reports: &mut Vec<CheckReport>,
-    step: &'a crate::Step,
-) {
-    match &step.output {
-        StepOutput::Image(img) => {
-            *image = Some(img);
-            reports.clear();
+impl<'a> Line<'a> {
+    /// Carries the line's state over one step: the current image, the reports on it and the
+    /// edit prompt waiting for the Editor.
+    fn follow(&mut self, step: &'a crate::Step) {
+        match &step.output {
+            StepOutput::Image(img) => {
+                self.image = Some(img);
+                self.reports.clear();
+                self.proposal = None;
+            }
+            StepOutput::Report(r) => self.reports.push(r.clone()),
+            StepOutput::Edit(e) => self.proposal = Some(e),
         }
-        StepOutput::Report(r) => reports.push(r.clone()),
-        StepOutput::Edit(_) => {}
     }
 }
 
@@ -155,12 +191,13 @@ impl CheckReport {
     }
 }
 
-/// New Policy weights, sent to every replica of the Policy actors by message.
+/// New weights of the trained role (the Policy in phase 1, the Editor in phase 2), sent to
+/// every replica of its actor by message.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PolicyUpdate {
-    /// The version: proposals written with these weights carry it.
+pub struct WeightsUpdate {
+    /// The version: proposals and denoising chains sampled with these weights carry it.
     pub version: u64,
-    /// The weights, in the format the Policy's kind loads (safetensors for the built-in one).
+    /// The weights, in the format the role's kind loads (safetensors for the built-in ones).
     #[serde(with = "serde_bytes")]
     pub weights: Vec<u8>,
 }
@@ -168,13 +205,13 @@ pub struct PolicyUpdate {
 /// What one learner step saw and did.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LearnStats {
-    /// The policy version after the step.
+    /// The weights version after the step.
     pub version: u64,
     /// Groups given.
     pub groups: usize,
     /// Groups dropped because their rewards were all equal.
     pub filtered_groups: usize,
-    /// Sequences trained on.
+    /// Samples trained on (edit prompts or denoising chains).
     pub sequences: usize,
     /// Mean of the rewards given.
     pub reward_mean: f64,
@@ -182,23 +219,24 @@ pub struct LearnStats {
     pub reward_std: f64,
     /// The loss (0 when every group was filtered).
     pub loss: f64,
-    /// Mean k3 KL to the reference per token.
+    /// Mean KL to the reference per token or per denoising step.
     pub kl: f64,
-    /// Share of tokens whose ratio was clipped.
+    /// Share of tokens (or denoising steps) whose ratio was clipped.
     pub clip_fraction: f64,
 }
 
-/// A GRPO learner of a Policy, as the trainer drives it: steps on groups, publishes weights,
-/// and saves and restores everything a resume needs (weights, optimiser state, version).
-pub trait PolicyLearner: Send {
+/// A GRPO learner of the trained role (the Policy or the Editor), as the trainer drives it:
+/// steps on groups, publishes weights, and saves and restores everything a resume needs
+/// (weights, optimiser state, version).
+pub trait GrpoLearner: Send {
     /// One optimisation step on a batch of groups.
-    fn step(&mut self, groups: &[PolicyGroup]) -> Result<LearnStats, RoleError>;
+    fn step(&mut self, groups: &[GrpoGroup]) -> Result<LearnStats, RoleError>;
     /// The version of the current weights (0 before the first step).
     fn version(&self) -> u64;
-    /// The current weights for the Policy actors.
-    fn update(&self) -> Result<PolicyUpdate, RoleError>;
+    /// The current weights for the trained role's actors.
+    fn update(&self) -> Result<WeightsUpdate, RoleError>;
     /// Writes the learner's whole state into the directory `dir` (which exists and is empty).
     fn save(&self, dir: &Path) -> Result<(), RoleError>;
-    /// Restores what [`PolicyLearner::save`] wrote.
+    /// Restores what [`GrpoLearner::save`] wrote.
     fn restore(&mut self, dir: &Path) -> Result<(), RoleError>;
 }

@@ -6,10 +6,11 @@
 //!
 //! * domain types: [`Image`], and the scene graphs of [`rlrig_sg`] (re-exported as [`sg`]);
 //! * the messages that travel between roles ([`GenerateRequest`], [`CheckRequest`],
-//!   [`CheckReport`], [`ProposeRequest`], [`EditProposal`], [`EditRequest`]), all
+//!   [`CheckReport`], [`ProposeRequest`], [`EditProposal`], [`EditRequest`], [`SampledEdit`]
+//!   with its [`DenoisingChain`]), all
 //!   serde-serialisable so that they can cross process and node boundaries;
-//! * what GRPO learns from ([`PolicyGroup`], read back from a [`Trajectory`]), the
-//!   learner's interface ([`PolicyLearner`]) and the weights message ([`PolicyUpdate`]);
+//! * what GRPO learns from ([`GrpoGroup`], read back from a [`Trajectory`]), the
+//!   learner's interface ([`GrpoLearner`]) and the weights message ([`WeightsUpdate`]);
 //! * one trait per role ([`Diffuser`], [`Checker`], [`EditPolicy`], [`Editor`]), each taking a
 //!   whole batch so that the engine can batch requests dynamically.
 //!
@@ -22,11 +23,13 @@ use serde::{Deserialize, Serialize};
 pub use rlrig_sg as sg;
 pub use rlrig_sg::SceneGraph;
 
+mod chain;
 mod image;
 mod learn;
 mod trajectory;
+pub use chain::{ChainError, DenoisingChain, SampledEdit, round_f16};
 pub use image::{Image, ImageError, PngError};
-pub use learn::{GroupSample, LearnStats, PolicyGroup, PolicyLearner, PolicyUpdate};
+pub use learn::{GroupSample, GrpoGroup, GrpoLearner, LearnStats, WeightsUpdate};
 pub use trajectory::{Branch, Outcome, Step, StepOutput, Trajectory};
 
 /// The roles of the reflect-edit cycle.
@@ -152,6 +155,10 @@ pub struct EditRequest {
     pub edit_prompt: String,
     /// Seed of the sampling noise.
     pub seed: u64,
+    /// Phase 2: sample with the Editor's stochastic sampler and answer the denoising chain
+    /// GRPO learns from ([`Editor::edit_explore`]) instead of the image alone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub explore: bool,
 }
 
 /// A role implementation failed on a batch. The engine retries or records it; it never drops it.
@@ -178,7 +185,7 @@ pub trait EditPolicy: Send {
 
     /// Takes new weights from the trainer; later proposals carry `update.version`. Policies
     /// that cannot learn refuse.
-    fn update(&mut self, update: &PolicyUpdate) -> Result<(), RoleError> {
+    fn update(&mut self, update: &WeightsUpdate) -> Result<(), RoleError> {
         Err(RoleError(format!(
             "this policy cannot take new weights (version {})",
             update.version
@@ -190,6 +197,25 @@ pub trait EditPolicy: Send {
 pub trait Editor: Send {
     /// Edits each image.
     fn edit(&mut self, batch: &[EditRequest]) -> Result<Vec<Image>, RoleError>;
+
+    /// Phase 2 (Flow-GRPO): edits each image with a stochastic sampler and answers the
+    /// denoising chain with each step's log-probability. Editors that cannot refuse.
+    fn edit_explore(&mut self, batch: &[EditRequest]) -> Result<Vec<SampledEdit>, RoleError> {
+        Err(RoleError(format!(
+            "this editor cannot sample denoising chains with log-probabilities \
+             ({} requests); phase 2 needs one that can, such as `neural.editor`",
+            batch.len()
+        )))
+    }
+
+    /// Takes new weights from the trainer (phase 2); later chains carry `update.version`.
+    /// Editors that cannot learn refuse.
+    fn update(&mut self, update: &WeightsUpdate) -> Result<(), RoleError> {
+        Err(RoleError(format!(
+            "this editor cannot take new weights (version {})",
+            update.version
+        )))
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::DenoisingChain;
+
 use crate::{CheckReport, EditProposal, Image, Role, SceneGraph};
 
 /// One prompt's run through the cycle: every step's output, and how it ended.
@@ -38,10 +40,14 @@ pub struct Step {
     pub attempts: u32,
     /// Time from request to answer, milliseconds.
     pub elapsed_ms: u64,
-    /// Set on the steps of a round that the Policy sampled `num_generations` ways: which of
-    /// the group's branches the step belongs to, and whether the trajectory went on from it.
+    /// Set on the steps of a round that the trained role (the Policy, or the Editor in
+    /// phase 2) sampled `num_generations` ways: which of the group's branches the step belongs
+    /// to, and whether the trajectory went on from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub branch: Option<Branch>,
+    /// An Editor's image sampled for phase 2: the denoising chain it was sampled along.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<DenoisingChain>,
 }
 
 /// A step's place in a group of sampled branches (GRPO rollout).

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ractor::{Actor, ActorRef};
 use rlrig_contract::{
-    Branch, CheckReport, CheckRequest, EditRequest, GenerateRequest, Image, Outcome, PolicyUpdate,
-    ProposeRequest, Role, SceneGraph, Step, StepOutput, Trajectory,
+    Branch, CheckReport, CheckRequest, EditRequest, GenerateRequest, Image, Outcome,
+    ProposeRequest, Role, SceneGraph, Step, StepOutput, Trajectory, WeightsUpdate,
 };
 use rlrig_flow::{Answer as AnswerRule, Flow, FlowError, LoadedFlow};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
@@ -154,8 +154,8 @@ impl Engine {
 
     /// A handle that sends new weights to every replica of the policy actor `actor` (`None`
     /// if the flow runs no actor of that name).
-    pub fn policy_updater(&self, actor: &str) -> Option<PolicyUpdater> {
-        self.routers.get(actor).map(|r| PolicyUpdater {
+    pub fn weights_updater(&self, actor: &str) -> Option<WeightsUpdater> {
+        self.routers.get(actor).map(|r| WeightsUpdater {
             actor: actor.to_string(),
             router: r.clone(),
         })
@@ -239,14 +239,14 @@ impl Engine {
 /// update between batches, so a batch runs on one version; a replica restarted later gets the
 /// latest update right after it is built; an update older than one already sent is ignored.
 #[derive(Clone)]
-pub struct PolicyUpdater {
+pub struct WeightsUpdater {
     actor: String,
     router: ActorRef<RouterMsg>,
 }
 
-impl PolicyUpdater {
+impl WeightsUpdater {
     /// Sends `update` to every replica; fails only if the actor has stopped.
-    pub fn send(&self, update: PolicyUpdate) -> Result<(), String> {
+    pub fn send(&self, update: WeightsUpdate) -> Result<(), String> {
         self.router
             .cast(RouterMsg::Update(Box::new(update)))
             .map_err(|_| format!("actor {:?} is not running", self.actor))
@@ -340,7 +340,8 @@ impl Driver {
     }
 
     /// Runs `names` in order. On the line (`branch` is `None`) with `num_generations > 1`, the
-    /// Policy step and the rest of the round run as a group of branches.
+    /// trained role's step (the Policy's, or the Editor's in phase 2) and the rest of the round
+    /// run as a group of branches.
     #[allow(clippy::too_many_arguments)]
     async fn run_steps(
         &self,
@@ -354,15 +355,17 @@ impl Driver {
     ) -> Result<(), String> {
         for (i, name) in names.iter().enumerate() {
             let role = self.flow.actors[name].role;
-            if role == Role::Policy && branch.is_none() && self.flow.num_generations() > 1 {
+            let sampled = self.flow.branch_role() == Some(role);
+            if sampled && branch.is_none() && self.flow.num_generations() > 1 {
                 return self
                     .run_group(&names[i..], round, prompt, seed, p, steps)
                     .await;
             }
             let mut step_seed = mix_seed(seed.wrapping_add(steps.len() as u64));
-            if let (Role::Policy, Some(b)) = (role, branch) {
-                // Common random numbers: a group's branches share every seed but the Policy's,
-                // so their rewards differ by what the Policy wrote, not by the Editor's noise.
+            if let (true, Some(b)) = (sampled, branch) {
+                // Common random numbers: a group's branches share every seed but the sampled
+                // role's, so their rewards differ by what it sampled (the Policy's edit
+                // prompt, or the Editor's noise in phase 2), not by the other roles' noise.
                 step_seed = mix_seed(step_seed ^ mix_seed(0x5eed_0000_0000 + u64::from(b)));
             }
             let missing = |what: &str| format!("actor {name:?} ({role}) has no {what} to work on");
@@ -386,6 +389,8 @@ impl Driver {
                     image: p.image.clone().ok_or_else(|| missing("image"))?,
                     edit_prompt: p.edit.clone().ok_or_else(|| missing("edit prompt"))?,
                     seed: step_seed,
+                    // Phase 2: the Editor's branches answer their denoising chains.
+                    explore: sampled && branch.is_some(),
                 }),
                 Role::Trainer => {
                     return Err(format!("actor {name:?} is a trainer, not a cycle step"));
@@ -393,12 +398,20 @@ impl Driver {
             };
             let t0 = Instant::now();
             let (response, attempts) = self.call(name, request).await?;
+            let mut chain = None;
             let output = match (role, response) {
                 (Role::Diffuser | Role::Editor, Response::Image(img)) => {
                     p.image = Some(img.clone());
                     p.reports.clear();
                     p.edit = None;
                     StepOutput::Image(img)
+                }
+                (Role::Editor, Response::Sampled(sampled)) => {
+                    p.image = Some(sampled.image.clone());
+                    p.reports.clear();
+                    p.edit = None;
+                    chain = Some(sampled.chain);
+                    StepOutput::Image(sampled.image)
                 }
                 (Role::Checker, Response::Report(r)) => {
                     p.reports.push(r.clone());
@@ -422,14 +435,15 @@ impl Driver {
                 attempts,
                 elapsed_ms: t0.elapsed().as_millis() as u64,
                 branch: branch.map(|index| Branch { index, kept: false }),
+                chain,
             });
         }
         Ok(())
     }
 
-    /// GRPO rollout: `names` (from the Policy step to the end of the round) run
+    /// GRPO rollout: `names` (from the trained role's step to the end of the round) run
     /// `num_generations` times concurrently; the branches share their seeds except the
-    /// Policy's (common random numbers). Every branch's
+    /// trained role's (common random numbers). Every branch's
     /// steps are recorded; the trajectory goes on from the branch with the best combined
     /// Checker score (the lowest index among equals). A failed branch fails the trajectory.
     async fn run_group(

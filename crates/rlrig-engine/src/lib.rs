@@ -22,7 +22,7 @@ mod router;
 mod worker;
 
 pub use engine::{
-    Engine, EngineError, EngineStats, PolicyUpdater, RunSummary, StopSignal, mix_seed,
+    Engine, EngineError, EngineStats, RunSummary, StopSignal, WeightsUpdater, mix_seed,
 };
 pub use model::{
     Request, Response, RoleModel, any_role_model, checker_model, diffuser_model, editor_model,

@@ -3,7 +3,7 @@
 
 use rlrig_contract::{
     CheckReport, CheckRequest, Checker, Diffuser, EditPolicy, EditProposal, EditRequest, Editor,
-    GenerateRequest, Image, PolicyUpdate, ProposeRequest, Role, RoleError,
+    GenerateRequest, Image, ProposeRequest, Role, RoleError, SampledEdit, WeightsUpdate,
 };
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +31,8 @@ pub enum Response {
     Report(CheckReport),
     /// From a policy.
     Proposal(EditProposal),
+    /// From an editor asked to explore (phase 2): the image with its denoising chain.
+    Sampled(SampledEdit),
 }
 
 impl Request {
@@ -50,10 +52,10 @@ pub trait RoleModel: Send {
     /// Answers a batch, in order.
     fn call(&mut self, batch: Vec<Request>) -> Result<Vec<Response>, RoleError>;
 
-    /// Takes new Policy weights (policies only; the others refuse).
-    fn update(&mut self, update: &PolicyUpdate) -> Result<(), RoleError> {
+    /// Takes new weights from the trainer (policies and editors; the others refuse).
+    fn update(&mut self, update: &WeightsUpdate) -> Result<(), RoleError> {
         Err(RoleError(format!(
-            "only a policy takes new weights (version {})",
+            "only a policy or an editor takes new weights (version {})",
             update.version
         )))
     }
@@ -83,7 +85,7 @@ macro_rules! adapter {
                     .collect())
             }
             $(
-                fn update(&mut self, update: &PolicyUpdate) -> Result<(), RoleError> {
+                fn update(&mut self, update: &WeightsUpdate) -> Result<(), RoleError> {
                     self.0.$update(update)
                 }
             )?
@@ -109,7 +111,49 @@ adapter!(
     Proposal,
     update
 );
-adapter!(EditorModel, Editor, Role::Editor, Edit, edit, Image);
+
+/// An editor: plain requests go to [`Editor::edit`], exploring ones (phase 2) to
+/// [`Editor::edit_explore`]; a batch that mixes both is answered in its order.
+struct EditorModel(Box<dyn Editor>);
+
+impl RoleModel for EditorModel {
+    fn call(&mut self, batch: Vec<Request>) -> Result<Vec<Response>, RoleError> {
+        let reqs = batch
+            .into_iter()
+            .map(|r| match r {
+                Request::Edit(x) => Ok(x),
+                other => Err(wrong(Role::Editor, &other)),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (explore, plain): (Vec<_>, Vec<_>) = reqs.iter().cloned().partition(|r| r.explore);
+        let mut sampled = if explore.is_empty() {
+            Vec::new()
+        } else {
+            self.0.edit_explore(&explore)?
+        }
+        .into_iter();
+        let mut images = if plain.is_empty() {
+            Vec::new()
+        } else {
+            self.0.edit(&plain)?
+        }
+        .into_iter();
+        let short = || RoleError("the editor answered fewer edits than it was asked".into());
+        reqs.iter()
+            .map(|r| {
+                Ok(if r.explore {
+                    Response::Sampled(sampled.next().ok_or_else(short)?)
+                } else {
+                    Response::Image(images.next().ok_or_else(short)?)
+                })
+            })
+            .collect()
+    }
+
+    fn update(&mut self, update: &WeightsUpdate) -> Result<(), RoleError> {
+        self.0.update(update)
+    }
+}
 
 /// A diffuser as a [`RoleModel`].
 pub fn diffuser_model(d: Box<dyn Diffuser>) -> Box<dyn RoleModel> {

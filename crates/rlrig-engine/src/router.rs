@@ -10,7 +10,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
 
-use rlrig_contract::PolicyUpdate;
+use rlrig_contract::WeightsUpdate;
 
 use crate::model::{Request, Response};
 use crate::registry::{ActorContext, Build};
@@ -30,7 +30,7 @@ pub(crate) enum RouterMsg {
     /// A replica answered a job.
     Done { job_id: u64, response: Response },
     /// New Policy weights for every replica (and for replicas restarted later).
-    Update(Box<PolicyUpdate>),
+    Update(Box<WeightsUpdate>),
 }
 
 pub(crate) struct RouterArgs {
@@ -62,7 +62,7 @@ pub(crate) struct RouterState {
     max_attempts: u32,
     outstanding_max: Arc<AtomicUsize>,
     restarts: Arc<AtomicUsize>,
-    latest: Option<PolicyUpdate>,
+    latest: Option<WeightsUpdate>,
 }
 
 pub(crate) struct Router;

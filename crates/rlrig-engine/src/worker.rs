@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use rlrig_contract::PolicyUpdate;
+use rlrig_contract::WeightsUpdate;
 
 use crate::model::{Request, Response, RoleModel};
 use crate::registry::{ActorContext, Build};
@@ -27,7 +27,7 @@ pub(crate) enum WorkerMsg {
     /// Run the partial batch gathered so far, if it is still generation `.0`.
     Flush(u64),
     /// Take new Policy weights before the next batch.
-    Update(Box<PolicyUpdate>),
+    Update(Box<WeightsUpdate>),
 }
 
 /// A batch failed: the replica stops with this error and its router restarts it.
@@ -45,7 +45,7 @@ pub(crate) struct WorkerArgs {
     pub batch: usize,
     pub max_wait: Duration,
     /// The latest weights update, applied right after building (a restarted replica).
-    pub update: Option<PolicyUpdate>,
+    pub update: Option<WeightsUpdate>,
 }
 
 pub(crate) struct WorkerState {

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use rlrig_contract::{
     CheckReport, CheckRequest, Checker, Diffuser, EditPolicy, EditProposal, EditRequest, Editor,
-    GenerateRequest, Image, Outcome, PolicyUpdate, ProposeRequest, RoleError, SceneGraph,
-    StepOutput, Trajectory,
+    GenerateRequest, Image, Outcome, ProposeRequest, RoleError, SceneGraph, StepOutput, Trajectory,
+    WeightsUpdate,
 };
 use rlrig_engine::{Engine, Registry, RunSummary, StopSignal};
 use rlrig_sg::read_jsonl;
@@ -102,7 +102,7 @@ impl EditPolicy for Pol {
             .collect())
     }
 
-    fn update(&mut self, update: &PolicyUpdate) -> Result<(), RoleError> {
+    fn update(&mut self, update: &WeightsUpdate) -> Result<(), RoleError> {
         self.1 = update.version;
         Ok(())
     }
@@ -418,7 +418,7 @@ async fn a_sampled_round_runs_as_branches_and_goes_on_from_the_best() {
                 .collect();
             assert_eq!(kept.len(), 1, "one branch kept per round");
         }
-        let groups = t.policy_groups();
+        let groups = t.grpo_groups();
         assert_eq!(groups.len() as u32, rounds, "one group per sampled round");
         for g in &groups {
             assert_eq!(g.samples.len(), 4);
@@ -445,7 +445,7 @@ async fn policy_updates_reach_every_replica_in_order() {
     let k = Arc::new(Knobs::default());
     let loaded = flow("");
     let engine = Engine::start(&loaded, &registry(&k)).await.unwrap();
-    let updater = engine.policy_updater("policy").unwrap();
+    let updater = engine.weights_updater("policy").unwrap();
     let versions = |ts: &[Trajectory]| -> HashSet<u64> {
         ts.iter()
             .flat_map(|t| &t.steps)
@@ -458,7 +458,7 @@ async fn policy_updates_reach_every_replica_in_order() {
     let (_stop_tx, stop_rx) = watch::channel(StopSignal::Run);
     let (_, ts) = run_all(&engine, 5, stop_rx.clone(), &k).await;
     assert_eq!(versions(&ts), HashSet::from([0]));
-    let update = |version| PolicyUpdate {
+    let update = |version| WeightsUpdate {
         version,
         weights: vec![],
     };

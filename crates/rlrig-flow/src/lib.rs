@@ -69,9 +69,16 @@ pub fn without_table(text: &str, table: &str) -> Result<String, String> {
 }
 
 impl Flow {
-    /// How many ways the Policy samples per round: `train.num_generations`, else 1.
+    /// How many ways the trained role samples per round: `train.num_generations`, else 1.
     pub fn num_generations(&self) -> u32 {
         self.train.as_ref().map_or(1, |t| t.num_generations)
+    }
+
+    /// The role whose step a round branches at when training: the trained actor's (`Policy`
+    /// in phase 1, `Editor` in phase 2). `None` without `[train]`.
+    pub fn branch_role(&self) -> Option<Role> {
+        let t = self.train.as_ref()?;
+        self.actors.get(&t.actor).map(|a| a.role)
     }
 }
 

@@ -1,4 +1,5 @@
-//! The `[train]` table: a cycle flow that trains the Policy with Reflection-GRPO (phase 1).
+//! The `[train]` table: a cycle flow that trains one actor with Reflection-GRPO — the Policy
+//! (phase 1) or the Editor (phase 2, Flow-GRPO).
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -10,9 +11,12 @@ use crate::default_device;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrainSettings {
-    /// The Policy actor whose weights are trained; every other actor is frozen.
-    pub policy: String,
-    /// Edit prompts the Policy samples per round (`G`); each is edited and re-checked.
+    /// The actor whose weights are trained: one with role `policy` (phase 1) or `editor`
+    /// (phase 2); every other actor is frozen. (`policy = "…"` is accepted as an alias.)
+    #[serde(alias = "policy")]
+    pub actor: String,
+    /// Samples per round (`G`): edit prompts the Policy writes, each edited and re-checked
+    /// (phase 1), or edits the Editor makes of one edit prompt, each re-checked (phase 2).
     #[serde(default = "default_generations")]
     pub num_generations: u32,
     /// Learner steps to take.
@@ -23,7 +27,8 @@ pub struct TrainSettings {
     /// AdamW's learning rate.
     #[serde(default = "default_lr")]
     pub learning_rate: f64,
-    /// Weight of the k3 KL to the frozen starting Policy (0: no reference).
+    /// Weight of the KL to the frozen starting weights (0: no reference): k3 per token for the
+    /// Policy, the Gaussian KL of the step means per denoising step for the Editor.
     #[serde(default = "default_beta")]
     pub beta: f64,
     /// Lower clip range: `ratio ≥ 1 − epsilon`.
@@ -41,7 +46,8 @@ pub struct TrainSettings {
     /// Gradient clipping by norm.
     #[serde(default = "default_grad_norm")]
     pub max_grad_norm: f64,
-    /// Sampling temperature of the Policy's log-probs (must match the Policy actor's).
+    /// Sampling temperature of the Policy's log-probs (must match the Policy actor's; unused
+    /// in phase 2).
     #[serde(default = "default_temperature")]
     pub temperature: f64,
     /// Groups sampled by weights more than this many versions old are skipped (and counted).

@@ -107,22 +107,22 @@ fn check_train(
     t: &crate::TrainSettings,
     problem: &mut dyn FnMut(&str, String),
 ) {
-    match flow.actors.get(&t.policy) {
+    match flow.actors.get(&t.actor) {
         None => problem(
-            "train.policy",
-            format!("no actor named {:?} is defined under [actors]", t.policy),
+            "train.actor",
+            format!("no actor named {:?} is defined under [actors]", t.actor),
         ),
-        Some(a) if a.role != Role::Policy => problem(
-            "train.policy",
+        Some(a) if !matches!(a.role, Role::Policy | Role::Editor) => problem(
+            "train.actor",
             format!(
-                "{:?} has role {:?}; the trained actor must have role \"policy\"",
-                t.policy,
+                "{:?} has role {:?}; the trained actor must have role \"policy\" (phase 1) or \"editor\" (phase 2)",
+                t.actor,
                 a.role.name()
             ),
         ),
-        Some(_) if !flow.cycle.round.contains(&t.policy) => problem(
-            "train.policy",
-            format!("{:?} is not a step of `cycle.round`", t.policy),
+        Some(_) if !flow.cycle.round.contains(&t.actor) => problem(
+            "train.actor",
+            format!("{:?} is not a step of `cycle.round`", t.actor),
         ),
         Some(_) => {}
     }

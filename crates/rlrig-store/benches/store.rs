@@ -124,6 +124,7 @@ fn report(rng: &mut Rng) -> CheckReport {
 
 fn trajectory(id: u64, prompt: &rlrig_sg::SceneGraph, rng: &mut Rng) -> Trajectory {
     let step = |round, role: Role, output, branch| Step {
+        chain: None,
         round,
         actor: role.to_string(),
         role,
@@ -231,6 +232,7 @@ fn raw_decode(images: &sled::Tree, bytes: &[u8]) -> Trajectory {
         .steps
         .into_iter()
         .map(|st| Step {
+            chain: None,
             round: st.round,
             actor: st.actor,
             role: st.role,

@@ -94,6 +94,8 @@ struct StoredStep {
     elapsed_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     branch: Option<Branch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chain: Option<rlrig_contract::DenoisingChain>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -235,6 +237,7 @@ impl TrajectoryStore {
                 attempts: s.attempts,
                 elapsed_ms: s.elapsed_ms,
                 branch: s.branch,
+                chain: s.chain.clone(),
             });
         }
         let stored = StoredTrajectory {
@@ -435,6 +438,7 @@ impl TrajectoryStore {
                 attempts: st.attempts,
                 elapsed_ms: st.elapsed_ms,
                 branch: st.branch,
+                chain: st.chain,
             });
         }
         Ok(Trajectory {

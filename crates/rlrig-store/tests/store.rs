@@ -16,6 +16,7 @@ fn trajectory(id: u64) -> Trajectory {
     .remove(0);
     let img = Image::filled(4, 4, [1, 2, 3]);
     let step = |round, role, output| Step {
+        chain: None,
         round,
         actor: format!("{role}"),
         role,

@@ -4,8 +4,8 @@
 //! round) and learning meet only in the trajectory store. The [`Trainer`] actor is told that
 //! trajectories were committed; it reads them **from the store in commit order** (the store's
 //! sequence numbers) from its cursor, turns them into GRPO groups
-//! ([`rlrig_contract::PolicyGroup`]), skips groups sampled by weights more than
-//! `max_staleness` versions old (counted), and steps a [`PolicyLearner`]. After each step it
+//! ([`rlrig_contract::GrpoGroup`]), skips groups sampled by weights more than
+//! `max_staleness` versions old (counted), and steps a [`GrpoLearner`]. After each step it
 //! publishes the new weights with their version (by a callback: the run layer sends them to the
 //! Policy actors), appends a line to `metrics.jsonl`, and every `checkpoint_every` steps writes a
 //! checkpoint.
@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use rlrig_contract::{LearnStats, PolicyGroup, PolicyLearner, PolicyUpdate};
+use rlrig_contract::{GrpoGroup, GrpoLearner, LearnStats, WeightsUpdate};
 use rlrig_store::TrajectoryStore;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -46,12 +46,12 @@ pub struct TrainerConfig {
 }
 
 /// Sends new weights to the Policy actors.
-pub type Publish = Box<dyn Fn(PolicyUpdate) -> Result<(), String> + Send + Sync>;
+pub type Publish = Box<dyn Fn(WeightsUpdate) -> Result<(), String> + Send + Sync>;
 
 /// What the trainer is started with.
 pub struct TrainerArgs {
     /// The learner, built from the starting weights (its KL reference).
-    pub learner: Box<dyn PolicyLearner>,
+    pub learner: Box<dyn GrpoLearner>,
     /// The run's store.
     pub store: Arc<TrajectoryStore>,
     /// Settings.
@@ -132,14 +132,14 @@ pub struct Trainer;
 
 /// The trainer's state.
 pub struct TrainerActorState {
-    learner: Option<Box<dyn PolicyLearner>>,
+    learner: Option<Box<dyn GrpoLearner>>,
     store: Arc<TrajectoryStore>,
     config: TrainerConfig,
     publish: Publish,
     done: Option<oneshot::Sender<Result<TrainSummary, String>>>,
     state: TrainerState,
     /// Read from the store, not yet used: (sequence number, its groups).
-    buffer: VecDeque<(u64, Vec<PolicyGroup>)>,
+    buffer: VecDeque<(u64, Vec<GrpoGroup>)>,
     /// Sequence number of the last trajectory read into the buffer.
     read: Option<u64>,
     started: Instant,
@@ -249,7 +249,7 @@ impl TrainerActorState {
             }
             for (seq, t) in batch {
                 self.read = Some(seq);
-                self.buffer.push_back((seq, t.policy_groups()));
+                self.buffer.push_back((seq, t.grpo_groups()));
             }
         }
         while self.state.step < self.config.steps {
@@ -266,7 +266,7 @@ impl TrainerActorState {
                 fresh += groups
                     .iter()
                     .filter(|g| {
-                        version.saturating_sub(g.policy_version()) <= self.config.max_staleness
+                        version.saturating_sub(g.version()) <= self.config.max_staleness
                             && informative(g)
                     })
                     .count();
@@ -277,7 +277,7 @@ impl TrainerActorState {
             if fresh < self.config.groups_per_step {
                 break;
             }
-            let used: Vec<(u64, Vec<PolicyGroup>)> = self.buffer.drain(..need).collect();
+            let used: Vec<(u64, Vec<GrpoGroup>)> = self.buffer.drain(..need).collect();
             self.step(used).await?;
         }
         if self.state.step >= self.config.steps {
@@ -286,7 +286,7 @@ impl TrainerActorState {
         Ok(())
     }
 
-    async fn step(&mut self, used: Vec<(u64, Vec<PolicyGroup>)>) -> Result<(), String> {
+    async fn step(&mut self, used: Vec<(u64, Vec<GrpoGroup>)>) -> Result<(), String> {
         let mut learner = self.learner.take().ok_or("the learner was lost")?;
         let version = learner.version();
         let (first_seq, last_seq) = (used[0].0, used[used.len() - 1].0);
@@ -296,7 +296,7 @@ impl TrainerActorState {
         let mut groups = Vec::new();
         let mut equal = 0;
         for g in used.into_iter().flat_map(|(_, g)| g) {
-            let age = version.saturating_sub(g.policy_version());
+            let age = version.saturating_sub(g.version());
             if age > self.config.max_staleness {
                 stale += 1;
             } else if !informative(&g) {
@@ -423,7 +423,7 @@ impl TrainerActorState {
 /// Whether a group's rewards differ: one whose rewards are all equal has no advantage to learn
 /// from and is filtered (DAPO's dynamic sampling): a step waits for `groups_per_step` groups
 /// that carry a signal.
-fn informative(g: &PolicyGroup) -> bool {
+fn informative(g: &GrpoGroup) -> bool {
     g.samples.iter().any(|s| s.reward != g.samples[0].reward)
 }
 

@@ -1,0 +1,204 @@
+//! What a stochastic Editor answers in phase 2 (Flow-GRPO): the edited image and the denoising
+//! chain it was sampled along, with each step's log-probability.
+
+use base64::Engine as _;
+use half::f16;
+use serde::{Deserialize, Serialize};
+
+use crate::Image;
+
+/// The states a stochastic sampler visited — the starting noise, then the state after each of
+/// its `K` steps — with the log-probability of each step's transition under the weights that
+/// sampled it (Flow-GRPO's `logp_old`).
+///
+/// States are kept as IEEE half floats (`f16`), serialised as one base64 string of
+/// little-endian bytes (a 32×32×3 chain of 10 steps is 66 KiB, 90 KiB as text). A sampler whose
+/// log-probabilities must match the stored states exactly rounds its states to `f16` as it
+/// goes (rlrig's neural Editor does).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RawChain")]
+pub struct DenoisingChain {
+    /// The version of the weights that sampled it.
+    pub version: u64,
+    /// The SDE's noise scale `a`.
+    pub noise_scale: f64,
+    /// The classifier-free guidance scale the velocities were taken at.
+    pub guidance: f64,
+    /// One state's shape: channels, height, width.
+    pub shape: [u32; 3],
+    /// Per step, the log-probability of its transition (`K` values).
+    pub log_probs: Vec<f32>,
+    #[serde(with = "f16_base64")]
+    states: Vec<u8>,
+}
+
+#[derive(Deserialize)]
+struct RawChain {
+    version: u64,
+    noise_scale: f64,
+    guidance: f64,
+    shape: [u32; 3],
+    log_probs: Vec<f32>,
+    #[serde(with = "f16_base64")]
+    states: Vec<u8>,
+}
+
+impl TryFrom<RawChain> for DenoisingChain {
+    type Error = ChainError;
+    fn try_from(r: RawChain) -> Result<Self, ChainError> {
+        let chain = DenoisingChain {
+            version: r.version,
+            noise_scale: r.noise_scale,
+            guidance: r.guidance,
+            shape: r.shape,
+            log_probs: r.log_probs,
+            states: r.states,
+        };
+        let want = chain.state_len() * (chain.log_probs.len() + 1) * 2;
+        if chain.states.len() != want || chain.log_probs.is_empty() {
+            return Err(ChainError(format!(
+                "a chain of {} steps of {:?} states needs {want} bytes of f16 states, got {}",
+                chain.log_probs.len(),
+                chain.shape,
+                chain.states.len()
+            )));
+        }
+        Ok(chain)
+    }
+}
+
+/// A chain whose parts do not fit together.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct ChainError(String);
+
+impl std::fmt::Debug for DenoisingChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "DenoisingChain(v{}, {} steps of {:?})",
+            self.version,
+            self.steps(),
+            self.shape
+        )
+    }
+}
+
+impl DenoisingChain {
+    /// A chain from its `K + 1` states (row-major, each `shape` = channels × height × width,
+    /// concatenated; rounded to `f16`) and `K` step log-probabilities.
+    pub fn new(
+        version: u64,
+        noise_scale: f64,
+        guidance: f64,
+        shape: [u32; 3],
+        states: &[f32],
+        log_probs: Vec<f32>,
+    ) -> Result<Self, ChainError> {
+        let bytes = states
+            .iter()
+            .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+            .collect();
+        DenoisingChain::try_from(RawChain {
+            version,
+            noise_scale,
+            guidance,
+            shape,
+            log_probs,
+            states: bytes,
+        })
+    }
+
+    /// The number of sampler steps `K`.
+    pub fn steps(&self) -> usize {
+        self.log_probs.len()
+    }
+
+    /// Values in one state.
+    pub fn state_len(&self) -> usize {
+        self.shape.iter().map(|&d| d as usize).product()
+    }
+
+    /// State `k` (`0` is the starting noise, `K` the final sample), as `f32`.
+    ///
+    /// # Panics
+    ///
+    /// If `k > K`.
+    pub fn state(&self, k: usize) -> Vec<f32> {
+        assert!(
+            k <= self.steps(),
+            "state {k} of a {}-step chain",
+            self.steps()
+        );
+        let n = self.state_len() * 2;
+        self.states[k * n..(k + 1) * n]
+            .chunks_exact(2)
+            .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect()
+    }
+}
+
+/// Rounds `v` to the nearest `f16`, as a chain stores it.
+pub fn round_f16(v: f32) -> f32 {
+    f16::from_f32(v).to_f32()
+}
+
+/// An Editor's answer to an exploring request: the image and its denoising chain.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SampledEdit {
+    /// The edited image.
+    pub image: Image,
+    /// How it was sampled.
+    pub chain: DenoisingChain,
+}
+
+mod f16_base64 {
+    use super::*;
+
+    pub fn serialize<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_round_trips_through_json_and_keeps_f16_values() {
+        let states: Vec<f32> = (0..3 * 2 * 2 * 3).map(|i| i as f32 * 0.1 - 1.0).collect();
+        let chain = DenoisingChain::new(4, 0.7, 1.0, [3, 2, 2], &states, vec![-1.5, 0.25]).unwrap();
+        assert_eq!(chain.steps(), 2);
+        let text = serde_json::to_string(&chain).unwrap();
+        assert!(
+            text.contains("\"states\":\""),
+            "states as one string: {text}"
+        );
+        let back: DenoisingChain = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, chain);
+        for k in 0..=2 {
+            let want: Vec<f32> = states[k * 12..(k + 1) * 12]
+                .iter()
+                .map(|&v| round_f16(v))
+                .collect();
+            assert_eq!(back.state(k), want);
+        }
+        // Rounded values are exact.
+        assert_eq!(round_f16(round_f16(0.1)), round_f16(0.1));
+    }
+
+    #[test]
+    fn a_chain_whose_states_do_not_fit_is_refused() {
+        let err = DenoisingChain::new(0, 0.7, 1.0, [3, 2, 2], &[0.0; 12], vec![0.0]).unwrap_err();
+        assert!(err.to_string().contains("needs 48 bytes"), "{err}");
+        let err = DenoisingChain::new(0, 0.7, 1.0, [3, 2, 2], &[0.0; 12], vec![]).unwrap_err();
+        assert!(err.to_string().contains("0 steps"), "{err}");
+    }
+}
