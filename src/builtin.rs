@@ -14,7 +14,7 @@ use rlrig_models::{
 /// The neural editor's settings: the diffuser's, with its own default weights file.
 #[derive(serde::Deserialize)]
 #[serde(transparent)]
-struct EditorSettings(#[serde(with = "editor_defaults")] NeuralSettings);
+pub(crate) struct EditorSettings(#[serde(with = "editor_defaults")] pub(crate) NeuralSettings);
 
 mod editor_defaults {
     use rlrig_models::NeuralSettings;

@@ -10,14 +10,14 @@
 //! multi-threaded CPU kernels, the same weights.
 //!
 //! Output, in the flow's run directory: `metrics.jsonl` (one line per step), `metrics.svg`,
-//! `policy.safetensors`, `replay.json`, `report.html`.
+//! `policy.safetensors` (or `editor.safetensors` in phase 2), `replay.json`, `report.html`.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
-use rlrig_contract::{GrpoGroup, GrpoLearner};
+use rlrig_contract::GrpoGroup;
 use rlrig_engine::Registry;
 use rlrig_store::TrajectoryStore;
 use serde::Serialize;
@@ -113,7 +113,8 @@ pub fn run(
             }
             batch.push(groups[order.pop().expect("refilled")].clone());
         }
-        let stats = GrpoLearner::step(&mut learner, &batch)
+        let stats = learner
+            .step(&batch)
             .map_err(|e| anyhow::anyhow!("step {step}: {e}"))?;
         let line = rlrig_train::StepMetrics {
             step,
@@ -142,7 +143,8 @@ pub fn run(
         eprintln!("warning: metrics.svg: {e}");
     }
     let update = learner.update().map_err(|e| anyhow::anyhow!("{e}"))?;
-    crate::train::write_weights(&dir.join("policy.safetensors"), &update.weights)?;
+    let weights_file = crate::train::trained(&loaded, &t)?.weights_file();
+    crate::train::write_weights(&dir.join(weights_file), &update.weights)?;
     let summary = ReplaySummary {
         source: source.to_path_buf(),
         trajectories,
@@ -159,7 +161,7 @@ pub fn run(
         eprintln!("warning: report.html: {e:#}");
     }
     println!(
-        "replay {} → {}: {} steps over {} groups from {} trajectories ({} epochs), policy version {}",
+        "replay {} → {}: {} steps over {} groups from {} trajectories ({} epochs), weights version {}",
         source.display(),
         dir.display(),
         summary.steps,

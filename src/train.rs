@@ -1,17 +1,17 @@
-//! `rlrig run` of a flow with a `[train]` table: Reflection-GRPO phase 1 (the Policy learns,
-//! every other actor is frozen).
+//! `rlrig run` of a flow with a `[train]` table: Reflection-GRPO phase 1 (the Policy learns)
+//! or phase 2 (the Editor learns, Flow-GRPO); every other actor is frozen.
 //!
-//! The engine runs the cycle over the flow's prompts with the Policy sampling
-//! `num_generations` edit prompts per round; every finished trajectory is committed to the
-//! run's store, and the trainer actor (crate `rlrig-train`) is told. The trainer reads the
-//! store on its own schedule, steps the GRPO learner and sends each new version of the
-//! weights to the Policy's replicas. The run ends when the trainer has taken `train.steps`
+//! The engine runs the cycle over the flow's prompts with the trained role sampling
+//! `num_generations` ways per round (edit prompts, or the Editor's SDE edits of one edit
+//! prompt); every finished trajectory is committed to the run's store, and the trainer actor
+//! (crate `rlrig-train`) is told. The trainer reads the store on its own schedule, steps the
+//! learner and sends each new version of the weights to the trained actor's replicas. The run ends when the trainer has taken `train.steps`
 //! steps (the trajectories still in flight are cancelled and recorded as such).
 //!
 //! The run directory holds, besides what every run writes: `metrics.jsonl` (one line per
 //! learner step), `metrics.svg` (reward, KL, clip fraction), `checkpoint/` (learner weights,
-//! optimiser, version, store cursor), `policy.safetensors` (the trained weights, loadable by
-//! `neural.policy`) and `train.json` (the summary). `--resume` continues a run exactly where its
+//! optimiser, version, store cursor), `policy.safetensors` or `editor.safetensors` (the trained
+//! weights, loadable by `neural.policy` / `neural.editor`) and `train.json` (the summary). `--resume` continues a run exactly where its
 //! checkpoint left it: prompts already committed are not run again, the trainer reads on from
 //! its cursor.
 
@@ -21,9 +21,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use ractor::Actor;
-use rlrig_contract::{Trajectory, WeightsUpdate};
+use rlrig_contract::{GrpoLearner, Trajectory, WeightsUpdate};
 use rlrig_engine::{Engine, Registry, StopSignal};
 use rlrig_flow::{LoadedFlow, TrainSettings};
+use rlrig_models::NeuralSettings;
+use rlrig_models::flow_grpo::{EditorLearner, EditorLearnerConfig};
 use rlrig_models::grpo::{GrpoConfig, Learner, LearnerConfig, LossType};
 use rlrig_models::roles::PolicySettings;
 use rlrig_models::vlm::PolicyNet;
@@ -33,20 +35,43 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::run::{RunOptions, prompts_of, write_chain};
 
-/// The policy actor's settings, checked against `[train]`.
-fn policy_settings(loaded: &LoadedFlow, t: &TrainSettings) -> Result<PolicySettings> {
+/// What a training flow trains, checked against `[train]`.
+pub enum Trained {
+    /// Phase 1: the Policy (`neural.policy`), with its settings.
+    Policy(PolicySettings),
+    /// Phase 2: the Editor (`neural.editor`), with its settings.
+    Editor(NeuralSettings),
+}
+
+impl Trained {
+    /// The file the trained weights are written to in the run directory.
+    pub fn weights_file(&self) -> &'static str {
+        match self {
+            Trained::Policy(_) => "policy.safetensors",
+            Trained::Editor(_) => "editor.safetensors",
+        }
+    }
+}
+
+/// The trained actor's settings, checked against `[train]`.
+pub fn trained(loaded: &LoadedFlow, t: &TrainSettings) -> Result<Trained> {
     let spec = &loaded.flow.actors[&t.actor];
     let key = format!("actors.{}", t.actor);
-    if spec.kind != "neural.policy" {
-        bail!(loaded.error_at(
+    let ctx = Registry::context(loaded, &t.actor, spec, 0).map_err(rlrig_flow::FlowError::from)?;
+    match spec.kind.as_str() {
+        "neural.policy" => {}
+        "neural.editor" => {
+            let s: crate::builtin::EditorSettings = rlrig_flow::settings_into(&ctx.settings)
+                .map_err(|(k, m)| loaded.error_at(&format!("{key}.settings.{k}"), m))?;
+            return Ok(Trained::Editor(s.0));
+        }
+        other => bail!(loaded.error_at(
             &format!("{key}.kind"),
             format!(
-                "training needs the `neural.policy` kind, not {:?}",
-                spec.kind
+                "training needs the `neural.policy` kind (phase 1) or `neural.editor` (phase 2), not {other:?}"
             )
-        ));
+        )),
     }
-    let ctx = Registry::context(loaded, &t.actor, spec, 0).map_err(rlrig_flow::FlowError::from)?;
     let s: PolicySettings = rlrig_flow::settings_into(&ctx.settings)
         .map_err(|(k, m)| loaded.error_at(&format!("{key}.settings.{k}"), m))?;
     if s.greedy {
@@ -64,42 +89,69 @@ fn policy_settings(loaded: &LoadedFlow, t: &TrainSettings) -> Result<PolicySetti
             )
         ));
     }
-    Ok(s)
+    Ok(Trained::Policy(s))
 }
 
-/// The learner for a flow: the Policy's starting weights on the learner's device (autodiff),
-/// GRPO's settings from `[train]`.
-pub fn learner_for(loaded: &LoadedFlow) -> Result<Learner> {
+/// The learner for a flow: the trained actor's starting weights on the learner's device
+/// (autodiff), GRPO's settings from `[train]` — the Policy's GRPO learner (phase 1) or the
+/// Editor's Flow-GRPO learner (phase 2).
+pub fn learner_for(loaded: &LoadedFlow) -> Result<Box<dyn GrpoLearner>> {
     let t = loaded
         .flow
         .train
         .as_ref()
         .context("the flow has no [train] table")?;
-    let settings = policy_settings(loaded, t)?;
+    let trained = trained(loaded, t)?;
     let device = rlrig_models::device::select(&t.device)
         .map_err(|e| loaded.error_at("train.device", e.to_string()))?
         .autodiff();
-    let policy: PolicyNet = rlrig_models::weights::load_model(&settings.weights, &device)?;
     let loss_type = match t.loss_type.as_str() {
         "sequence_mean" => LossType::SequenceMean,
         _ => LossType::TokenMean,
     };
-    Ok(Learner::new(
-        policy,
-        LearnerConfig {
-            grpo: GrpoConfig {
-                num_generations: t.num_generations as usize,
-                beta: t.beta,
-                epsilon: t.epsilon,
-                epsilon_high: t.epsilon_high,
-                loss_type,
-                scale_rewards: t.scale_rewards,
-            },
-            lr: t.learning_rate,
-            max_grad_norm: t.max_grad_norm as f32,
-            temperature: t.temperature,
-        },
-    ))
+    let grpo = GrpoConfig {
+        num_generations: t.num_generations as usize,
+        beta: t.beta,
+        epsilon: t.epsilon,
+        epsilon_high: t.epsilon_high,
+        loss_type,
+        scale_rewards: t.scale_rewards,
+    };
+    Ok(match trained {
+        Trained::Policy(settings) => {
+            let policy: PolicyNet = rlrig_models::weights::load_model(&settings.weights, &device)?;
+            Box::new(Learner::new(
+                policy,
+                LearnerConfig {
+                    grpo,
+                    lr: t.learning_rate,
+                    max_grad_norm: t.max_grad_norm as f32,
+                    temperature: t.temperature,
+                },
+            ))
+        }
+        Trained::Editor(settings) => {
+            let model = rlrig_models::weights::load(&settings.weights, &device)?;
+            if model.config().cond_channels() == 0 {
+                bail!(loaded.error_at(
+                    &format!("actors.{}.settings.weights", t.actor),
+                    format!(
+                        "{} holds a diffuser, not an editor",
+                        settings.weights.display()
+                    )
+                ));
+            }
+            Box::new(EditorLearner::new(
+                model,
+                EditorLearnerConfig {
+                    grpo,
+                    lr: t.learning_rate,
+                    max_grad_norm: t.max_grad_norm as f32,
+                    ..EditorLearnerConfig::default()
+                },
+            ))
+        }
+    })
 }
 
 /// Runs a training flow; returns the trainer's summary and the run directory.
@@ -115,7 +167,7 @@ pub fn run(
         .train
         .clone()
         .context("the flow has no [train] table")?;
-    policy_settings(&loaded, &t)?;
+    let weights_file = trained(&loaded, &t)?.weights_file();
     let dir = loaded.flow.run_dir.join(&loaded.flow.name);
     if resume {
         let stored = std::fs::read_to_string(dir.join("flow.toml"))
@@ -155,7 +207,16 @@ pub fn run(
     let summary = std::thread::scope(|scope| {
         let evaluator = scope.spawn(|| evaluate_versions(registry, &loaded, &t, &dir, eval_rx));
         let summary = runtime.block_on(drive(
-            registry, &loaded, &t, kept, store, learner, &dir, resume, eval_tx,
+            registry,
+            &loaded,
+            &t,
+            kept,
+            store,
+            learner,
+            &dir,
+            &dir.join(weights_file),
+            resume,
+            eval_tx,
         ));
         if let Err(e) = evaluator.join().expect("the evaluator does not panic") {
             eprintln!("warning: evaluation: {e:#}");
@@ -202,8 +263,9 @@ async fn drive(
     t: &TrainSettings,
     prompts: Vec<(u64, rlrig_contract::SceneGraph)>,
     store: Arc<TrajectoryStore>,
-    learner: Learner,
+    learner: Box<dyn GrpoLearner>,
     dir: &Path,
+    weights_out: &Path,
     resume: bool,
     eval: std::sync::mpsc::Sender<WeightsUpdate>,
 ) -> Result<TrainSummary> {
@@ -229,7 +291,7 @@ async fn drive(
         None,
         Trainer,
         TrainerArgs {
-            learner: Box::new(learner),
+            learner,
             store: store.clone(),
             config: TrainerConfig {
                 steps: t.steps,
@@ -306,7 +368,7 @@ async fn drive(
         .map_err(|_| anyhow::anyhow!("the trainer stopped without a word"))?
         .map_err(|e| anyhow::anyhow!("training failed: {e}"))?;
     if let Some(u) = latest.lock().expect("not poisoned").take() {
-        write_weights(&dir.join("policy.safetensors"), &u.weights)?;
+        write_weights(weights_out, &u.weights)?;
         if t.eval_every > 0 && !u.version.is_multiple_of(t.eval_every) {
             let _ = eval.send(u);
         }
@@ -326,9 +388,9 @@ pub(crate) fn write_weights(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Evaluates the Policy versions sent by the trainer, one after the other, on held-out prompts:
-/// the flow's cycle without `[train]`, the Policy greedy with that version's weights, judged by
-/// the oracle. Each evaluation is a run under `<run>/eval/v<version>/`; `eval.jsonl` gets a line
+/// Evaluates the versions sent by the trainer, one after the other, on held-out prompts: the
+/// flow's cycle without `[train]` with that version's weights (the Policy greedy; the Editor
+/// with its ODE sampler), judged by the oracle. Each evaluation is a run under `<run>/eval/v<version>/`; `eval.jsonl` gets a line
 /// per version (final and per-round means).
 fn evaluate_versions(
     registry: &Registry,
@@ -351,19 +413,23 @@ fn evaluate_versions(
                 flow_path.insert(p)
             }
         };
-        let weights = eval_dir.join(format!("policy-v{}.safetensors", u.version));
+        let role = loaded.flow.actors[&t.actor].role;
+        let weights = eval_dir.join(format!("{}-v{}.safetensors", role.name(), u.version));
         write_weights(&weights, &u.weights)?;
-        let policy = &t.actor;
-        let sets = vec![
+        let actor = &t.actor;
+        let mut sets = vec![
             format!("name=v{}", u.version),
             format!("run_dir={}", eval_dir.display()),
             "prompts.source=\"world\"".to_string(),
             format!("prompts.seed={}", t.eval_seed),
             format!("prompts.count={}", t.eval_prompts),
-            format!("actors.{policy}.settings.greedy=true"),
-            format!("actors.{policy}.settings.weights=\"{}\"", weights.display()),
+            format!("actors.{actor}.settings.weights=\"{}\"", weights.display()),
             "store.trajectories=false".to_string(),
         ];
+        if role == rlrig_contract::Role::Policy {
+            // The Policy decodes greedily at inference; the Editor's plain edits are the ODE's.
+            sets.push(format!("actors.{actor}.settings.greedy=true"));
+        }
         let (metrics, _) = crate::run::run(
             registry,
             &RunOptions {

@@ -123,6 +123,23 @@ pub fn loss(
     mask: Tensor<2>,
     config: &GrpoConfig,
 ) -> GrpoLoss {
+    let kl = ref_logp
+        .filter(|_| config.beta > 0.0)
+        .map(|reference| k3(logp.clone(), reference));
+    loss_with_kl(logp, old_logp, kl, advantages, mask, config)
+}
+
+/// [`loss`] with the KL term given per token (or per denoising step): `kl` is `(B, T)`, added
+/// with weight `beta` where the mask is 1. Flow-GRPO's Editor passes the Gaussian KL of its
+/// step means here.
+pub fn loss_with_kl(
+    logp: Tensor<2>,
+    old_logp: Tensor<2>,
+    kl: Option<Tensor<2>>,
+    advantages: &[f64],
+    mask: Tensor<2>,
+    config: &GrpoConfig,
+) -> GrpoLoss {
     let [b, t] = logp.dims();
     assert_eq!(
         advantages.len(),
@@ -149,8 +166,7 @@ pub fn loss(
     // Clipped tokens: where the clipped term binds (it is the smaller one).
     let binds = clipped_obj.lower(unclipped_obj).float() * mask.clone();
     let mut kl_mean = 0.0;
-    if let Some(reference) = ref_logp.filter(|_| config.beta > 0.0) {
-        let kl = k3(logp, reference);
+    if let Some(kl) = kl.filter(|_| config.beta > 0.0) {
         let counted = mask.clone().sum().into_scalar::<f32>().max(1.0);
         kl_mean = f64::from((kl.clone() * mask.clone()).sum().into_scalar::<f32>() / counted);
         per_token = per_token + kl.mul_scalar(config.beta);

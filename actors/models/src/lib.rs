@@ -41,6 +41,7 @@ pub use burn;
 pub mod device;
 pub mod dit;
 pub mod flow;
+pub mod flow_grpo;
 pub mod grpo;
 pub mod image;
 pub mod pretrain;

@@ -1,0 +1,332 @@
+//! Flow-GRPO (arXiv 2505.05470; DESIGN.md §6) for the Editor: Reflection-GRPO's phase 2.
+//!
+//! A group is `G` edits of one (source image, edit prompt), each sampled by the Editor's SDE
+//! sampler ([`crate::flow::sample_sde_chains`]) and stored with its denoising chain: the
+//! `K + 1` states and each step's log-probability under the weights that sampled it. A
+//! sample's reward is the Checker's score after the edit; its advantage (group-normalised,
+//! clipped to `±adv_clip`) is shared by its `K` steps. Per step:
+//!
+//! * `ρ = exp(logp − logp_old)`, with `logp` the Gaussian log-density of the stored transition
+//!   under the current weights ([`crate::flow::transition_log_prob`]; a pixel mean, as the
+//!   sampler records it);
+//! * loss `−min(ρ·A, clip(ρ, 1 − ε, 1 + ε_high)·A) + β·KL`, where `KL` is the exact Gaussian
+//!   KL between the step's transition under the current and the frozen reference weights (the
+//!   starting Editor): the pixel mean of `(μ_θ − μ_ref)² / (2·std²)` with the step's `std`;
+//! * the steps of the batch are averaged (`token_mean`: every step weighs the same) or each
+//!   chain's steps first (`sequence_mean`) — the same aggregation code as phase 1
+//!   ([`crate::grpo::loss_with_kl`]).
+//!
+//! One AdamW step per learner step, gradient clipping by norm; the version advances when the
+//! weights change.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::store::{BurnpackStore, ModuleSnapshot};
+use burn::tensor::{Device, Tensor, TensorData};
+use rlrig_contract::{DenoisingChain, GrpoGroup, GrpoLearner, LearnStats, RoleError, WeightsUpdate};
+use serde::{Deserialize, Serialize};
+
+use crate::Dit;
+use crate::flow::{self, SamplerConfig, SdeStep};
+use crate::grpo::{GrpoConfig, group_advantages, loss_with_kl};
+use crate::image::images_to_tensor;
+use crate::text::{TextBatch, Tokenizer};
+
+/// The Editor learner's settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EditorLearnerConfig {
+    /// GRPO's knobs (`temperature` does not apply).
+    pub grpo: GrpoConfig,
+    /// AdamW's learning rate.
+    pub lr: f64,
+    /// Gradient clipping by norm.
+    pub max_grad_norm: f32,
+    /// Advantages are clipped to `±adv_clip` (Flow-GRPO: 5).
+    pub adv_clip: f64,
+}
+
+impl Default for EditorLearnerConfig {
+    fn default() -> Self {
+        EditorLearnerConfig {
+            grpo: GrpoConfig::default(),
+            lr: 1e-5,
+            max_grad_norm: 1.0,
+            adv_clip: 5.0,
+        }
+    }
+}
+
+/// One edit of a group, as the learner reads it.
+struct Edit<'a> {
+    source: &'a rlrig_contract::Image,
+    prompt: &'a str,
+    chain: &'a DenoisingChain,
+    advantage: f64,
+}
+
+/// The Flow-GRPO learner of the Editor: the trained network (on an autodiff device), a frozen
+/// copy of its starting weights as the KL reference, AdamW with gradient clipping, a version.
+pub struct EditorLearner {
+    /// Always `Some` between calls (taken for the optimiser's step, which consumes it).
+    model: Option<Dit>,
+    reference: Dit,
+    optim: burn::optim::ModuleOptimizer,
+    config: EditorLearnerConfig,
+    tok: Tokenizer,
+    version: u64,
+}
+
+impl EditorLearner {
+    /// A learner starting from `model` (an Editor, built on an autodiff device), at version 0.
+    pub fn new(model: Dit, config: EditorLearnerConfig) -> Self {
+        let reference = model.valid();
+        let optim = flow::adamw()
+            .with_grad_clipping(Some(
+                burn::optim::grad_clipping::GradientClippingConfig::Norm(config.max_grad_norm),
+            ))
+            .init();
+        let tok = Tokenizer::new(model.config().text_len);
+        EditorLearner {
+            model: Some(model),
+            reference,
+            optim,
+            config,
+            tok,
+            version: 0,
+        }
+    }
+
+    fn net(&self) -> &Dit {
+        self.model
+            .as_ref()
+            .expect("the learner holds its model between steps")
+    }
+
+    /// The current weights, for the Editor actors (no autodiff).
+    pub fn model(&self) -> Dit {
+        self.net().valid()
+    }
+
+    /// The per-step log-probabilities of the stored chains under the current weights,
+    /// `(B, K)` with a gradient, the step means' KL to the reference `(B, K)` (when `beta >
+    /// 0`), for the edits in order.
+    fn log_probs(&self, edits: &[Edit]) -> Result<(Tensor<2>, Option<Tensor<2>>), String> {
+        let first = edits[0].chain;
+        let steps = first.steps();
+        for e in edits {
+            let c = e.chain;
+            if c.steps() != steps || c.noise_scale != first.noise_scale || c.guidance != first.guidance
+            {
+                return Err(format!(
+                    "chains sampled with different samplers in one batch ({} steps, a = {}, guidance {} vs {} steps, a = {}, guidance {})",
+                    c.steps(),
+                    c.noise_scale,
+                    c.guidance,
+                    steps,
+                    first.noise_scale,
+                    first.guidance
+                ));
+            }
+        }
+        let model = self.net();
+        let config = model.config();
+        let want = [
+            config.out_channels as u32,
+            config.image_size as u32,
+            config.image_size as u32,
+        ];
+        if let Some(e) = edits.iter().find(|e| e.chain.shape != want) {
+            return Err(format!(
+                "a chain of {:?} states does not fit this Editor's {want:?}",
+                e.chain.shape
+            ));
+        }
+        let sampler = SamplerConfig {
+            steps,
+            guidance: first.guidance,
+            noise_scale: first.noise_scale,
+        };
+        let device = model.device();
+        let ref_device = self.reference.device();
+        let beta = self.config.grpo.beta;
+        let prompts: Vec<&str> = edits.iter().map(|e| e.prompt).collect();
+        let sources: Vec<rlrig_contract::Image> = edits.iter().map(|e| e.source.clone()).collect();
+        let inputs = |device: &Device| -> Result<(TextBatch, Tensor<4>), String> {
+            Ok((
+                self.tok.batch(&prompts, device).map_err(|e| e.to_string())?,
+                images_to_tensor(&sources, device).map_err(|e| e.to_string())?,
+            ))
+        };
+        let (text, cond) = inputs(&device)?;
+        let reference_inputs = (beta > 0.0).then(|| inputs(&ref_device)).transpose()?;
+        let b = edits.len();
+        let dims = [b, want[0] as usize, want[1] as usize, want[2] as usize];
+        let state = |k: usize, device: &Device| -> Tensor<4> {
+            let values: Vec<f32> = edits.iter().flat_map(|e| e.chain.state(k)).collect();
+            Tensor::from_data(TensorData::new(values, dims), device)
+        };
+        let mut logps = Vec::with_capacity(steps);
+        let mut kls = Vec::with_capacity(steps);
+        for k in 0..steps {
+            let coef = SdeStep::new(k, steps, sampler.noise_scale);
+            let (x, x_next) = (state(k, &device), state(k + 1, &device));
+            let v = flow::velocity(model, x.clone(), coef.s, &text, Some(&cond), sampler.guidance);
+            let mean = coef.mean(x, v);
+            logps.push(flow::gaussian_log_prob(x_next, mean.clone(), coef.std));
+            if let Some((ref_text, ref_cond)) = &reference_inputs {
+                let x_ref = state(k, &ref_device);
+                let v_ref = flow::velocity(
+                    &self.reference,
+                    x_ref.clone(),
+                    coef.s,
+                    ref_text,
+                    Some(ref_cond),
+                    sampler.guidance,
+                );
+                let mean_ref = coef.mean(x_ref, v_ref);
+                let mean_ref = Tensor::<4>::from_data(mean_ref.into_data(), &device);
+                kls.push(
+                    (mean - mean_ref)
+                        .square()
+                        .div_scalar(2.0 * coef.std * coef.std)
+                        .flatten::<2>(1, 3)
+                        .mean_dim(1)
+                        .reshape([b]),
+                );
+            }
+        }
+        let kl = (!kls.is_empty()).then(|| Tensor::stack(kls, 1));
+        Ok((Tensor::stack(logps, 1), kl))
+    }
+
+    /// One Flow-GRPO step on a batch of groups.
+    pub fn step(&mut self, groups: &[GrpoGroup]) -> Result<LearnStats, String> {
+        let rewards: Vec<f64> = groups
+            .iter()
+            .flat_map(|g| g.samples.iter().map(|s| s.reward))
+            .collect();
+        let n = rewards.len().max(1) as f64;
+        let mean = rewards.iter().sum::<f64>() / n;
+        let mut stats = LearnStats {
+            version: self.version,
+            groups: groups.len(),
+            reward_mean: mean,
+            reward_std: (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt(),
+            ..LearnStats::default()
+        };
+        let mut edits = Vec::new();
+        for g in groups {
+            let r: Vec<f64> = g.samples.iter().map(|s| s.reward).collect();
+            let Some(adv) = group_advantages(&r, self.config.grpo.scale_rewards) else {
+                stats.filtered_groups += 1;
+                continue;
+            };
+            for (s, a) in g.samples.iter().zip(adv) {
+                let chain = s.chain.as_ref().ok_or_else(|| {
+                    format!(
+                        "trajectory {} round {}: a sample has no denoising chain (phase 2 learns from the Editor's exploring edits; was the trained actor an editor?)",
+                        g.trajectory, g.round
+                    )
+                })?;
+                edits.push(Edit {
+                    source: &g.image,
+                    prompt: &s.proposal.edit_prompt,
+                    chain,
+                    advantage: a.clamp(-self.config.adv_clip, self.config.adv_clip),
+                });
+            }
+        }
+        stats.sequences = edits.len();
+        if edits.is_empty() {
+            return Ok(stats);
+        }
+        let (logp, kl) = self.log_probs(&edits)?;
+        let [b, k] = logp.dims();
+        let device = logp.device();
+        let old: Vec<f32> = edits
+            .iter()
+            .flat_map(|e| e.chain.log_probs.iter().copied())
+            .collect();
+        let old = Tensor::<2>::from_data(TensorData::new(old, [b, k]), &device);
+        let mask = Tensor::<2>::ones([b, k], &device);
+        let advantages: Vec<f64> = edits.iter().map(|e| e.advantage).collect();
+        let out = loss_with_kl(logp, old, kl, &advantages, mask, &self.config.grpo);
+        stats.loss = f64::from(out.loss.clone().into_scalar::<f32>());
+        stats.kl = out.kl;
+        stats.clip_fraction = out.clip_fraction;
+        let grads = burn::optim::GradientsParams::from_grads(out.loss.backward(), self.net());
+        let model = self.model.take().expect("held between steps");
+        self.model = Some(self.optim.step(self.config.lr, model, grads));
+        self.version += 1;
+        stats.version = self.version;
+        Ok(stats)
+    }
+}
+
+/// The learner's state besides weights and optimiser, as a checkpoint stores it.
+#[derive(Serialize, Deserialize)]
+struct LearnerState {
+    version: u64,
+    #[allow(dead_code)]
+    config: EditorLearnerConfig,
+}
+
+impl GrpoLearner for EditorLearner {
+    fn step(&mut self, groups: &[GrpoGroup]) -> Result<LearnStats, RoleError> {
+        EditorLearner::step(self, groups).map_err(RoleError)
+    }
+
+    fn version(&self) -> u64 {
+        self.version
+    }
+
+    fn update(&self) -> Result<WeightsUpdate, RoleError> {
+        Ok(WeightsUpdate {
+            version: self.version,
+            weights: crate::weights::to_bytes(&self.model())
+                .map_err(|e| RoleError(e.to_string()))?,
+        })
+    }
+
+    /// `editor.bpk` (weights), `optim.bpk` (AdamW's moments), `learner.json` (version,
+    /// settings). The KL reference is the starting weights, built again on resume.
+    fn save(&self, dir: &Path) -> Result<(), RoleError> {
+        let bad = |e: String| RoleError(format!("saving the learner to {}: {e}", dir.display()));
+        let mut store = BurnpackStore::from_file(dir.join("editor.bpk")).overwrite(true);
+        self.net()
+            .save_into(&mut store)
+            .map_err(|e| bad(e.to_string()))?;
+        self.optim
+            .save(dir.join("optim.bpk"))
+            .map_err(|e| bad(format!("optimiser: {e}")))?;
+        let state = LearnerState {
+            version: self.version,
+            config: self.config.clone(),
+        };
+        std::fs::write(
+            dir.join("learner.json"),
+            serde_json::to_string_pretty(&state).expect("serialises"),
+        )
+        .map_err(|e| bad(e.to_string()))
+    }
+
+    fn restore(&mut self, dir: &Path) -> Result<(), RoleError> {
+        let bad =
+            |e: String| RoleError(format!("restoring the learner from {}: {e}", dir.display()));
+        let text =
+            std::fs::read_to_string(dir.join("learner.json")).map_err(|e| bad(e.to_string()))?;
+        let state: LearnerState = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let mut model = self.model.take().expect("held between calls");
+        let loaded = crate::train::load_burnpack(&mut model, &dir.join("editor.bpk"), "editor");
+        self.model = Some(model);
+        loaded.map_err(|e| bad(e.to_string()))?;
+        let optim = std::mem::replace(&mut self.optim, flow::adamw().init());
+        self.optim = optim
+            .load(dir.join("optim.bpk"))
+            .map_err(|e| bad(format!("optimiser: {e}")))?;
+        self.version = state.version;
+        Ok(())
+    }
+}
