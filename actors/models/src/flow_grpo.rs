@@ -24,7 +24,9 @@ use std::path::Path;
 use burn::module::Module;
 use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::{Device, Tensor, TensorData};
-use rlrig_contract::{DenoisingChain, GrpoGroup, GrpoLearner, LearnStats, RoleError, WeightsUpdate};
+use rlrig_contract::{
+    DenoisingChain, GrpoGroup, GrpoLearner, LearnStats, RoleError, WeightsUpdate,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::Dit;
@@ -117,7 +119,9 @@ impl EditorLearner {
         let steps = first.steps();
         for e in edits {
             let c = e.chain;
-            if c.steps() != steps || c.noise_scale != first.noise_scale || c.guidance != first.guidance
+            if c.steps() != steps
+                || c.noise_scale != first.noise_scale
+                || c.guidance != first.guidance
             {
                 return Err(format!(
                     "chains sampled with different samplers in one batch ({} steps, a = {}, guidance {} vs {} steps, a = {}, guidance {})",
@@ -155,7 +159,9 @@ impl EditorLearner {
         let sources: Vec<rlrig_contract::Image> = edits.iter().map(|e| e.source.clone()).collect();
         let inputs = |device: &Device| -> Result<(TextBatch, Tensor<4>), String> {
             Ok((
-                self.tok.batch(&prompts, device).map_err(|e| e.to_string())?,
+                self.tok
+                    .batch(&prompts, device)
+                    .map_err(|e| e.to_string())?,
                 images_to_tensor(&sources, device).map_err(|e| e.to_string())?,
             ))
         };
@@ -172,7 +178,14 @@ impl EditorLearner {
         for k in 0..steps {
             let coef = SdeStep::new(k, steps, sampler.noise_scale);
             let (x, x_next) = (state(k, &device), state(k + 1, &device));
-            let v = flow::velocity(model, x.clone(), coef.s, &text, Some(&cond), sampler.guidance);
+            let v = flow::velocity(
+                model,
+                x.clone(),
+                coef.s,
+                &text,
+                Some(&cond),
+                sampler.guidance,
+            );
             let mean = coef.mean(x, v);
             logps.push(flow::gaussian_log_prob(x_next, mean.clone(), coef.std));
             if let Some((ref_text, ref_cond)) = &reference_inputs {

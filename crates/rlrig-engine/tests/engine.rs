@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rlrig_contract::{
-    CheckReport, CheckRequest, Checker, Diffuser, EditPolicy, EditProposal, EditRequest, Editor,
-    GenerateRequest, Image, Outcome, ProposeRequest, RoleError, SceneGraph, StepOutput, Trajectory,
-    WeightsUpdate,
+    CheckReport, CheckRequest, Checker, DenoisingChain, Diffuser, EditPolicy, EditProposal,
+    EditRequest, Editor, GenerateRequest, Image, Outcome, ProposeRequest, Role, RoleError,
+    SampledEdit, SceneGraph, StepOutput, Trajectory, WeightsUpdate,
 };
 use rlrig_engine::{Engine, Registry, RunSummary, StopSignal};
 use rlrig_sg::read_jsonl;
@@ -39,7 +39,8 @@ struct Knobs {
 struct Gen(Arc<Knobs>);
 struct Check(Arc<Knobs>);
 struct Pol(Arc<Knobs>, u64);
-struct Edit(Arc<Knobs>);
+/// The editor, with the version of its weights (phase 2).
+struct Edit(Arc<Knobs>, u64);
 
 fn image(k: &Knobs, tag: u8) -> Image {
     let n = k.live_images.fetch_add(1, Ordering::SeqCst) + 1;
@@ -109,7 +110,33 @@ impl EditPolicy for Pol {
 }
 
 impl Editor for Edit {
+    /// Phase 2: an exploring edit succeeds for one seed in three, and its chain records the
+    /// seed (in its one log-prob) and the weights' version.
+    fn edit_explore(&mut self, batch: &[EditRequest]) -> Result<Vec<SampledEdit>, RoleError> {
+        Ok(batch
+            .iter()
+            .map(|r| SampledEdit {
+                image: image(&self.0, if r.seed % 3 == 0 { 2 } else { 3 }),
+                chain: DenoisingChain::new(
+                    self.1,
+                    0.7,
+                    1.0,
+                    [1, 1, 1],
+                    &[1.0, 0.5],
+                    vec![(r.seed % 1000) as f32],
+                )
+                .unwrap(),
+            })
+            .collect())
+    }
+
+    fn update(&mut self, update: &WeightsUpdate) -> Result<(), RoleError> {
+        self.1 = update.version;
+        Ok(())
+    }
+
     fn edit(&mut self, batch: &[EditRequest]) -> Result<Vec<Image>, RoleError> {
+        assert!(batch.iter().all(|r| !r.explore), "plain edits only here");
         std::thread::sleep(Duration::from_millis(self.0.editor_ms * batch.len() as u64));
         Ok(batch
             .iter()
@@ -144,7 +171,7 @@ fn registry(k: &Arc<Knobs>) -> Registry {
     });
     let k4 = k.clone();
     r.add_editor("t.edit", "", ok, move |_: serde_json::Value, _| {
-        Ok(Box::new(Edit(k4.clone())))
+        Ok(Box::new(Edit(k4.clone(), 0)))
     });
     r
 }
@@ -400,7 +427,7 @@ async fn a_sampled_round_runs_as_branches_and_goes_on_from_the_best() {
         graded: true,
         ..Knobs::default()
     });
-    let loaded = flow("[train]\npolicy = \"policy\"\nnum_generations = 4\nsteps = 1");
+    let loaded = flow("[train]\nactor = \"policy\"\nnum_generations = 4\nsteps = 1");
     let engine = Engine::start(&loaded, &registry(&k)).await.unwrap();
     let (_stop_tx, stop_rx) = watch::channel(StopSignal::Run);
     let (summary, ts) = run_all(&engine, 30, stop_rx, &k).await;
@@ -438,6 +465,69 @@ async fn a_sampled_round_runs_as_branches_and_goes_on_from_the_best() {
         mixed > 0,
         "branches have their own seeds, so their edits differ"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phase_two_branches_at_the_editor_and_keeps_its_chains() {
+    let k = Arc::new(Knobs::default());
+    let loaded = flow("[train]\nactor = \"edit\"\nnum_generations = 4\nsteps = 1");
+    let engine = Engine::start(&loaded, &registry(&k)).await.unwrap();
+    let updater = engine.weights_updater("edit").unwrap();
+    let (_stop_tx, stop_rx) = watch::channel(StopSignal::Run);
+    let (summary, ts) = run_all(&engine, 30, stop_rx.clone(), &k).await;
+    assert_eq!(summary.done, 30);
+    let mut mixed = 0;
+    for t in &ts {
+        let rounds = t.steps.iter().map(|s| s.round).max().unwrap();
+        assert!(rounds >= 1);
+        for round in 1..=rounds {
+            let steps: Vec<_> = t.steps.iter().filter(|s| s.round == round).collect();
+            assert_eq!(
+                steps.len(),
+                9,
+                "the policy once, then 4 branches × (edit, check)"
+            );
+            assert_eq!(steps[0].role, Role::Policy);
+            assert!(steps[0].branch.is_none(), "the Policy is not sampled");
+            for s in &steps[1..] {
+                assert!(s.branch.is_some());
+                assert_eq!(s.chain.is_some(), s.role == Role::Editor);
+            }
+        }
+        let groups = t.grpo_groups();
+        assert_eq!(groups.len() as u32, rounds, "one group per sampled round");
+        for g in &groups {
+            assert_eq!(g.samples.len(), 4);
+            // Every sample applied the line's one edit prompt, with its own noise.
+            assert!(g.samples.iter().all(|s| s.proposal.edit_prompt == "fix it"));
+            let seeds: HashSet<u32> = g
+                .samples
+                .iter()
+                .map(|s| s.chain.as_ref().unwrap().log_probs[0] as u32)
+                .collect();
+            assert_eq!(seeds.len(), 4, "each branch's Editor has its own seed");
+            assert!(g.samples.iter().all(|s| s.version() == 0));
+            if g.samples.iter().any(|s| s.reward != g.samples[0].reward) {
+                mixed += 1;
+            }
+        }
+    }
+    assert!(mixed > 0, "the Editor's noise makes rewards differ");
+    // New Editor weights reach the Editor: later chains carry the version.
+    updater
+        .send(WeightsUpdate {
+            version: 2,
+            weights: vec![],
+        })
+        .unwrap();
+    let (_, ts) = run_all(&engine, 5, stop_rx, &k).await;
+    let versions: HashSet<u64> = ts
+        .iter()
+        .flat_map(|t| &t.steps)
+        .filter_map(|s| s.chain.as_ref().map(|c| c.version))
+        .collect();
+    assert_eq!(versions, HashSet::from([2]));
+    engine.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
