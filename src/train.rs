@@ -236,7 +236,7 @@ pub fn run(
         eprintln!("warning: report.html: {e:#}");
     }
     println!(
-        "run {}: {} learner steps, policy version {}, {} trajectories used ({} groups; {} filtered, {} stale)",
+        "run {}: {} learner steps, weights version {}, {} trajectories used ({} groups; {} filtered, {} stale)",
         dir.display(),
         summary.steps,
         summary.version,

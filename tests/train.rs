@@ -327,3 +327,78 @@ fn ctrl_c_keeps_every_step_taken_for_the_resume() {
     );
     assert!(dir.join("policy.safetensors").is_file());
 }
+
+/// Phase 2 end to end: the Editor network samples four SDE edits per round, the store keeps
+/// their denoising chains, Flow-GRPO steps reach the Editor by message, and replay learns from
+/// the stored chains alone.
+#[test]
+fn phase_two_trains_the_editor_from_stored_denoising_chains() {
+    const FLOW2: &str = "tests/flows/valid/train-editor-tiny.toml";
+    let tmp = tempfile::tempdir().unwrap();
+    let o = run_ok(&[
+        "run".to_string(),
+        FLOW2.into(),
+        "--set".into(),
+        format!("run_dir={}", tmp.path().display()),
+    ]);
+    let dir = tmp.path().join("train-editor-tiny");
+    assert!(text(&o).contains("3 learner steps"), "{}", text(&o));
+    let m = check_metrics(&dir, 3);
+    assert_eq!(m.last().unwrap().learn.version, 3, "{m:#?}");
+    assert!(m[0].learn.kl.abs() < 1e-9, "the first step starts at the reference");
+    assert!(m.iter().skip(1).any(|s| s.learn.kl > 0.0));
+
+    let store = TrajectoryStore::open(&dir.join("store")).unwrap();
+    let all = store.committed_after(None, usize::MAX).unwrap();
+    let mut versions = std::collections::BTreeSet::new();
+    let mut groups = 0;
+    for (_, t) in &all {
+        for g in t.grpo_groups() {
+            groups += 1;
+            assert_eq!(g.samples.len(), 4);
+            let prompt = &g.samples[0].proposal.edit_prompt;
+            for s in &g.samples {
+                assert_eq!(&s.proposal.edit_prompt, prompt, "one edit prompt per group");
+                let c = s.chain.as_ref().expect("every sample has its chain");
+                assert_eq!((c.steps(), c.shape), (2, [3, 32, 32]));
+                versions.insert(c.version);
+            }
+        }
+        // The Policy is not sampled in phase 2: its steps stay on the line.
+        assert!(
+            t.steps
+                .iter()
+                .all(|s| !matches!(s.output, StepOutput::Edit(_)) || s.branch.is_none())
+        );
+    }
+    assert!(groups >= 6);
+    // With `max_staleness = 0` three steps need chains of versions 0, 1 and 2.
+    assert!(
+        [0, 1, 2].iter().all(|v| versions.contains(v)),
+        "new Editor weights reached the Editor actors: {versions:?}"
+    );
+    drop(store);
+
+    let trained = dir.join("editor.safetensors");
+    assert!(max_difference(&trained, &root().join("weights/editor.safetensors")) > 1e-6);
+    assert!(!dir.join("policy.safetensors").exists());
+    let eval = std::fs::read_to_string(dir.join("eval.jsonl")).unwrap();
+    assert!(eval.contains("\"version\":3"), "{eval}");
+    assert!(dir.join("eval/editor-v3.safetensors").is_file());
+
+    let args: Vec<String> = vec![
+        "replay".into(),
+        dir.display().to_string(),
+        "--flow".into(),
+        FLOW2.into(),
+        "--set".into(),
+        format!("run_dir={}", tmp.path().display()),
+        "--set".into(),
+        "name=replay2".into(),
+        "--set".into(),
+        "train.steps=2".into(),
+    ];
+    run_ok(&args);
+    let replayed = tmp.path().join("replay2/editor.safetensors");
+    assert!(max_difference(&replayed, &root().join("weights/editor.safetensors")) > 1e-6);
+}
