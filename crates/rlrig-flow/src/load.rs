@@ -279,7 +279,14 @@ fn span_of(text: &str, key: &str) -> Option<(std::ops::Range<usize>, bool)> {
     for (i, seg) in segs.into_iter().enumerate() {
         match seg {
             Seg::Key(k) => {
-                let Some((kk, next)) = item.as_table_like().and_then(|t| t.get_key_value(k)) else {
+                let table = item.as_table_like();
+                // `train.policy` is the old spelling of `train.actor` (a serde alias).
+                let found = table.and_then(|t| t.get_key_value(k)).or_else(|| {
+                    (k == "actor" && i == 1 && key.starts_with("train."))
+                        .then(|| table.and_then(|t| t.get_key_value("policy")))
+                        .flatten()
+                });
+                let Some((kk, next)) = found else {
                     break;
                 };
                 best = kk.span().map(|s| (s, i + 1 == n));
