@@ -1,6 +1,7 @@
 //! `rlrig compare RUN_A RUN_B`: two runs over the same prompts, compared prompt by prompt on
 //! their oracle scores (`scores.jsonl`), with paired bootstrap confidence intervals of the
-//! difference (B − A) of each metric's mean over the final answers.
+//! difference (B − A) of each metric's mean over the final answers (or over one round's
+//! images, `--round K`; round 0 is the Diffuser alone), and each run's own interval.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,11 +22,15 @@ pub struct CompareArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Compare the images after round K (0: the Diffuser's) instead of the final answers. A
+    /// trajectory that stopped earlier counts with its last image.
+    #[arg(long)]
+    pub round: Option<usize>,
 }
 
 const METRICS: [&str; 4] = ["sg_iou", "entity_iou", "relation_iou", "relation_accuracy"];
 
-fn finals(run: &Path) -> Result<BTreeMap<u64, serde_json::Value>> {
+fn finals(run: &Path, round: Option<usize>) -> Result<BTreeMap<u64, serde_json::Value>> {
     let path = run.join("scores.jsonl");
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("{} (runs judged by the oracle write it)", path.display()))?;
@@ -35,7 +40,15 @@ fn finals(run: &Path) -> Result<BTreeMap<u64, serde_json::Value>> {
         .filter_map(
             |(i, l)| match serde_json::from_str::<serde_json::Value>(l) {
                 Ok(v) if v["final"].is_object() => {
-                    v["id"].as_u64().map(|id| Ok((id, v["final"].clone())))
+                    let scores = match round {
+                        None => v["final"].clone(),
+                        Some(k) => v["rounds"]
+                            .as_array()
+                            .and_then(|r| r.get(k).or(r.last()))
+                            .cloned()
+                            .unwrap_or(serde_json::Value::Null),
+                    };
+                    v["id"].as_u64().map(|id| Ok((id, scores)))
                 }
                 Ok(_) => None,
                 Err(e) => Some(Err(anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1))),
@@ -60,7 +73,7 @@ pub fn bootstrap_ci(d: &[f64], resamples: usize, seed: u64) -> (f64, f64, f64) {
 
 /// Runs the command.
 pub fn run(args: CompareArgs) -> Result<i32> {
-    let (a, b) = (finals(&args.a)?, finals(&args.b)?);
+    let (a, b) = (finals(&args.a, args.round)?, finals(&args.b, args.round)?);
     let ids: Vec<u64> = a.keys().filter(|id| b.contains_key(id)).copied().collect();
     if ids.len() < 2 {
         bail!(
@@ -77,13 +90,18 @@ pub fn run(args: CompareArgs) -> Result<i32> {
         if pairs.is_empty() {
             continue;
         }
-        let n = pairs.len() as f64;
+        let resamples = args.resamples.max(100);
         let d: Vec<f64> = pairs.iter().map(|(x, y)| y - x).collect();
-        let (diff, lo, hi) = bootstrap_ci(&d, args.resamples.max(100), 0);
+        let (diff, lo, hi) = bootstrap_ci(&d, resamples, 0);
+        let (xs, ys): (Vec<f64>, Vec<f64>) = pairs.iter().copied().unzip();
+        let ((ma, la, ha), (mb, lb, hb)) = (
+            bootstrap_ci(&xs, resamples, 1),
+            bootstrap_ci(&ys, resamples, 2),
+        );
         rows.push(serde_json::json!({
             "metric": m, "n": pairs.len(),
-            "a": pairs.iter().map(|p| p.0).sum::<f64>() / n,
-            "b": pairs.iter().map(|p| p.1).sum::<f64>() / n,
+            "a": ma, "a_ci95": [la, ha],
+            "b": mb, "b_ci95": [lb, hb],
             "diff": diff, "ci95": [lo, hi],
         }));
     }
@@ -98,16 +116,35 @@ pub fn run(args: CompareArgs) -> Result<i32> {
         ids.len(),
         args.resamples
     );
+    let what = match args.round {
+        None => "final".to_string(),
+        Some(k) => format!("round {k}"),
+    };
+    let ci = |v: &serde_json::Value| {
+        format!(
+            "[{:.4}, {:.4}]",
+            v[0].as_f64().unwrap_or(0.0),
+            v[1].as_f64().unwrap_or(0.0)
+        )
+    };
     println!(
-        "{:<18} {:>8} {:>8} {:>9} {:>22}",
-        "metric (final)", "A", "B", "B − A", "95 % CI of B − A"
+        "{:<18} {:>8} {:>18} {:>8} {:>18} {:>9} {:>22}",
+        format!("metric ({what})"),
+        "A",
+        "95 % CI",
+        "B",
+        "95 % CI",
+        "B − A",
+        "95 % CI of B − A"
     );
     for r in &rows {
         println!(
-            "{:<18} {:>8.4} {:>8.4} {:>+9.4} {:>22}",
+            "{:<18} {:>8.4} {:>18} {:>8.4} {:>18} {:>+9.4} {:>22}",
             r["metric"].as_str().unwrap_or(""),
             r["a"].as_f64().unwrap_or(0.0),
+            ci(&r["a_ci95"]),
             r["b"].as_f64().unwrap_or(0.0),
+            ci(&r["b_ci95"]),
             r["diff"].as_f64().unwrap_or(0.0),
             format!(
                 "[{:+.4}, {:+.4}]",
