@@ -25,7 +25,12 @@ fn scores(dir: &Path, rows: &[(u64, f64, &[f64])]) {
 
 fn compare(a: &Path, b: &Path, extra: &[&str]) -> Vec<serde_json::Value> {
     let o = Command::new(env!("CARGO_BIN_EXE_rlrig"))
-        .args(["compare", a.to_str().unwrap(), b.to_str().unwrap(), "--json"])
+        .args([
+            "compare",
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            "--json",
+        ])
         .args(extra)
         .output()
         .unwrap();

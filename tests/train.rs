@@ -345,7 +345,10 @@ fn phase_two_trains_the_editor_from_stored_denoising_chains() {
     assert!(text(&o).contains("3 learner steps"), "{}", text(&o));
     let m = check_metrics(&dir, 3);
     assert_eq!(m.last().unwrap().learn.version, 3, "{m:#?}");
-    assert!(m[0].learn.kl.abs() < 1e-9, "the first step starts at the reference");
+    assert!(
+        m[0].learn.kl.abs() < 1e-9,
+        "the first step starts at the reference"
+    );
     assert!(m.iter().skip(1).any(|s| s.learn.kl > 0.0));
 
     let store = TrajectoryStore::open(&dir.join("store")).unwrap();

@@ -36,7 +36,10 @@ fn main() {
     let runs = env("RLRIG_BENCH_RUNS", 5);
     let n_groups = env("RLRIG_BENCH_GROUPS", 6);
     let g = 8;
-    let weights = concat!(env!("CARGO_MANIFEST_DIR"), "/../../weights/editor.safetensors");
+    let weights = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../weights/editor.safetensors"
+    );
     let device = Device::flex();
     let model = rlrig_models::weights::load(weights, &device).expect("weights");
     let sampler = SamplerConfig {
@@ -45,7 +48,9 @@ fn main() {
         noise_scale: 0.7,
     };
     let canvas = Canvas::new(32).expect("canvas");
-    let scenes: Vec<_> = (0..n_groups as u64).map(|i| sample(&canvas, 4, i)).collect();
+    let scenes: Vec<_> = (0..n_groups as u64)
+        .map(|i| sample(&canvas, 4, i))
+        .collect();
     let b = n_groups * g;
     let sources: Vec<_> = scenes
         .iter()
@@ -105,7 +110,8 @@ fn main() {
                 .collect(),
         })
         .collect();
-    let trained = rlrig_models::weights::load(weights, &device.clone().autodiff()).expect("weights");
+    let trained =
+        rlrig_models::weights::load(weights, &device.clone().autodiff()).expect("weights");
     let mut learner = EditorLearner::new(
         trained,
         EditorLearnerConfig {

@@ -22,7 +22,6 @@
 use std::path::Path;
 
 use burn::module::Module;
-use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::{Device, Tensor, TensorData};
 use rlrig_contract::{
     DenoisingChain, GrpoGroup, GrpoLearner, LearnStats, RoleError, WeightsUpdate,
@@ -31,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Dit;
 use crate::flow::{self, SamplerConfig, SdeStep};
-use crate::grpo::{GrpoConfig, group_advantages, loss_with_kl};
+use crate::grpo::{GrpoConfig, group_advantages, loss_with_kl, restore_learner, save_learner};
 use crate::image::images_to_tensor;
 use crate::text::{TextBatch, Tokenizer};
 
@@ -306,39 +305,15 @@ impl GrpoLearner for EditorLearner {
     /// `editor.bpk` (weights), `optim.bpk` (AdamW's moments), `learner.json` (version,
     /// settings). The KL reference is the starting weights, built again on resume.
     fn save(&self, dir: &Path) -> Result<(), RoleError> {
-        let bad = |e: String| RoleError(format!("saving the learner to {}: {e}", dir.display()));
-        let mut store = BurnpackStore::from_file(dir.join("editor.bpk")).overwrite(true);
-        self.net()
-            .save_into(&mut store)
-            .map_err(|e| bad(e.to_string()))?;
-        self.optim
-            .save(dir.join("optim.bpk"))
-            .map_err(|e| bad(format!("optimiser: {e}")))?;
         let state = LearnerState {
             version: self.version,
             config: self.config.clone(),
         };
-        std::fs::write(
-            dir.join("learner.json"),
-            serde_json::to_string_pretty(&state).expect("serialises"),
-        )
-        .map_err(|e| bad(e.to_string()))
+        save_learner(dir, "editor", self.net(), &self.optim, &state)
     }
 
     fn restore(&mut self, dir: &Path) -> Result<(), RoleError> {
-        let bad =
-            |e: String| RoleError(format!("restoring the learner from {}: {e}", dir.display()));
-        let text =
-            std::fs::read_to_string(dir.join("learner.json")).map_err(|e| bad(e.to_string()))?;
-        let state: LearnerState = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        let mut model = self.model.take().expect("held between calls");
-        let loaded = crate::train::load_burnpack(&mut model, &dir.join("editor.bpk"), "editor");
-        self.model = Some(model);
-        loaded.map_err(|e| bad(e.to_string()))?;
-        let optim = std::mem::replace(&mut self.optim, flow::adamw().init());
-        self.optim = optim
-            .load(dir.join("optim.bpk"))
-            .map_err(|e| bad(format!("optimiser: {e}")))?;
+        let state: LearnerState = restore_learner(dir, "editor", &mut self.model, &mut self.optim)?;
         self.version = state.version;
         Ok(())
     }

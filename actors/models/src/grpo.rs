@@ -16,6 +16,7 @@
 
 use std::path::Path;
 
+use burn::module::Module;
 use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::{Tensor, TensorData};
 use rlrig_contract::{GrpoGroup, GrpoLearner, RoleError, WeightsUpdate};
@@ -523,42 +524,65 @@ impl GrpoLearner for Learner {
     /// settings). The KL reference is not saved: it is the starting weights, which the learner
     /// is built from again.
     fn save(&self, dir: &Path) -> Result<(), RoleError> {
-        let bad = |e: String| RoleError(format!("saving the learner to {}: {e}", dir.display()));
-        let mut store = BurnpackStore::from_file(dir.join("policy.bpk")).overwrite(true);
-        self.net()
-            .save_into(&mut store)
-            .map_err(|e| bad(e.to_string()))?;
-        self.optim
-            .save(dir.join("optim.bpk"))
-            .map_err(|e| bad(format!("optimiser: {e}")))?;
         let state = LearnerState {
             version: self.version,
             config: self.config.clone(),
         };
-        std::fs::write(
-            dir.join("learner.json"),
-            serde_json::to_string_pretty(&state).expect("serialises"),
-        )
-        .map_err(|e| bad(e.to_string()))
+        save_learner(dir, "policy", self.net(), &self.optim, &state)
     }
 
     fn restore(&mut self, dir: &Path) -> Result<(), RoleError> {
-        let bad =
-            |e: String| RoleError(format!("restoring the learner from {}: {e}", dir.display()));
-        let text =
-            std::fs::read_to_string(dir.join("learner.json")).map_err(|e| bad(e.to_string()))?;
-        let state: LearnerState = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        let mut policy = self.policy.take().expect("held between calls");
-        let loaded = crate::train::load_burnpack(&mut policy, &dir.join("policy.bpk"), "policy");
-        self.policy = Some(policy);
-        loaded.map_err(|e| bad(e.to_string()))?;
-        let optim = std::mem::replace(&mut self.optim, crate::flow::adamw().init());
-        self.optim = optim
-            .load(dir.join("optim.bpk"))
-            .map_err(|e| bad(format!("optimiser: {e}")))?;
+        let state: LearnerState =
+            restore_learner(dir, "policy", &mut self.policy, &mut self.optim)?;
         // The settings stay those the learner was built with (a resumed run reads its own
         // flow.toml); the saved ones are for the record.
         self.version = state.version;
         Ok(())
     }
+}
+
+/// Writes a learner's checkpoint into `dir`: `{name}.bpk` (the weights), `optim.bpk` (AdamW's
+/// moments) and `learner.json` (`state`).
+pub(crate) fn save_learner<M: Module, S: Serialize>(
+    dir: &Path,
+    name: &str,
+    model: &M,
+    optim: &burn::optim::ModuleOptimizer,
+    state: &S,
+) -> Result<(), RoleError> {
+    let bad = |e: String| RoleError(format!("saving the learner to {}: {e}", dir.display()));
+    let mut store = BurnpackStore::from_file(dir.join(format!("{name}.bpk"))).overwrite(true);
+    model
+        .save_into(&mut store)
+        .map_err(|e| bad(e.to_string()))?;
+    optim
+        .save(dir.join("optim.bpk"))
+        .map_err(|e| bad(format!("optimiser: {e}")))?;
+    std::fs::write(
+        dir.join("learner.json"),
+        serde_json::to_string_pretty(state).expect("serialises"),
+    )
+    .map_err(|e| bad(e.to_string()))
+}
+
+/// Restores what [`save_learner`] wrote: the weights into `model` (held in an `Option` between
+/// calls), the optimiser's moments into `optim`; returns the state.
+pub(crate) fn restore_learner<M: Module, S: serde::de::DeserializeOwned>(
+    dir: &Path,
+    name: &str,
+    model: &mut Option<M>,
+    optim: &mut burn::optim::ModuleOptimizer,
+) -> Result<S, RoleError> {
+    let bad = |e: String| RoleError(format!("restoring the learner from {}: {e}", dir.display()));
+    let text = std::fs::read_to_string(dir.join("learner.json")).map_err(|e| bad(e.to_string()))?;
+    let state: S = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let mut m = model.take().expect("held between calls");
+    let loaded = crate::train::load_burnpack(&mut m, &dir.join(format!("{name}.bpk")), name);
+    *model = Some(m);
+    loaded.map_err(|e| bad(e.to_string()))?;
+    let old = std::mem::replace(optim, crate::flow::adamw().init());
+    *optim = old
+        .load(dir.join("optim.bpk"))
+        .map_err(|e| bad(format!("optimiser: {e}")))?;
+    Ok(state)
 }
