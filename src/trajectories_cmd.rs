@@ -92,7 +92,17 @@ pub fn run(cmd: TrajectoriesCommand) -> Result<i32> {
             writeln!(out, "seed {}, {} ms, {:?}", t.seed, t.elapsed_ms, t.outcome)?;
             for (i, s) in t.steps.iter().enumerate() {
                 let what = match &s.output {
-                    StepOutput::Image(img) => format!("image {}×{}", img.width(), img.height()),
+                    StepOutput::Image(img) => match &s.chain {
+                        None => format!("image {}×{}", img.width(), img.height()),
+                        Some(c) => format!(
+                            "image {}×{} (SDE chain: {} steps, log-prob {:.3}, editor version {})",
+                            img.width(),
+                            img.height(),
+                            c.steps(),
+                            c.log_probs.iter().map(|&l| f64::from(l)).sum::<f64>(),
+                            c.version
+                        ),
+                    },
                     StepOutput::Report(r) => format!("score {:.3}: {}", r.score, r.reflection),
                     StepOutput::Edit(e) => format!(
                         "\"{}\" ({} tokens, log-prob {:.3}, policy version {})",

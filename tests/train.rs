@@ -380,7 +380,21 @@ fn phase_two_trains_the_editor_from_stored_denoising_chains() {
         [0, 1, 2].iter().all(|v| versions.contains(v)),
         "new Editor weights reached the Editor actors: {versions:?}"
     );
+    let chained = all
+        .iter()
+        .find(|(_, t)| t.steps.iter().any(|s| s.chain.is_some()))
+        .map(|(_, t)| t.id)
+        .unwrap();
     drop(store);
+    let id = chained.to_string();
+    let shown = command(&["trajectories", "show", dir.to_str().unwrap(), &id])
+        .output()
+        .unwrap();
+    let shown = text(&shown);
+    assert!(
+        shown.contains("(SDE chain: 2 steps") && shown.contains("[branch 3"),
+        "{shown}"
+    );
 
     let trained = dir.join("editor.safetensors");
     assert!(max_difference(&trained, &root().join("weights/editor.safetensors")) > 1e-6);
