@@ -419,3 +419,58 @@ fn phase_two_trains_the_editor_from_stored_denoising_chains() {
     let replayed = tmp.path().join("replay2/editor.safetensors");
     assert!(max_difference(&replayed, &root().join("weights/editor.safetensors")) > 1e-6);
 }
+
+/// Phase 2 resumes like phase 1: killed (SIGKILL) once its first checkpoint is written, the run
+/// continues from it, and the steps and the store's log stay exactly-once.
+#[test]
+fn phase_two_resumes_after_sigkill() {
+    const FLOW2: &str = "tests/flows/valid/train-editor-tiny.toml";
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("train-editor-tiny");
+    let args = [
+        "run".to_string(),
+        FLOW2.into(),
+        "--set".into(),
+        format!("run_dir={}", tmp.path().display()),
+        "--set".into(),
+        "train.eval_every=0".into(),
+    ];
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = command(&argv)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !dir.join("checkpoint/trainer.json").is_file() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no checkpoint after 2 minutes"
+        );
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let killed = child.try_wait().unwrap().is_none();
+    if killed {
+        child.kill().unwrap(); // SIGKILL
+    }
+    child.wait().unwrap();
+    assert!(killed, "the run must be killed mid-way");
+    run_ok(&["run".into(), dir.display().to_string(), "--resume".into()]);
+    check_metrics(&dir, 3);
+    let store = TrajectoryStore::open(&dir.join("store")).unwrap();
+    let all = store.committed_after(None, usize::MAX).unwrap();
+    assert_eq!(
+        all.len(),
+        store.len(),
+        "one log entry per stored trajectory"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("train.json")).unwrap()).unwrap();
+    assert_eq!(
+        (summary["complete"].as_bool(), summary["steps"].as_u64()),
+        (Some(true), Some(3))
+    );
+}
