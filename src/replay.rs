@@ -35,7 +35,7 @@ pub struct ReplaySummary {
     pub steps: u64,
     /// Epochs begun over the groups.
     pub epochs: u64,
-    /// The policy version reached.
+    /// The weights version reached.
     pub version: u64,
 }
 

@@ -98,8 +98,8 @@ pub fn write(dir: &Path) -> Result<PathBuf> {
             })
             .collect();
         if !points.is_empty() {
-            out.push_str("<h2>Held-out SG-IoU by policy version</h2>");
-            match crate::plot::curve_svg("held-out SG-IoU (oracle)", "policy version", &points) {
+            out.push_str("<h2>Held-out SG-IoU by weights version</h2>");
+            match crate::plot::curve_svg("held-out SG-IoU (oracle)", "weights version", &points) {
                 Ok(svg) => out.push_str(&svg),
                 Err(e) => {
                     let _ = write!(out, "<p>(no plot: {})</p>", esc(&e));
