@@ -6,12 +6,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-/work/.venv-torch}
-GROUPS=${GROUPS:-6}
+NGROUPS=${NGROUPS:-6}
 RUNS=${RUNS:-5}
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-burn=$(RLRIG_BENCH_GROUPS=$GROUPS RLRIG_BENCH_RUNS=$RUNS cargo bench -q -p rlrig-models --bench flow_grpo 2>/dev/null | grep '^flow-grpo')
+burn=$(RLRIG_BENCH_GROUPS=$NGROUPS RLRIG_BENCH_RUNS=$RUNS cargo bench -q -p rlrig-models --bench flow_grpo 2>/dev/null | grep '^flow-grpo')
 echo "$burn"
-torch=$("$VENV/bin/python" -W ignore scripts/torch_reference/flow_grpo_bench.py --groups "$GROUPS" --runs "$RUNS" 2>/dev/null | grep '^torch')
+torch=$("$VENV/bin/python" -W ignore scripts/torch_reference/flow_grpo_bench.py --groups "$NGROUPS" --runs "$RUNS" 2>/dev/null | grep '^torch')
 echo "$torch"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 BURN="$burn" TORCH="$torch" python3 - <<'PY'
