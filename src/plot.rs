@@ -33,16 +33,22 @@ fn curve(area: &Area, title: &str, x_desc: &str, values: &[(u64, f64)]) -> Resul
     Ok(())
 }
 
+/// A panel's title and the value it plots.
+type Series = (&'static str, fn(&StepMetrics) -> f64);
+
 fn panels(root: Area, m: &[StepMetrics]) -> Result<(), String> {
     if m.is_empty() {
         return Err("no learner steps to plot".into());
     }
     root.fill(&WHITE).map_err(|e| e.to_string())?;
-    let series: [(&str, fn(&StepMetrics) -> f64); 3] = [
+    let series: [Series; 3] = [
         ("reward mean (Checker score after the edit)", |s| {
             s.learn.reward_mean
         }),
-        ("KL to the reference (k3, per token)", |s| s.learn.kl),
+        (
+            "KL to the reference (per token / per denoising step)",
+            |s| s.learn.kl,
+        ),
         ("clip fraction", |s| s.learn.clip_fraction),
     ];
     for (area, (title, f)) in root.split_evenly((3, 1)).iter().zip(series) {

@@ -227,10 +227,10 @@ pub fn run(
         dir.join("train.json"),
         serde_json::to_string_pretty(&summary)? + "\n",
     )?;
-    if let Ok(m) = rlrig_train::read_metrics(&dir.join("metrics.jsonl")) {
-        if let Err(e) = crate::plot::training_curves(&m, &dir.join("metrics.svg")) {
-            eprintln!("warning: metrics.svg: {e}");
-        }
+    if let Ok(m) = rlrig_train::read_metrics(&dir.join("metrics.jsonl"))
+        && let Err(e) = crate::plot::training_curves(&m, &dir.join("metrics.svg"))
+    {
+        eprintln!("warning: metrics.svg: {e}");
     }
     if let Err(e) = crate::report::write(&dir) {
         eprintln!("warning: report.html: {e:#}");

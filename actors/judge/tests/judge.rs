@@ -40,8 +40,11 @@ fn ok(content: &str) -> Reply {
 /// authorization header.
 struct Server {
     url: String,
-    seen: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    seen: Seen,
 }
+
+/// Each request's body and authorization header, in arrival order.
+type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
 
 fn serve(replies: Vec<Reply>) -> Server {
     let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
@@ -49,8 +52,7 @@ fn serve(replies: Vec<Reply>) -> Server {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
     std::thread::spawn(move || {
-        let mut n = 0;
-        for mut req in server.incoming_requests() {
+        for (n, mut req) in server.incoming_requests().enumerate() {
             let mut body = String::new();
             req.as_reader().read_to_string(&mut body).unwrap();
             let auth = req
@@ -60,7 +62,6 @@ fn serve(replies: Vec<Reply>) -> Server {
                 .map(|h| h.value.to_string());
             log.lock().unwrap().push((body, auth));
             let r = replies[n.min(replies.len() - 1)].clone();
-            n += 1;
             // Each reply on its own thread: a slow one does not hold up the next request.
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(r.delay_ms));

@@ -161,22 +161,24 @@ fn check_train(
     if t.checkpoint_every == 0 {
         problem("train.checkpoint_every", "must be at least 1".into());
     }
-    if !(t.learning_rate > 0.0) {
+    // NaN fails every check below as well as the bad values.
+    let positive = |x: f64| x.partial_cmp(&0.0) == Some(std::cmp::Ordering::Greater);
+    if !positive(t.learning_rate) {
         problem("train.learning_rate", "must be positive".into());
     }
-    if !(t.beta >= 0.0) {
+    if t.beta.is_nan() || t.beta < 0.0 {
         problem("train.beta", "must be at least 0".into());
     }
-    if !(t.epsilon > 0.0 && t.epsilon < 1.0) {
+    if !(positive(t.epsilon) && t.epsilon < 1.0) {
         problem("train.epsilon", "must be in (0, 1)".into());
     }
-    if !(t.epsilon_high > 0.0) {
+    if !positive(t.epsilon_high) {
         problem("train.epsilon_high", "must be positive".into());
     }
-    if !(t.temperature > 0.0) {
+    if !positive(t.temperature) {
         problem("train.temperature", "must be positive".into());
     }
-    if !(t.max_grad_norm > 0.0) {
+    if !positive(t.max_grad_norm) {
         problem("train.max_grad_norm", "must be positive".into());
     }
     if !["token_mean", "sequence_mean"].contains(&t.loss_type.as_str()) {

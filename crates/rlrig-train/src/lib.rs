@@ -360,7 +360,7 @@ impl TrainerActorState {
             .map_err(|e| format!("{}: {e}", path.display()))?;
         writeln!(f, "{}", serde_json::to_string(&line).expect("serialises"))
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        if self.state.step % self.config.checkpoint_every == 0
+        if self.state.step.is_multiple_of(self.config.checkpoint_every)
             || self.state.step >= self.config.steps
         {
             self.checkpoint().await?;
