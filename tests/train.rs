@@ -474,3 +474,36 @@ fn phase_two_resumes_after_sigkill() {
         (Some(true), Some(3))
     );
 }
+
+/// A trained actor whose kind cannot learn is refused before anything runs, naming the key.
+#[test]
+fn a_trained_actor_that_cannot_learn_is_refused_up_front() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (flow, key, kind) in [
+        (
+            "tests/flows/valid/train-editor-tiny.toml",
+            "actors.editor",
+            "baseline.editor",
+        ),
+        (FLOW, "actors.policy", "rules.policy"),
+    ] {
+        let args = [
+            "run",
+            flow,
+            "--set",
+            &format!("run_dir={}", tmp.path().display()),
+            "--set",
+            &format!("{key}.kind=\"{kind}\""),
+            "--set",
+            &format!("{key}.settings={{}}"),
+        ];
+        let o = command(&args).output().unwrap();
+        assert!(!o.status.success());
+        let t = text(&o);
+        assert!(
+            t.contains(&format!("`{key}.kind`")) && t.contains("neural.editor"),
+            "{t}"
+        );
+        assert!(!tmp.path().join("train-editor-tiny/store").exists());
+    }
+}
