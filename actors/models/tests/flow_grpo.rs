@@ -20,20 +20,30 @@ use rlrig_world::{Canvas, sample};
 
 const PROMPT: &str = "move the red circle to the left of the blue square";
 
-/// A perturbed tiny Editor on an autodiff device, loaded from weights bytes as the trainer
-/// loads its starting weights (so that its parameters are leaves of the graph).
-fn editor(seed: u64) -> Dit {
+/// A perturbed tiny Editor's weights file. The device's generator (which `Dit::new` draws its
+/// initial weights from) is shared by the tests running at once, so two calls with one seed
+/// need not agree: a test that needs one network twice loads it twice from these bytes.
+fn editor_bytes(seed: u64) -> Vec<u8> {
     let device = Device::flex();
     device.seed(seed);
     let model = perturb(Dit::new(&tiny(8, 6), &device).unwrap(), 0.05, seed);
-    let bytes = rlrig_models::weights::to_bytes(&model).unwrap();
+    rlrig_models::weights::to_bytes(&model).unwrap()
+}
+
+/// The Editor of `bytes` on an autodiff device, loaded as the trainer loads its starting
+/// weights (so that its parameters are leaves of the graph).
+fn load(bytes: &[u8]) -> Dit {
     rlrig_models::weights::from_bytes::<Dit>(
-        bytes,
+        bytes.to_vec(),
         std::path::Path::new("<test editor>"),
         None,
         &Device::flex().autodiff(),
     )
     .unwrap()
+}
+
+fn editor(seed: u64) -> Dit {
+    load(&editor_bytes(seed))
 }
 
 fn sampler() -> SamplerConfig {
@@ -202,7 +212,8 @@ fn a_step_starts_with_zero_kl_and_raises_the_advantage_weighted_log_prob() {
 
 #[test]
 fn clipping_binds_where_the_ratio_leaves_the_range() {
-    let base = group(&editor(3).valid(), &[1.0, 0.0, 0.0, 0.0], 7);
+    let bytes = editor_bytes(3);
+    let base = group(&load(&bytes).valid(), &[1.0, 0.0, 0.0, 0.0], 7);
     for (shift, expected) in [(1.0f32, 0.75), (-1.0, 0.25)] {
         // Stored log-probs one nat off: ρ = e^∓1 on every step. With ρ < 1 − ε the clip binds
         // for negative advantages (3 of 4 samples); with ρ > 1 + ε for positive ones (1 of 4).
@@ -211,7 +222,7 @@ fn clipping_binds_where_the_ratio_leaves_the_range() {
             let c = s.chain.as_mut().unwrap();
             c.log_probs.iter_mut().for_each(|v| *v += shift);
         }
-        let mut l = learner(editor(3), 0.0, 1e-4);
+        let mut l = learner(load(&bytes), 0.0, 1e-4);
         let stats = l.step(&[g]).unwrap();
         assert!(
             (stats.clip_fraction - expected).abs() < 1e-6,
@@ -239,12 +250,13 @@ fn equal_rewards_are_filtered_and_chainless_samples_refused() {
 
 #[test]
 fn the_learner_saves_and_restores_weights_optimiser_and_version() {
-    let mut a = learner(editor(5), 0.04, 1e-3);
+    let bytes = editor_bytes(5);
+    let mut a = learner(load(&bytes), 0.04, 1e-3);
     let g = group(&a.model(), &[1.0, 0.0, 0.25], 11);
     a.step(std::slice::from_ref(&g)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     GrpoLearner::save(&a, dir.path()).unwrap();
-    let mut b = learner(editor(5), 0.04, 1e-3);
+    let mut b = learner(load(&bytes), 0.04, 1e-3);
     GrpoLearner::restore(&mut b, dir.path()).unwrap();
     assert_eq!(GrpoLearner::version(&b), 1);
     let max_diff = |a: &EditorLearner, b: &EditorLearner| {
@@ -254,15 +266,21 @@ fn the_learner_saves_and_restores_weights_optimiser_and_version() {
             .map(|(x, y)| (x - y).abs())
             .fold(0.0, f32::max)
     };
-    let fresh = learner(editor(5), 0.04, 1e-3);
+    let fresh = learner(load(&bytes), 0.04, 1e-3);
     assert!(max_diff(&a, &fresh) > 1e-5, "the step changed the weights");
     assert_eq!(max_diff(&a, &b), 0.0, "restored weights are the saved ones");
-    // The next steps agree too (AdamW's moments came back).
+    // The next steps agree too (AdamW's moments came back: without them the next update of
+    // each weight would be a first step's, ≈ lr = 1e-3, not a second one's). flex's kernels
+    // are not bit-reproducible, hence the tolerances.
     let sa = a.step(std::slice::from_ref(&g)).unwrap();
     let sb = b.step(std::slice::from_ref(&g)).unwrap();
-    assert!((sa.loss - sb.loss).abs() < 1e-9 && (sa.kl - sb.kl).abs() < 1e-9);
+    let close = |x: f64, y: f64| (x - y).abs() <= 1e-4 * x.abs().max(y.abs()).max(1e-9);
+    assert!(
+        close(sa.loss, sb.loss) && close(sa.kl, sb.kl),
+        "{sa:?} vs {sb:?}"
+    );
     let diff = max_diff(&a, &b);
-    assert!(diff < 1e-6, "weights after one more step differ by {diff}");
+    assert!(diff < 1e-5, "weights after one more step differ by {diff}");
 }
 
 fn values_of(l: &EditorLearner) -> Vec<f32> {
