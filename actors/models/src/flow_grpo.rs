@@ -168,9 +168,12 @@ impl EditorLearner {
         let reference_inputs = (beta > 0.0).then(|| inputs(&ref_device)).transpose()?;
         let b = edits.len();
         let dims = [b, want[0] as usize, want[1] as usize, want[2] as usize];
+        // Each state of the batch decoded from f16 once; step k reads states k and k + 1.
+        let batches: Vec<Vec<f32>> = (0..=steps)
+            .map(|k| edits.iter().flat_map(|e| e.chain.state(k)).collect())
+            .collect();
         let state = |k: usize, device: &Device| -> Tensor<4> {
-            let values: Vec<f32> = edits.iter().flat_map(|e| e.chain.state(k)).collect();
-            Tensor::from_data(TensorData::new(values, dims), device)
+            Tensor::from_data(TensorData::new(batches[k].clone(), dims), device)
         };
         let mut logps = Vec::with_capacity(steps);
         let mut kls = Vec::with_capacity(steps);

@@ -125,19 +125,22 @@ impl RoleModel for EditorModel {
                 other => Err(wrong(Role::Editor, &other)),
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // The usual batches are all of one kind: no copies of their images.
+        if reqs.iter().all(|r| !r.explore) {
+            return Ok(self
+                .0
+                .edit(&reqs)?
+                .into_iter()
+                .map(Response::Image)
+                .collect());
+        }
+        if reqs.iter().all(|r| r.explore) {
+            let sampled = self.0.edit_explore(&reqs)?;
+            return Ok(sampled.into_iter().map(Response::Sampled).collect());
+        }
         let (explore, plain): (Vec<_>, Vec<_>) = reqs.iter().cloned().partition(|r| r.explore);
-        let mut sampled = if explore.is_empty() {
-            Vec::new()
-        } else {
-            self.0.edit_explore(&explore)?
-        }
-        .into_iter();
-        let mut images = if plain.is_empty() {
-            Vec::new()
-        } else {
-            self.0.edit(&plain)?
-        }
-        .into_iter();
+        let mut sampled = self.0.edit_explore(&explore)?.into_iter();
+        let mut images = self.0.edit(&plain)?.into_iter();
         let short = || RoleError("the editor answered fewer edits than it was asked".into());
         reqs.iter()
             .map(|r| {
@@ -188,4 +191,69 @@ where
         Role::Editor => editor_model(Box::new(t)),
         Role::Trainer => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rlrig_contract::DenoisingChain;
+
+    /// Plain edits answer a 1-pixel image of the seed; exploring ones a chain whose one
+    /// log-prob is the seed.
+    struct Stamp;
+
+    impl Editor for Stamp {
+        fn edit(&mut self, batch: &[EditRequest]) -> Result<Vec<Image>, RoleError> {
+            assert!(batch.iter().all(|r| !r.explore));
+            Ok(batch
+                .iter()
+                .map(|r| Image::filled(1, 1, [r.seed as u8, 0, 0]))
+                .collect())
+        }
+
+        fn edit_explore(&mut self, batch: &[EditRequest]) -> Result<Vec<SampledEdit>, RoleError> {
+            assert!(batch.iter().all(|r| r.explore));
+            Ok(batch
+                .iter()
+                .map(|r| SampledEdit {
+                    image: Image::filled(1, 1, [r.seed as u8, 0, 0]),
+                    chain: DenoisingChain::new(
+                        0,
+                        0.7,
+                        1.0,
+                        [1, 1, 1],
+                        &[0.0, 0.0],
+                        vec![r.seed as f32],
+                    )
+                    .unwrap(),
+                })
+                .collect())
+        }
+    }
+
+    #[test]
+    fn a_mixed_editor_batch_is_answered_in_order() {
+        let mut m = editor_model(Box::new(Stamp));
+        let batch: Vec<Request> = [(1, false), (2, true), (3, false), (4, true)]
+            .iter()
+            .map(|&(seed, explore)| {
+                Request::Edit(EditRequest {
+                    image: Image::filled(1, 1, [0, 0, 0]),
+                    edit_prompt: "remove the red circle".into(),
+                    seed,
+                    explore,
+                })
+            })
+            .collect();
+        let out = m.call(batch).unwrap();
+        let seeds: Vec<(u64, bool)> = out
+            .iter()
+            .map(|r| match r {
+                Response::Image(i) => (u64::from(i.get(0, 0)[0]), false),
+                Response::Sampled(s) => (s.chain.log_probs[0] as u64, true),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(seeds, vec![(1, false), (2, true), (3, false), (4, true)]);
+    }
 }
