@@ -11,6 +11,8 @@ use rlrig_contract::StepOutput;
 use rlrig_store::TrajectoryStore;
 
 const FLOW: &str = "tests/flows/valid/train-tiny.toml";
+/// The phase-2 flow: the Editor learns.
+const FLOW2: &str = "tests/flows/valid/train-editor-tiny.toml";
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -39,6 +41,35 @@ fn train_args(run_dir: &Path, extra: &[String]) -> Vec<String> {
     ];
     a.extend(extra.iter().cloned());
     a
+}
+
+/// `rlrig trajectories show RUN ID`'s output.
+fn show(run: &Path, id: u64) -> String {
+    let id = id.to_string();
+    text(
+        &command(&["trajectories", "show", run.to_str().unwrap(), &id])
+            .output()
+            .unwrap(),
+    )
+}
+
+/// `rlrig replay RUN --flow FLOW` into `out_dir/name`, with `--set` values.
+fn replay(run: &Path, flow: &str, out_dir: &Path, name: &str, sets: &[String]) {
+    let mut args: Vec<String> = vec![
+        "replay".into(),
+        run.display().to_string(),
+        "--flow".into(),
+        flow.into(),
+        "--set".into(),
+        format!("run_dir={}", out_dir.display()),
+        "--set".into(),
+        format!("name={name}"),
+    ];
+    for set in sets {
+        args.push("--set".into());
+        args.push(set.clone());
+    }
+    run_ok(&args);
 }
 
 fn run_ok(args: &[String]) -> Output {
@@ -146,11 +177,7 @@ fn a_tiny_training_run_commits_trajectories_steps_and_publishes_weights() {
         .map(|(_, t)| t.id)
         .unwrap();
     drop(store); // sled locks the database: the commands below open it.
-    let id = branched.to_string();
-    let shown = command(&["trajectories", "show", dir.to_str().unwrap(), &id])
-        .output()
-        .unwrap();
-    let shown = text(&shown);
+    let shown = show(&dir, branched);
     assert!(
         shown.contains("[branch 0") && shown.contains(", kept]"),
         "{shown}"
@@ -180,21 +207,8 @@ fn a_tiny_training_run_commits_trajectories_steps_and_publishes_weights() {
 
     // Replay from the store only: same seed, same weights; another seed, other weights.
     let replay = |name: &str, seed: u64| -> PathBuf {
-        let args: Vec<String> = vec![
-            "replay".into(),
-            dir.display().to_string(),
-            "--flow".into(),
-            FLOW.into(),
-            "--set".into(),
-            format!("run_dir={}", tmp.path().display()),
-            "--set".into(),
-            format!("name={name}"),
-            "--set".into(),
-            format!("engine.seed={seed}"),
-            "--set".into(),
-            "train.steps=4".into(),
-        ];
-        run_ok(&args);
+        let sets = [format!("engine.seed={seed}"), "train.steps=4".into()];
+        replay(&dir, FLOW, tmp.path(), name, &sets);
         tmp.path().join(name).join("policy.safetensors")
     };
     let (a, b, c) = (
@@ -333,7 +347,6 @@ fn ctrl_c_keeps_every_step_taken_for_the_resume() {
 /// the stored chains alone.
 #[test]
 fn phase_two_trains_the_editor_from_stored_denoising_chains() {
-    const FLOW2: &str = "tests/flows/valid/train-editor-tiny.toml";
     let tmp = tempfile::tempdir().unwrap();
     let o = run_ok(&[
         "run".to_string(),
@@ -386,11 +399,7 @@ fn phase_two_trains_the_editor_from_stored_denoising_chains() {
         .map(|(_, t)| t.id)
         .unwrap();
     drop(store);
-    let id = chained.to_string();
-    let shown = command(&["trajectories", "show", dir.to_str().unwrap(), &id])
-        .output()
-        .unwrap();
-    let shown = text(&shown);
+    let shown = show(&dir, chained);
     assert!(
         shown.contains("(SDE chain: 2 steps") && shown.contains("[branch 3"),
         "{shown}"
@@ -403,19 +412,13 @@ fn phase_two_trains_the_editor_from_stored_denoising_chains() {
     assert!(eval.contains("\"version\":3"), "{eval}");
     assert!(dir.join("eval/editor-v3.safetensors").is_file());
 
-    let args: Vec<String> = vec![
-        "replay".into(),
-        dir.display().to_string(),
-        "--flow".into(),
-        FLOW2.into(),
-        "--set".into(),
-        format!("run_dir={}", tmp.path().display()),
-        "--set".into(),
-        "name=replay2".into(),
-        "--set".into(),
-        "train.steps=2".into(),
-    ];
-    run_ok(&args);
+    replay(
+        &dir,
+        FLOW2,
+        tmp.path(),
+        "replay2",
+        &["train.steps=2".into()],
+    );
     let replayed = tmp.path().join("replay2/editor.safetensors");
     assert!(max_difference(&replayed, &root().join("weights/editor.safetensors")) > 1e-6);
 }
@@ -424,7 +427,6 @@ fn phase_two_trains_the_editor_from_stored_denoising_chains() {
 /// continues from it, and the steps and the store's log stay exactly-once.
 #[test]
 fn phase_two_resumes_after_sigkill() {
-    const FLOW2: &str = "tests/flows/valid/train-editor-tiny.toml";
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("train-editor-tiny");
     let args = [
