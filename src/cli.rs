@@ -73,6 +73,9 @@ enum Command {
     Schema,
     /// Lists the actor kinds a flow may name.
     Kinds,
+    /// Hosts actors for flows run on other machines (`node = "..."` in a flow), until
+    /// SIGINT/SIGTERM. The shared secret comes from --secret-file or $RLRIG_CLUSTER_SECRET.
+    Node(crate::node_cmd::NodeArgs),
     /// Measures a trained model against the oracle on held-out prompts (Editor: success per
     /// edit type and context preservation; Checker: agreement; Policy: parse and targeting).
     Quality(crate::quality_cmd::QualityArgs),
@@ -125,6 +128,7 @@ pub fn main(registry: Registry) -> i32 {
             Ok(0)
         }
         Command::World(cmd) => world_cmd::run(cmd),
+        Command::Node(args) => crate::node_cmd::run(registry, args),
         Command::Quality(args) => crate::quality_cmd::run(args),
         Command::Trajectories(cmd) => crate::trajectories_cmd::run(cmd),
     };

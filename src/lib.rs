@@ -20,6 +20,7 @@ mod builtin;
 pub mod cli;
 mod compare_cmd;
 mod eval_cmd;
+mod node_cmd;
 mod plot;
 pub mod pretrain_cmd;
 mod quality_cmd;

@@ -20,11 +20,17 @@ pub struct SceneEditorConfig {
     /// Probability, per object the edit does not name, that the editor loses it from context
     /// and redraws it in a random free cell, in `[0, 1]`. Default 0.05.
     pub context_loss: f64,
+    /// Simulated compute per batch, in milliseconds (default 0): stands in for a generative
+    /// editor's cost in benchmarks and distribution tests. The result does not depend on it.
+    pub latency_ms: u64,
 }
 
 impl Default for SceneEditorConfig {
     fn default() -> Self {
-        SceneEditorConfig { context_loss: 0.05 }
+        SceneEditorConfig {
+            context_loss: 0.05,
+            latency_ms: 0,
+        }
     }
 }
 
@@ -135,6 +141,9 @@ fn read_scene(canvas: &Canvas, image: &Image) -> Vec<Placed> {
 
 impl Editor for SceneEditor {
     fn edit(&mut self, batch: &[EditRequest]) -> Result<Vec<Image>, RoleError> {
+        if self.config.latency_ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(self.config.latency_ms));
+        }
         batch
             .iter()
             .enumerate()

@@ -80,7 +80,8 @@ fn out_of_range_values_are_refused_naming_the_key() {
 
     assert_eq!(
         SceneEditor::new(SceneEditorConfig {
-            context_loss: -0.01
+            context_loss: -0.01,
+            ..Default::default()
         })
         .unwrap_err()
         .to_string(),

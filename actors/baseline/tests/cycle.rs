@@ -19,7 +19,11 @@ fn policy() -> RulePolicy {
 }
 
 fn editor(context_loss: f64) -> SceneEditor {
-    SceneEditor::new(SceneEditorConfig { context_loss }).unwrap()
+    SceneEditor::new(SceneEditorConfig {
+        context_loss,
+        ..Default::default()
+    })
+    .unwrap()
 }
 
 fn checker() -> OracleChecker {

@@ -14,6 +14,7 @@ use rlrig_contract::{
 use rlrig_flow::{Answer as AnswerRule, Flow, FlowError, LoadedFlow};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
+use crate::cluster::Cluster;
 use crate::model::{Request, Response};
 use crate::registry::Registry;
 use crate::router::{Router, RouterArgs, RouterMsg};
@@ -73,6 +74,7 @@ pub struct RunSummary {
 /// A running flow: one router actor per flow actor, each supervising its replicas.
 pub struct Engine {
     flow: Flow,
+    cluster: Option<Arc<Cluster>>,
     routers: BTreeMap<String, ActorRef<RouterMsg>>,
     handles: Vec<tokio::task::JoinHandle<()>>,
     stats: Arc<EngineStats>,
@@ -91,6 +93,14 @@ impl Engine {
             .chain(&flow.cycle.round)
             .cloned()
             .collect();
+        // Nodes first: every one must be reachable, authenticated and of our protocol.
+        let cluster = if rlrig_flow::used_nodes(&flow).is_empty() {
+            None
+        } else {
+            Some(Arc::new(
+                Cluster::start(loaded).await.map_err(EngineError::Start)?,
+            ))
+        };
         let restarts = Arc::new(AtomicUsize::new(0));
         let mut outstanding_max = BTreeMap::new();
         let mut routers = BTreeMap::new();
@@ -112,6 +122,7 @@ impl Engine {
                 max_attempts: flow.engine.max_attempts,
                 outstanding_max: max,
                 restarts: restarts.clone(),
+                cluster: cluster.clone(),
             };
             match Actor::spawn(None, Router, args).await {
                 Ok((r, h)) => {
@@ -121,6 +132,7 @@ impl Engine {
                 Err(e) => {
                     let engine = Engine {
                         flow: flow.clone(),
+                        cluster,
                         routers,
                         handles,
                         stats: Arc::default(),
@@ -146,6 +158,7 @@ impl Engine {
         });
         Ok(Engine {
             flow,
+            cluster,
             routers,
             handles,
             stats,
@@ -231,6 +244,9 @@ impl Engine {
         }
         for h in self.handles {
             let _ = h.await;
+        }
+        if let Some(c) = self.cluster {
+            c.stop();
         }
     }
 }

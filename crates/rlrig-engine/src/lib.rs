@@ -15,10 +15,13 @@
 //! The engine knows no model: the role traits and messages come from `rlrig-contract`, the
 //! implementations from the registry. Queue and delivery semantics: `docs/engine.md`.
 
+mod cluster;
 mod engine;
 mod model;
+mod node;
 mod registry;
 mod router;
+pub mod wire;
 mod worker;
 
 pub use engine::{
@@ -28,4 +31,5 @@ pub use model::{
     Request, Response, RoleModel, any_role_model, checker_model, diffuser_model, editor_model,
     policy_model,
 };
+pub use node::{Node, NodeOptions};
 pub use registry::{ActorContext, Registry};

@@ -28,6 +28,9 @@ pub struct ActorContext {
     pub replica: usize,
     /// The flow file's directory, for relative paths in settings.
     pub base_dir: PathBuf,
+    /// The node this replica is placed on (`None`: this process). A model is always built
+    /// where it runs, so a kind's `build` sees `None`.
+    pub node: Option<String>,
 }
 
 type Validate = Arc<dyn Fn(&ActorContext) -> Result<(), (String, String)> + Send + Sync>;
@@ -213,6 +216,11 @@ impl Registry {
             device: spec.device.clone(),
             replica,
             base_dir: loaded.base_dir().to_path_buf(),
+            node: spec
+                .node
+                .as_ref()
+                .and_then(|p| p.node_of(replica))
+                .map(str::to_string),
         })
     }
 

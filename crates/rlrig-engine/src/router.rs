@@ -12,7 +12,10 @@ use tokio::sync::oneshot;
 
 use rlrig_contract::WeightsUpdate;
 
+use crate::cluster::{Cluster, RemoteArgs, RemoteReplica};
 use crate::model::{Request, Response};
+use crate::node::spawn_err;
+use crate::wire::ReplicaSpec;
 use crate::registry::{ActorContext, Build};
 use crate::worker::{BatchFailed, Job, Worker, WorkerArgs, WorkerMsg};
 
@@ -29,9 +32,18 @@ pub(crate) enum RouterMsg {
     Submit(Request, oneshot::Sender<Result<Answer, String>>),
     /// A replica answered a job.
     Done { job_id: u64, response: Response },
+    /// A remote replica gave up on a job (after the node's own retries).
+    Failed { job_id: u64, error: String },
+    /// Try again to start the lost replica `.0` (its node may be back).
+    Revive(usize),
+    /// The lost replica `.0` runs again.
+    Revived(usize, ActorRef<WorkerMsg>),
     /// New Policy weights for every replica (and for replicas restarted later).
     Update(Box<WeightsUpdate>),
 }
+
+// Local only: remote replicas are reached through a local proxy (`cluster::RemoteReplica`).
+impl ractor::Message for RouterMsg {}
 
 pub(crate) struct RouterArgs {
     pub contexts: Vec<ActorContext>,
@@ -43,6 +55,18 @@ pub(crate) struct RouterArgs {
     pub outstanding_max: Arc<AtomicUsize>,
     /// Replica restarts.
     pub restarts: Arc<AtomicUsize>,
+    /// Connections to other nodes, for replicas placed on them.
+    pub cluster: Option<Arc<Cluster>>,
+}
+
+/// What starting a replica takes; cloned into the task that revives a lost remote one.
+#[derive(Clone)]
+struct Spawner {
+    build: Build,
+    batch: usize,
+    max_wait: Duration,
+    max_attempts: u32,
+    cluster: Option<Arc<Cluster>>,
 }
 
 struct Slot {
@@ -56,9 +80,7 @@ pub(crate) struct RouterState {
     slots: Vec<Slot>,
     waiting: HashMap<u64, oneshot::Sender<Result<Answer, String>>>,
     next_id: u64,
-    build: Build,
-    batch: usize,
-    max_wait: Duration,
+    spawner: Spawner,
     max_attempts: u32,
     outstanding_max: Arc<AtomicUsize>,
     restarts: Arc<AtomicUsize>,
@@ -87,9 +109,13 @@ impl Actor for Router {
             slots: Vec::new(),
             waiting: HashMap::new(),
             next_id: 0,
-            build: args.build,
-            batch: args.batch,
-            max_wait: args.max_wait,
+            spawner: Spawner {
+                build: args.build,
+                batch: args.batch,
+                max_wait: args.max_wait,
+                max_attempts: args.max_attempts,
+                cluster: args.cluster,
+            },
             max_attempts: args.max_attempts,
             outstanding_max: args.outstanding_max,
             restarts: args.restarts,
@@ -103,7 +129,9 @@ impl Actor for Router {
             });
         }
         for i in 0..st.slots.len() {
-            let worker = spawn_worker(&myself, &st, i)
+            let worker = st
+                .spawner
+                .spawn(&myself, &st.slots[i].ctx, None)
                 .await
                 .map_err(|e| format!("actor {:?} replica {i}: {e}", st.name))?;
             st.slots[i].worker = Some(worker);
@@ -113,7 +141,7 @@ impl Actor for Router {
 
     async fn handle(
         &self,
-        _myself: ActorRef<RouterMsg>,
+        myself: ActorRef<RouterMsg>,
         msg: RouterMsg,
         st: &mut RouterState,
     ) -> Result<(), ActorProcessingErr> {
@@ -142,6 +170,46 @@ impl Actor for Router {
                 }
                 if let Some(reply) = st.waiting.remove(&job_id) {
                     let _ = reply.send(Ok(Answer { response, attempts }));
+                }
+            }
+            RouterMsg::Failed { job_id, error } => {
+                for slot in &mut st.slots {
+                    slot.outstanding.remove(&job_id);
+                }
+                if let Some(reply) = st.waiting.remove(&job_id) {
+                    let _ = reply.send(Err(format!("actor {:?}: {error}", st.name)));
+                }
+            }
+            RouterMsg::Revive(i) => {
+                if st.slots[i].worker.is_none() {
+                    let (spawner, ctx, update) = (
+                        st.spawner.clone(),
+                        st.slots[i].ctx.clone(),
+                        st.latest.clone(),
+                    );
+                    let (router, name) = (myself.clone(), st.name.clone());
+                    // Off the router: reaching a lost node may take the connect timeout.
+                    tokio::spawn(async move {
+                        match spawner.spawn(&router, &ctx, update).await {
+                            Ok(w) => {
+                                if router.cast(RouterMsg::Revived(i, w.clone())).is_err() {
+                                    w.stop(None);
+                                }
+                            }
+                            Err(e) => {
+                                tracing::debug!(actor = %name, replica = i, error = %e, "replica still lost");
+                                router.send_after(spawner.rejoin(), move || RouterMsg::Revive(i));
+                            }
+                        }
+                    });
+                }
+            }
+            RouterMsg::Revived(i, w) => {
+                if st.slots[i].worker.is_none() {
+                    tracing::info!(actor = %st.name, replica = i, "replica back");
+                    st.slots[i].worker = Some(w);
+                } else {
+                    w.stop(None);
                 }
             }
             RouterMsg::Update(update) => {
@@ -194,10 +262,16 @@ impl Actor for Router {
         st.restarts.fetch_add(1, Ordering::Relaxed);
         st.slots[i].worker = None;
         let jobs: Vec<Job> = st.slots[i].outstanding.drain().map(|(_, j)| j).collect();
-        match spawn_worker(&myself, st, i).await {
-            Ok(w) => st.slots[i].worker = Some(w),
-            Err(e) => {
-                tracing::error!(actor = %st.name, replica = i, error = %e, "replica could not be restarted");
+        if st.slots[i].ctx.node.is_some() {
+            // A remote replica: its node is likely gone. Its requests go to the others now,
+            // and it is started again in the background until its node is back.
+            let _ = myself.cast(RouterMsg::Revive(i));
+        } else {
+            match st.spawner.spawn(&myself, &st.slots[i].ctx, st.latest.clone()).await {
+                Ok(w) => st.slots[i].worker = Some(w),
+                Err(e) => {
+                    tracing::error!(actor = %st.name, replica = i, error = %e, "replica could not be restarted");
+                }
             }
         }
         let mut jobs = jobs;
@@ -238,29 +312,66 @@ impl Actor for Router {
     }
 }
 
-async fn spawn_worker(
-    myself: &ActorRef<RouterMsg>,
-    st: &RouterState,
-    i: usize,
-) -> Result<ActorRef<WorkerMsg>, String> {
-    let args = WorkerArgs {
-        ctx: st.slots[i].ctx.clone(),
-        build: st.build.clone(),
-        router: myself.clone(),
-        batch: st.batch,
-        max_wait: st.max_wait,
-        update: st.latest.clone(),
-    };
-    Actor::spawn_linked(None, Worker, args, myself.get_cell())
-        .await
-        .map(|(w, _)| w)
-        .map_err(|e| format!("could not start: {}", spawn_err_message(&e)))
-}
+impl Spawner {
+    /// Starts the replica of `ctx` under `router`: a local [`Worker`], or on its node a
+    /// replica with a local [`RemoteReplica`] proxy.
+    async fn spawn(
+        &self,
+        router: &ActorRef<RouterMsg>,
+        ctx: &ActorContext,
+        update: Option<WeightsUpdate>,
+    ) -> Result<ActorRef<WorkerMsg>, String> {
+        let started = match &ctx.node {
+            None => {
+                let args = WorkerArgs {
+                    ctx: ctx.clone(),
+                    build: self.build.clone(),
+                    router: router.clone(),
+                    batch: self.batch,
+                    max_wait: self.max_wait,
+                    update,
+                };
+                Actor::spawn_linked(None, Worker, args, router.get_cell()).await
+            }
+            Some(node) => {
+                let cluster = self
+                    .cluster
+                    .clone()
+                    .ok_or("placed on a node, but the engine has no cluster")?;
+                let spec = ReplicaSpec {
+                    coordinator: cluster.me().to_string(),
+                    name: ctx.name.clone(),
+                    role: ctx.role,
+                    kind: ctx.kind.clone(),
+                    settings: ctx.settings.clone(),
+                    device: ctx.device.clone(),
+                    replica: ctx.replica,
+                    base_dir: ctx.base_dir.clone(),
+                    batch: self.batch,
+                    max_wait_ms: self.max_wait.as_millis() as u64,
+                    max_attempts: self.max_attempts,
+                    update,
+                };
+                let args = RemoteArgs {
+                    cluster,
+                    node: node.clone(),
+                    spec,
+                    router: router.clone(),
+                };
+                Actor::spawn_linked(None, RemoteReplica, args, router.get_cell()).await
+            }
+        };
+        started
+            .map(|(w, _)| w)
+            .map_err(|e| format!("could not start: {}", spawn_err(&e)))
+    }
 
-fn spawn_err_message(e: &ractor::SpawnErr) -> String {
-    match e {
-        ractor::SpawnErr::StartupFailed(inner) => inner.to_string(),
-        other => other.to_string(),
+    fn rejoin(&self) -> Duration {
+        self.cluster
+            .as_ref()
+            .map_or(Duration::from_secs(2), |c| {
+                Duration::from_millis(c.settings().rejoin_ms)
+            })
     }
 }
 

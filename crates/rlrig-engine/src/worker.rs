@@ -28,7 +28,13 @@ pub(crate) enum WorkerMsg {
     Flush(u64),
     /// Take new Policy weights before the next batch.
     Update(Box<WeightsUpdate>),
+    /// The replica is lost (a remote replica's node is gone): stop with this error, blaming
+    /// none of the requests it held.
+    Lost(String),
 }
+
+// Local only (a remote replica's proxy takes the same messages and forwards them).
+impl ractor::Message for WorkerMsg {}
 
 /// A batch failed: the replica stops with this error and its router restarts it.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +117,12 @@ impl Actor for Worker {
                 if generation == st.generation && !st.pending.is_empty() {
                     run_batch(&myself, st).await?;
                 }
+            }
+            WorkerMsg::Lost(message) => {
+                return Err(Box::new(BatchFailed {
+                    job_ids: Vec::new(),
+                    message,
+                }));
             }
             WorkerMsg::Update(update) => {
                 let mut model = st

@@ -20,6 +20,7 @@ use rlrig_contract::Role;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+mod cluster;
 mod load;
 mod pretrain;
 mod train;
@@ -29,6 +30,7 @@ pub use load::{
     Checked, FlowError, FlowKind, FlowProblem, Loaded, LoadedFlow, did_you_mean, flow_kind, load,
     load_as, load_str, settings_into,
 };
+pub use cluster::{ClusterSettings, LOCAL, NodeSpec, Placement, used_nodes};
 pub use pretrain::{PretrainFlow, PretrainModel, PretrainSettings};
 pub use train::TrainSettings;
 
@@ -56,6 +58,12 @@ pub struct Flow {
     /// Present in training flows: Reflection-GRPO of the Policy (`rlrig run` then trains).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train: Option<TrainSettings>,
+    /// `rlrig node` processes that actors may be placed on (`actors.<name>.node`), by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nodes: BTreeMap<String, NodeSpec>,
+    /// How this process reaches its nodes: the shared secret, timeouts.
+    #[serde(default)]
+    pub cluster: ClusterSettings,
 }
 
 /// The flow text without one top-level table (e.g. `train`, for the inference variant of a
@@ -139,6 +147,10 @@ pub struct ActorSpec {
     /// Copies of the actor; requests go to the least loaded.
     #[serde(default = "one")]
     pub replicas: usize,
+    /// Where the replicas run: a node of `[nodes]` for all, or a list with one entry per
+    /// replica; `local` (the default) is this process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<Placement>,
 }
 
 pub(crate) fn default_device() -> String {

@@ -3,7 +3,8 @@
 use rlrig_contract::Role;
 
 use crate::load::did_you_mean;
-use crate::{Answer, FlowProblem, LoadedFlow, PromptSourceKind};
+use crate::cluster::{valid_address, valid_node_name};
+use crate::{Answer, FlowProblem, LOCAL, LoadedFlow, Placement, PromptSourceKind};
 
 /// Every problem of a parsed flow, located.
 pub(crate) fn check(loaded: &LoadedFlow) -> Vec<FlowProblem> {
@@ -79,6 +80,74 @@ pub(crate) fn check(loaded: &LoadedFlow) -> Vec<FlowProblem> {
         if a.kind.trim().is_empty() {
             problem(&format!("{key}.kind"), "must name an actor kind".into());
         }
+        if let Some(placement) = &a.node {
+            if let Placement::PerReplica(v) = placement
+                && v.len() != a.replicas
+            {
+                problem(
+                    &format!("{key}.node"),
+                    format!(
+                        "{} entries for {} replicas: give one node per replica, or one name for all",
+                        v.len(),
+                        a.replicas
+                    ),
+                );
+            }
+            for n in placement.names() {
+                if n != LOCAL && !flow.nodes.contains_key(n) {
+                    let known: Vec<&str> = flow
+                        .nodes
+                        .keys()
+                        .map(String::as_str)
+                        .chain([LOCAL])
+                        .collect();
+                    problem(
+                        &format!("{key}.node"),
+                        format!(
+                            "no node {n:?} in [nodes]{}",
+                            did_you_mean(n, known.iter().copied())
+                                .map(|b| format!("; did you mean {b:?}?"))
+                                .unwrap_or_default()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    for (name, n) in &flow.nodes {
+        let key = format!("nodes.{name}");
+        if name == LOCAL || !valid_node_name(name) {
+            problem(
+                &key,
+                format!(
+                    "node name {name:?}: use letters, digits, `_`, `-` and `.`; `local` means this process"
+                ),
+            );
+        }
+        if !valid_address(&n.address) {
+            problem(
+                &format!("{key}.address"),
+                format!("{:?} is not an address: expected `host:port`", n.address),
+            );
+        }
+    }
+    let c = &flow.cluster;
+    for (k, v) in [
+        ("connect_timeout_ms", c.connect_timeout_ms),
+        ("call_timeout_ms", c.call_timeout_ms),
+        ("heartbeat_ms", c.heartbeat_ms),
+        ("rejoin_ms", c.rejoin_ms),
+    ] {
+        if v == 0 {
+            problem(&format!("cluster.{k}"), "must be at least 1".into());
+        }
+    }
+    if !valid_address(&c.listen) {
+        problem(
+            "cluster.listen",
+            format!("{:?} is not an address: expected `host:port`", c.listen),
+        );
     }
 
     if flow.engine.max_in_flight == 0 {

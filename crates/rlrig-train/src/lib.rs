@@ -73,6 +73,9 @@ pub enum TrainerMsg {
     Finish,
 }
 
+// Local only: never sent to another node.
+impl ractor::Message for TrainerMsg {}
+
 /// How training ended.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TrainSummary {

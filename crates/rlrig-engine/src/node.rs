@@ -1,0 +1,334 @@
+//! The node side of the cluster: an `rlrig node` process listens for coordinators (`rlrig run`
+//! with actors placed on it), authenticates them with the shared secret (ractor_cluster's
+//! challenge; the secret never crosses the wire), and hosts replicas of any registered kind on
+//! request. Each hosted replica is a one-replica router of the engine's own, so batching,
+//! restarts and retries on the node are the local ones.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent, pg};
+use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
+use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage};
+use tokio::sync::oneshot;
+
+use crate::registry::Registry;
+use crate::router::{Router, RouterArgs, RouterMsg};
+use crate::wire::{
+    Answer, HOSTS_GROUP, HostMsg, NodeInfo, PROTOCOL_VERSION, REPLICAS_GROUP, ReplicaMsg,
+    ReplicaSpec, Spawned,
+};
+
+/// Largest message a node or coordinator accepts (weights updates travel as one message).
+pub(crate) const MAX_FRAME_BYTES: u64 = 512 << 20;
+
+/// How an `rlrig node` runs.
+#[derive(Clone)]
+pub struct NodeOptions {
+    /// Its name, as coordinators and logs show it.
+    pub name: String,
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// The cluster's shared secret.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for NodeOptions {
+    // The secret is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeOptions")
+            .field("name", &self.name)
+            .field("listen", &self.listen)
+            .field("secret", &"<hidden>")
+            .finish()
+    }
+}
+
+/// A running node.
+pub struct Node {
+    server: ActorRef<NodeServerMessage>,
+    host: ActorRef<HostMsg>,
+    host_done: tokio::task::JoinHandle<()>,
+}
+
+impl Node {
+    /// Starts listening and hosting. Fails if the address cannot be bound.
+    pub async fn start(registry: Arc<Registry>, opts: NodeOptions) -> Result<Node, String> {
+        let server = NodeServer::new(
+            opts.listen.port(),
+            opts.secret.clone(),
+            opts.name.clone(),
+            opts.listen.ip().to_string(),
+            None,
+            Some(NodeConnectionMode::Isolated),
+        )
+        .with_listen_addr(opts.listen.ip())
+        .with_max_inbound_frame_size(MAX_FRAME_BYTES);
+        let (server, _) = Actor::spawn(None, server, ())
+            .await
+            .map_err(|e| format!("cannot listen on {}: {}", opts.listen, spawn_err(&e)))?;
+        let host_args = HostArgs {
+            registry,
+            name: opts.name.clone(),
+        };
+        let (host, host_done) = match Actor::spawn(None, Host, host_args).await {
+            Ok(x) => x,
+            Err(e) => {
+                server.stop(None);
+                return Err(format!("cannot start the host actor: {}", spawn_err(&e)));
+            }
+        };
+        server
+            .cast(NodeServerMessage::SubscribeToEvents {
+                id: "rlrig.host".into(),
+                subscription: Box::new(PeerWatch(host.clone())),
+            })
+            .map_err(|e| format!("the node server stopped: {e}"))?;
+        tracing::info!(node = %opts.name, listen = %opts.listen, "node up");
+        Ok(Node {
+            server,
+            host,
+            host_done,
+        })
+    }
+
+    /// Stops hosting (every replica) and listening.
+    pub async fn stop(self) {
+        self.host.stop(None);
+        let _ = self.host_done.await;
+        self.server.stop(None);
+    }
+}
+
+pub(crate) fn spawn_err(e: &ractor::SpawnErr) -> String {
+    match e {
+        ractor::SpawnErr::StartupFailed(inner) => inner.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Tells the host when a coordinator's session ends, so that its replicas stop.
+struct PeerWatch(ActorRef<HostMsg>);
+
+impl NodeEventSubscription for PeerWatch {
+    fn node_session_opened(&self, _: NodeServerSessionInformation) {}
+    fn node_session_authenticated(&self, ses: NodeServerSessionInformation) {
+        tracing::info!(peer = %ses.peer_addr, name = ?ses.peer_name.map(|n| n.name), "coordinator connected");
+    }
+    fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
+        match ses.peer_name {
+            Some(n) => {
+                tracing::info!(peer = %ses.peer_addr, name = %n.name, "coordinator disconnected");
+                let _ = self.0.cast(HostMsg::PeerGone(n.name));
+            }
+            // Never authenticated (e.g. a wrong secret): it has no replicas here.
+            None => tracing::warn!(peer = %ses.peer_addr, "a peer left before authenticating"),
+        }
+    }
+}
+
+struct HostArgs {
+    registry: Arc<Registry>,
+    name: String,
+}
+
+struct HostState {
+    registry: Arc<Registry>,
+    name: String,
+    /// Replicas by the coordinator that asked for them.
+    replicas: HashMap<String, Vec<ActorRef<ReplicaMsg>>>,
+}
+
+struct Host;
+
+impl Actor for Host {
+    type Msg = HostMsg;
+    type State = HostState;
+    type Arguments = HostArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<HostMsg>,
+        args: HostArgs,
+    ) -> Result<HostState, ActorProcessingErr> {
+        pg::join(HOSTS_GROUP.to_string(), vec![myself.get_cell()]);
+        Ok(HostState {
+            registry: args.registry,
+            name: args.name,
+            replicas: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<HostMsg>,
+        msg: HostMsg,
+        st: &mut HostState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            HostMsg::Hello(_hello, reply) => {
+                let _ = reply.send(NodeInfo {
+                    protocol: PROTOCOL_VERSION,
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    name: st.name.clone(),
+                    kinds: st.registry.kinds().map(|(k, _, _)| k.to_string()).collect(),
+                });
+            }
+            HostMsg::Spawn(spec, reply) => {
+                let coordinator = spec.coordinator.clone();
+                let what = format!("{} replica {}", spec.name, spec.replica);
+                let args = ReplicaArgs {
+                    registry: st.registry.clone(),
+                    spec,
+                };
+                let answer =
+                    match Actor::spawn_linked(None, NodeReplica, args, myself.get_cell()).await {
+                        Ok((r, _)) => {
+                            let pid = r.get_id().pid();
+                            st.replicas.entry(coordinator).or_default().push(r);
+                            tracing::info!(node = %st.name, replica = %what, pid, "replica started");
+                            Ok(pid)
+                        }
+                        Err(e) => Err(format!("node {:?}: {what}: {}", st.name, spawn_err(&e))),
+                    };
+                let _ = reply.send(Spawned(answer));
+            }
+            HostMsg::PeerGone(coordinator) => {
+                for r in st.replicas.remove(&coordinator).unwrap_or_default() {
+                    r.stop(Some("the coordinator disconnected".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<HostMsg>,
+        evt: SupervisionEvent,
+        st: &mut HostState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorTerminated(cell, ..) | SupervisionEvent::ActorFailed(cell, _) =
+            &evt
+        {
+            for list in st.replicas.values_mut() {
+                list.retain(|r| r.get_id() != cell.get_id());
+            }
+            st.replicas.retain(|_, l| !l.is_empty());
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<HostMsg>,
+        st: &mut HostState,
+    ) -> Result<(), ActorProcessingErr> {
+        for r in st.replicas.drain().flat_map(|(_, l)| l) {
+            r.stop(Some("the node is stopping".into()));
+        }
+        Ok(())
+    }
+}
+
+struct ReplicaArgs {
+    registry: Arc<Registry>,
+    spec: ReplicaSpec,
+}
+
+struct ReplicaState {
+    router: ActorRef<RouterMsg>,
+}
+
+/// A replica hosted for a coordinator: forwards its requests to a local one-replica router.
+struct NodeReplica;
+
+impl Actor for NodeReplica {
+    type Msg = ReplicaMsg;
+    type State = ReplicaState;
+    type Arguments = ReplicaArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ReplicaMsg>,
+        args: ReplicaArgs,
+    ) -> Result<ReplicaState, ActorProcessingErr> {
+        let spec = args.spec;
+        let build = args
+            .registry
+            .builder(&spec.kind)
+            .ok_or_else(|| format!("this node has no actor kind {:?}", spec.kind))?;
+        let router_args = RouterArgs {
+            contexts: vec![spec.context()],
+            build,
+            batch: spec.batch.max(1),
+            max_wait: Duration::from_millis(spec.max_wait_ms),
+            max_attempts: spec.max_attempts.max(1),
+            outstanding_max: Arc::new(AtomicUsize::new(0)),
+            restarts: Arc::new(AtomicUsize::new(0)),
+            cluster: None,
+        };
+        let (router, _) = Actor::spawn_linked(None, Router, router_args, myself.get_cell())
+            .await
+            .map_err(|e| spawn_err(&e))?;
+        if let Some(u) = spec.update {
+            router.cast(RouterMsg::Update(Box::new(u)))?;
+        }
+        pg::join(REPLICAS_GROUP.to_string(), vec![myself.get_cell()]);
+        Ok(ReplicaState { router })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ReplicaMsg>,
+        msg: ReplicaMsg,
+        st: &mut ReplicaState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ReplicaMsg::Run(job, reply) => {
+                let (tx, rx) = oneshot::channel();
+                st.router.cast(RouterMsg::Submit(job.0, tx))?;
+                // Answered when the router answers; meanwhile this actor takes more requests
+                // (and pings).
+                tokio::spawn(async move {
+                    let answer = match rx.await {
+                        Ok(Ok(a)) => Ok(a.response),
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err("the replica stopped".into()),
+                    };
+                    let _ = reply.send(Answer(answer));
+                });
+            }
+            ReplicaMsg::Update(u) => st.router.cast(RouterMsg::Update(Box::new(u.0)))?,
+            ReplicaMsg::Ping(x, reply) => {
+                let _ = reply.send(x);
+            }
+            ReplicaMsg::Stop(reason) => myself.stop(Some(reason)),
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<ReplicaMsg>,
+        evt: SupervisionEvent,
+        _st: &mut ReplicaState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(_, e) = &evt {
+            myself.stop(Some(format!("its router failed: {e}")));
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<ReplicaMsg>,
+        st: &mut ReplicaState,
+    ) -> Result<(), ActorProcessingErr> {
+        st.router.stop(None);
+        Ok(())
+    }
+}

@@ -1,0 +1,162 @@
+//! What crosses between this process and an `rlrig node`: ractor_cluster messages whose fields
+//! are MessagePack (`rmp-serde`) encodings of the engine's serde types. Images and weights are
+//! byte strings there, not arrays of numbers.
+
+use std::path::PathBuf;
+
+use ractor::{BytesConvertable, RpcReplyPort};
+use ractor_cluster::RactorClusterMessage;
+use rlrig_contract::{Role, WeightsUpdate};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Request, Response};
+use crate::registry::ActorContext;
+
+/// The cluster protocol's version: a coordinator and a node must agree on it exactly.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The process group every node's host actor joins.
+pub(crate) const HOSTS_GROUP: &str = "rlrig.hosts";
+/// The process group every remote replica joins.
+pub(crate) const REPLICAS_GROUP: &str = "rlrig.replicas";
+
+/// Encodes a value as MessagePack (struct fields by name, so optional fields may be added).
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    rmp_serde::to_vec_named(value).expect("engine messages always encode")
+}
+
+/// Decodes a value written by [`encode`].
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    rmp_serde::from_slice(bytes).map_err(|e| e.to_string())
+}
+
+macro_rules! wire {
+    ($($t:ty),*) => {$(
+        impl BytesConvertable for $t {
+            fn into_bytes(self) -> Vec<u8> {
+                encode(&self)
+            }
+            // ractor_cluster's decoding cannot fail: a panic here is caught by the derived
+            // code and the message dropped, which the sender sees as a failed call.
+            fn from_bytes(bytes: Vec<u8>) -> Self {
+                decode(&bytes).unwrap_or_else(|e| panic!("undecodable {}: {e}", stringify!($t)))
+            }
+        }
+    )*};
+}
+
+/// The coordinator introduces itself.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`PROTOCOL_VERSION`] of the coordinator.
+    pub protocol: u32,
+    /// The coordinator's rlrig version.
+    pub version: String,
+}
+
+/// What a node says of itself.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// [`PROTOCOL_VERSION`] of the node.
+    pub protocol: u32,
+    /// The node's rlrig version.
+    pub version: String,
+    /// The node's name (`rlrig node --name`).
+    pub name: String,
+    /// The actor kinds it can host.
+    pub kinds: Vec<String>,
+}
+
+/// Start one replica on a node: everything its model build and its batching need.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReplicaSpec {
+    /// The coordinator's cluster name: the node stops the replica if that session ends.
+    pub coordinator: String,
+    /// The actor's name in the flow.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// Its kind.
+    pub kind: String,
+    /// Its settings.
+    pub settings: serde_json::Map<String, serde_json::Value>,
+    /// Its device on the node.
+    pub device: String,
+    /// Which replica of the actor.
+    pub replica: usize,
+    /// The flow file's directory on the coordinator: relative paths in settings resolve
+    /// against it, so the node must see the same path (a shared or mirrored filesystem).
+    pub base_dir: PathBuf,
+    /// Largest batch.
+    pub batch: usize,
+    /// How long a partial batch waits, in milliseconds.
+    pub max_wait_ms: u64,
+    /// Attempts per request on the node before it answers an error.
+    pub max_attempts: u32,
+    /// The latest weights, applied right after the build (a replica restarted mid-run).
+    pub update: Option<WeightsUpdate>,
+}
+
+impl ReplicaSpec {
+    /// The build context on the node.
+    pub(crate) fn context(&self) -> ActorContext {
+        ActorContext {
+            name: self.name.clone(),
+            role: self.role,
+            kind: self.kind.clone(),
+            settings: self.settings.clone(),
+            device: self.device.clone(),
+            replica: self.replica,
+            base_dir: self.base_dir.clone(),
+            node: None,
+        }
+    }
+}
+
+/// A node's answer to [`HostMsg::Spawn`]: the replica's pid, or why it could not start.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Spawned(pub Result<u64, String>);
+
+/// One request for a remote replica.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Job(pub Request);
+
+/// A remote replica's answer: the response, or the error after the node's own retries.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Answer(pub Result<Response, String>);
+
+/// New weights for a remote replica.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Update(pub WeightsUpdate);
+
+wire!(Hello, NodeInfo, ReplicaSpec, Spawned, Job, Answer, Update);
+
+/// Messages to a node's host actor.
+#[derive(RactorClusterMessage)]
+pub enum HostMsg {
+    /// Protocol check.
+    #[rpc]
+    Hello(Hello, RpcReplyPort<NodeInfo>),
+    /// Start a replica.
+    #[rpc]
+    Spawn(ReplicaSpec, RpcReplyPort<Spawned>),
+    /// (Local, from the node's event subscription.) The session of this coordinator ended:
+    /// stop its replicas.
+    PeerGone(String),
+}
+
+/// Messages to a replica on a node.
+#[derive(RactorClusterMessage)]
+pub enum ReplicaMsg {
+    /// Answer one request.
+    #[rpc]
+    Run(Job, RpcReplyPort<Answer>),
+    /// Take new weights before the next batch.
+    Update(Update),
+    /// Liveness: answers its argument at once, whatever the model is doing.
+    #[rpc]
+    Ping(u64, RpcReplyPort<u64>),
+    /// Stop (the run is over or the coordinator replaced this replica).
+    Stop(String),
+}
