@@ -257,12 +257,11 @@ fn main() {
     .unwrap();
     let mut c = rlrig_baseline::OracleChecker::new(Default::default()).unwrap();
     let mut p = rlrig_baseline::RulePolicy::new(Default::default()).unwrap();
-    let mut e =
-        rlrig_baseline::SceneEditor::new(rlrig_baseline::SceneEditorConfig {
-            context_loss: 0.05,
-            ..Default::default()
-        })
-            .unwrap();
+    let mut e = rlrig_baseline::SceneEditor::new(rlrig_baseline::SceneEditorConfig {
+        context_loss: 0.05,
+        ..Default::default()
+    })
+    .unwrap();
     let seq = sequential(&prompts, &mut d, &mut c, &mut p, &mut e, 3);
     row("infer flow, baseline actors", n, eng, seq);
     let one = |s: &str| vec![s.to_string()];

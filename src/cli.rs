@@ -91,9 +91,14 @@ enum Command {
 pub fn main(registry: Registry) -> i32 {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                // ractor_cluster warns of every closed session, the normal end of a run too;
+                // a lost node is reported by the engine.
+                "warn,ractor_cluster=error".into()
+            }),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result = match cli.command {

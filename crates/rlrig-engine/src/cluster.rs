@@ -58,7 +58,7 @@ impl NodeEventSubscription for SessionLog {
         self.with(&ses, |s| s.authenticated = true);
     }
     fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
-        tracing::warn!(peer = %ses.peer_addr, "node session ended");
+        tracing::debug!(peer = %ses.peer_addr, "node session ended");
         self.with(&ses, |s| s.disconnected = true);
     }
 }
@@ -237,10 +237,7 @@ impl Cluster {
             protocol: PROTOCOL_VERSION,
             version: env!("CARGO_PKG_VERSION").into(),
         };
-        let info = match host
-            .call(|p| HostMsg::Hello(hello, p), Some(timeout))
-            .await
-        {
+        let info = match host.call(|p| HostMsg::Hello(hello, p), Some(timeout)).await {
             Ok(CallResult::Success(info)) => info,
             other => {
                 return Err(format!(
@@ -394,7 +391,9 @@ impl Actor for RemoteReplica {
         let heartbeat = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                let r = target.call(|p| ReplicaMsg::Ping(0, p), Some(patience)).await;
+                let r = target
+                    .call(|p| ReplicaMsg::Ping(0, p), Some(patience))
+                    .await;
                 if !matches!(r, Ok(CallResult::Success(_))) {
                     let _ = me.cast(WorkerMsg::Lost(format!(
                         "node {node:?} lost: a heartbeat {}",
@@ -436,10 +435,7 @@ impl Actor for RemoteReplica {
                     // what a lost proxy held.
                     match r {
                         Ok(CallResult::Success(wire::Answer(Ok(response)))) => {
-                            let _ = router.cast(RouterMsg::Done {
-                                job_id,
-                                response,
-                            });
+                            let _ = router.cast(RouterMsg::Done { job_id, response });
                         }
                         Ok(CallResult::Success(wire::Answer(Err(error)))) => {
                             let _ = router.cast(RouterMsg::Failed {

@@ -184,16 +184,17 @@ impl Actor for Host {
                     registry: st.registry.clone(),
                     spec,
                 };
-                let answer =
-                    match Actor::spawn_linked(None, NodeReplica, args, myself.get_cell()).await {
-                        Ok((r, _)) => {
-                            let pid = r.get_id().pid();
-                            st.replicas.entry(coordinator).or_default().push(r);
-                            tracing::info!(node = %st.name, replica = %what, pid, "replica started");
-                            Ok(pid)
-                        }
-                        Err(e) => Err(format!("node {:?}: {what}: {}", st.name, spawn_err(&e))),
-                    };
+                let answer = match Actor::spawn_linked(None, NodeReplica, args, myself.get_cell())
+                    .await
+                {
+                    Ok((r, _)) => {
+                        let pid = r.get_id().pid();
+                        st.replicas.entry(coordinator).or_default().push(r);
+                        tracing::info!(node = %st.name, replica = %what, pid, "replica started");
+                        Ok(pid)
+                    }
+                    Err(e) => Err(format!("node {:?}: {what}: {}", st.name, spawn_err(&e))),
+                };
                 let _ = reply.send(Spawned(answer));
             }
             HostMsg::PeerGone(coordinator) => {
@@ -211,8 +212,8 @@ impl Actor for Host {
         evt: SupervisionEvent,
         st: &mut HostState,
     ) -> Result<(), ActorProcessingErr> {
-        if let SupervisionEvent::ActorTerminated(cell, ..) | SupervisionEvent::ActorFailed(cell, _) =
-            &evt
+        if let SupervisionEvent::ActorTerminated(cell, ..)
+        | SupervisionEvent::ActorFailed(cell, _) = &evt
         {
             for list in st.replicas.values_mut() {
                 list.retain(|r| r.get_id() != cell.get_id());

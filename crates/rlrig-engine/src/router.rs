@@ -15,8 +15,8 @@ use rlrig_contract::WeightsUpdate;
 use crate::cluster::{Cluster, RemoteArgs, RemoteReplica};
 use crate::model::{Request, Response};
 use crate::node::spawn_err;
-use crate::wire::ReplicaSpec;
 use crate::registry::{ActorContext, Build};
+use crate::wire::ReplicaSpec;
 use crate::worker::{BatchFailed, Job, Worker, WorkerArgs, WorkerMsg};
 
 /// The answer to a submitted request.
@@ -267,7 +267,11 @@ impl Actor for Router {
             // and it is started again in the background until its node is back.
             let _ = myself.cast(RouterMsg::Revive(i));
         } else {
-            match st.spawner.spawn(&myself, &st.slots[i].ctx, st.latest.clone()).await {
+            match st
+                .spawner
+                .spawn(&myself, &st.slots[i].ctx, st.latest.clone())
+                .await
+            {
                 Ok(w) => st.slots[i].worker = Some(w),
                 Err(e) => {
                     tracing::error!(actor = %st.name, replica = i, error = %e, "replica could not be restarted");
@@ -367,11 +371,9 @@ impl Spawner {
     }
 
     fn rejoin(&self) -> Duration {
-        self.cluster
-            .as_ref()
-            .map_or(Duration::from_secs(2), |c| {
-                Duration::from_millis(c.settings().rejoin_ms)
-            })
+        self.cluster.as_ref().map_or(Duration::from_secs(2), |c| {
+            Duration::from_millis(c.settings().rejoin_ms)
+        })
     }
 }
 

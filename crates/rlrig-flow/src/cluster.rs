@@ -98,8 +98,7 @@ pub(crate) fn valid_address(s: &str) -> bool {
 /// Node names as actor names: letters, digits, `_`, `-`, `.`.
 pub(crate) fn valid_node_name(s: &str) -> bool {
     !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
 }
 

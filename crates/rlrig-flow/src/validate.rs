@@ -2,8 +2,8 @@
 
 use rlrig_contract::Role;
 
-use crate::load::did_you_mean;
 use crate::cluster::{valid_address, valid_node_name};
+use crate::load::did_you_mean;
 use crate::{Answer, FlowProblem, LOCAL, LoadedFlow, Placement, PromptSourceKind};
 
 /// Every problem of a parsed flow, located.
