@@ -217,5 +217,16 @@ fn validate(registry: &Registry, flow: &std::path::Path, sets: &[String]) -> any
         loaded.flow.actors.len(),
         c.start.join(" → ")
     );
+    // Placement, checked without connecting (`rlrig run` connects first).
+    for (name, spec) in &loaded.flow.actors {
+        let Some(p) = &spec.node else { continue };
+        let places: Vec<String> = (0..spec.replicas)
+            .map(|r| match p.node_of(r) {
+                Some(n) => format!("{n} ({})", loaded.flow.nodes[n].address),
+                None => rlrig_flow::LOCAL.to_string(),
+            })
+            .collect();
+        println!("  {name}: {}", places.join(", "));
+    }
     Ok(0)
 }

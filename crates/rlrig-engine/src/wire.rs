@@ -160,3 +160,56 @@ pub enum ReplicaMsg {
     /// Stop (the run is over or the coordinator replaced this replica).
     Stop(String),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rlrig_contract::{EditRequest, Image};
+
+    fn image() -> Image {
+        let pixels: Vec<u8> = (0..32 * 32 * 3).map(|i| (i * 7 % 251) as u8).collect();
+        Image::from_raw(32, 32, pixels).unwrap()
+    }
+
+    #[test]
+    fn requests_and_answers_round_trip_with_images_as_bytes() {
+        let job = Job(Request::Edit(EditRequest {
+            image: image(),
+            edit_prompt: "move the red circle left of the blue square".into(),
+            seed: 42,
+            explore: false,
+        }));
+        let bytes = job.clone().into_bytes();
+        // 3,072 pixel bytes and a few dozen of framing: a byte string, not numbers in text.
+        assert!(bytes.len() < 3072 + 128, "{} bytes", bytes.len());
+        let back = Job::from_bytes(bytes);
+        assert_eq!(back.0, job.0);
+
+        let answer = Answer(Ok(Response::Image(image())));
+        let back = Answer::from_bytes(answer.clone().into_bytes());
+        assert_eq!(back.0, answer.0);
+        let failed = Answer(Err("the editor failed".into()));
+        assert_eq!(Answer::from_bytes(failed.clone().into_bytes()).0, failed.0);
+    }
+
+    #[test]
+    fn weights_updates_cross_as_bytes() {
+        let u = Update(WeightsUpdate {
+            version: 7,
+            weights: vec![1; 100_000],
+        });
+        let bytes = u.clone().into_bytes();
+        assert!(bytes.len() < 100_000 + 64, "{} bytes", bytes.len());
+        assert_eq!(Update::from_bytes(bytes).0, u.0);
+    }
+
+    #[test]
+    fn garbage_is_a_decoding_error_not_a_value() {
+        assert!(decode::<Job>(&[0xc1, 0x00]).is_err());
+        let r = std::panic::catch_unwind(|| Job::from_bytes(vec![0xc1]));
+        assert!(
+            r.is_err(),
+            "from_bytes panics (ractor_cluster drops the message)"
+        );
+    }
+}
