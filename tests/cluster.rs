@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use rlrig_contract::{Outcome, Trajectory};
+use rlrig_contract::{Outcome, StepOutput, Trajectory};
 use rlrig_store::TrajectoryStore;
 
 const SECRET: &str = "loopback-test-secret";
@@ -52,6 +52,7 @@ impl Node {
             ])
             .env("RLRIG_CLUSTER_SECRET", secret)
             .env("RUST_LOG", "info")
+            .current_dir(root())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -352,4 +353,32 @@ fn an_unreachable_node_stops_the_run_before_it_starts() {
     );
     // Nothing ran.
     assert!(trajectories(&tmp.path().join("runs/infer-baseline")).is_empty());
+}
+
+#[test]
+fn a_trained_policy_on_a_node_gets_every_new_version_by_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Node::start("box-a", SECRET, tmp.path());
+    let address = format!("nodes.box-a.address=127.0.0.1:{}", a.port);
+    let out = run(
+        &root().join("tests/flows/valid/train-tiny.toml"),
+        tmp.path(),
+        SECRET,
+        &[&address, "actors.policy.node=box-a"],
+        Duration::from_secs(300),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("3 learner steps"), "{}", text(&out));
+    assert!(a.log().contains("replica=policy replica 0"), "{}", a.log());
+    // With `max_staleness = 0` a step learns only from proposals of the current version:
+    // three steps mean versions 1 and 2 reached the Policy on box-a, and its proposals say so.
+    let versions: Vec<u64> = trajectories(&tmp.path().join("train-tiny"))
+        .iter()
+        .flat_map(|t| t.steps.iter())
+        .filter_map(|s| match &s.output {
+            StepOutput::Edit(e) => Some(e.policy_version),
+            _ => None,
+        })
+        .collect();
+    assert!(versions.contains(&2), "{versions:?}");
 }
