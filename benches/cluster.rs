@@ -203,7 +203,7 @@ fn serialisation(tmp: &Path) {
     let mut bytes = 0;
     for _ in 0..reps {
         for m in msgs.iter().flatten() {
-            let a = encode(&Job(m.0.clone()));
+            let a = encode(&Job(Box::new(m.0.clone())));
             let b = encode(&Answer(Ok(m.1.clone())));
             bytes += a.len() + b.len();
             let _: Job = decode(&a).unwrap();

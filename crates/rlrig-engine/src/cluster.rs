@@ -429,7 +429,10 @@ impl Actor for RemoteReplica {
                 let (job_id, request) = (job.id, job.request);
                 tokio::spawn(async move {
                     let r = replica
-                        .call(|p| ReplicaMsg::Run(wire::Job(request), p), Some(timeout))
+                        .call(
+                            |p| ReplicaMsg::Run(wire::Job(Box::new(request)), p),
+                            Some(timeout),
+                        )
                         .await;
                     // A failed send: the router or this proxy stopped; the router re-dispatches
                     // what a lost proxy held.

@@ -291,7 +291,7 @@ impl Actor for NodeReplica {
         match msg {
             ReplicaMsg::Run(job, reply) => {
                 let (tx, rx) = oneshot::channel();
-                st.router.cast(RouterMsg::Submit(job.0, tx))?;
+                st.router.cast(RouterMsg::Submit(*job.0, tx))?;
                 // Answered when the router answers; meanwhile this actor takes more requests
                 // (and pings).
                 tokio::spawn(async move {

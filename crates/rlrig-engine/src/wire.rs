@@ -120,7 +120,7 @@ pub struct Spawned(pub Result<u64, String>);
 
 /// One request for a remote replica.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Job(pub Request);
+pub struct Job(pub Box<Request>);
 
 /// A remote replica's answer: the response, or the error after the node's own retries.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -173,12 +173,12 @@ mod tests {
 
     #[test]
     fn requests_and_answers_round_trip_with_images_as_bytes() {
-        let job = Job(Request::Edit(EditRequest {
+        let job = Job(Box::new(Request::Edit(EditRequest {
             image: image(),
             edit_prompt: "move the red circle left of the blue square".into(),
             seed: 42,
             explore: false,
-        }));
+        })));
         let bytes = job.clone().into_bytes();
         // 3,072 pixel bytes and a few dozen of framing: a byte string, not numbers in text.
         assert!(bytes.len() < 3072 + 128, "{} bytes", bytes.len());

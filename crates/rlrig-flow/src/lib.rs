@@ -254,9 +254,9 @@ pub enum StoredImages {
 #[allow(dead_code)]
 enum AnyFlow {
     /// A reflect-edit cycle.
-    Cycle(Flow),
+    Cycle(Box<Flow>),
     /// Pre-training of a built-in model.
-    Pretrain(PretrainFlow),
+    Pretrain(Box<PretrainFlow>),
 }
 
 /// The JSON Schema of the flow formats (a cycle flow or a pre-training flow), pretty-printed.
