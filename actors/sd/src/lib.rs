@@ -1,0 +1,69 @@
+//! The Stable Diffusion family in burn, loaded from diffusers-format directories (the layout
+//! of `model_index.json`, `tokenizer/`, `text_encoder/`, `scheduler/`, …), device-agnostic like
+//! the rest of rlrig's burn code.
+//!
+//! Built so far: the CLIP tokenizer ([`tokenizer`]), the CLIP text encoder ([`clip`]) and the
+//! DDIM and Euler-discrete schedulers ([`scheduler`]), each checked against diffusers /
+//! transformers outputs on tiny random-weight models (`tests/fixtures/`, made by
+//! `scripts/sd_fixtures/make_sd_fixtures.py`). The UNet, the VAE, the pipelines and the
+//! `diffuser.sd` / `editor.instruct-pix2pix` kinds are not built yet.
+
+use std::path::{Path, PathBuf};
+
+pub use burn;
+
+pub mod clip;
+mod load;
+pub mod scheduler;
+pub mod tokenizer;
+
+/// Why a model or its configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SdError {
+    /// A file the layout needs is not there.
+    #[error("{0}: missing")]
+    Missing(PathBuf),
+    /// A file could not be read.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A configuration file is malformed or asks for something unsupported (the key is named).
+    #[error("{path}: {message}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+    /// Weights that do not fit the configured model (the tensors are named).
+    #[error("{path}: {message}")]
+    Weights {
+        /// The weights file.
+        path: PathBuf,
+        /// Which tensors are missing, unexpected or of the wrong shape.
+        message: String,
+    },
+    /// The tokenizer failed on a text.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+}
+
+/// Reads a JSON config, naming the file and the key on error.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, SdError> {
+    let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => SdError::Missing(path.to_owned()),
+        _ => SdError::Io {
+            path: path.to_owned(),
+            message: e.to_string(),
+        },
+    })?;
+    let de = &mut serde_json::Deserializer::from_str(&text);
+    serde_path_to_error::deserialize(de).map_err(|e| SdError::Config {
+        path: path.to_owned(),
+        message: format!("`{}`: {}", e.path(), e.inner()),
+    })
+}

@@ -1,0 +1,237 @@
+//! Parity with diffusers / transformers on tiny random-weight models: the fixtures in
+//! `tests/fixtures/` were written by `scripts/sd_fixtures/make_sd_fixtures.py --small`
+//! (torch is not needed here). Every module output must be within 1e-4 relative error
+//! (‖out − ref‖ / ‖ref‖) of the reference.
+
+use std::path::{Path, PathBuf};
+
+use rlrig_sd::burn::tensor::{Device, Int, Tensor, TensorData};
+use rlrig_sd::clip::ClipTextModel;
+use rlrig_sd::scheduler::Scheduler;
+use rlrig_sd::tokenizer::ClipTokenizer;
+use safetensors::SafeTensors;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// A reference file: tensors as f32 (ints widened) with their shapes, and its metadata.
+struct Refs {
+    bytes: Vec<u8>,
+}
+
+impl Refs {
+    fn open(name: &str) -> Refs {
+        Refs {
+            bytes: std::fs::read(fixtures().join("refs").join(name)).unwrap(),
+        }
+    }
+
+    fn st(&self) -> SafeTensors<'_> {
+        SafeTensors::deserialize(&self.bytes).unwrap()
+    }
+
+    fn meta(&self) -> serde_json::Value {
+        let (_, m) = SafeTensors::read_metadata(&self.bytes).unwrap();
+        serde_json::from_str(&m.metadata().as_ref().unwrap()["meta"]).unwrap()
+    }
+
+    fn f32(&self, name: &str) -> (Vec<f32>, Vec<usize>) {
+        let st = self.st();
+        let t = st
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("no tensor {name}"));
+        let v = match t.dtype() {
+            safetensors::Dtype::F32 => t
+                .data()
+                .chunks(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect(),
+            safetensors::Dtype::I64 => t
+                .data()
+                .chunks(8)
+                .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32)
+                .collect(),
+            d => panic!("{name}: {d:?}"),
+        };
+        (v, t.shape().to_vec())
+    }
+
+    fn tensor4(&self, name: &str, device: &Device) -> Tensor<4> {
+        let (v, s) = self.f32(name);
+        Tensor::from_data(TensorData::new(v, [s[0], s[1], s[2], s[3]]), device)
+    }
+}
+
+fn rel_err(out: &[f32], reference: &[f32]) -> f64 {
+    assert_eq!(out.len(), reference.len());
+    let diff: f64 = out
+        .iter()
+        .zip(reference)
+        .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+        .sum();
+    let norm: f64 = reference.iter().map(|b| (*b as f64).powi(2)).sum();
+    (diff / norm.max(1e-30)).sqrt()
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+#[test]
+fn the_tokenizer_matches_clip_from_tokenizer_json_and_from_vocab_and_merges() {
+    let dir = fixtures().join("tiny-sd/tokenizer");
+    // What SD 1.x checkpoints ship: vocab.json and merges.txt without tokenizer.json.
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    for f in ["vocab.json", "merges.txt", "tokenizer_config.json"] {
+        std::fs::copy(dir.join(f), tmp.join(f)).unwrap();
+    }
+    let cases: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("refs/tokenizer_cases.json")).unwrap(),
+    )
+    .unwrap();
+    for tok in [
+        ClipTokenizer::from_dir(&dir).unwrap(),
+        ClipTokenizer::from_dir(tmp).unwrap(),
+    ] {
+        assert_eq!(tok.max_len(), 16);
+        for case in cases["cases"].as_array().unwrap() {
+            let text = case["text"].as_str().unwrap();
+            let want: Vec<u32> = serde_json::from_value(case["input_ids"].clone()).unwrap();
+            assert_eq!(tok.encode(text).unwrap(), want, "{text:?}");
+        }
+    }
+}
+
+#[test]
+fn the_clip_text_encoder_matches_transformers() {
+    let device = Device::flex();
+    let model = ClipTextModel::from_dir(fixtures().join("tiny-sd/text_encoder"), &device).unwrap();
+    let refs = Refs::open("clip.safetensors");
+    let (ids, shape) = refs.f32("input_ids");
+    let ids: Vec<i64> = ids.into_iter().map(|x| x as i64).collect();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [shape[0], shape[1]]), &device);
+    let (states, last) = model.forward_all(ids);
+    for (i, s) in states.into_iter().enumerate() {
+        let e = rel_err(&values(s), &refs.f32(&format!("hidden_states.{i}")).0);
+        assert!(e <= 1e-4, "hidden_states.{i}: relative error {e:e}");
+    }
+    let e = rel_err(&values(last), &refs.f32("last_hidden_state").0);
+    assert!(e <= 1e-4, "last_hidden_state: relative error {e:e}");
+}
+
+#[test]
+fn ddim_and_euler_match_diffusers_for_epsilon_and_v_prediction() {
+    let device = Device::flex();
+    let refs = Refs::open("schedulers.safetensors");
+    let meta = refs.meta();
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    for name in ["ddim_eps", "ddim_v", "euler_eps", "euler_v"] {
+        let cfg = tmp.join(format!("{name}.json"));
+        std::fs::write(&cfg, meta["configs"][name].to_string()).unwrap();
+        let scheduler = Scheduler::from_file(&cfg).unwrap();
+        if name == "ddim_eps" {
+            let ac: Vec<f32> = scheduler.alphas_cumprod.iter().map(|&a| a as f32).collect();
+            let e = rel_err(&ac, &refs.f32("alphas_cumprod").0);
+            assert!(e <= 1e-5, "alphas_cumprod: {e:e}");
+        }
+        for n in [2, 10, 50] {
+            let s = scheduler.schedule(n);
+            let ts: Vec<f32> = s.timesteps.iter().map(|&t| t as f32).collect();
+            assert_eq!(
+                ts,
+                refs.f32(&format!("{name}.n{n}.timesteps")).0,
+                "{name} n={n}"
+            );
+            if name.starts_with("euler") {
+                let sig: Vec<f32> = s.sigmas.iter().map(|&t| t as f32).collect();
+                let e = rel_err(&sig, &refs.f32(&format!("{name}.n{n}.sigmas")).0);
+                assert!(e <= 1e-5, "{name} n={n} sigmas: {e:e}");
+            }
+        }
+        let s = scheduler.schedule(2);
+        let init = refs.f32(&format!("{name}.init_noise_sigma")).0[0] as f64;
+        assert!((s.init_noise_sigma() - init).abs() <= 1e-5 * init, "{name}");
+        let mut x = refs.tensor4("step_input.sample", &device);
+        for i in 0..2 {
+            let scaled = s.scale_model_input(x.clone(), i);
+            let out = refs.tensor4(&format!("step_input.model_output.{i}"), &device);
+            let step = s.step(out, i, x);
+            for (what, t) in [
+                ("scaled_input", scaled),
+                ("pred_original_sample", step.pred_original_sample),
+                ("prev_sample", step.prev_sample.clone()),
+            ] {
+                let e = rel_err(&values(t), &refs.f32(&format!("{name}.step{i}.{what}")).0);
+                assert!(e <= 1e-4, "{name} step {i} {what}: relative error {e:e}");
+            }
+            x = step.prev_sample;
+        }
+    }
+}
+
+#[test]
+fn bad_weights_and_configs_are_clear_errors() {
+    let device = Device::flex();
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let dir = fixtures().join("tiny-sd/text_encoder");
+    // A missing weights file.
+    std::fs::copy(dir.join("config.json"), tmp.join("config.json")).unwrap();
+    let e = ClipTextModel::from_dir(tmp, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("model.safetensors: missing"), "{e}");
+    // Weights of another architecture: one layer more in the config.
+    std::fs::copy(dir.join("model.safetensors"), tmp.join("model.safetensors")).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    cfg["num_hidden_layers"] = 3.into();
+    std::fs::write(tmp.join("config.json"), cfg.to_string()).unwrap();
+    let e = ClipTextModel::from_dir(tmp, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("missing tensors") && e.contains("layers.2."),
+        "{e}"
+    );
+    // A wider model than the weights.
+    cfg["num_hidden_layers"] = 2.into();
+    cfg["intermediate_size"] = 40.into();
+    std::fs::write(tmp.join("config.json"), cfg.to_string()).unwrap();
+    let e = ClipTextModel::from_dir(tmp, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("fc1"), "{e}");
+    // An unsupported activation names the key.
+    cfg["intermediate_size"] = 37.into();
+    cfg["hidden_act"] = "relu".into();
+    std::fs::write(tmp.join("config.json"), cfg.to_string()).unwrap();
+    let e = ClipTextModel::from_dir(tmp, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`hidden_act`"), "{e}");
+    // A malformed config names the key.
+    cfg["hidden_act"] = "gelu".into();
+    cfg["num_attention_heads"] = "four".into();
+    std::fs::write(tmp.join("config.json"), cfg.to_string()).unwrap();
+    let e = ClipTextModel::from_dir(tmp, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("num_attention_heads"), "{e}");
+    // An unsupported scheduler.
+    std::fs::write(
+        tmp.join("s.json"),
+        r#"{"_class_name": "PNDMScheduler", "num_train_timesteps": 1000}"#,
+    )
+    .unwrap();
+    let e = Scheduler::from_file(tmp.join("s.json"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`_class_name`") && e.contains("PNDMScheduler"),
+        "{e}"
+    );
+}
