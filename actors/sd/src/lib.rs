@@ -12,10 +12,12 @@ use std::path::{Path, PathBuf};
 
 pub use burn;
 
+mod blocks;
 pub mod clip;
 mod load;
 pub mod scheduler;
 pub mod tokenizer;
+pub mod vae;
 
 /// Why a model or its configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]

@@ -22,6 +22,7 @@ pub(crate) fn pytorch_weights<M: Module + ModuleSnapshot>(
     }
     let mut store = SafetensorsStore::from_file(path)
         .with_from_adapter(PyTorchToBurnAdapter)
+        .skip_enum_variants(true)
         .allow_partial(true);
     for (from, to) in remaps {
         store = store.with_key_remapping(*from, *to);

@@ -9,6 +9,7 @@ use rlrig_sd::burn::tensor::{Device, Int, Tensor, TensorData};
 use rlrig_sd::clip::ClipTextModel;
 use rlrig_sd::scheduler::Scheduler;
 use rlrig_sd::tokenizer::ClipTokenizer;
+use rlrig_sd::vae::Vae;
 use safetensors::SafeTensors;
 
 fn fixtures() -> PathBuf {
@@ -233,5 +234,28 @@ fn bad_weights_and_configs_are_clear_errors() {
     assert!(
         e.contains("`_class_name`") && e.contains("PNDMScheduler"),
         "{e}"
+    );
+}
+
+fn close(name: &str, out: Tensor<4>, refs: &Refs, key: &str) {
+    let e = rel_err(&values(out), &refs.f32(key).0);
+    assert!(e <= 1e-4, "{name}: relative error {e:e}");
+}
+
+#[test]
+fn the_vae_encodes_and_decodes_as_diffusers() {
+    let device = Device::flex();
+    let vae = Vae::from_dir(fixtures().join("tiny-sd/vae"), &device).unwrap();
+    assert_eq!(vae.scaling_factor(), 0.18215);
+    let refs = Refs::open("vae.safetensors");
+    let posterior = vae.encode(refs.tensor4("image", &device));
+    close("encode: mean", posterior.mean, &refs, "latent_mean");
+    close("encode: std", posterior.std, &refs, "latent_std");
+    close("decode", vae.decode(refs.tensor4("latent", &device)), &refs, "decoded");
+    close(
+        "decode the mean",
+        vae.decode(refs.tensor4("latent_mean", &device)),
+        &refs,
+        "decoded_from_mean",
     );
 }
