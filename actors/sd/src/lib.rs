@@ -17,6 +17,7 @@ pub mod clip;
 mod load;
 pub mod scheduler;
 pub mod tokenizer;
+pub mod unet;
 pub mod vae;
 
 /// Why a model or its configuration could not be loaded.

@@ -3,7 +3,10 @@
 use std::path::Path;
 
 use burn::module::Module;
-use burn::store::{ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
+use burn::store::{
+    FloatCastAdapter, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore,
+};
+use burn::tensor::DType;
 
 use crate::SdError;
 
@@ -21,7 +24,8 @@ pub(crate) fn pytorch_weights<M: Module + ModuleSnapshot>(
         return Err(SdError::Missing(path.to_owned()));
     }
     let mut store = SafetensorsStore::from_file(path)
-        .with_from_adapter(PyTorchToBurnAdapter)
+        // fp16 / bf16 checkpoints are widened to the model's f32 as they load.
+        .with_from_adapter(PyTorchToBurnAdapter.chain(FloatCastAdapter::to(DType::F32)))
         .skip_enum_variants(true)
         .allow_partial(true);
     for (from, to) in remaps {

@@ -9,6 +9,7 @@ use rlrig_sd::burn::tensor::{Device, Int, Tensor, TensorData};
 use rlrig_sd::clip::ClipTextModel;
 use rlrig_sd::scheduler::Scheduler;
 use rlrig_sd::tokenizer::ClipTokenizer;
+use rlrig_sd::unet::UNet;
 use rlrig_sd::vae::Vae;
 use safetensors::SafeTensors;
 
@@ -258,4 +259,41 @@ fn the_vae_encodes_and_decodes_as_diffusers() {
         &refs,
         "decoded_from_mean",
     );
+}
+
+fn unet_matches(dir: &str, variant: Option<&str>, refs_file: &str, tol: f64) {
+    let device = Device::flex();
+    let unet = UNet::from_dir(fixtures().join(dir), variant, &device).unwrap();
+    let refs = Refs::open(refs_file);
+    let (ctx, s) = refs.f32("encoder_hidden_states");
+    let ctx = Tensor::<3>::from_data(TensorData::new(ctx, [s[0], s[1], s[2]]), &device);
+    let ts: Vec<f64> = refs.f32("timestep").0.iter().map(|&t| t as f64).collect();
+    let sample = refs.tensor4("sample", &device);
+    let out = unet.forward(sample.clone(), &ts, &ctx);
+    let e = rel_err(&values(out), &refs.f32("out").0);
+    assert!(e <= tol, "{dir} {variant:?}: out: relative error {e:e}");
+    let out = unet.forward(sample, &[500.0], &ctx);
+    let e = rel_err(&values(out), &refs.f32("out_t500").0);
+    assert!(e <= tol, "{dir} {variant:?}: out at t = 500: relative error {e:e}");
+}
+
+#[test]
+fn the_sd1_unet_matches_diffusers() {
+    unet_matches("tiny-sd/unet", None, "unet_sd.safetensors", 1e-4);
+}
+
+#[test]
+fn the_sd2_unet_matches_diffusers() {
+    unet_matches("tiny-sd2/unet", None, "unet_sd2.safetensors", 1e-4);
+}
+
+#[test]
+fn the_instruct_pix2pix_unet_matches_diffusers() {
+    unet_matches("tiny-ip2p/unet", None, "unet_ip2p.safetensors", 1e-4);
+}
+
+#[test]
+fn fp16_unet_weights_load_and_stay_close() {
+    // fp16 weights against the fp32 model's reference: only the weights' rounding differs.
+    unet_matches("tiny-sd/unet", Some("fp16"), "unet_sd.safetensors", 1e-2);
 }
