@@ -2,7 +2,9 @@
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::{
+    GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d,
+};
 use burn::tensor::activation::{gelu, silu};
 use burn::tensor::module::attention;
 use burn::tensor::ops::{AttentionModuleOptions, PadMode};
@@ -155,9 +157,21 @@ impl Attention {
         let ctx = context.unwrap_or_else(|| x.clone());
         let m = ctx.dims()[1];
         let dh = c / self.heads;
-        let q = self.to_q.forward(x).reshape([b, n, self.heads, dh]).swap_dims(1, 2);
-        let k = self.to_k.forward(ctx.clone()).reshape([b, m, self.heads, dh]).swap_dims(1, 2);
-        let v = self.to_v.forward(ctx).reshape([b, m, self.heads, dh]).swap_dims(1, 2);
+        let q = self
+            .to_q
+            .forward(x)
+            .reshape([b, n, self.heads, dh])
+            .swap_dims(1, 2);
+        let k = self
+            .to_k
+            .forward(ctx.clone())
+            .reshape([b, m, self.heads, dh])
+            .swap_dims(1, 2);
+        let v = self
+            .to_v
+            .forward(ctx)
+            .reshape([b, m, self.heads, dh])
+            .swap_dims(1, 2);
         let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
         self.to_out[0].forward(out.swap_dims(1, 2).reshape([b, n, c]))
     }
@@ -238,7 +252,11 @@ impl TransformerBlock {
             .attn2
             .forward(self.norm2.forward(h.clone()), Some(context.clone()))
             + h;
-        let mut parts = self.ff.geglu.forward(self.norm3.forward(h.clone())).chunk(2, 2);
+        let mut parts = self
+            .ff
+            .geglu
+            .forward(self.norm3.forward(h.clone()))
+            .chunk(2, 2);
         let gate = parts.pop().expect("two halves");
         let value = parts.pop().expect("two halves");
         self.ff.out.forward(value * gelu(gate)) + h

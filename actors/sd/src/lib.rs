@@ -15,6 +15,7 @@ pub use burn;
 mod blocks;
 pub mod clip;
 mod load;
+pub mod pipeline;
 pub mod scheduler;
 pub mod tokenizer;
 pub mod unet;

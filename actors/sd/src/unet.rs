@@ -141,11 +141,15 @@ impl UNetConfig {
             ("timestep_post_act", set(&u.timestep_post_act)),
             (
                 "time_embedding_type",
-                u.time_embedding_type.as_deref().is_some_and(|t| t != "positional"),
+                u.time_embedding_type
+                    .as_deref()
+                    .is_some_and(|t| t != "positional"),
             ),
             (
                 "resnet_time_scale_shift",
-                u.resnet_time_scale_shift.as_deref().is_some_and(|t| t != "default"),
+                u.resnet_time_scale_shift
+                    .as_deref()
+                    .is_some_and(|t| t != "default"),
             ),
             (
                 "only_cross_attention",
@@ -392,10 +396,7 @@ impl UNet {
                     t as f32 * f
                 })
                 .collect();
-            let (sin, cos) = (
-                args.iter().map(|a| a.sin()),
-                args.iter().map(|a| a.cos()),
-            );
+            let (sin, cos) = (args.iter().map(|a| a.sin()), args.iter().map(|a| a.cos()));
             if self.flip_sin_to_cos {
                 data.extend(cos.chain(sin));
             } else {

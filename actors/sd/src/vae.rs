@@ -84,7 +84,11 @@ impl VaeConfig {
             return Err("`block_out_channels` is empty".into());
         }
         for (key, types, want) in [
-            ("down_block_types", &self.down_block_types, "DownEncoderBlock2D"),
+            (
+                "down_block_types",
+                &self.down_block_types,
+                "DownEncoderBlock2D",
+            ),
             ("up_block_types", &self.up_block_types, "UpDecoderBlock2D"),
         ] {
             if let Some(t) = types.iter().find(|t| *t != want) {

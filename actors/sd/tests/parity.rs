@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use rlrig_sd::burn::tensor::{Device, Int, Tensor, TensorData};
 use rlrig_sd::clip::ClipTextModel;
+use rlrig_sd::pipeline::Pipeline;
 use rlrig_sd::scheduler::Scheduler;
 use rlrig_sd::tokenizer::ClipTokenizer;
 use rlrig_sd::unet::UNet;
@@ -252,7 +253,12 @@ fn the_vae_encodes_and_decodes_as_diffusers() {
     let posterior = vae.encode(refs.tensor4("image", &device));
     close("encode: mean", posterior.mean, &refs, "latent_mean");
     close("encode: std", posterior.std, &refs, "latent_std");
-    close("decode", vae.decode(refs.tensor4("latent", &device)), &refs, "decoded");
+    close(
+        "decode",
+        vae.decode(refs.tensor4("latent", &device)),
+        &refs,
+        "decoded",
+    );
     close(
         "decode the mean",
         vae.decode(refs.tensor4("latent_mean", &device)),
@@ -274,7 +280,10 @@ fn unet_matches(dir: &str, variant: Option<&str>, refs_file: &str, tol: f64) {
     assert!(e <= tol, "{dir} {variant:?}: out: relative error {e:e}");
     let out = unet.forward(sample, &[500.0], &ctx);
     let e = rel_err(&values(out), &refs.f32("out_t500").0);
-    assert!(e <= tol, "{dir} {variant:?}: out at t = 500: relative error {e:e}");
+    assert!(
+        e <= tol,
+        "{dir} {variant:?}: out at t = 500: relative error {e:e}"
+    );
 }
 
 #[test]
@@ -295,5 +304,55 @@ fn the_instruct_pix2pix_unet_matches_diffusers() {
 #[test]
 fn fp16_unet_weights_load_and_stay_close() {
     // fp16 weights against the fp32 model's reference: only the weights' rounding differs.
-    unet_matches("tiny-sd/unet", Some("fp16"), "unet_sd.safetensors", 1e-2);
+    unet_matches("tiny-sd/unet", Some("fp16"), "unet_sd.safetensors", 3e-3);
+}
+
+/// The tiny SD pipeline with the UNet and scheduler of another fixture directory.
+fn pipeline(unet: &str, scheduler: &str, device: &Device) -> Pipeline {
+    let sd = fixtures().join("tiny-sd");
+    Pipeline {
+        tokenizer: ClipTokenizer::from_dir(sd.join("tokenizer")).unwrap(),
+        text_encoder: ClipTextModel::from_dir(sd.join("text_encoder"), device).unwrap(),
+        unet: UNet::from_dir(fixtures().join(unet), None, device).unwrap(),
+        vae: Vae::from_dir(sd.join("vae"), device).unwrap(),
+        scheduler: Scheduler::from_file(fixtures().join(scheduler).join("scheduler_config.json"))
+            .unwrap(),
+    }
+}
+
+fn pipeline_matches(p: &Pipeline, refs_file: &str, edit: bool) {
+    let device = Device::flex();
+    let refs = Refs::open(refs_file);
+    let meta = refs.meta();
+    let prompt = meta["prompt"].as_str().unwrap();
+    let g = meta["guidance_scale"].as_f64().unwrap();
+    let steps = meta["num_inference_steps"].as_u64().unwrap() as usize;
+    let latents = refs.tensor4("latents_in", &device);
+    let out = if edit {
+        let ig = meta["image_guidance_scale"].as_f64().unwrap();
+        let image = refs.tensor4("image_in_01", &device);
+        p.edit(&[prompt], image, latents, steps, g, ig).unwrap()
+    } else {
+        p.generate(&[prompt], &[""], latents, steps, g).unwrap()
+    };
+    for (what, t, key) in [
+        ("latents", out.latents, "latents_out"),
+        ("images", out.images, "image_out"),
+    ] {
+        let e = rel_err(&values(t), &refs.f32(key).0);
+        assert!(e <= 1e-3, "{refs_file}: {what}: relative error {e:e}");
+    }
+}
+
+#[test]
+fn two_step_pipelines_match_diffusers_end_to_end() {
+    let device = Device::flex();
+    let sd = Pipeline::from_dir(fixtures().join("tiny-sd"), &device).unwrap();
+    pipeline_matches(&sd, "pipeline_sd_ddim.safetensors", false);
+    let euler = pipeline("tiny-sd/unet", "tiny-sd/scheduler_euler", &device);
+    pipeline_matches(&euler, "pipeline_sd_euler.safetensors", false);
+    let sd2 = pipeline("tiny-sd2/unet", "tiny-sd2/scheduler", &device);
+    pipeline_matches(&sd2, "pipeline_sd2_vpred.safetensors", false);
+    let ip2p = pipeline("tiny-ip2p/unet", "tiny-ip2p/scheduler", &device);
+    pipeline_matches(&ip2p, "pipeline_ip2p.safetensors", true);
 }
