@@ -10,6 +10,7 @@ use rlrig_models::{
     CheckerSettings, NeuralChecker, NeuralDiffuser, NeuralEditor, NeuralPolicy, NeuralSettings,
     PolicySettings,
 };
+use rlrig_sd::kinds::{Ip2pEditor, SdDiffuser, SdSettings};
 
 /// The neural editor's settings: the diffuser's, with its own default weights file.
 #[derive(serde::Deserialize)]
@@ -93,6 +94,24 @@ pub fn builtin_registry() -> Registry {
         "the trained image editor (DiT conditioned on the source image and the edit prompt)",
         |c: &EditorSettings| c.0.check(),
         |c, ctx| Ok(Box::new(NeuralEditor::new(&c.0, &ctx.device)?)),
+    );
+    r.add_diffuser(
+        "diffuser.sd",
+        "Stable Diffusion (1.x / 2.x) from a diffusers directory: `path`, `steps`, `guidance`, `negative_prompt`, `variant`",
+        |c: &SdSettings| c.check(),
+        |c, ctx| {
+            let device = rlrig_models::device::select(&ctx.device).map_err(|e| e.to_string())?;
+            Ok(Box::new(SdDiffuser::new(&c, &ctx.base_dir, &device)?))
+        },
+    );
+    r.add_editor(
+        "editor.instruct-pix2pix",
+        "InstructPix2Pix from a diffusers directory: `path` (or `unet`, `scheduler` beside it), `steps`, `guidance`, `image_guidance`",
+        |c: &SdSettings| c.check(),
+        |c, ctx| {
+            let device = rlrig_models::device::select(&ctx.device).map_err(|e| e.to_string())?;
+            Ok(Box::new(Ip2pEditor::new(&c, &ctx.base_dir, &device)?))
+        },
     );
     r.add_checker(
         "neural.checker",

@@ -14,6 +14,7 @@ pub use burn;
 
 mod blocks;
 pub mod clip;
+pub mod kinds;
 mod load;
 pub mod pipeline;
 pub mod scheduler;

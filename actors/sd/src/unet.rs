@@ -81,6 +81,9 @@ pub struct UNetConfig {
     /// Kernel of `conv_out`.
     #[serde(default = "three")]
     pub conv_out_kernel: usize,
+    /// Latent height and width it was trained at.
+    #[serde(default = "sixty_four")]
+    pub sample_size: usize,
     /// The middle block (only `UNetMidBlock2DCrossAttn`).
     #[serde(default)]
     pub mid_block_type: Option<String>,
@@ -126,6 +129,9 @@ fn yes() -> bool {
 }
 fn three() -> usize {
     3
+}
+fn sixty_four() -> usize {
+    64
 }
 
 impl UNetConfig {
@@ -186,14 +192,14 @@ impl UNetConfig {
                 return Err(format!("`up_block_types`: {t:?} is not supported"));
             }
         }
-        if self.block_out_channels[0] % 2 != 0 {
+        if !self.block_out_channels[0].is_multiple_of(2) {
             return Err("`block_out_channels`[0] must be even (the timestep embedding)".into());
         }
         for (key, k) in [
             ("conv_in_kernel", self.conv_in_kernel),
             ("conv_out_kernel", self.conv_out_kernel),
         ] {
-            if k % 2 == 0 {
+            if k.is_multiple_of(2) {
                 return Err(format!("`{key}` {k} must be odd"));
             }
         }
@@ -244,6 +250,7 @@ pub struct UNet {
     flip_sin_to_cos: bool,
     freq_shift: usize,
     in_channels: usize,
+    sample_size: usize,
 }
 
 impl UNet {
@@ -345,6 +352,7 @@ impl UNet {
             flip_sin_to_cos: config.flip_sin_to_cos,
             freq_shift: config.freq_shift,
             in_channels: config.in_channels,
+            sample_size: config.sample_size,
         })
     }
 
@@ -377,6 +385,11 @@ impl UNet {
             &[],
         )?;
         Ok(unet)
+    }
+
+    /// The latent size it was trained at (`sample_size`).
+    pub fn sample_size(&self) -> usize {
+        self.sample_size
     }
 
     /// Latent channels the UNet takes.

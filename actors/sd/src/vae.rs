@@ -171,6 +171,7 @@ pub struct Vae {
     quant_conv: Option<Conv2d>,
     post_quant_conv: Option<Conv2d>,
     scaling_factor: f64,
+    downscale: usize,
 }
 
 /// The encoder's posterior of a batch.
@@ -253,6 +254,7 @@ impl Vae {
                 .use_post_quant_conv
                 .then(|| conv(lat, lat, 1, device)),
             scaling_factor: config.scaling_factor,
+            downscale: 1 << last,
         })
     }
 
@@ -275,6 +277,11 @@ impl Vae {
             &[],
         )?;
         Ok(vae)
+    }
+
+    /// How many pixels a latent spans per side: 2^(levels − 1).
+    pub fn downscale(&self) -> usize {
+        self.downscale
     }
 
     /// What latents are multiplied by after encoding (and divided by before decoding).

@@ -1,0 +1,129 @@
+//! The Stable Diffusion UNet's forward pass on the flex CPU backend, for two configurations:
+//! the tiny test fixture (`tests/fixtures/tiny-sd/unet`, latents [2, 4, 16, 16], context
+//! [2, 16, 32]) and a mid-size SD-shaped one (channels 64/128/256, latents [2, 4, 32, 32],
+//! context [2, 16, 256]). Freshly initialised weights (timing only). Median of RUNS forwards
+//! after WARMUP, in milliseconds. The PyTorch reference of the same work is
+//! `scripts/torch_reference/sd_unet_bench.py`; `scripts/bench_sd.sh` runs both.
+//!
+//! `cargo bench -p rlrig-sd --bench unet`; `RLRIG_BENCH_RUNS` (default 10),
+//! `RLRIG_BENCH_WARMUP` (default 2).
+
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
+use rlrig_sd::unet::{UNet, UNetConfig};
+
+const TINY: &str = include_str!("../tests/fixtures/tiny-sd/unet/config.json");
+
+const MID: &str = r#"{
+  "in_channels": 4,
+  "out_channels": 4,
+  "block_out_channels": [64, 128, 256],
+  "layers_per_block": 1,
+  "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+  "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+  "cross_attention_dim": 256,
+  "attention_head_dim": 8,
+  "norm_num_groups": 32
+}"#;
+
+/// One timestep per batch item, the same in the PyTorch reference.
+const TIMESTEPS: [f64; 2] = [999.0, 500.0];
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Deterministic inputs in [-1, 1): a 64-bit LCG (Knuth's MMIX constants), top 24 bits; the
+/// PyTorch reference draws the same numbers.
+fn lcg(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn bench(
+    name: &str,
+    json: &str,
+    latents: [usize; 4],
+    context: [usize; 3],
+    runs: usize,
+    warmup: usize,
+) {
+    let device = Device::flex();
+    let config: UNetConfig = serde_json::from_str(json).expect("config");
+    let unet = UNet::new(&config, &device).expect("unet");
+    let sample = Tensor::<4>::from_data(
+        TensorData::new(lcg(1, latents.iter().product()), latents),
+        &device,
+    );
+    let ctx = Tensor::<3>::from_data(
+        TensorData::new(lcg(2, context.iter().product()), context),
+        &device,
+    );
+    let forward = || {
+        let out = unet.forward(sample.clone(), &TIMESTEPS, &ctx);
+        let _ = out.into_data();
+    };
+    for _ in 0..warmup {
+        forward();
+    }
+    let times: Vec<f64> = (0..runs)
+        .map(|_| {
+            let t0 = Instant::now();
+            forward();
+            t0.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    println!(
+        "unet {name:<5} {:>12} {:>14} {:>10} {:>10.1} {:>5}",
+        format!("{latents:?}").replace(' ', ""),
+        format!("{context:?}").replace(' ', ""),
+        unet.num_params(),
+        median(times),
+        runs
+    );
+}
+
+fn main() {
+    let runs = env("RLRIG_BENCH_RUNS", 10).max(1);
+    let warmup = env("RLRIG_BENCH_WARMUP", 2);
+    println!(
+        "burn flex, {} rayon threads; median ms per forward",
+        rayon_threads()
+    );
+    println!(
+        "unet {:<5} {:>12} {:>14} {:>10} {:>10} {:>5}",
+        "cfg", "latents", "context", "params", "ms", "runs"
+    );
+    bench("tiny", TINY, [2, 4, 16, 16], [2, 16, 32], runs, warmup);
+    bench("mid", MID, [2, 4, 32, 32], [2, 16, 256], runs, warmup);
+}
+
+/// The global rayon pool's size flex runs on (RAYON_NUM_THREADS, else the logical CPUs).
+fn rayon_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+}

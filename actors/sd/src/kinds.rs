@@ -1,0 +1,278 @@
+//! The pipelines as rlrig roles: `diffuser.sd` (text to image) and `editor.instruct-pix2pix`
+//! (image and edit prompt to image). A request's seed gives its starting noise (ChaCha8,
+//! Box–Muller), so a run is reproducible whatever the batch it falls in.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rlrig_contract::{Diffuser, EditRequest, Editor, GenerateRequest, Image, RoleError};
+use serde::{Deserialize, Serialize};
+
+use crate::clip::ClipTextModel;
+use crate::pipeline::Pipeline;
+use crate::scheduler::Scheduler;
+use crate::tokenizer::ClipTokenizer;
+use crate::unet::UNet;
+use crate::vae::Vae;
+
+/// Settings of both kinds, as flows give them. Paths are relative to the flow file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SdSettings {
+    /// A diffusers pipeline directory (`tokenizer/`, `text_encoder/`, `unet/`, `vae/`,
+    /// `scheduler/`).
+    pub path: PathBuf,
+    /// Another `unet/` directory (e.g. an InstructPix2Pix UNet beside SD's other parts).
+    #[serde(default)]
+    pub unet: Option<PathBuf>,
+    /// Another `scheduler/` directory.
+    #[serde(default)]
+    pub scheduler: Option<PathBuf>,
+    /// `fp16` to load `diffusion_pytorch_model.fp16.safetensors` (widened to f32).
+    #[serde(default)]
+    pub variant: Option<String>,
+    /// Sampling steps.
+    #[serde(default = "steps")]
+    pub steps: usize,
+    /// Classifier-free guidance scale (1: none).
+    #[serde(default = "guidance")]
+    pub guidance: f64,
+    /// Editor only: InstructPix2Pix's image guidance scale.
+    #[serde(default = "image_guidance")]
+    pub image_guidance: f64,
+    /// Diffuser only: the negative prompt.
+    #[serde(default)]
+    pub negative_prompt: String,
+}
+
+fn steps() -> usize {
+    20
+}
+fn guidance() -> f64 {
+    7.5
+}
+fn image_guidance() -> f64 {
+    1.5
+}
+
+impl SdSettings {
+    /// Checks the numbers (what `rlrig validate` can check without the flow's directory).
+    pub fn check(&self) -> Result<(), String> {
+        if self.steps == 0 {
+            return Err("`steps` must be at least 1".into());
+        }
+        if self.guidance < 0.0 || self.image_guidance < 0.0 {
+            return Err("guidance scales must not be negative".into());
+        }
+        Ok(())
+    }
+
+    /// Checks that the directories exist (`base`: the flow file's directory).
+    pub fn check_paths(&self, base: &Path) -> Result<(), String> {
+        for (key, p) in [
+            ("path", Some(&self.path)),
+            ("unet", self.unet.as_ref()),
+            ("scheduler", self.scheduler.as_ref()),
+        ] {
+            if let Some(p) = p
+                && !base.join(p).is_dir()
+            {
+                return Err(format!(
+                    "`{key}`: {} is not a directory",
+                    base.join(p).display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn load(&self, base: &Path, device: &Device) -> Result<Pipeline, String> {
+        let root = base.join(&self.path);
+        let unet_dir = self
+            .unet
+            .as_ref()
+            .map_or_else(|| root.join("unet"), |u| base.join(u));
+        let sched_dir = self
+            .scheduler
+            .as_ref()
+            .map_or_else(|| root.join("scheduler"), |s| base.join(s));
+        let e = |e: crate::SdError| e.to_string();
+        Ok(Pipeline {
+            tokenizer: ClipTokenizer::from_dir(root.join("tokenizer")).map_err(e)?,
+            text_encoder: ClipTextModel::from_dir(root.join("text_encoder"), device).map_err(e)?,
+            unet: UNet::from_dir(unet_dir, self.variant.as_deref(), device).map_err(e)?,
+            vae: Vae::from_dir(root.join("vae"), device).map_err(e)?,
+            scheduler: Scheduler::from_file(sched_dir.join("scheduler_config.json")).map_err(e)?,
+        })
+    }
+}
+
+/// Standard-normal latents `[1, c, h, w]` from a seed.
+fn noise(seed: u64, c: usize, h: usize, w: usize, device: &Device) -> Tensor<4> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let n = c * h * w;
+    let mut v = Vec::with_capacity(n + 1);
+    while v.len() < n {
+        let (u1, u2): (f64, f64) = (rng.random::<f64>().max(f64::MIN_POSITIVE), rng.random());
+        let r = (-2.0 * u1.ln()).sqrt();
+        let a = std::f64::consts::TAU * u2;
+        v.push((r * a.cos()) as f32);
+        v.push((r * a.sin()) as f32);
+    }
+    v.truncate(n);
+    Tensor::from_data(TensorData::new(v, [1, c, h, w]), device)
+}
+
+/// `[B, 3, H, W]` in `[0, 1]` → images.
+fn to_images(t: Tensor<4>) -> Result<Vec<Image>, RoleError> {
+    let [b, _, h, w] = t.dims();
+    let data = t
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| RoleError(format!("{e:?}")))?;
+    (0..b)
+        .map(|i| {
+            let mut px = vec![0u8; h * w * 3];
+            for c in 0..3 {
+                for y in 0..h {
+                    for x in 0..w {
+                        let v = data[((i * 3 + c) * h + y) * w + x];
+                        px[(y * w + x) * 3 + c] = (v * 255.0).round().clamp(0.0, 255.0) as u8;
+                    }
+                }
+            }
+            Image::from_raw(w as u32, h as u32, px).map_err(|e| RoleError(e.to_string()))
+        })
+        .collect()
+}
+
+/// An image → `[1, 3, H, W]` in `[0, 1]`.
+fn from_image(img: &Image, device: &Device) -> Tensor<4> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let px = img.pixels();
+    let mut v = vec![0f32; 3 * h * w];
+    for c in 0..3 {
+        for i in 0..h * w {
+            v[c * h * w + i] = px[i * 3 + c] as f32 / 255.0;
+        }
+    }
+    Tensor::from_data(TensorData::new(v, [1, 3, h, w]), device)
+}
+
+fn role_err(e: crate::SdError) -> RoleError {
+    RoleError(e.to_string())
+}
+
+/// `diffuser.sd`: Stable Diffusion text to image at the UNet's `sample_size`.
+pub struct SdDiffuser {
+    pipeline: Pipeline,
+    settings: SdSettings,
+    device: Device,
+}
+
+impl SdDiffuser {
+    /// Loads the pipeline (`base`: the flow file's directory).
+    pub fn new(settings: &SdSettings, base: &Path, device: &Device) -> Result<Self, String> {
+        settings.check()?;
+        settings.check_paths(base)?;
+        let pipeline = settings.load(base, device)?;
+        if pipeline.unet.in_channels() != 4 {
+            return Err(format!(
+                "diffuser.sd: the UNet takes {} channels (an InstructPix2Pix UNet? use editor.instruct-pix2pix)",
+                pipeline.unet.in_channels()
+            ));
+        }
+        Ok(SdDiffuser {
+            pipeline,
+            settings: settings.clone(),
+            device: device.clone(),
+        })
+    }
+}
+
+impl Diffuser for SdDiffuser {
+    fn generate(&mut self, batch: &[GenerateRequest]) -> Result<Vec<Image>, RoleError> {
+        let size = self.pipeline.unet.sample_size();
+        let latents = Tensor::cat(
+            batch
+                .iter()
+                .map(|r| noise(r.seed, 4, size, size, &self.device))
+                .collect(),
+            0,
+        );
+        let prompts: Vec<String> = batch.iter().map(|r| r.prompt.prompt()).collect();
+        let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        let negative = vec![self.settings.negative_prompt.as_str(); batch.len()];
+        let out = self
+            .pipeline
+            .generate(
+                &prompts,
+                &negative,
+                latents,
+                self.settings.steps,
+                self.settings.guidance,
+            )
+            .map_err(role_err)?;
+        to_images(out.images)
+    }
+}
+
+/// `editor.instruct-pix2pix`: InstructPix2Pix image editing.
+pub struct Ip2pEditor {
+    pipeline: Pipeline,
+    settings: SdSettings,
+    device: Device,
+}
+
+impl Ip2pEditor {
+    /// Loads the pipeline (`base`: the flow file's directory); its UNet must take 8 channels.
+    pub fn new(settings: &SdSettings, base: &Path, device: &Device) -> Result<Self, String> {
+        settings.check()?;
+        settings.check_paths(base)?;
+        let pipeline = settings.load(base, device)?;
+        if pipeline.unet.in_channels() != 8 {
+            return Err(format!(
+                "editor.instruct-pix2pix: the UNet takes {} channels, not 8 (noisy and source latents)",
+                pipeline.unet.in_channels()
+            ));
+        }
+        Ok(Ip2pEditor {
+            pipeline,
+            settings: settings.clone(),
+            device: device.clone(),
+        })
+    }
+}
+
+impl Editor for Ip2pEditor {
+    fn edit(&mut self, batch: &[EditRequest]) -> Result<Vec<Image>, RoleError> {
+        let factor = self.pipeline.vae.downscale();
+        let mut out = Vec::with_capacity(batch.len());
+        // One at a time: images of a batch may differ in size.
+        for r in batch {
+            let (w, h) = (r.image.width() as usize, r.image.height() as usize);
+            if w % factor != 0 || h % factor != 0 {
+                return Err(RoleError(format!(
+                    "editor.instruct-pix2pix: a {w}x{h} image is not a multiple of the VAE's {factor}"
+                )));
+            }
+            let latents = noise(r.seed, 4, h / factor, w / factor, &self.device);
+            let img = from_image(&r.image, &self.device);
+            let g = self
+                .pipeline
+                .edit(
+                    &[r.edit_prompt.as_str()],
+                    img,
+                    latents,
+                    self.settings.steps,
+                    self.settings.guidance,
+                    self.settings.image_guidance,
+                )
+                .map_err(role_err)?;
+            out.extend(to_images(g.images)?);
+        }
+        Ok(out)
+    }
+}
