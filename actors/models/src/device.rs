@@ -2,8 +2,9 @@
 //!
 //! `cpu` is burn's `flex` backend and is always available. `wgpu` (the adapter wgpu prefers,
 //! overridable by `CUBECL_WGPU_DEFAULT_DEVICE`) and `wgpu:N` (the N-th discrete GPU) need the
-//! `wgpu` cargo feature; `cuda:N` needs a build with burn's CUDA backend, which rlrig does not
-//! enable yet. Naming a device this build lacks is an error that says which feature to enable.
+//! `wgpu` cargo feature; `cuda:N` (the N-th CUDA GPU) needs the `cuda` feature (burn-cuda, whose
+//! build downloads an LLVM bundle, so it cannot be built on a machine without internet).
+//! Naming a device this build lacks is an error that says which feature to enable.
 
 use burn::tensor::Device;
 
@@ -55,8 +56,16 @@ pub fn select(name: &str) -> Result<Device, DeviceError> {
             "this build has no GPU backend: rebuild with `cargo build --release --features wgpu`",
         ));
     }
+    #[cfg(feature = "cuda")]
+    {
+        let n: usize = name["cuda:".len()..]
+            .parse()
+            .map_err(|_| err("bad index"))?;
+        Ok(Device::cuda(n))
+    }
+    #[cfg(not(feature = "cuda"))]
     Err(err(
-        "this build has no CUDA backend (burn-cuda needs a download at build time); use `wgpu:N`",
+        "this build has no CUDA backend: rebuild with `--features cuda` (burn-cuda downloads an LLVM bundle at build time), or use `wgpu:N`",
     ))
 }
 
@@ -79,8 +88,11 @@ mod tests {
         assert!(select("cpu").is_ok());
         let e = select("tpu:0").unwrap_err();
         assert!(e.to_string().contains("expected `cpu`"), "{e}");
-        let e = select("cuda:0").unwrap_err();
-        assert!(e.to_string().contains("CUDA"), "{e}");
+        #[cfg(not(feature = "cuda"))]
+        {
+            let e = select("cuda:0").unwrap_err();
+            assert!(e.to_string().contains("--features cuda"), "{e}");
+        }
         #[cfg(not(feature = "wgpu"))]
         assert!(
             select("wgpu:0")
