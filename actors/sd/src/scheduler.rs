@@ -213,12 +213,12 @@ impl Scheduler {
                 });
                 match self.kind {
                     // DDIM rounds to integer timesteps; Euler interpolates between them.
-                    Kind::Ddim => v.map(f64::round).collect(),
+                    Kind::Ddim => v.map(f64::round_ties_even).collect(),
                     Kind::Euler => v.collect(),
                 }
             }
             Spacing::Trailing => (0..n)
-                .map(|k| (t as f64 - k as f64 * t as f64 / n as f64).round() - 1.0)
+                .map(|k| (t as f64 - k as f64 * t as f64 / n as f64).round_ties_even() - 1.0)
                 .collect(),
         };
         let sigmas = match self.kind {

@@ -356,3 +356,50 @@ fn two_step_pipelines_match_diffusers_end_to_end() {
     let ip2p = pipeline("tiny-ip2p/unet", "tiny-ip2p/scheduler", &device);
     pipeline_matches(&ip2p, "pipeline_ip2p.safetensors", true);
 }
+
+/// diffusers computes its schedules in float32: agreement to 1e-4 relative (timesteps exactly,
+/// numpy's round-half-to-even included).
+#[test]
+fn every_timestep_spacing_matches_diffusers_including_sd_turbo_trailing() {
+    let cases: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("refs/spacings.json")).unwrap(),
+    )
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, case) in cases["cases"].as_array().unwrap().iter().enumerate() {
+        let cfg = tmp.path().join(format!("{i}.json"));
+        std::fs::write(&cfg, case["config"].to_string()).unwrap();
+        let s = Scheduler::from_file(&cfg).unwrap();
+        let n = case["n"].as_u64().unwrap() as usize;
+        let what = format!(
+            "{} {} n={n}",
+            case["config"]["_class_name"], case["config"]["timestep_spacing"]
+        );
+        let sched = s.schedule(n);
+        let want: Vec<f64> = serde_json::from_value(case["timesteps"].clone()).unwrap();
+        assert_eq!(sched.timesteps.len(), want.len(), "{what}");
+        for (a, b) in sched.timesteps.iter().zip(&want) {
+            assert!(
+                (a - b).abs() < 1e-3,
+                "{what}: timesteps {:?} vs {want:?}",
+                sched.timesteps
+            );
+        }
+        if let Some(sig) = case.get("sigmas") {
+            let want: Vec<f64> = serde_json::from_value(sig.clone()).unwrap();
+            for (a, b) in sched.sigmas.iter().zip(&want) {
+                assert!(
+                    (a - b).abs() <= 1e-4 * b.abs().max(1e-3),
+                    "{what}: sigmas {:?} vs {want:?}",
+                    sched.sigmas
+                );
+            }
+        }
+        let init = case["init_noise_sigma"].as_f64().unwrap();
+        assert!(
+            (sched.init_noise_sigma() - init).abs() <= 1e-4 * init,
+            "{what}: init σ {} vs {init}",
+            sched.init_noise_sigma()
+        );
+    }
+}
