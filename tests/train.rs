@@ -207,7 +207,14 @@ fn a_tiny_training_run_commits_trajectories_steps_and_publishes_weights() {
 
     // Replay from the store only: same seed, same weights; another seed, other weights.
     let replay = |name: &str, seed: u64| -> PathBuf {
-        let sets = [format!("engine.seed={seed}"), "train.steps=4".into()];
+        // Every stored group usable whatever its version: which groups the 3-step run stored
+        // depends on timing, and with the flow's `max_staleness = 0` a replay could find too
+        // few of version 0 to take a step.
+        let sets = [
+            format!("engine.seed={seed}"),
+            "train.steps=4".into(),
+            "train.max_staleness=1000".into(),
+        ];
         replay(&dir, FLOW, tmp.path(), name, &sets);
         tmp.path().join(name).join("policy.safetensors")
     };
