@@ -231,7 +231,12 @@ fn a_tiny_training_run_commits_trajectories_steps_and_publishes_weights() {
     );
     let other = max_difference(&a, &c);
     assert!(other > 1e-4, "another seed → another batch order ({other})");
-    assert!(max_difference(&a, &root().join("weights/policy.safetensors")) > 1e-4);
+    // Replay trains: a step whose groups all have equal rewards changes nothing, so one seed's
+    // order may leave the weights as shipped (the stored groups depend on the run's timing),
+    // but not both.
+    let shipped = root().join("weights/policy.safetensors");
+    let moved = max_difference(&a, &shipped).max(max_difference(&c, &shipped));
+    assert!(moved > 1e-4, "replay changed the weights ({moved})");
 }
 
 #[test]
