@@ -165,26 +165,34 @@ fn role_err(e: crate::SdError) -> RoleError {
     RoleError(e.to_string())
 }
 
-/// `diffuser.sd`: Stable Diffusion text to image at the UNet's `sample_size`.
-pub struct SdDiffuser {
+/// A pipeline loaded for one of the kinds, with its settings and device.
+struct Loaded {
     pipeline: Pipeline,
     settings: SdSettings,
     device: Device,
 }
 
-impl SdDiffuser {
-    /// Loads the pipeline (`base`: the flow file's directory).
-    pub fn new(settings: &SdSettings, base: &Path, device: &Device) -> Result<Self, String> {
+impl Loaded {
+    /// Checks the settings, loads the pipeline (`base`: the flow file's directory) and
+    /// refuses a UNet that does not take `channels` input channels.
+    fn new(
+        kind: &str,
+        channels: usize,
+        hint: &str,
+        settings: &SdSettings,
+        base: &Path,
+        device: &Device,
+    ) -> Result<Self, String> {
         settings.check()?;
         settings.check_paths(base)?;
         let pipeline = settings.load(base, device)?;
-        if pipeline.unet.in_channels() != 4 {
+        let got = pipeline.unet.in_channels();
+        if got != channels {
             return Err(format!(
-                "diffuser.sd: the UNet takes {} channels (an InstructPix2Pix UNet? use editor.instruct-pix2pix)",
-                pipeline.unet.in_channels()
+                "{kind}: the UNet takes {got} channels, not {channels} ({hint})"
             ));
         }
-        Ok(SdDiffuser {
+        Ok(Loaded {
             pipeline,
             settings: settings.clone(),
             device: device.clone(),
@@ -192,27 +200,39 @@ impl SdDiffuser {
     }
 }
 
+/// `diffuser.sd`: Stable Diffusion text to image at the UNet's `sample_size`.
+pub struct SdDiffuser(Loaded);
+
+impl SdDiffuser {
+    /// Loads the pipeline (`base`: the flow file's directory).
+    pub fn new(settings: &SdSettings, base: &Path, device: &Device) -> Result<Self, String> {
+        let hint = "an InstructPix2Pix UNet? use editor.instruct-pix2pix";
+        Loaded::new("diffuser.sd", 4, hint, settings, base, device).map(SdDiffuser)
+    }
+}
+
 impl Diffuser for SdDiffuser {
     fn generate(&mut self, batch: &[GenerateRequest]) -> Result<Vec<Image>, RoleError> {
-        let size = self.pipeline.unet.sample_size();
+        let size = self.0.pipeline.unet.sample_size();
         let latents = Tensor::cat(
             batch
                 .iter()
-                .map(|r| noise(r.seed, 4, size, size, &self.device))
+                .map(|r| noise(r.seed, 4, size, size, &self.0.device))
                 .collect(),
             0,
         );
         let prompts: Vec<String> = batch.iter().map(|r| r.prompt.prompt()).collect();
         let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
-        let negative = vec![self.settings.negative_prompt.as_str(); batch.len()];
+        let negative = vec![self.0.settings.negative_prompt.as_str(); batch.len()];
         let out = self
+            .0
             .pipeline
             .generate(
                 &prompts,
                 &negative,
                 latents,
-                self.settings.steps,
-                self.settings.guidance,
+                self.0.settings.steps,
+                self.0.settings.guidance,
             )
             .map_err(role_err)?;
         to_images(out.images)
@@ -220,35 +240,19 @@ impl Diffuser for SdDiffuser {
 }
 
 /// `editor.instruct-pix2pix`: InstructPix2Pix image editing.
-pub struct Ip2pEditor {
-    pipeline: Pipeline,
-    settings: SdSettings,
-    device: Device,
-}
+pub struct Ip2pEditor(Loaded);
 
 impl Ip2pEditor {
     /// Loads the pipeline (`base`: the flow file's directory); its UNet must take 8 channels.
     pub fn new(settings: &SdSettings, base: &Path, device: &Device) -> Result<Self, String> {
-        settings.check()?;
-        settings.check_paths(base)?;
-        let pipeline = settings.load(base, device)?;
-        if pipeline.unet.in_channels() != 8 {
-            return Err(format!(
-                "editor.instruct-pix2pix: the UNet takes {} channels, not 8 (noisy and source latents)",
-                pipeline.unet.in_channels()
-            ));
-        }
-        Ok(Ip2pEditor {
-            pipeline,
-            settings: settings.clone(),
-            device: device.clone(),
-        })
+        let hint = "noisy and source latents";
+        Loaded::new("editor.instruct-pix2pix", 8, hint, settings, base, device).map(Ip2pEditor)
     }
 }
 
 impl Editor for Ip2pEditor {
     fn edit(&mut self, batch: &[EditRequest]) -> Result<Vec<Image>, RoleError> {
-        let factor = self.pipeline.vae.downscale();
+        let factor = self.0.pipeline.vae.downscale();
         let mut out = Vec::with_capacity(batch.len());
         // One at a time: images of a batch may differ in size.
         for r in batch {
@@ -258,17 +262,18 @@ impl Editor for Ip2pEditor {
                     "editor.instruct-pix2pix: a {w}x{h} image is not a multiple of the VAE's {factor}"
                 )));
             }
-            let latents = noise(r.seed, 4, h / factor, w / factor, &self.device);
-            let img = from_image(&r.image, &self.device);
+            let latents = noise(r.seed, 4, h / factor, w / factor, &self.0.device);
+            let img = from_image(&r.image, &self.0.device);
             let g = self
+                .0
                 .pipeline
                 .edit(
                     &[r.edit_prompt.as_str()],
                     img,
                     latents,
-                    self.settings.steps,
-                    self.settings.guidance,
-                    self.settings.image_guidance,
+                    self.0.settings.steps,
+                    self.0.settings.guidance,
+                    self.0.settings.image_guidance,
                 )
                 .map_err(role_err)?;
             out.extend(to_images(g.images)?);

@@ -403,3 +403,29 @@ fn every_timestep_spacing_matches_diffusers_including_sd_turbo_trailing() {
         );
     }
 }
+
+#[test]
+fn each_kind_refuses_the_other_kinds_unet() {
+    use rlrig_sd::kinds::{Ip2pEditor, SdDiffuser, SdSettings};
+    let device = Device::flex();
+    let settings = |unet: &str| SdSettings {
+        path: fixtures().join("tiny-sd"),
+        unet: Some(fixtures().join(unet)),
+        scheduler: None,
+        variant: None,
+        steps: 2,
+        guidance: 7.5,
+        image_guidance: 1.5,
+        negative_prompt: String::new(),
+    };
+    let base = Path::new("/");
+    let e = SdDiffuser::new(&settings("tiny-ip2p/unet"), base, &device)
+        .err()
+        .unwrap();
+    assert!(e.contains("takes 8 channels, not 4"), "{e}");
+    let e = Ip2pEditor::new(&settings("tiny-sd/unet"), base, &device)
+        .err()
+        .unwrap();
+    assert!(e.contains("takes 4 channels, not 8"), "{e}");
+    assert!(SdDiffuser::new(&settings("tiny-sd/unet"), base, &device).is_ok());
+}
