@@ -1,7 +1,8 @@
 //! The DiT benchmark of docs/models.md on the flex CPU backend: one train step (forward +
 //! backward + AdamW, batch 16) and one sampling batch (16 images × 20 Euler steps with
 //! classifier-free guidance), for patch 4 (the benchmark configuration) and patch 8. Median of
-//! 20 runs after 3 warm-ups, in milliseconds.
+//! 20 runs after 3 warm-ups, in milliseconds. Last, the time to draw one 512-example training
+//! batch from the world on one thread (the host's share of a pre-training step on a GPU).
 //!
 //! `cargo bench -p rlrig-models --bench dit`; `RLRIG_BENCH_RUNS=5` shortens it.
 
@@ -108,4 +109,23 @@ fn main() {
     for patch in [4, 8] {
         bench(patch, runs);
     }
+    draw(runs);
+}
+
+/// Drawing one training batch of 512 examples on one thread, as a pre-training step does before
+/// its tensors exist: the host's share of a step that is not the network's.
+fn draw(runs: usize) {
+    use rlrig_models::pretrain::edit_example;
+    use rlrig_world::{Canvas, sample};
+    const N: u64 = 512;
+    let canvas = Canvas::new(32).expect("a 32-pixel canvas");
+    let diffuser = median_ms(runs, || {
+        let v: Vec<_> = (0..N).map(|i| sample(&canvas, 1, i)).collect();
+        std::hint::black_box(v);
+    });
+    let editor = median_ms(runs, || {
+        let v: Vec<_> = (0..N).map(|i| edit_example(&canvas, 1, i)).collect();
+        std::hint::black_box(v);
+    });
+    println!("draw 512 examples on one thread: Diffuser {diffuser:.1} ms, Editor {editor:.1} ms");
 }
