@@ -128,6 +128,7 @@ fn train_settings(p: &rlrig_flow::PretrainSettings) -> TrainSettings {
         max_minutes: p.max_minutes,
         export: p.export.clone(),
         init: p.init.clone(),
+        init_extend: p.init_extend,
         device: p.device.clone(),
     }
 }

@@ -15,12 +15,16 @@
 //! (std 0.02), the token embedding normal (std 0.02), the adaLN Linears and the final output
 //! Linear zero. Random draws use the device's generator (`Device::seed`).
 //!
+//! With `text_layers > 0` the prompt first passes a text encoder (`text.blocks.{i}`, pre-LN
+//! blocks as the VLMs', then `text.ln` and the zero-initialised `text.proj`, added to the
+//! embeddings); the PyTorch reference has no text encoder.
+//!
 //! Parameter names (the safetensors keys): `patch_embed`, `t_embed.fc{1,2}`, `text.tok`,
 //! `blocks.{i}.attn.{qkv,proj}`, `blocks.{i}.{fc1,fc2,ada}`, `final_layer.{ada,linear}`
 //! (`final` in the PyTorch reference). Linear weights are stored `[in, out]`, burn's layout.
 
 use burn::module::Module;
-use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear};
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::silu;
 use burn::tensor::module::{attention, layer_norm};
 use burn::tensor::ops::AttentionModuleOptions;
@@ -28,6 +32,7 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::text::PROMPT_VOCAB_SIZE;
+use crate::vlm::Block;
 
 /// The width of the sinusoidal timestep embedding.
 pub const TIMESTEP_DIM: usize = 256;
@@ -62,6 +67,17 @@ pub struct DitConfig {
     /// What the output means: the velocity (default) or the clean image.
     #[serde(default)]
     pub prediction: Prediction,
+    /// Pre-LayerNorm transformer blocks over the prompt alone before it joins the image
+    /// tokens (0: none, the tokens go in as embeddings). They let a noun's token carry its
+    /// colour, so that an image token finds a whole object in one place (binding). Their
+    /// output joins the embeddings through a zero-initialised Linear, so a network grown
+    /// from one without them starts out computing the same function.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub text_layers: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// What a [`Dit`]'s output means; the samplers and the loss turn either into a velocity.
@@ -105,6 +121,7 @@ impl DitConfig {
             vocab_size: 32,
             mlp_ratio: 4,
             prediction: Prediction::Velocity,
+            text_layers: 0,
         }
     }
 
@@ -306,30 +323,65 @@ impl TimestepEmbedder {
     }
 }
 
-/// Token embedding plus fixed 1-D sin-cos positions.
+/// Token embedding plus fixed 1-D sin-cos positions, then, with `text_layers > 0`, a text
+/// encoder whose output is added through a zero-initialised Linear.
 #[derive(Module, Debug)]
 struct TextEmbedder {
     tok: Embedding,
     pos: Tensor<2>,
+    blocks: Vec<Block>,
+    ln: Option<LayerNorm>,
+    proj: Option<Linear>,
+    heads: usize,
 }
 
 impl TextEmbedder {
-    fn new(vocab: usize, width: usize, text_len: usize, device: &Device) -> Self {
-        let tok = EmbeddingConfig::new(vocab, width)
+    fn new(c: &DitConfig, device: &Device) -> Self {
+        let width = c.width;
+        let tok = EmbeddingConfig::new(c.vocab_size, width)
             .with_initializer(Initializer::Normal {
                 mean: 0.0,
                 std: 0.02,
             })
             .init(device);
+        let encoder = c.text_layers > 0;
         TextEmbedder {
             tok,
-            pos: sincos_text(width, text_len, device),
+            pos: sincos_text(width, c.text_len, device),
+            blocks: (0..c.text_layers)
+                .map(|_| Block::new(width, c.heads, c.mlp_ratio, device))
+                .collect(),
+            ln: encoder.then(|| LayerNormConfig::new(width).init(device)),
+            proj: encoder.then(|| zeros(width, width, device)),
+            heads: c.heads,
         }
     }
 
-    /// `(B, L)` ids → `(B, L, D)` tokens.
-    fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        self.tok.forward(ids) + self.pos.clone().unsqueeze::<3>()
+    /// `(B, L)` ids and their mask (`true` = real token) → `(B, L, D)` tokens.
+    fn forward(&self, ids: Tensor<2, Int>, mask: Tensor<2, Bool>) -> Tensor<3> {
+        let e = self.tok.forward(ids) + self.pos.clone().unsqueeze::<3>();
+        let (Some(ln), Some(proj)) = (&self.ln, &self.proj) else {
+            return e;
+        };
+        let [b, l, _] = e.dims();
+        // Padding is never a key, except to itself: an all-padding prompt (the unconditional
+        // one) then has a defined output, which the DiT masks out anyway.
+        let own = Tensor::<2, Bool>::from_data(
+            TensorData::new((0..l * l).map(|i| i / l == i % l).collect(), [l, l]),
+            &mask.device(),
+        );
+        let masked = mask
+            .bool_not()
+            .reshape([b, 1, l])
+            .expand([b, l, l])
+            .bool_and(own.bool_not().unsqueeze::<3>().expand([b, l, l]))
+            .unsqueeze_dim::<4>(1)
+            .expand([b, self.heads, l, l]);
+        let mut h = e.clone();
+        for block in &self.blocks {
+            h = block.forward(h, masked.clone());
+        }
+        e + proj.forward(ln.forward(h))
     }
 }
 
@@ -453,7 +505,7 @@ impl Dit {
         Ok(Dit {
             patch_embed: xavier(patch_dim, d, device),
             t_embed: TimestepEmbedder::new(d, device),
-            text: TextEmbedder::new(c.vocab_size, d, c.text_len, device),
+            text: TextEmbedder::new(c, device),
             blocks: (0..c.depth)
                 .map(|_| DitBlock::new(d, c.heads, c.mlp_ratio, device))
                 .collect(),
@@ -525,7 +577,7 @@ impl Dit {
         let device = x.device();
 
         let img = self.patch_embed.forward(self.patchify(x)) + self.img_pos.clone().unsqueeze();
-        let txt = self.text.forward(text_ids);
+        let txt = self.text.forward(text_ids, text_mask.clone());
         let mut z = Tensor::cat(vec![img, txt], 1);
 
         let image_keys =

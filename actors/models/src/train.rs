@@ -46,6 +46,10 @@ pub struct TrainSettings {
     /// Weights to start a fresh run from (ignored on resume).
     #[serde(default)]
     pub init: Option<PathBuf>,
+    /// With `init`: the model may extend the file's architecture
+    /// ([`weights::load_extending`]); its new tensors keep their fresh initialisation.
+    #[serde(default)]
+    pub init_extend: bool,
     /// Where it trains: `cpu`, `wgpu` or `wgpu:N` ([`crate::device::select`]).
     #[serde(default = "cpu")]
     pub device: String,
@@ -294,8 +298,19 @@ pub fn run<T: Task>(
         seconds = state.seconds;
         log(&format!("resumed at step {step} ({seconds:.0} s trained)"));
     } else if let Some(init) = job.init.as_ref().filter(|_| !ckpt.exists()) {
-        model = weights::load_model_expecting::<T::Model>(init, task.config(), &device)?;
-        log(&format!("starting from the weights in {}", init.display()));
+        if job.init_extend {
+            let (grown, new) = weights::load_extending(init, model)?;
+            model = grown;
+            log(&format!(
+                "starting from the weights in {}, {} new tensors fresh: {}",
+                init.display(),
+                new.len(),
+                new.join(", ")
+            ));
+        } else {
+            model = weights::load_model_expecting::<T::Model>(init, task.config(), &device)?;
+            log(&format!("starting from the weights in {}", init.display()));
+        }
     } else if ckpt.exists() {
         return Err(TrainError::Other(format!(
             "{} already holds a checkpoint: resume it (--resume) or start a new run",

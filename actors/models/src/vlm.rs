@@ -112,9 +112,9 @@ impl VlmConfig {
     }
 }
 
-/// A pre-LayerNorm transformer block.
+/// A pre-LayerNorm transformer block (also the Diffuser's optional text encoder's).
 #[derive(Module, Debug)]
-struct Block {
+pub(crate) struct Block {
     ln1: LayerNorm,
     attn: Attention,
     ln2: LayerNorm,
@@ -123,7 +123,7 @@ struct Block {
 }
 
 impl Block {
-    fn new(width: usize, heads: usize, mlp_ratio: usize, device: &Device) -> Self {
+    pub(crate) fn new(width: usize, heads: usize, mlp_ratio: usize, device: &Device) -> Self {
         Block {
             ln1: LayerNormConfig::new(width).init(device),
             attn: Attention {
@@ -137,7 +137,7 @@ impl Block {
         }
     }
 
-    fn forward(&self, z: Tensor<3>, masked: Tensor<4, Bool>) -> Tensor<3> {
+    pub(crate) fn forward(&self, z: Tensor<3>, masked: Tensor<4, Bool>) -> Tensor<3> {
         let z = z.clone() + self.attn.forward(self.ln1.forward(z), masked);
         let h = self
             .fc2

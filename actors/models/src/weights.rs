@@ -217,12 +217,12 @@ fn config_diff<C: Serialize>(expected: &C, found: &C) -> String {
         _ => serde_json::Map::new(),
     };
     let (e, f) = (as_map(expected), as_map(found));
-    e.iter()
-        .filter(|(k, v)| f.get(*k) != Some(v))
-        .map(|(k, v)| {
-            let got = f.get(k).map_or("nothing".to_owned(), ToString::to_string);
-            format!("{k} is {got}, expected {v}")
-        })
+    let shown = |v: Option<&serde_json::Value>| v.map_or("unset".to_owned(), ToString::to_string);
+    // Both sides' keys: a field left out when it has its default is only in one of them.
+    let keys: std::collections::BTreeSet<&String> = e.keys().chain(f.keys()).collect();
+    keys.into_iter()
+        .filter(|k| e.get(*k) != f.get(*k))
+        .map(|k| format!("{k} is {}, expected {}", shown(f.get(k)), shown(e.get(k))))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -380,19 +380,46 @@ fn load_bytes<M: Architecture>(
             differences: config_diff(expected, &config),
         });
     }
-    let mut model = M::build(&config, device).map_err(|message| WeightsError::InvalidConfig {
+    let model = M::build(&config, device).map_err(|message| WeightsError::InvalidConfig {
         path: path.to_owned(),
         message,
     })?;
+    Ok(apply(path, bytes, &stored, model, false)?.0)
+}
 
+/// Loads a weights file into `model`, a network that *extends* the file's: every tensor of
+/// the file must be one of the model's with the same shape, but the model may have more
+/// (new layers, such as a text encoder added to a trained DiT), which keep their values.
+/// The architectures themselves are not compared. Returns the model and the names of the
+/// tensors the file did not have.
+pub fn load_extending<M: Architecture>(
+    path: impl AsRef<Path>,
+    model: M,
+) -> Result<(M, Vec<String>), WeightsError> {
+    let path = path.as_ref();
+    let bytes = read(path)?;
+    let (_, stored) = parse::<M>(path, &bytes)?;
+    apply(path, bytes, &stored, model, true)
+}
+
+/// Checks the file's tensors against the model's and loads them; with `extend`, tensors
+/// the file lacks are not an error (they are returned by name).
+fn apply<M: Architecture>(
+    path: &Path,
+    bytes: Vec<u8>,
+    stored: &BTreeMap<String, (Dtype, Vec<usize>)>,
+    mut model: M,
+    extend: bool,
+) -> Result<(M, Vec<String>), WeightsError> {
     let wanted: BTreeMap<String, Vec<usize>> = model
         .collect(None, None, false)
         .into_iter()
         .map(|t| (t.name, t.shape.as_slice().to_vec()))
         .collect();
-    let mut problems = Vec::new();
+    let (mut problems, mut new) = (Vec::new(), Vec::new());
     for (name, shape) in &wanted {
         match stored.get(name) {
+            None if extend => new.push(name.clone()),
             None => problems.push(TensorProblem::Missing {
                 tensor: name.clone(),
             }),
@@ -423,14 +450,14 @@ fn load_bytes<M: Architecture>(
         });
     }
 
-    let mut store = SafetensorsStore::from_bytes(Some(bytes));
+    let mut store = SafetensorsStore::from_bytes(Some(bytes)).allow_partial(extend);
     let result = model
         .load_from(&mut store)
         .map_err(|e| WeightsError::Store {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
-    if !result.errors.is_empty() || !result.missing.is_empty() {
+    if !result.errors.is_empty() || (!extend && !result.missing.is_empty()) {
         return Err(WeightsError::Store {
             path: path.to_owned(),
             message: format!(
@@ -439,5 +466,5 @@ fn load_bytes<M: Architecture>(
             ),
         });
     }
-    Ok(model)
+    Ok((model, new))
 }

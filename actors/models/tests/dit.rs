@@ -160,3 +160,43 @@ fn invalid_configs_are_refused() {
     );
     assert!(serde_json::from_str::<DitConfig>(r#"{"width": 3}"#).is_err());
 }
+
+#[test]
+fn the_text_encoder_keeps_padding_out_and_the_unconditional_prompt_finite() {
+    let device = Device::flex();
+    let config = DitConfig {
+        text_layers: 2,
+        ..tiny(8, 3)
+    };
+    device.seed(5);
+    let model = common::perturb(Dit::new(&config, &device).unwrap(), 0.05, 5);
+    let tok = Tokenizer::default();
+    let prompts = [
+        "red circle left of blue square",
+        "",
+        "green triangle above yellow square ; blue circle right of the green triangle",
+    ];
+    let text = tok.batch(&prompts, &device).unwrap();
+    let (x, s) = inputs(&config, 3, &device);
+    let together = model.forward(
+        x.clone(),
+        s.clone(),
+        text.ids().clone(),
+        text.mask().clone(),
+    );
+    assert!(values(together.clone()).iter().all(|v| v.is_finite()));
+    // Each row is what it is alone: neither padding nor the other rows reach it.
+    for (row, prompt) in prompts.iter().enumerate() {
+        let alone = tok.batch(&[*prompt], &device).unwrap();
+        let v = model.forward(
+            x.clone().narrow(0, row, 1),
+            s.clone().narrow(0, row, 1),
+            alone.ids().clone(),
+            alone.mask().clone(),
+        );
+        assert!(
+            max_diff(v, together.clone().narrow(0, row, 1)) < 1e-5,
+            "row {row}"
+        );
+    }
+}

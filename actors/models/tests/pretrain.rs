@@ -32,6 +32,7 @@ fn tiny(model: ModelKind, steps: u64) -> PretrainJob {
             max_minutes: None,
             export: None,
             init: None,
+            init_extend: false,
             device: "cpu".into(),
         },
     }

@@ -423,6 +423,7 @@ fn vlm_jobs_train_resume_and_export_loadable_weights() {
                 max_minutes: None,
                 export: Some(export.clone()),
                 init: None,
+                init_extend: false,
                 device: "cpu".into(),
             },
         };

@@ -210,3 +210,69 @@ fn a_file_without_or_with_a_broken_architecture_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn a_text_encoder_grown_onto_a_trained_dit_starts_as_the_same_function() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("diffuser.safetensors");
+    let trained = model(8, 3, 21);
+    weights::save(&trained, &path).unwrap();
+
+    let device = Device::flex();
+    let grown_config = DitConfig {
+        text_layers: 2,
+        ..tiny(8, 3)
+    };
+    let fresh = Dit::new(&grown_config, &device).unwrap();
+    let (grown, new) = weights::load_extending(&path, fresh).unwrap();
+    assert_eq!(grown.config(), &grown_config);
+    // Only the encoder's tensors are new; the zero projection hides them at first.
+    assert!(!new.is_empty());
+    assert!(new.iter().all(|n| n.starts_with("text.")), "{new:?}");
+    assert!(new.contains(&"text.proj.weight".to_owned()), "{new:?}");
+    let (a, b) = (output(&trained), output(&grown));
+    assert!(a.iter().any(|&v| v != 0.0));
+    assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-6));
+    // Once the encoder has weights it changes the output, and it saves and loads whole.
+    let grown = common::perturb(grown, 0.05, 22);
+    assert_ne!(output(&grown), a);
+    let grown_path = dir.path().join("grown.safetensors");
+    weights::save(&grown, &grown_path).unwrap();
+    let loaded = weights::load_expecting(&grown_path, &grown_config, &device).unwrap();
+    assert_eq!(output(&loaded), output(&grown));
+    // The grown file is not a plain DiT's: loading it as one names the architecture.
+    let err = weights::load_expecting(&grown_path, &tiny(8, 3), &device).unwrap_err();
+    assert!(err.to_string().contains("text_layers"), "{err}");
+}
+
+#[test]
+fn extending_still_refuses_tensors_that_do_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wide.safetensors");
+    let wider = DitConfig {
+        width: 64,
+        ..tiny(8, 3)
+    };
+    let device = Device::flex();
+    weights::save(&Dit::new(&wider, &device).unwrap(), &path).unwrap();
+    let target = Dit::new(&tiny(8, 3), &device).unwrap();
+    let err = weights::load_extending(&path, target).unwrap_err();
+    assert!(
+        matches!(&err, WeightsError::Tensors { problems, .. }
+            if problems.iter().any(|p| matches!(p, TensorProblem::Shape { .. }))),
+        "{err:?}"
+    );
+
+    // A file with a tensor the model lacks (its text encoder) cannot be squeezed into it.
+    let grown = DitConfig {
+        text_layers: 1,
+        ..tiny(8, 3)
+    };
+    weights::save(&Dit::new(&grown, &device).unwrap(), &path).unwrap();
+    let err = weights::load_extending(&path, Dit::new(&tiny(8, 3), &device).unwrap()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("tensor `text.blocks.0.attn.proj.bias` is not part of the architecture"),
+        "{err}"
+    );
+}

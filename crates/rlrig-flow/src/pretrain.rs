@@ -81,6 +81,10 @@ pub struct PretrainSettings {
     /// checkpoint. The optimiser starts afresh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<PathBuf>,
+    /// With `init`: the architecture may extend the file's (new layers, e.g. a DiT's
+    /// `text_layers`); every tensor of the file must still fit, the new ones start fresh.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub init_extend: bool,
     /// Where the final weights are exported (safetensors + config), e.g. `weights/diffuser`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub export: Option<PathBuf>,
@@ -133,6 +137,9 @@ impl Checked for PretrainFlow {
             } else if !(w.is_finite() && w >= 0.0) {
                 bad("edit_weight", "must be a number ≥ 0");
             }
+        }
+        if p.init_extend && p.init.is_none() {
+            bad("init_extend", "needs `init`, the weights to extend");
         }
         if !crate::validate::valid_device(&p.device) {
             bad("device", "expected `cpu`, `wgpu`, `wgpu:N` or `cuda:N`");
