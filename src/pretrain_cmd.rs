@@ -85,6 +85,7 @@ pub fn job_of(loaded: &Loaded<PretrainFlow>) -> Result<Job, rlrig_flow::FlowErro
             model,
             config,
             edit_weight: p.edit_weight.unwrap_or(0.0),
+            noise_mean: p.noise_mean.unwrap_or(0.0),
             train: train.clone(),
         }))
     };

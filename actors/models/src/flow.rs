@@ -155,13 +155,15 @@ pub fn training_loss(
     text: &TextBatch,
     rng: &mut impl Rng,
 ) -> Tensor<1> {
-    training_loss_weighted(model, x0, cond_image, text, rng, 0.0)
+    training_loss_weighted(model, x0, cond_image, text, rng, 0.0, 0.0)
 }
 
 /// [`training_loss`] with the Editor's pixels that the edit changes (source and target differ
 /// by more than 0.1 in some channel) weighted `1 + edit_weight` in a normalised weighted mean,
-/// so that the few pixels an edit touches are not drowned by the many it copies. With
-/// `edit_weight = 0` or no source image it is [`training_loss`].
+/// so that the few pixels an edit touches are not drowned by the many it copies, and the noise
+/// levels drawn as `s = sigmoid(noise_mean + n)`: a positive `noise_mean` trains more often at
+/// the high noise where a sample's layout and colours are decided. With `edit_weight = 0` (or
+/// no source image) and `noise_mean = 0` it is [`training_loss`].
 pub fn training_loss_weighted(
     model: &Dit,
     x0: Tensor<4>,
@@ -169,6 +171,7 @@ pub fn training_loss_weighted(
     text: &TextBatch,
     rng: &mut impl Rng,
     edit_weight: f64,
+    noise_mean: f64,
 ) -> Tensor<1> {
     let dims = x0.dims();
     let b = dims[0];
@@ -181,7 +184,7 @@ pub fn training_loss_weighted(
     let device = x0.device();
     let s: Vec<f32> = standard_normals(b, rng)
         .into_iter()
-        .map(|n| (1.0 / (1.0 + (-f64::from(n)).exp())) as f32)
+        .map(|n| (1.0 / (1.0 + (-(noise_mean + f64::from(n))).exp())) as f32)
         .collect();
     let drop: Vec<bool> = (0..b).map(|_| rng.random::<f64>() < UNCOND_PROB).collect();
     let eps = normal_tensor(dims, rng, &device);

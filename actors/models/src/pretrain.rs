@@ -45,6 +45,10 @@ pub struct PretrainJob {
     /// 0: a plain mean).
     #[serde(default)]
     pub edit_weight: f64,
+    /// The mean of the logit-normal noise levels ([`flow::training_loss_weighted`]; 0: the
+    /// standard `sigmoid(N(0, 1))`).
+    #[serde(default)]
+    pub noise_mean: f64,
     /// Steps, batch, learning rate, budget, device, …
     #[serde(flatten)]
     pub train: TrainSettings,
@@ -222,6 +226,7 @@ impl Task for DitTask<'_> {
             &text,
             &mut rng,
             self.job.edit_weight,
+            self.job.noise_mean,
         ))
     }
 

@@ -301,6 +301,7 @@ fn the_edit_weighted_loss_only_reweighs_changed_pixels() {
             &text,
             &mut rng,
             w,
+            0.0,
         ))[0]
     };
     let plain = |cond: &Tensor<4>| {
@@ -320,4 +321,60 @@ fn the_edit_weighted_loss_only_reweighs_changed_pixels() {
     assert!((loss(&other, 0.0) - plain(&other)).abs() < 1e-7);
     // A real edit: the changed pixels count more, so the loss moves.
     assert!((loss(&other, 10.0) - plain(&other)).abs() > 1e-6);
+}
+
+#[test]
+fn noise_mean_shifts_the_drawn_noise_levels_as_documented() {
+    use rand::Rng;
+    let device = Device::flex();
+    let model = perturb(model(8, 3, 4), 0.05, 9);
+    let (x0, text) = world_batch(3, &device);
+    let shifted = |m: f64| {
+        values(flow::training_loss_weighted(
+            &model,
+            x0.clone(),
+            None,
+            &text,
+            &mut ChaCha8Rng::seed_from_u64(17),
+            0.0,
+            m,
+        ))[0]
+    };
+    // By hand, in the documented draw order: normals (s = sigmoid(m + n)), dropout
+    // uniforms, the noise; then the velocity loss.
+    let m = 1.5;
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    let s: Vec<f32> = flow::standard_normals(3, &mut rng)
+        .into_iter()
+        .map(|n| (1.0 / (1.0 + (-(m + f64::from(n))).exp())) as f32)
+        .collect();
+    let drop: Vec<bool> = (0..3)
+        .map(|_| rng.random::<f64>() < flow::UNCOND_PROB)
+        .collect();
+    let eps = flow::normal_tensor(x0.dims(), &mut rng, &device);
+    let sb = Tensor::<1>::from_floats(s.as_slice(), &device).reshape([3, 1, 1, 1]);
+    let xs = x0.clone() * (sb.clone().neg() + 1.0) + eps.clone() * sb;
+    let dropped = text.drop_rows(&drop);
+    let v = model.forward(
+        xs,
+        Tensor::<1>::from_floats(s.as_slice(), &device),
+        dropped.ids().clone(),
+        dropped.mask().clone(),
+    );
+    let expected = values((v - (eps - x0.clone())).square().mean())[0];
+    assert!(
+        (shifted(m) - expected).abs() < 1e-6,
+        "{} vs {expected}",
+        shifted(m)
+    );
+    // Mean 0 is the plain loss, and the mean changes what is drawn.
+    let plain = values(flow::training_loss(
+        &model,
+        x0.clone(),
+        None,
+        &text,
+        &mut ChaCha8Rng::seed_from_u64(17),
+    ))[0];
+    assert_eq!(shifted(0.0).to_bits(), plain.to_bits());
+    assert_ne!(shifted(m).to_bits(), plain.to_bits());
 }

@@ -21,6 +21,7 @@ fn tiny(model: ModelKind, steps: u64) -> PretrainJob {
             ..base
         },
         edit_weight: 0.0,
+        noise_mean: 0.0,
         train: TrainSettings {
             steps,
             batch: 2,

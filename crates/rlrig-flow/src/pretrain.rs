@@ -63,6 +63,10 @@ pub struct PretrainSettings {
     /// The Editor only: extra weight on the pixels an edit changes (0: a plain mean).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub edit_weight: Option<f64>,
+    /// The Diffuser and the Editor: the mean of the logit-normal noise levels they train at,
+    /// `s = sigmoid(noise_mean + N(0, 1))` (0 when unset; positive trains more at high noise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_mean: Option<f64>,
     /// Training images besides the procedural ones, for the Checker and the Policy:
     /// `generated` (pool size), `generated_fraction`, `diffuser`, `editor`, `guidance`.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
@@ -136,6 +140,16 @@ impl Checked for PretrainFlow {
                 bad("edit_weight", "only the editor weighs its edits");
             } else if !(w.is_finite() && w >= 0.0) {
                 bad("edit_weight", "must be a number ≥ 0");
+            }
+        }
+        if let Some(m) = p.noise_mean {
+            if !matches!(p.model, PretrainModel::Diffuser | PretrainModel::Editor) {
+                bad(
+                    "noise_mean",
+                    "only the diffuser and the editor draw noise levels",
+                );
+            } else if !(m.is_finite() && m.abs() <= 5.0) {
+                bad("noise_mean", "must be a number in [-5, 5]");
             }
         }
         if p.init_extend && p.init.is_none() {
