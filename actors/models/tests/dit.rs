@@ -83,9 +83,20 @@ fn a_fresh_network_predicts_zero_and_has_the_documented_size() {
 
 #[test]
 fn padding_tokens_are_not_attended_to() {
+    for text_layers in [0, 2] {
+        padding_is_not_attended_to_with(text_layers);
+    }
+}
+
+/// Without and with the text encoder (whose padding must stay out of the real tokens too).
+fn padding_is_not_attended_to_with(text_layers: usize) {
     let device = Device::flex();
-    let config = tiny(8, 3);
-    let model = model(8, 3, 2);
+    let config = DitConfig {
+        text_layers,
+        ..tiny(8, 3)
+    };
+    device.seed(2);
+    let model = common::perturb(Dit::new(&config, &device).unwrap(), 0.05, 2);
     let ids = Tokenizer::default()
         .encode("red circle above blue square")
         .unwrap();
@@ -162,7 +173,7 @@ fn invalid_configs_are_refused() {
 }
 
 #[test]
-fn the_text_encoder_keeps_padding_out_and_the_unconditional_prompt_finite() {
+fn with_the_text_encoder_rows_are_independent_and_the_unconditional_prompt_finite() {
     let device = Device::flex();
     let config = DitConfig {
         text_layers: 2,
@@ -185,7 +196,7 @@ fn the_text_encoder_keeps_padding_out_and_the_unconditional_prompt_finite() {
         text.mask().clone(),
     );
     assert!(values(together.clone()).iter().all(|v| v.is_finite()));
-    // Each row is what it is alone: neither padding nor the other rows reach it.
+    // Each row is what it is alone: the other rows do not reach it.
     for (row, prompt) in prompts.iter().enumerate() {
         let alone = tok.batch(&[*prompt], &device).unwrap();
         let v = model.forward(
