@@ -14,12 +14,16 @@ echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 BURN="$burn" python3 - <<'PY'
 import json, os, re
 torch = json.load(open("/tmp/torch_bench.json"))
-rows = {int(m[0]): (float(m[1]), float(m[2])) for m in re.findall(
-    r"patch (\d+) .*?train step ([\d.]+) ms, sampling batch ([\d.]+) ms", os.environ["BURN"])}
-print(f"{'patch':>5} {'burn train':>11} {'torch train':>12} {'ratio':>6} {'burn sample':>12} {'torch sample':>13} {'ratio':>6}")
+# Rows are keyed by label: "4", "8", "8+text2" (patch 8 with a 2-layer text encoder).
+rows = {m[0]: (int(m[1]), float(m[2]), float(m[3])) for m in re.findall(
+    r"patch (\S+) \((\d+) params\): train step ([\d.]+) ms, sampling batch ([\d.]+) ms",
+    os.environ["BURN"])}
+print(f"{'patch':>7} {'burn train':>11} {'torch train':>12} {'ratio':>6} {'burn sample':>12} {'torch sample':>13} {'ratio':>6}")
 for r in torch["results"]:
-    p = r["patch"]
-    bt, bs = rows[p]
+    p = r.get("label", str(r["patch"]))
+    n, bt, bs = rows[p]
+    if n != r["params"]:
+        print(f"warning: patch {p}: burn has {n:,} parameters, torch {r['params']:,}")
     tt, ts = r["train_step_ms_median"], r["sample_batch_ms_median"]
-    print(f"{p:>5} {bt:>11.1f} {tt:>12.1f} {bt/tt:>6.2f} {bs:>12.1f} {ts:>13.1f} {bs/ts:>6.2f}")
+    print(f"{p:>7} {bt:>11.1f} {tt:>12.1f} {bt/tt:>6.2f} {bs:>12.1f} {ts:>13.1f} {bs/ts:>6.2f}")
 PY

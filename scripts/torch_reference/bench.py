@@ -2,7 +2,8 @@
 
 Train step  = forward + backward + AdamW (lr 1e-3) update, batch 16, 32x32x3, random inputs.
 Sampling    = 16 images x 20 Euler steps with CFG (two forward passes per step), no_grad.
-Both for patch 4 and patch 8, on torch.set_num_threads(2). Prints a table, writes JSON to --out.
+For patch 4, patch 8, and patch 8 with a 2-layer text encoder (text_layers 2, the shipped
+Diffuser's; labelled "8+text2"), on torch.set_num_threads(2). Prints a table, writes JSON to --out.
 """
 
 from __future__ import annotations
@@ -40,11 +41,17 @@ def time_it(fn, warmup: int, reps: int) -> list[float]:
     return out
 
 
-def bench_patch(patch: int, args) -> dict:
+def parse_config(label: str) -> tuple[int, int]:
+    """"8" -> (patch 8, no text encoder); "8+text2" -> (patch 8, text_layers 2)."""
+    patch, _, text = label.partition("+text")
+    return int(patch), int(text) if text else 0
+
+
+def bench_patch(patch: int, args, text_layers: int = 0) -> dict:
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     cfg = DiTConfig(in_channels=3, out_channels=3, patch=patch, width=128, depth=6, heads=4,
-                    text_len=48, vocab=32)
+                    text_len=48, vocab=32, text_layers=text_layers)
     model = DiT(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0)
     b = args.batch
@@ -68,6 +75,8 @@ def bench_patch(patch: int, args) -> dict:
 
     sample_ms = time_it(sample, args.sample_warmup, args.sample_reps)
     return {
+        "label": f"{patch}+text{text_layers}" if text_layers else str(patch),
+        "text_layers": text_layers,
         "patch": patch,
         "tokens": cfg.image_size // patch * (cfg.image_size // patch) + cfg.text_len,
         "params": param_count(model),
@@ -88,19 +97,23 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--sample-warmup", type=int, default=1)
     ap.add_argument("--sample-reps", type=int, default=5)
-    ap.add_argument("--patches", type=int, nargs="+", default=[4, 8])
+    ap.add_argument("--patches", type=int, nargs="+", default=[4, 8],
+                    help="patch sizes timed without a text encoder")
+    ap.add_argument("--text-configs", nargs="*", default=["8+text2"],
+                    help="configurations with a text encoder, PATCH+textLAYERS")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
     load = os.getloadavg()
-    results = [bench_patch(p, args) for p in args.patches]
+    configs = [(p, 0) for p in args.patches] + [parse_config(c) for c in args.text_configs]
+    results = [bench_patch(p, args, text_layers=t) for p, t in configs]
     load_after = os.getloadavg()
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load avg before {load[0]:.2f} / after {load_after[0]:.2f}")
-    print(f"{'patch':>5} {'tokens':>6} {'params':>10} {'train step ms':>14} {'sample batch ms':>16}")
+    print(f"{'patch':>7} {'tokens':>6} {'params':>10} {'train step ms':>14} {'sample batch ms':>16}")
     for r in results:
-        print(f"{r['patch']:>5} {r['tokens']:>6} {r['params']:>10,} "
+        print(f"{r['label']:>7} {r['tokens']:>6} {r['params']:>10,} "
               f"{r['train_step_ms_median']:>14.1f} {r['sample_batch_ms_median']:>16.1f}")
     print(f"(train: batch {args.batch}, median of {args.reps} after {args.warmup} warm-ups; "
           f"sample: {args.batch} images x {args.steps} Euler steps x 2 passes (CFG), "

@@ -21,6 +21,12 @@ for parity checks):
 * Initialisation (DiT): Linears xavier-uniform with zero bias, except the timestep MLP (normal
   std 0.02), the adaLN modulation Linears and the final output Linear (all zero). Token embedding
   normal std 0.02. Position embeddings are fixed buffers, not parameters.
+* Text encoder (``text_layers > 0``, burn's ``DitConfig::text_layers``): the embedded prompt
+  (token + positions) passes ``text_layers`` pre-LayerNorm transformer blocks over the prompt
+  alone (burn's ``vlm::Block``: affine LayerNorm eps 1e-5, the attention above, Linear-GELU(tanh)
+  -Linear MLP, no adaLN), where a padding token is never a key except to itself; then an affine
+  LayerNorm (eps 1e-5) and a zero-initialised Linear whose output is added to the embeddings.
+  The blocks' Linears are xavier-uniform with zero bias, the LayerNorms ones / zeros.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ class DiTConfig:
     text_len: int = 48
     vocab: int = 32
     mlp_ratio: int = 4
+    text_layers: int = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -105,17 +112,33 @@ class TimestepEmbedder(nn.Module):
 
 
 class TextEmbedder(nn.Module):
-    """Embedding(V, D) + fixed 1-D sin-cos positions over text_len."""
+    """Embedding(V, D) + fixed 1-D sin-cos positions over text_len; with text_layers > 0, plus
+    proj(ln(blocks(that))), proj zero-initialised (by DiT.reset_parameters)."""
 
-    def __init__(self, vocab: int, width: int, text_len: int):
+    def __init__(self, vocab: int, width: int, text_len: int, heads: int = 4, mlp_ratio: int = 4,
+                 text_layers: int = 0):
         super().__init__()
         self.text_len = text_len
         self.tok = nn.Embedding(vocab, width)
         self.register_buffer("pos", sincos_1d(width, torch.arange(text_len)), persistent=False)
+        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio) for _ in range(text_layers))
+        if text_layers > 0:
+            self.ln = nn.LayerNorm(width, eps=1e-5)
+            self.proj = nn.Linear(width, width)
+            self.register_buffer("own", torch.eye(text_len, dtype=torch.bool), persistent=False)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         assert ids.shape[1] == self.text_len
-        return self.tok(ids) + self.pos[None]
+        e = self.tok(ids) + self.pos[None]
+        if len(self.blocks) == 0:
+            return e
+        # (B, 1, L, L), True = may attend: real keys, and every token to itself (so that an
+        # all-padding prompt, the unconditional one, has a defined output; the DiT masks it out).
+        allowed = ((ids != PAD_ID)[:, None, :] | self.own[None])[:, None]
+        h = e
+        for blk in self.blocks:
+            h = blk(h, allowed)
+        return e + self.proj(self.ln(h))
 
 
 class Attention(nn.Module):
@@ -130,9 +153,27 @@ class Attention(nn.Module):
         b, n, d = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, H, N, Dh)
-        # key_mask: (B, N) bool, True = may be attended to. Broadcast over heads and queries.
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
+        # key_mask: (B, N) bool, True = may be attended to, broadcast over heads and queries; or
+        # an already broadcastable (B, 1, N, N) mask.
+        mask = key_mask[:, None, None, :] if key_mask.dim() == 2 else key_mask
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block (burn's vlm::Block): z + Attn(LN(z)), then z + MLP(LN(z))."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: int):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(width, eps=1e-5)
+        self.attn = Attention(width, heads)
+        self.ln2 = nn.LayerNorm(width, eps=1e-5)
+        self.fc1 = nn.Linear(width, mlp_ratio * width)
+        self.fc2 = nn.Linear(mlp_ratio * width, width)
+
+    def forward(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        z = z + self.attn(self.ln1(z), mask)
+        return z + self.fc2(F.gelu(self.fc1(self.ln2(z)), approximate="tanh"))
 
 
 class DiTBlock(nn.Module):
@@ -175,7 +216,8 @@ class DiT(nn.Module):
         self.patch_embed = nn.Linear(cfg.in_channels * p * p, cfg.width)
         self.register_buffer("pos", sincos_2d(cfg.width, g), persistent=False)
         self.t_embed = TimestepEmbedder(cfg.width)
-        self.text = TextEmbedder(cfg.vocab, cfg.width, cfg.text_len)
+        self.text = TextEmbedder(cfg.vocab, cfg.width, cfg.text_len, cfg.heads, cfg.mlp_ratio,
+                                 cfg.text_layers)
         self.blocks = nn.ModuleList(DiTBlock(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.final = FinalLayer(cfg.width, p, cfg.out_channels)
         self.reset_parameters()
@@ -191,7 +233,10 @@ class DiT(nn.Module):
         for blk in self.blocks:
             nn.init.zeros_(blk.ada.weight)
             nn.init.zeros_(blk.ada.bias)
-        for lin in (self.final.ada, self.final.linear):
+        zero = [self.final.ada, self.final.linear]
+        if self.cfg.text_layers > 0:
+            zero.append(self.text.proj)
+        for lin in zero:
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 

@@ -1,8 +1,10 @@
 //! The DiT benchmark of docs/models.md on the flex CPU backend: one train step (forward +
 //! backward + AdamW, batch 16) and one sampling batch (16 images × 20 Euler steps with
-//! classifier-free guidance), for patch 4 (the benchmark configuration) and patch 8. Median of
-//! 20 runs after 3 warm-ups, in milliseconds. Last, the time to draw one 512-example training
-//! batch from the world on one thread (the host's share of a pre-training step on a GPU).
+//! classifier-free guidance), for patch 4 (the benchmark configuration), patch 8, and patch 8
+//! with a 2-layer text encoder (`text_layers: 2`, the shipped Diffuser's; the line
+//! `patch 8+text2`). Median of 20 runs after 3 warm-ups, in milliseconds. Last, the time to
+//! draw one 512-example training batch from the world on one thread (the host's share of a
+//! pre-training step on a GPU).
 //!
 //! `cargo bench -p rlrig-models --bench dit`; `RLRIG_BENCH_RUNS=5` shortens it.
 
@@ -54,9 +56,10 @@ fn random_text(config: &DitConfig, rng: &mut ChaCha8Rng, device: &Device) -> Tex
     TextBatch::from_ids(&rows, device).expect("valid ids")
 }
 
-fn bench(patch: usize, runs: usize) {
+fn bench(patch: usize, text_layers: usize, runs: usize) {
     let config = DitConfig {
         patch,
+        text_layers,
         ..DitConfig::diffuser()
     };
     let mut rng = ChaCha8Rng::seed_from_u64(0);
@@ -90,8 +93,13 @@ fn bench(patch: usize, runs: usize) {
         let x: Tensor<4> = flow::sample_ode(&model, &text, None, &sampler, seed);
         let _ = x.into_data();
     });
+    let label = if text_layers > 0 {
+        format!("{patch}+text{text_layers}")
+    } else {
+        patch.to_string()
+    };
     println!(
-        "patch {patch} ({} params): train step {train:.1} ms, sampling batch {sample:.1} ms \
+        "patch {label} ({} params): train step {train:.1} ms, sampling batch {sample:.1} ms \
          (batch {BATCH}, 20 Euler steps, CFG)",
         model.num_params()
     );
@@ -106,8 +114,8 @@ fn main() {
         "rlrig-models DiT benchmark, flex backend, {} threads, median of {runs} after {WARMUP} warm-ups",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    for patch in [4, 8] {
-        bench(patch, runs);
+    for (patch, text_layers) in [(4, 0), (8, 0), (8, 2)] {
+        bench(patch, text_layers, runs);
     }
     draw(runs);
 }

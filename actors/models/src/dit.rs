@@ -17,7 +17,7 @@
 //!
 //! With `text_layers > 0` the prompt first passes a text encoder (`text.blocks.{i}`, pre-LN
 //! blocks as the VLMs', then `text.ln` and the zero-initialised `text.proj`, added to the
-//! embeddings); the PyTorch reference has no text encoder.
+//! embeddings), as in the PyTorch reference's `DiTConfig.text_layers`.
 //!
 //! Parameter names (the safetensors keys): `patch_embed`, `t_embed.fc{1,2}`, `text.tok`,
 //! `blocks.{i}.attn.{qkv,proj}`, `blocks.{i}.{fc1,fc2,ada}`, `final_layer.{ada,linear}`
