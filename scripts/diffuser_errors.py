@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """What goes wrong with the objects the Diffuser draws: each object a prompt names is classed
 as drawn right, a binding error (its shape and its colour are both in the image, on different
-objects), a wrong colour, a wrong shape, or neither. Reads a `flows/diffuser-eval.toml` run's
+objects), a wrong colour, a wrong shape, or neither. Then each image: exactly right (by the
+number of objects its prompt names), the right shapes and colours wrongly paired, extra
+objects, the right number with something else wrong, or too few. Reads a `flows/diffuser-eval.toml` run's
 round-0 images and prompts and parses the images with `rlrig world parse` (the oracle).
 
     python3 scripts/diffuser_errors.py runs/diffuser-eval [path/to/rlrig]
@@ -23,6 +25,7 @@ def main(run: str, rlrig: str) -> None:
         [rlrig, "world", "parse", *images], capture_output=True, text=True, check=True
     ).stdout.splitlines()
     classes, named, unnamed, right_count = collections.Counter(), 0, 0, 0
+    per_image, exact, prompts_by_size = collections.Counter(), collections.Counter(), collections.Counter()
     for d, line in zip(dirs, parsed):
         drawn = [(it["label"], it["attributes"][0]) for it in json.loads(line)["items"]]
         with open(os.path.join(d, "chain.json")) as f:
@@ -31,6 +34,20 @@ def main(run: str, rlrig: str) -> None:
         shapes = {s for s, _ in drawn}
         colours = {c for _, c in drawn}
         right_count += len(drawn) == len(wanted)
+        prompts_by_size[len(wanted)] += 1
+        if sorted(drawn) == sorted(wanted):
+            exact[len(wanted)] += 1
+            per_image["exactly right"] += 1
+        elif sorted(s for s, _ in drawn) == sorted(s for s, _ in wanted) and sorted(
+            c for _, c in drawn
+        ) == sorted(c for _, c in wanted):
+            per_image["the right shapes and colours, wrongly paired"] += 1
+        elif len(drawn) > len(wanted):
+            per_image["extra objects"] += 1
+        elif len(drawn) == len(wanted):
+            per_image["the right number, something else wrong"] += 1
+        else:
+            per_image["too few objects"] += 1
         for shape, colour in wanted:
             named += 1
             if (shape, colour) in drawn:
@@ -49,6 +66,12 @@ def main(run: str, rlrig: str) -> None:
         print(f"  {kind:55} {n:6}  {n / named:.3f}")
     print(f"objects drawn that no prompt item names: {unnamed}")
     print(f"images with as many objects as the prompt names: {right_count}/{len(dirs)}")
+    print("per image:")
+    for kind, n in per_image.most_common():
+        print(f"  {kind:55} {n:6}  {n / len(dirs):.3f}")
+    for size in sorted(prompts_by_size):
+        n = prompts_by_size[size]
+        print(f"  exactly right, prompts naming {size} objects: {exact[size]}/{n} ({exact[size] / n:.2f})")
 
 
 if __name__ == "__main__":
