@@ -106,6 +106,15 @@ fn bench(patch: usize, text_layers: usize, runs: usize) {
 }
 
 fn main() {
+    let tuned = rlrig_models::device::keep_freed_memory();
+    println!(
+        "malloc: {}",
+        if tuned {
+            "freed memory kept (device::keep_freed_memory)"
+        } else {
+            "glibc defaults"
+        }
+    );
     let runs = std::env::var("RLRIG_BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -33,6 +33,15 @@ fn median(mut v: Vec<f64>) -> f64 {
 const PROMPT: &str = "move the red circle to the left of the blue square";
 
 fn main() {
+    let tuned = rlrig_models::device::keep_freed_memory();
+    println!(
+        "malloc: {}",
+        if tuned {
+            "freed memory kept (device::keep_freed_memory)"
+        } else {
+            "glibc defaults"
+        }
+    );
     let runs = env("RLRIG_BENCH_RUNS", 5);
     let n_groups = env("RLRIG_BENCH_GROUPS", 6);
     let g = 8;

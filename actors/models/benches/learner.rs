@@ -24,6 +24,15 @@ fn env(name: &str, default: usize) -> usize {
 }
 
 fn main() {
+    let tuned = rlrig_models::device::keep_freed_memory();
+    println!(
+        "malloc: {}",
+        if tuned {
+            "freed memory kept (device::keep_freed_memory)"
+        } else {
+            "glibc defaults"
+        }
+    );
     let runs = env("RLRIG_BENCH_RUNS", 10);
     let n_groups = env("RLRIG_BENCH_GROUPS", 16);
     let g = 8;
