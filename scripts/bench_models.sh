@@ -7,9 +7,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-/work/.venv-torch}
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-burn=$(cargo bench -q -p rlrig-models --bench dit 2>/dev/null | grep '^patch')
+# The allocator, the same on both sides: rlrig's glibc settings (device::keep_freed_memory; the
+# same values go to PyTorch's process as MALLOC_* variables), or glibc's defaults for both with
+# RLRIG_MALLOC=default.
+TORCH_ENV=()
+if [ "${RLRIG_MALLOC:-}" != default ]; then
+    TORCH_ENV=(MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=2147483647 MALLOC_TOP_PAD_=268435456)
+fi
+out=$(cargo bench -q -p rlrig-models --bench dit 2>/dev/null)
+echo "$out" | grep '^malloc'
+burn=$(echo "$out" | grep '^patch')
 echo "$burn"
-"$VENV/bin/python" -W ignore scripts/torch_reference/bench.py --out /tmp/torch_bench.json >/dev/null
+env "${TORCH_ENV[@]}" "$VENV/bin/python" -W ignore scripts/torch_reference/bench.py --out /tmp/torch_bench.json >/dev/null
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 BURN="$burn" python3 - <<'PY'
 import json, os, re

@@ -30,7 +30,7 @@ fn main() {
         if tuned {
             "freed memory kept (device::keep_freed_memory)"
         } else {
-            "glibc defaults"
+            "unchanged by rlrig (glibc defaults, or MALLOC_* from the environment)"
         }
     );
     let runs = env("RLRIG_BENCH_RUNS", 10);
