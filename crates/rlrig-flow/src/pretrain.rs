@@ -74,7 +74,8 @@ pub struct PretrainSettings {
     /// Steps between sample grids (evaluations).
     #[serde(default = "default_every")]
     pub sample_every: u64,
-    /// Stop (with a checkpoint) after this many minutes of wall time; resume later.
+    /// Stop (with a checkpoint) after this many minutes of wall time in this invocation (a
+    /// `--resume` gets the whole budget again); resume later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_minutes: Option<f64>,
     /// Device: `cpu`, `wgpu`, `wgpu:N` (a build with the `wgpu` feature) or `cuda:N`.
