@@ -107,14 +107,7 @@ fn bench(patch: usize, text_layers: usize, runs: usize) {
 
 fn main() {
     let tuned = rlrig_models::device::keep_freed_memory();
-    println!(
-        "malloc: {}",
-        if tuned {
-            "freed memory kept (device::keep_freed_memory)"
-        } else {
-            "unchanged by rlrig (glibc defaults, or MALLOC_* from the environment)"
-        }
-    );
+    println!("malloc: {}", rlrig_models::device::malloc_settings(tuned));
     let runs = std::env::var("RLRIG_BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())

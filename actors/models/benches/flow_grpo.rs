@@ -34,14 +34,7 @@ const PROMPT: &str = "move the red circle to the left of the blue square";
 
 fn main() {
     let tuned = rlrig_models::device::keep_freed_memory();
-    println!(
-        "malloc: {}",
-        if tuned {
-            "freed memory kept (device::keep_freed_memory)"
-        } else {
-            "unchanged by rlrig (glibc defaults, or MALLOC_* from the environment)"
-        }
-    );
+    println!("malloc: {}", rlrig_models::device::malloc_settings(tuned));
     let runs = env("RLRIG_BENCH_RUNS", 5);
     let n_groups = env("RLRIG_BENCH_GROUPS", 6);
     let g = 8;

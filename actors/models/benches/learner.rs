@@ -25,14 +25,7 @@ fn env(name: &str, default: usize) -> usize {
 
 fn main() {
     let tuned = rlrig_models::device::keep_freed_memory();
-    println!(
-        "malloc: {}",
-        if tuned {
-            "freed memory kept (device::keep_freed_memory)"
-        } else {
-            "unchanged by rlrig (glibc defaults, or MALLOC_* from the environment)"
-        }
-    );
+    println!("malloc: {}", rlrig_models::device::malloc_settings(tuned));
     let runs = env("RLRIG_BENCH_RUNS", 10);
     let n_groups = env("RLRIG_BENCH_GROUPS", 16);
     let g = 8;

@@ -109,6 +109,16 @@ pub fn keep_freed_memory() -> bool {
     false
 }
 
+/// What a program's allocator settings are, for a benchmark's header: `tuned` is what
+/// [`keep_freed_memory`] returned.
+pub fn malloc_settings(tuned: bool) -> &'static str {
+    if tuned {
+        "freed memory kept (device::keep_freed_memory)"
+    } else {
+        "unchanged by rlrig (glibc defaults, or MALLOC_* from the environment)"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +130,20 @@ mod tests {
         }
         for bad in ["", "gpu", "cuda", "cuda:", "wgpu:x", "cpu:0", "CPU"] {
             assert!(!is_device_name(bad), "{bad}");
+        }
+    }
+
+    /// glibc accepts every value `keep_freed_memory` sets (`mallopt` returns 1 for each; one it
+    /// refuses fails this). Whether they speed anything up is the benchmarks' question.
+    #[test]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn glibc_accepts_the_malloc_settings() {
+        let overridden = std::env::var_os("RLRIG_MALLOC").is_some()
+            || std::env::vars_os()
+                .any(|(k, _)| k.to_string_lossy().starts_with("MALLOC_") || k == "GLIBC_TUNABLES");
+        if !overridden {
+            assert!(keep_freed_memory());
+            assert!(malloc_settings(true).contains("kept"));
         }
     }
 
