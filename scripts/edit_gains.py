@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Per edit type (the edit prompt's first word): how many edits a run made and the share that
 raised the Checker's score over its previous check. Reads a run's `trajectories/*/chain.json`
-(written by `rlrig run`); README's "of the N `add` edits … raised the Checker's score" lines.
+(written by `rlrig run`); docs/RESULTS.md's "of the N `add` edits … raised the Checker's score" lines.
 
     python3 scripts/edit_gains.py runs/infer-500
 """

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Pre-trains built-in models on a GPU through burn's wgpu backend (Vulkan), several jobs at
 # once, each for MINUTES minutes of wall time (kernel compilation included); used on borrowed
-# H100s (see docs/models.md and README "Pre-training").
+# H100s (see docs/models.md and docs/RESULTS.md, "How the shipped weights were trained").
 #
 #   RLRIG=target/release/rlrig MINUTES=6 OUT=/tmp/gpu scripts/gpu_pretrain.sh [JOBS]
 #

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Re-measures every README number that depends on the shipped Diffuser (weights/diffuser.safetensors),
-# 500 held-out prompts (seed 1000), the oracle judging. ≈ 35 minutes on the 2-vCPU dev VM.
+# Re-measures every number of docs/RESULTS.md that depends on the shipped Diffuser
+# (weights/diffuser.safetensors), 500 held-out prompts (seed 1000), the oracle judging.
+# ≈ 25 minutes on a 2-core AMD EPYC (docs/BENCHMARKS.md, "The allocator").
 #
 #   scripts/measure_diffuser.sh [OUT]        # OUT: a folder for the logs (default runs/measure)
 #
-# Run dirs land in runs/ under the names the README uses (diffuser-eval*, infer-500, infer-phase1,
+# Run dirs land in runs/ under the names docs/RESULTS.md uses (diffuser-eval*, infer-500, infer-phase1,
 # infer-phase2*, …); the printed tables and comparisons are in OUT/*.log. RLRIG (default
 # target/release/rlrig) picks the binary.
 set -euo pipefail

@@ -1,6 +1,6 @@
 //! The neural kinds in real runs: the Diffuser and Editor with weights files made here (a small
 //! random network), and `flows/infer.toml` with the four shipped, trained networks (whose
-//! quality `rlrig quality` and the README's tables measure; here: that they run and keep the
+//! quality `rlrig quality` and docs/RESULTS.md's tables measure; here: that they run and keep the
 //! contract).
 
 use std::path::Path;

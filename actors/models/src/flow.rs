@@ -1,4 +1,4 @@
-//! Rectified flow over a [`Dit`] (docs/models.md "Rectified flow", DESIGN.md §6): the training
+//! Rectified flow over a [`Dit`] (docs/models.md "Rectified flow", docs/method.md): the training
 //! loss, the Euler ODE sampler with classifier-free guidance, and Flow-GRPO's SDE sampler with
 //! per-step log-probabilities.
 //!

@@ -1,4 +1,4 @@
-//! Flow-GRPO (arXiv 2505.05470; DESIGN.md §6) for the Editor: Reflection-GRPO's phase 2.
+//! Flow-GRPO (arXiv 2505.05470; docs/method.md) for the Editor: Reflection-GRPO's phase 2.
 //!
 //! A group is `G` edits of one (source image, edit prompt), each sampled by the Editor's SDE
 //! sampler ([`crate::flow::sample_sde_chains`]) and stored with its denoising chain: the

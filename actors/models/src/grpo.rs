@@ -1,4 +1,4 @@
-//! GRPO's objective for token policies (DeepSeekMath 2402.03300; DESIGN.md §6), as
+//! GRPO's objective for token policies (DeepSeekMath 2402.03300; docs/method.md), as
 //! Reflection-GRPO's phase 1 trains the Policy with it. Knob names follow TRL / verl.
 //!
 //! * Group-normalised advantages: `A_i = (r_i − mean(r)) / (std(r) + eps)` over the `G`

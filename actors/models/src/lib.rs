@@ -1,18 +1,24 @@
-//! The burn networks of rlrig's built-in generative models (docs/models.md): the Diffuser's and
-//! the Editor's DiT, trained and sampled as a rectified flow.
+//! rlrig's built-in networks in burn (docs/models.md): the Diffuser's and the Editor's DiT,
+//! trained and sampled as a rectified flow, and the Checker's and the Policy's small VLMs; their
+//! training, their GRPO learners, and the roles they play.
 //!
 //! * [`text`]: the closed-vocabulary tokenizer of scene-graph and edit prompts.
 //! * [`dit`]: [`DitConfig`] and the network [`Dit`] (`v_θ(x_s, s, text)`).
 //! * [`flow`]: the training loss, the Euler ODE sampler with classifier-free guidance, and
 //!   Flow-GRPO's SDE sampler with per-step log-probabilities.
-//! * [`grpo`]: GRPO's objective for the Policy's tokens (advantages, clipping, k3 KL).
+//! * [`vlm`]: the Checker's and the Policy's small vision-language models.
 //! * [`image`]: [`rlrig_contract::Image`] ↔ tensors in `[−1, 1]`.
 //! * [`weights`]: one self-describing safetensors file per model.
-//! * [`vlm`]: the Checker's and the Policy's small vision-language models.
-//! * [`vlm_train`]: their pre-training data (imperfect images, oracle labels) and evaluation.
-//! * [`quality`]: the models' quality against the oracle (`rlrig quality`).
 //! * [`train`]: the training loop every model shares (EMA, checkpoints, resume, budget).
-//! * [`device`]: a flow's device name (`cpu`, `wgpu:N`) as a burn device.
+//! * [`pretrain`]: pre-training the Diffuser and the Editor on data the world generates.
+//! * [`vlm_train`]: pre-training the Checker and the Policy (imperfect images, oracle labels)
+//!   and their evaluation.
+//! * [`grpo`]: GRPO's objective for the Policy's tokens (advantages, clipping, k3 KL) and its
+//!   learner (Reflection-GRPO phase 1).
+//! * [`flow_grpo`]: Flow-GRPO's learner of the Editor (phase 2).
+//! * [`quality`]: the models' quality against the oracle (`rlrig quality`).
+//! * [`roles`]: the four neural roles (the `neural.*` kinds).
+//! * [`device`]: a flow's device name (`cpu`, `wgpu:N`, `cuda:N`) as a burn device.
 //!
 //! Everything is device-agnostic: burn 0.22 tensors carry their backend in their
 //! [`Device`](burn::tensor::Device), not in a type parameter. On CPU use `Device::flex()`, and

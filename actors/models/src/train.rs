@@ -170,9 +170,10 @@ pub fn mix(a: u64, b: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The decay of the weights' exponential moving average (DESIGN.md §9: 0.999), reached after
-/// a warm-up ([`ema_decay`]). Evaluations and the exported weights use the average, which
-/// samples far cleaner than the raw weights of the last step.
+/// The decay of the weights' exponential moving average (0.999: docs/method.md, "Why the
+/// built-in world is shaped as it is"), reached after a warm-up ([`ema_decay`]). Evaluations
+/// and the exported weights use the average, which samples far cleaner than the raw weights of
+/// the last step.
 pub const EMA_DECAY: f64 = 0.999;
 
 /// The average's decay after `step` steps: `min(EMA_DECAY, (1 + step) / (10 + step))`, so that

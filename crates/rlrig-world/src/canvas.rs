@@ -4,7 +4,7 @@
 //! Geometry: the canvas (`size`×`size`, at least [`MIN_CANVAS`]) is divided into a
 //! [`GRID`]×[`GRID`] grid of cells; every object is one shape of a fixed size
 //! ([`Canvas::object_size`]: the cell less a small gap) centred in its own cell. A coarse grid
-//! and one object size keep the world learnable by small generators (DESIGN.md §9) while every
+//! and one object size keep the world learnable by small generators (docs/method.md) while every
 //! satisfiable graph of up to [`MAX_ITEMS`] items still has a drawing: a 4×4 grid can realise
 //! any order of four objects on each axis. Relations are checked by GenEval's rule on the boxes
 //! of the pixels actually drawn.

@@ -82,7 +82,7 @@ fn rate(size: u32, degrade: impl Fn(&mut Image, &mut ChaCha8Rng)) -> f64 {
 }
 
 /// Degraded images: the recovery rates (1,000 seeded scenes each) are printed and held to a floor
-/// a little under what was measured (README.md states the measured rates), so that a parser
+/// a little under what was measured (docs/RESULTS.md states the measured rates), so that a parser
 /// regression fails the test.
 #[test]
 fn noisy_images_still_parse() {
