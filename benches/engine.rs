@@ -39,6 +39,8 @@ impl Checker for C {
                 relations: vec![],
                 score: if r.image.get(0, 0)[0] == 2 { 1.0 } else { 0.0 },
                 reflection: String::new(),
+                graph: None,
+                estimates: None,
             })
             .collect())
     }

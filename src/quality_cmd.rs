@@ -142,6 +142,14 @@ pub fn run(args: QualityArgs) -> Result<i32> {
                     a.score_oracle_correlation
                 );
                 println!("  score mean abs. error      {:.3}", a.score_mae);
+                println!(
+                    "  scene-graph triples        precision {:.3}, recall {:.3}",
+                    a.triple_precision, a.triple_recall
+                );
+                println!(
+                    "  SG-IoU estimate vs oracle  r = {:.3}, mean abs. error {:.3} (means {:.3} / {:.3})",
+                    a.sg_iou_correlation, a.sg_iou_mae, a.sg_iou_mean.0, a.sg_iou_mean.1
+                );
                 serde_json::to_value(&a)?
             } else {
                 let policy = weights::load_model::<PolicyNet>(&args.policy, &device)

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
-use rlrig_contract::GrpoGroup;
+use rlrig_contract::{GrpoGroup, Reward};
 use rlrig_engine::Registry;
 use rlrig_store::TrajectoryStore;
 use serde::Serialize;
@@ -39,8 +39,8 @@ pub struct ReplaySummary {
     pub version: u64,
 }
 
-/// Reads every GRPO group of a run's store, in commit order.
-pub fn stored_groups(run: &Path) -> Result<(usize, Vec<GrpoGroup>)> {
+/// Reads every GRPO group of a run's store, in commit order, each sample rewarded by `reward`.
+pub fn stored_groups(run: &Path, reward: &Reward) -> Result<(usize, Vec<GrpoGroup>)> {
     let path = run.join("store");
     if !path.is_dir() {
         bail!(
@@ -60,7 +60,10 @@ pub fn stored_groups(run: &Path) -> Result<(usize, Vec<GrpoGroup>)> {
         for (seq, t) in batch {
             cursor = Some(seq);
             n += 1;
-            groups.extend(t.grpo_groups());
+            groups.extend(
+                t.grpo_groups(reward)
+                    .with_context(|| format!("trajectory {} of {}", t.id, run.display()))?,
+            );
         }
     }
     Ok((n, groups))
@@ -88,7 +91,7 @@ pub fn run(
             source.display()
         );
     }
-    let (trajectories, groups) = stored_groups(source)?;
+    let (trajectories, groups) = stored_groups(source, &loaded.flow.cycle.reward())?;
     if groups.is_empty() {
         bail!(
             "{}: no GRPO groups stored (was it a training run, with num_generations ≥ 2?)",
@@ -125,6 +128,8 @@ pub fn run(
             stale_groups: 0,
             staleness: 0.0,
             trajectories_per_s: 0.0,
+            reward_mean_all: stats.reward_mean,
+            reward_std_all: stats.reward_std,
             learn: stats,
         };
         lines.push_str(&serde_json::to_string(&line)?);

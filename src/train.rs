@@ -299,6 +299,7 @@ async fn drive(
                 max_staleness: t.max_staleness,
                 checkpoint_every: t.checkpoint_every,
                 dir: dir.to_path_buf(),
+                reward: loaded.flow.cycle.reward(),
             },
             publish,
             resume,
@@ -315,6 +316,7 @@ async fn drive(
         let stop_tx = stop_tx.clone();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
+                crate::run::note_interrupted();
                 eprintln!(
                     "\ninterrupted: cancelling the rollouts in flight; continue with --resume"
                 );

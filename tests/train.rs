@@ -142,7 +142,7 @@ fn a_tiny_training_run_commits_trajectories_steps_and_publishes_weights() {
     let store = TrajectoryStore::open(&dir.join("store")).unwrap();
     let all = store.committed_after(None, usize::MAX).unwrap();
     assert_eq!(all.len() as u64, store.next_seq().unwrap());
-    let groups: usize = all.iter().map(|(_, t)| t.grpo_groups().len()).sum();
+    let groups: usize = all.iter().map(|(_, t)| t.grpo_groups(&rlrig_contract::Reward::default()).unwrap().len()).sum();
     assert!(groups >= m.iter().map(|s| s.learn.groups).sum::<usize>());
     let mut versions = Vec::new();
     for (_, t) in &all {
@@ -381,7 +381,7 @@ fn phase_two_trains_the_editor_from_stored_denoising_chains() {
     let mut versions = std::collections::BTreeSet::new();
     let mut groups = 0;
     for (_, t) in &all {
-        for g in t.grpo_groups() {
+        for g in t.grpo_groups(&rlrig_contract::Reward::default()).unwrap() {
             groups += 1;
             assert_eq!(g.samples.len(), 4);
             let prompt = &g.samples[0].proposal.edit_prompt;

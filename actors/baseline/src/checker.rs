@@ -2,7 +2,8 @@
 
 use rlrig_contract::{CheckReport, CheckRequest, Checker, Image, RoleError, SceneGraph};
 use rlrig_world::WorldGraph;
-use rlrig_world::oracle::OracleConfig;
+use rlrig_contract::sg::Extraction;
+use rlrig_world::oracle::{self, OracleConfig};
 use rlrig_world::reflect;
 use serde::{Deserialize, Serialize};
 
@@ -86,7 +87,10 @@ impl OracleChecker {
     fn judge(&self, prompt: &SceneGraph, image: &Image) -> Result<CheckReport, String> {
         let graph = WorldGraph::from_scene_graph(prompt).map_err(|e| e.to_string())?;
         let findings = reflect::oracle_findings(&graph, image, &self.oracle);
-        Ok(reflect::report(&graph, findings))
+        // The oracle's own scene graph, narrowed as a LAION-SG judge would see it.
+        let seen = Extraction::from(&oracle::graph_of(&oracle::detect_with(image, &self.oracle)))
+            .as_judged_against(prompt);
+        Ok(reflect::report(&graph, findings).with_graph(prompt, seen))
     }
 }
 

@@ -60,6 +60,8 @@ fn report(items: &[ItemVerdict], relations: &[RelationVerdict]) -> CheckReport {
         relations: relations.to_vec(),
         score: 0.0,
         reflection: String::new(),
+        graph: None,
+        estimates: None,
     }
 }
 

@@ -72,6 +72,8 @@ fn report() -> CheckReport {
         relations: vec![],
         score: 1.0,
         reflection: "all good".into(),
+        graph: None,
+        estimates: None,
     }
 }
 

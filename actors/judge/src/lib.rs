@@ -383,20 +383,21 @@ pub fn report(truth: &SceneGraph, found: &Extraction) -> CheckReport {
             ));
         }
     }
-    CheckReport {
+    CheckReport::new(
         items,
         relations,
-        score: if total == 0 {
+        if total == 0 {
             1.0
         } else {
             met as f64 / total as f64
         },
-        reflection: if words.is_empty() {
+        if words.is_empty() {
             "all relations hold.".into()
         } else {
             words.join(" ")
         },
-    }
+    )
+    .with_graph(truth, found.as_judged_against(truth))
 }
 
 impl Checker for JudgeChecker {

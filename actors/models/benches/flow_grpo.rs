@@ -84,6 +84,8 @@ fn main() {
                 relations: vec![],
                 score: 0.0,
                 reflection: String::new(),
+                graph: None,
+                estimates: None,
             },
             samples: (0..g)
                 .map(|k| {

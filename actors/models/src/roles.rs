@@ -18,7 +18,7 @@ use crate::flow::{self, SamplerConfig};
 use crate::image::{images_to_tensor, tensor_to_images};
 use crate::text::{EOS, Tokenizer};
 use crate::vlm::{CheckerNet, Decoding, PolicyInput, PolicyNet};
-use crate::vlm_train::checker_findings;
+use crate::vlm_train::{checker_findings, checker_graphs};
 use crate::{Dit, weights};
 
 /// Settings of the neural Diffuser and Editor kinds, as flows give them.
@@ -343,10 +343,14 @@ impl Checker for NeuralChecker {
             .collect();
         let findings = checker_findings(&self.net, &pairs)
             .map_err(|e| RoleError(format!("NeuralChecker: {e}")))?;
+        let seen = checker_graphs(&self.net, &pairs, &findings)
+            .map_err(|e| RoleError(format!("NeuralChecker: {e}")))?;
         Ok(graphs
             .iter()
             .zip(findings)
-            .map(|(g, f)| reflect::report(g, f))
+            .zip(seen)
+            .zip(batch)
+            .map(|(((g, f), s), r)| reflect::report(g, f).with_graph(&r.prompt, s))
             .collect())
     }
 }

@@ -26,6 +26,7 @@ use rlrig_contract::{
 use rlrig_world::canvas::GRID;
 use rlrig_world::corrupt;
 use rlrig_world::oracle::OracleConfig;
+use rlrig_contract::sg::{Extraction, Triple};
 use rlrig_world::reflect::{self, Findings};
 use rlrig_world::{Canvas, Colour, Edit, Object, Rel, Shape, WorldGraph, sample};
 use serde::{Deserialize, Serialize};
@@ -491,6 +492,103 @@ pub fn checker_findings(
     Ok(out)
 }
 
+/// The scene graph the Checker sees in each image, under LAION-SG's protocol: the present
+/// items (by the Checker's item verdicts in `findings`) are the entities, and each ordered pair
+/// of present items is asked about each predicate the prompt uses — one relation question
+/// each, as the prompt's own relations are asked; a `holds` answer is a triple.
+pub fn checker_graphs(
+    net: &CheckerNet,
+    scenes: &[(&WorldGraph, &Image)],
+    findings: &[Findings],
+) -> Result<Vec<Extraction>, String> {
+    // Per scene: the triples asked about, and their question words.
+    let asked: Vec<Vec<(Triple, Vec<u32>)>> = scenes
+        .iter()
+        .zip(findings)
+        .map(|((g, _), f)| pair_questions(g, f))
+        .collect::<Result<_, _>>()?;
+    let mut out: Vec<Extraction> = scenes
+        .iter()
+        .zip(findings)
+        .map(|((g, _), f)| {
+            let mut entities: Vec<String> = g
+                .objects
+                .iter()
+                .zip(&f.items)
+                .filter(|(_, v)| **v == ItemVerdict::Present)
+                .map(|(o, _)| o.to_string())
+                .collect();
+            entities.sort();
+            entities.dedup();
+            Extraction {
+                entities,
+                ..Extraction::default()
+            }
+        })
+        .collect();
+    let idx: Vec<usize> = (0..scenes.len()).filter(|&k| !asked[k].is_empty()).collect();
+    for chunk in idx.chunks(64) {
+        let images: Vec<Image> = chunk.iter().map(|&k| scenes[k].1.clone()).collect();
+        let words: Vec<Vec<Vec<u32>>> = chunk
+            .iter()
+            .map(|&k| asked[k].iter().map(|(_, w)| w.clone()).collect())
+            .collect();
+        let mut answers = net.answer(&images, &words)?.into_iter();
+        for &k in chunk {
+            for (t, _) in &asked[k] {
+                let (v, _) = answers.next().ok_or("the Checker gave too few answers")?;
+                // Verdict classes: 0 holds, 1 violated, 2 cannot tell.
+                if v[0] > v[1] && v[0] > v[2] {
+                    out[k].triples.push(t.clone());
+                }
+            }
+        }
+    }
+    for e in &mut out {
+        let mut preds: Vec<String> = e.triples.iter().map(|t| t.predicate.clone()).collect();
+        preds.sort();
+        preds.dedup();
+        e.predicates = preds;
+    }
+    Ok(out)
+}
+
+/// The triples a scene's graph question asks about: every ordered pair of distinct present
+/// items (by their words) and every predicate of the prompt.
+fn pair_questions(g: &WorldGraph, f: &Findings) -> Result<Vec<(Triple, Vec<u32>)>, String> {
+    let tok = Tokenizer::full(usize::MAX);
+    let mut preds: Vec<Rel> = g.relations.iter().map(|&(_, r, _)| r).collect();
+    preds.sort_by_key(|r| r.word());
+    preds.dedup();
+    let mut present: Vec<String> = g
+        .objects
+        .iter()
+        .zip(&f.items)
+        .filter(|(_, v)| **v == ItemVerdict::Present)
+        .map(|(o, _)| o.to_string())
+        .collect();
+    present.sort();
+    present.dedup();
+    let mut out = Vec::new();
+    for a in &present {
+        for b in present.iter().filter(|b| *b != a) {
+            for r in &preds {
+                let text = format!("{a} {r} {b}");
+                let ids = tok.tokens(&text).map_err(|e| format!("{text:?}: {e}"))?;
+                out.push((
+                    Triple {
+                        subject: a.clone(),
+                        predicate: r.word().to_owned(),
+                        object: b.clone(),
+                    },
+                    ids,
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// How well the Checker agrees with the oracle on a set of scenes.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct CheckerAgreement {
@@ -512,14 +610,45 @@ pub struct CheckerAgreement {
     pub score_oracle_correlation: f64,
     /// Mean absolute difference between the Checker's score and the oracle's.
     pub score_mae: f64,
+    /// Triples of the Checker's scene graph ([`checker_graphs`]) that the oracle's graph, as
+    /// a LAION-SG judge would see it, holds too.
+    #[serde(default)]
+    pub triple_precision: f64,
+    /// Triples of the oracle's graph that the Checker's graph holds too.
+    #[serde(default)]
+    pub triple_recall: f64,
+    /// Mean absolute difference between the Checker's SG-IoU estimate and the oracle's SG-IoU.
+    #[serde(default)]
+    pub sg_iou_mae: f64,
+    /// Pearson correlation of the Checker's SG-IoU estimate with the oracle's SG-IoU.
+    #[serde(default)]
+    pub sg_iou_correlation: f64,
+    /// Mean of the Checker's SG-IoU estimates, and of the oracle's, over the scenes.
+    #[serde(default)]
+    pub sg_iou_mean: (f64, f64),
 }
 
 /// The Checker's agreement with the oracle on `scenes`.
 pub fn checker_agreement(net: &CheckerNet, scenes: &[Scene]) -> Result<CheckerAgreement, String> {
     let pairs: Vec<(&WorldGraph, &Image)> = scenes.iter().map(|s| (&s.graph, &s.image)).collect();
     let mut mine = Vec::new();
+    let mut seen = Vec::new();
     for chunk in pairs.chunks(64) {
-        mine.extend(checker_findings(net, chunk)?);
+        let f = checker_findings(net, chunk)?;
+        seen.extend(checker_graphs(net, chunk, &f)?);
+        mine.extend(f);
+    }
+    let (mut found, mut true_found, mut truth) = (0usize, 0usize, 0usize);
+    let (mut est, mut actual) = (Vec::new(), Vec::new());
+    for (s, g) in scenes.iter().zip(&seen) {
+        let oracle = Extraction::from(&rlrig_world::parse(&s.image)).as_judged_against(&s.prompt);
+        let o: std::collections::HashSet<&Triple> = oracle.triples.iter().collect();
+        let m: std::collections::HashSet<&Triple> = g.triples.iter().collect();
+        found += m.len();
+        truth += o.len();
+        true_found += m.intersection(&o).count();
+        est.push(rlrig_contract::sg::score(&s.prompt, g).sg_iou);
+        actual.push(rlrig_contract::sg::score(&s.prompt, &oracle).sg_iou);
     }
     let (mut items, mut items_ok, mut rels, mut rels_ok, mut viol, mut viol_ok) =
         (0, 0, 0, 0, 0, 0);
@@ -569,6 +698,15 @@ pub fn checker_agreement(net: &CheckerNet, scenes: &[Scene]) -> Result<CheckerAg
         score_correlation: pearson(&xs, &ys),
         score_oracle_correlation: pearson(&mine_all, &oracle_all),
         score_mae: mae / scenes.len().max(1) as f64,
+        triple_precision: ratio(true_found, found),
+        triple_recall: ratio(true_found, truth),
+        sg_iou_mae: est.iter().zip(&actual).map(|(a, b)| (a - b).abs()).sum::<f64>()
+            / scenes.len().max(1) as f64,
+        sg_iou_correlation: pearson(&est, &actual),
+        sg_iou_mean: (
+            est.iter().sum::<f64>() / scenes.len().max(1) as f64,
+            actual.iter().sum::<f64>() / scenes.len().max(1) as f64,
+        ),
     })
 }
 

@@ -98,6 +98,8 @@ fn group(model: &Dit, rewards: &[f64], seed: u64) -> GrpoGroup {
             relations: vec![],
             score: 0.0,
             reflection: String::new(),
+            graph: None,
+            estimates: None,
         },
         samples,
     }

@@ -454,3 +454,48 @@ fn vlm_jobs_train_resume_and_export_loadable_weights() {
         }
     }
 }
+
+/// The shipped Checker's scene graph (every ordered pair of present items asked about every
+/// predicate of the prompt) against the oracle's on fixed rendered scenes: most triples agree,
+/// and its SG-IoU estimate tracks the oracle's SG-IoU. The report carries the graph and the
+/// estimates computed from it.
+#[test]
+fn the_shipped_checker_reports_a_scene_graph_that_agrees_with_the_oracle() {
+    let weights_path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../weights/checker.safetensors");
+    let mut checker = NeuralChecker::new(&CheckerSettings { weights: weights_path }, "cpu").unwrap();
+    let scenes: Vec<_> = (0..96)
+        .map(|i| problem_scene(&canvas(), 77, i, &Pool::default(), 0.0))
+        .collect();
+    let a = rlrig_models::vlm_train::checker_agreement(checker.net(), &scenes).unwrap();
+    assert!(a.triple_precision > 0.85, "{a:#?}");
+    assert!(a.triple_recall > 0.85, "{a:#?}");
+    assert!(a.sg_iou_correlation > 0.7, "{a:#?}");
+    assert!(a.sg_iou_mae < 0.12, "{a:#?}");
+
+    let requests: Vec<CheckRequest> = scenes[..8]
+        .iter()
+        .map(|s| CheckRequest {
+            prompt: s.prompt.clone(),
+            image: s.image.clone(),
+        })
+        .collect();
+    for (r, q) in checker.check(&requests).unwrap().iter().zip(&requests) {
+        let graph = r.graph.as_ref().expect("the neural Checker reports its scene graph");
+        assert_eq!(r.estimates, Some(rlrig_contract::sg::score(&q.prompt, graph)));
+        // Only the prompt's words: LAION-SG's judge is given them as the candidates.
+        let entities = q.prompt.entities();
+        let predicates = q.prompt.predicates();
+        for t in &graph.triples {
+            assert!(entities.contains(&t.subject) && entities.contains(&t.object), "{t:?}");
+            assert!(predicates.contains(&t.predicate), "{t:?}");
+            assert_ne!(t.subject, t.object);
+        }
+        // A prompt relation the Checker finds held is a triple of its graph.
+        for (t, v) in q.prompt.triples().iter().zip(&r.relations) {
+            if *v == RelationVerdict::Holds && t.subject != t.object {
+                assert!(graph.triples.contains(t), "{t:?} holds but is not in {graph:?}");
+            }
+        }
+    }
+}

@@ -7,7 +7,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    CheckReport, DenoisingChain, EditProposal, Image, RoleError, SceneGraph, StepOutput, Trajectory,
+    CheckReport, DenoisingChain, EditProposal, Image, Reward, RewardError, RoleError, SceneGraph,
+    StepOutput, Trajectory,
 };
 
 /// The `G` samples drawn for one input (one trajectory, one round), each with the reward it
@@ -39,7 +40,7 @@ pub struct GroupSample {
     /// Phase 2: the Editor's sampled denoising chain, with its log-probs and version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain: Option<DenoisingChain>,
-    /// The reward: the combined Checker score of the branch's last image.
+    /// The reward ([`Reward`]) of the combined Checker report on the branch's last image.
     pub reward: f64,
 }
 
@@ -77,7 +78,10 @@ impl Trajectory {
     /// branches ([`crate::Branch`]) — from the Policy step (phase 1) or from the Editor step
     /// (phase 2) to the end of the round. A branch without a Checker report after its last
     /// image has no reward; a group with fewer than two rewarded samples is left out.
-    pub fn grpo_groups(&self) -> Vec<GrpoGroup> {
+    ///
+    /// Each sample's reward is `reward` of the branch's combined report; a report the reward
+    /// cannot be computed from is an error.
+    pub fn grpo_groups(&self, reward: &Reward) -> Result<Vec<GrpoGroup>, RewardError> {
         let mut groups = Vec::new();
         let mut line = Line::default();
         let mut i = 0;
@@ -128,7 +132,7 @@ impl Trajectory {
                     samples.push(GroupSample {
                         proposal,
                         chain,
-                        reward: r.score,
+                        reward: reward.of(&r)?,
                     });
                 }
             }
@@ -150,7 +154,7 @@ impl Trajectory {
             }
             i = end;
         }
-        groups
+        Ok(groups)
     }
 }
 
@@ -172,7 +176,8 @@ impl<'a> Line<'a> {
 
 impl CheckReport {
     /// Several checkers' reports on one image as one: the last one's verdicts, the mean
-    /// score, the reflections joined. `None` for no report.
+    /// score, the reflections joined, the last scene graph reported and the mean of the IoU
+    /// estimates reported. `None` for no report.
     pub fn combine(reports: &[CheckReport]) -> Option<CheckReport> {
         let last = reports.last()?;
         if reports.len() == 1 {
@@ -187,8 +192,24 @@ impl CheckReport {
                 .map(|r| r.reflection.as_str())
                 .collect::<Vec<_>>()
                 .join(" "),
+            graph: reports.iter().rev().find_map(|r| r.graph.clone()),
+            estimates: mean_estimates(reports),
         })
     }
+}
+
+/// The mean of the reports' IoU estimates, over those that have them.
+fn mean_estimates(reports: &[CheckReport]) -> Option<crate::sg::IouScores> {
+    let have: Vec<&crate::sg::IouScores> = reports.iter().filter_map(|r| r.estimates.as_ref()).collect();
+    if have.is_empty() {
+        return None;
+    }
+    let n = have.len() as f64;
+    Some(crate::sg::IouScores {
+        sg_iou: have.iter().map(|e| e.sg_iou).sum::<f64>() / n,
+        entity_iou: have.iter().map(|e| e.entity_iou).sum::<f64>() / n,
+        relation_iou: have.iter().map(|e| e.relation_iou).sum::<f64>() / n,
+    })
 }
 
 /// New weights of the trained role (the Policy in phase 1, the Editor in phase 2), sent to

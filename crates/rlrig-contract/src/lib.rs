@@ -26,10 +26,12 @@ pub use rlrig_sg::SceneGraph;
 mod chain;
 mod image;
 mod learn;
+mod reward;
 mod trajectory;
 pub use chain::{ChainError, DenoisingChain, SampledEdit, round_f16};
 pub use image::{Image, ImageError, PngError};
 pub use learn::{GroupSample, GrpoGroup, GrpoLearner, LearnStats, WeightsUpdate};
+pub use reward::{Reward, RewardError, RewardFunc};
 pub use trajectory::{Branch, Outcome, Step, StepOutput, Trajectory};
 
 /// The roles of the reflect-edit cycle.
@@ -114,10 +116,48 @@ pub struct CheckReport {
     pub items: Vec<ItemVerdict>,
     /// One verdict per prompt relation, in the prompt's relation order.
     pub relations: Vec<RelationVerdict>,
-    /// Fraction of the prompt's requirements satisfied, in `[0, 1]`: the intrinsic reward.
+    /// Fraction of the prompt's requirements satisfied, in `[0, 1]`: the default intrinsic
+    /// reward ([`Reward`] chooses).
     pub score: f64,
     /// The reflection in words, e.g. `the red circle is right of the blue square, not left of it`.
     pub reflection: String,
+    /// The scene graph the Checker sees, under LAION-SG's protocol: the prompt's items are the
+    /// candidate entities and its predicates the candidate relations, and every ordered pair of
+    /// present items is asked about every candidate predicate. `None` from checkers that do
+    /// not report one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph: Option<sg::Extraction>,
+    /// SG-IoU, Entity-IoU and Relation-IoU of [`CheckReport::graph`] against the prompt: the
+    /// Checker's estimate of what a LAION-SG judge would score ([`sg::score`]). An intrinsic
+    /// signal: no oracle takes part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimates: Option<sg::IouScores>,
+}
+
+impl CheckReport {
+    /// A report without a scene graph: verdicts, score and reflection only.
+    pub fn new(
+        items: Vec<ItemVerdict>,
+        relations: Vec<RelationVerdict>,
+        score: f64,
+        reflection: String,
+    ) -> Self {
+        CheckReport {
+            items,
+            relations,
+            score,
+            reflection,
+            graph: None,
+            estimates: None,
+        }
+    }
+
+    /// Adds the scene graph the Checker sees and its IoU estimates against `prompt`.
+    pub fn with_graph(mut self, prompt: &SceneGraph, graph: sg::Extraction) -> Self {
+        self.estimates = Some(sg::score(prompt, &graph));
+        self.graph = Some(graph);
+        self
+    }
 }
 
 /// Asks the [`EditPolicy`] (the paper's Actor) for an edit prompt.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ractor::{Actor, ActorRef};
 use rlrig_contract::{
-    Branch, CheckReport, CheckRequest, EditRequest, GenerateRequest, Image, Outcome,
+    Branch, CheckReport, Reward, CheckRequest, EditRequest, GenerateRequest, Image, Outcome,
     ProposeRequest, Role, SceneGraph, Step, StepOutput, Trajectory, WeightsUpdate,
 };
 use rlrig_flow::{Answer as AnswerRule, Flow, FlowError, LoadedFlow};
@@ -335,7 +335,7 @@ impl Driver {
         }
         let outcome = match result {
             Err(error) => Outcome::Failed { error },
-            Ok(()) => answer(&steps, cycle.answer),
+            Ok(()) => answer(&steps, cycle.answer, &cycle.reward()),
         };
         Trajectory {
             id,
@@ -495,11 +495,15 @@ impl Driver {
         let results = futures::future::join_all(branches).await;
         let mut kept = 0;
         let mut best = f64::NEG_INFINITY;
+        let reward = self.flow.cycle.reward();
         for (b, (r, bp, _)) in results.iter().enumerate() {
             if let Err(e) = r {
                 return Err(format!("branch {b}: {e}"));
             }
-            let score = CheckReport::combine(&bp.reports).map_or(f64::NEG_INFINITY, |r| r.score);
+            let score = match CheckReport::combine(&bp.reports) {
+                Some(r) => reward.of(&r).map_err(|e| format!("branch {b}: {e}"))?,
+                None => f64::NEG_INFINITY,
+            };
             if score > best {
                 best = score;
                 kept = b;
@@ -534,16 +538,18 @@ impl Driver {
     }
 }
 
-/// The answer of a finished trajectory: its last image, or the image with the best combined
-/// checker score (the latest among equals), among the steps on its line.
-fn answer(steps: &[Step], rule: AnswerRule) -> Outcome {
-    let mut scored: Vec<(usize, Option<f64>)> = Vec::new();
+/// The answer of a finished trajectory: its last image, or the image with the best reward of
+/// its combined checker reports (the latest among equals), among the steps on its line. The
+/// outcome carries the answer's combined checker score.
+fn answer(steps: &[Step], rule: AnswerRule, reward: &Reward) -> Outcome {
+    // (step, combined report) per image on the line.
+    let mut scored: Vec<(usize, Option<CheckReport>)> = Vec::new();
     let mut reports: Vec<CheckReport> = Vec::new();
     for (i, s) in steps.iter().enumerate().filter(|(_, s)| s.on_line()) {
         match &s.output {
             StepOutput::Image(_) => {
                 if let Some(last) = scored.last_mut() {
-                    last.1 = CheckReport::combine(&reports).map(|r| r.score);
+                    last.1 = CheckReport::combine(&reports);
                 }
                 reports.clear();
                 scored.push((i, None));
@@ -553,22 +559,31 @@ fn answer(steps: &[Step], rule: AnswerRule) -> Outcome {
         }
     }
     if let Some(last) = scored.last_mut() {
-        last.1 = CheckReport::combine(&reports).map(|r| r.score);
+        last.1 = CheckReport::combine(&reports);
     }
     let pick = match rule {
-        AnswerRule::Last => scored.last().copied(),
-        AnswerRule::Best => scored
-            .iter()
-            .copied()
-            .filter(|s| s.1.is_some())
-            .max_by(|a, b| {
-                a.1.partial_cmp(&b.1)
-                    .unwrap_or(std::cmp::Ordering::Equal)
-                    .then(a.0.cmp(&b.0))
-            })
-            .or(scored.last().copied()),
+        AnswerRule::Last => scored.last().map(|(i, r)| (*i, r.as_ref())),
+        AnswerRule::Best => {
+            let mut best: Option<(usize, &CheckReport, f64)> = None;
+            for (i, r) in &scored {
+                let Some(r) = r else { continue };
+                let value = match reward.of(r) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        return Outcome::Failed {
+                            error: e.to_string(),
+                        };
+                    }
+                };
+                if best.is_none_or(|(_, _, b)| value >= b) {
+                    best = Some((*i, r, value));
+                }
+            }
+            best.map(|(i, r, _)| (i, Some(r)))
+                .or(scored.last().map(|(i, r)| (*i, r.as_ref())))
+        }
     };
-    match pick {
+    match pick.map(|(i, r)| (i, r.map(|r| r.score))) {
         Some((answer, score)) => Outcome::Done { answer, score },
         None => Outcome::Failed {
             error: "the cycle produced no image".into(),

@@ -79,6 +79,8 @@ impl Checker for Check {
                 relations: vec![],
                 score,
                 reflection: String::new(),
+                graph: None,
+                estimates: None,
             });
         }
         Ok(out)
@@ -445,7 +447,7 @@ async fn a_sampled_round_runs_as_branches_and_goes_on_from_the_best() {
                 .collect();
             assert_eq!(kept.len(), 1, "one branch kept per round");
         }
-        let groups = t.grpo_groups();
+        let groups = t.grpo_groups(&rlrig_contract::Reward::default()).unwrap();
         assert_eq!(groups.len() as u32, rounds, "one group per sampled round");
         for g in &groups {
             assert_eq!(g.samples.len(), 4);
@@ -494,7 +496,7 @@ async fn phase_two_branches_at_the_editor_and_keeps_its_chains() {
                 assert_eq!(s.chain.is_some(), s.role == Role::Editor);
             }
         }
-        let groups = t.grpo_groups();
+        let groups = t.grpo_groups(&rlrig_contract::Reward::default()).unwrap();
         assert_eq!(groups.len() as u32, rounds, "one group per sampled round");
         for g in &groups {
             assert_eq!(g.samples.len(), 4);

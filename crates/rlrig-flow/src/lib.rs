@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use rlrig_contract::Role;
+use rlrig_contract::{Reward, RewardFunc, Role};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -183,6 +183,33 @@ pub struct Cycle {
     /// Which image is the answer.
     #[serde(default)]
     pub answer: Answer,
+    /// The intrinsic reward, as TRL names it: a weighted sum of reward functions of the
+    /// Checker's report — `score` (the share of the prompt's requirements met), `sg_iou`,
+    /// `entity_iou`, `relation_iou` (the Checker's estimates from the scene graph it sees).
+    /// `answer = "best"` ranks images by it, and a `[train]` flow's learner is rewarded with it.
+    /// Default `["score"]`.
+    #[serde(default = "default_reward_funcs")]
+    pub reward_funcs: Vec<RewardFunc>,
+    /// One weight per reward function; default 1 for each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reward_weights: Option<Vec<f64>>,
+}
+
+fn default_reward_funcs() -> Vec<RewardFunc> {
+    vec![RewardFunc::Score]
+}
+
+impl Cycle {
+    /// The reward the cycle's answer rule and the learner use.
+    pub fn reward(&self) -> Reward {
+        Reward {
+            funcs: self.reward_funcs.clone(),
+            weights: self
+                .reward_weights
+                .clone()
+                .unwrap_or_else(|| vec![1.0; self.reward_funcs.len()]),
+        }
+    }
 }
 
 /// Which image of a trajectory is its answer.
@@ -192,7 +219,7 @@ pub enum Answer {
     /// The last image.
     #[default]
     Last,
-    /// The image with the best checker score (the latest among equals).
+    /// The image with the best reward ([`Cycle::reward_funcs`]; the latest among equals).
     Best,
 }
 

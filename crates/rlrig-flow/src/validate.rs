@@ -164,6 +164,30 @@ pub(crate) fn check(loaded: &LoadedFlow) -> Vec<FlowProblem> {
             format!("{s} is not a score: expected a number in [0, 1]"),
         );
     }
+    if flow.cycle.reward_funcs.is_empty() {
+        problem(
+            "cycle.reward_funcs",
+            "must name at least one reward function (`score`, `sg_iou`, `entity_iou`, `relation_iou`)"
+                .into(),
+        );
+    }
+    if let Some(w) = &flow.cycle.reward_weights {
+        if w.len() != flow.cycle.reward_funcs.len() {
+            problem(
+                "cycle.reward_weights",
+                format!(
+                    "{} weights for {} reward functions: give one weight per entry of `reward_funcs`",
+                    w.len(),
+                    flow.cycle.reward_funcs.len()
+                ),
+            );
+        } else if w.iter().any(|x| !x.is_finite() || *x < 0.0) || w.iter().all(|x| *x == 0.0) {
+            problem(
+                "cycle.reward_weights",
+                format!("{w:?}: weights must be finite numbers ≥ 0, not all 0"),
+            );
+        }
+    }
     if let Some(t) = &flow.train {
         check_train(flow, t, &mut problem);
     }

@@ -119,6 +119,8 @@ fn report(rng: &mut Rng) -> CheckReport {
         ],
         score: rng.unit(),
         reflection: "the green square is left of the red circle, not right of it".into(),
+        graph: None,
+        estimates: None,
     }
 }
 

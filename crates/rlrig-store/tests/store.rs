@@ -39,6 +39,8 @@ fn trajectory(id: u64) -> Trajectory {
                     relations: vec![RelationVerdict::CannotTell],
                     score: 0.5,
                     reflection: "hm.".into(),
+                    graph: None,
+                    estimates: None,
                 }),
             ),
             step(

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use rlrig_contract::{GrpoGroup, GrpoLearner, LearnStats, WeightsUpdate};
+use rlrig_contract::{GrpoGroup, GrpoLearner, LearnStats, Reward, WeightsUpdate};
 use rlrig_store::TrajectoryStore;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -43,6 +43,8 @@ pub struct TrainerConfig {
     pub checkpoint_every: u64,
     /// Where `metrics.jsonl` and `checkpoint/` go.
     pub dir: PathBuf,
+    /// The reward of a sample: of the combined Checker report on its branch's last image.
+    pub reward: Reward,
 }
 
 /// Sends new weights to the Policy actors.
@@ -116,9 +118,24 @@ pub struct StepMetrics {
     pub staleness: f64,
     /// Trajectories committed per second since the trainer started.
     pub trajectories_per_s: f64,
+    /// Mean reward over every fresh group of the step, those filtered for equal rewards
+    /// included (the learner's `reward_mean` covers the groups it trained on only).
+    #[serde(default)]
+    pub reward_mean_all: f64,
+    /// Standard deviation of the rewards of `reward_mean_all`.
+    #[serde(default)]
+    pub reward_std_all: f64,
     /// The learner's report.
     #[serde(flatten)]
     pub learn: LearnStats,
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    if xs.is_empty() {
+        0.0
+    } else {
+        xs.iter().sum::<f64>() / xs.len() as f64
+    }
 }
 
 /// The trainer's own state in a checkpoint.
@@ -251,8 +268,11 @@ impl TrainerActorState {
                 break;
             }
             for (seq, t) in batch {
+                let groups = t
+                    .grpo_groups(&self.config.reward)
+                    .map_err(|e| format!("trajectory {} (store sequence {seq}): {e}", t.id))?;
                 self.read = Some(seq);
-                self.buffer.push_back((seq, t.grpo_groups()));
+                self.buffer.push_back((seq, groups));
             }
         }
         while self.state.step < self.config.steps {
@@ -298,11 +318,15 @@ impl TrainerActorState {
         let mut ages = Vec::new();
         let mut groups = Vec::new();
         let mut equal = 0;
+        let mut all_rewards = Vec::new();
         for g in used.into_iter().flat_map(|(_, g)| g) {
             let age = version.saturating_sub(g.version());
             if age > self.config.max_staleness {
                 stale += 1;
-            } else if !informative(&g) {
+                continue;
+            }
+            all_rewards.extend(g.samples.iter().map(|s| s.reward));
+            if !informative(&g) {
                 equal += 1;
             } else {
                 ages.push(age as f64);
@@ -347,6 +371,11 @@ impl TrainerActorState {
                 ages.iter().sum::<f64>() / ages.len() as f64
             },
             trajectories_per_s: (committed - self.committed_at_start) as f64 / seconds.max(1e-9),
+            reward_mean_all: mean(&all_rewards),
+            reward_std_all: {
+                let m = mean(&all_rewards);
+                mean(&all_rewards.iter().map(|r| (r - m).powi(2)).collect::<Vec<_>>()).sqrt()
+            },
             learn: stats,
         };
         tracing::info!(

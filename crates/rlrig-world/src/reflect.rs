@@ -125,12 +125,12 @@ pub fn reflection(graph: &WorldGraph, f: &Findings) -> String {
 /// The report of a set of findings: verdicts, score and reflection.
 pub fn report(graph: &WorldGraph, f: Findings) -> CheckReport {
     let reflection = reflection(graph, &f);
-    CheckReport {
-        score: score(&f.items, &f.relations),
-        items: f.items,
-        relations: f.relations,
+    CheckReport::new(
+        f.items.clone(),
+        f.relations.clone(),
+        score(&f.items, &f.relations),
         reflection,
-    }
+    )
 }
 
 /// The edit that repairs the first problem of a report, by three rules (the baseline Actor's,
