@@ -1,4 +1,5 @@
-//! Training curves as SVG (plotters): reward mean, KL and clip fraction per learner step, and
+//! Training curves as SVG (plotters): reward mean (of the groups trained on, and before
+//! equal-reward filtering), the share of groups filtered, KL and clip fraction per learner step, and
 //! single curves for the HTML report.
 
 use std::path::Path;
@@ -41,9 +42,21 @@ fn panels(root: Area, m: &[StepMetrics]) -> Result<(), String> {
         return Err("no learner steps to plot".into());
     }
     root.fill(&WHITE).map_err(|e| e.to_string())?;
-    let series: [Series; 3] = [
-        ("reward mean (Checker score after the edit)", |s| {
+    let series: [Series; 5] = [
+        ("reward mean, groups trained on (the flow's reward)", |s| {
             s.learn.reward_mean
+        }),
+        ("reward mean, every fresh group (before equal-reward filtering)", |s| {
+            s.reward_mean_all
+        }),
+        ("share of fresh groups filtered (all rewards equal)", |s| {
+            // The trainer passes the informative groups on and counts the others as filtered.
+            let fresh = s.learn.groups + s.learn.filtered_groups;
+            if fresh == 0 {
+                0.0
+            } else {
+                s.learn.filtered_groups as f64 / fresh as f64
+            }
         }),
         (
             "KL to the reference (per token / per denoising step)",
@@ -51,23 +64,23 @@ fn panels(root: Area, m: &[StepMetrics]) -> Result<(), String> {
         ),
         ("clip fraction", |s| s.learn.clip_fraction),
     ];
-    for (area, (title, f)) in root.split_evenly((3, 1)).iter().zip(series) {
+    for (area, (title, f)) in root.split_evenly((5, 1)).iter().zip(series) {
         let values: Vec<(u64, f64)> = m.iter().map(|s| (s.step, f(s))).collect();
         curve(area, title, "learner step", &values)?;
     }
     root.present().map_err(|e| e.to_string())
 }
 
-/// Draws `metrics.svg`: three panels sharing the step axis.
+/// Draws `metrics.svg`: five panels sharing the step axis.
 pub fn training_curves(m: &[StepMetrics], path: &Path) -> Result<(), String> {
-    panels(SVGBackend::new(path, (960, 720)).into_drawing_area(), m)
+    panels(SVGBackend::new(path, (960, 1100)).into_drawing_area(), m)
 }
 
 /// The same panels as an SVG string.
 pub fn training_curves_svg(m: &[StepMetrics]) -> Result<String, String> {
     let mut svg = String::new();
     panels(
-        SVGBackend::with_string(&mut svg, (960, 720)).into_drawing_area(),
+        SVGBackend::with_string(&mut svg, (960, 1100)).into_drawing_area(),
         m,
     )?;
     Ok(svg)

@@ -80,6 +80,15 @@ pub fn trained(loaded: &LoadedFlow, t: &TrainSettings) -> Result<Trained> {
             "the trained policy must sample: set `greedy = false`"
         ));
     }
+    if s.top_k > 0 {
+        bail!(loaded.error_at(
+            &format!("{key}.settings.top_k"),
+            format!(
+                "{}: the trained policy must sample from its whole distribution (`top_k = 0`): the learner's log-probs are of the full softmax, and a truncated sampler would bias the gradient",
+                s.top_k
+            )
+        ));
+    }
     if (s.temperature - t.temperature).abs() > 1e-12 {
         bail!(loaded.error_at(
             "train.temperature",

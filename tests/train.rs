@@ -521,3 +521,67 @@ fn a_trained_actor_that_cannot_learn_is_refused_up_front() {
         assert!(!tmp.path().join("train-editor-tiny/store").exists());
     }
 }
+
+#[test]
+fn a_truncated_sampler_is_refused_for_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = command(&[
+        "run",
+        FLOW,
+        "--set",
+        &format!("run_dir={}", tmp.path().display()),
+        "--set",
+        "actors.policy.settings.top_k=5",
+    ])
+    .output()
+    .unwrap();
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("`actors.policy.settings.top_k`") && t.contains("top_k = 0"), "{t}");
+    assert!(!tmp.path().join("train-tiny/store").exists());
+}
+
+/// The reward chosen in the flow is what the learner gets: with `score + sg_iou` every
+/// sample's reward is its branch's Checker score plus the SG-IoU estimate of the scene graph the
+/// Checker reported, and the metrics log the reward before equal-reward groups are filtered.
+#[test]
+fn a_tiny_training_run_learns_from_the_reward_the_flow_chooses() {
+    let tmp = tempfile::tempdir().unwrap();
+    run_ok(&train_args(
+        tmp.path(),
+        &[
+            "--set".into(),
+            "cycle.reward_funcs=[\"score\", \"sg_iou\"]".into(),
+            "--set".into(),
+            "cycle.reward_weights=[1.0, 2.0]".into(),
+            "--set".into(),
+            "train.eval_every=0".into(),
+        ],
+    ));
+    let dir = tmp.path().join("train-tiny");
+    let m = check_metrics(&dir, 3);
+    for s in &m {
+        assert!(s.reward_mean_all.is_finite() && s.reward_std_all >= 0.0, "{s:?}");
+    }
+    let store = TrajectoryStore::open(&dir.join("store")).unwrap();
+    let mix = rlrig_contract::Reward {
+        funcs: vec![
+            rlrig_contract::RewardFunc::Score,
+            rlrig_contract::RewardFunc::SgIou,
+        ],
+        weights: vec![1.0, 2.0],
+    };
+    let (mut samples, mut differ) = (0, 0);
+    for (_, t) in store.committed_after(None, usize::MAX).unwrap() {
+        let by_score = t.grpo_groups(&rlrig_contract::Reward::default()).unwrap();
+        for (g, s) in t.grpo_groups(&mix).unwrap().iter().zip(&by_score) {
+            for (a, b) in g.samples.iter().zip(&s.samples) {
+                samples += 1;
+                // sg_iou ∈ [0, 1]: the mixed reward lies within [score, score + 2].
+                assert!(a.reward >= b.reward - 1e-12 && a.reward <= b.reward + 2.0 + 1e-12);
+                differ += usize::from((a.reward - b.reward).abs() > 1e-9);
+            }
+        }
+    }
+    assert!(samples > 0 && differ > 0, "{differ} of {samples} rewards differ");
+}

@@ -116,8 +116,12 @@ mod tests {
 
     fn prompt() -> crate::SceneGraph {
         crate::sg::read_jsonl(
-            r#"{"items":[{"item_id":0,"label":"circle","attributes":["red"]},{"item_id":1,"label":"square","attributes":["blue"]},{"item_id":2,"label":"triangle","attributes":["green"]}],
-                "relations":[{"item1":0,"relation":"left of","item2":1}]}"#,
+            concat!(
+                r#"{"items":[{"item_id":0,"label":"circle","attributes":["red"]},"#,
+                r#"{"item_id":1,"label":"square","attributes":["blue"]},"#,
+                r#"{"item_id":2,"label":"triangle","attributes":["green"]}],"#,
+                r#""relations":[{"item1":0,"relation":"left of","item2":1}]}"#
+            ),
             "t",
         )
         .unwrap()

@@ -474,25 +474,54 @@ impl Driver {
         let g = self.flow.num_generations();
         let base = steps.len() as u64;
         let gseed = mix_seed(seed ^ mix_seed(base));
-        let branches = (0..g).map(|b| {
-            let mut bp = p.clone();
-            let bseed = gseed;
-            async move {
-                let mut bsteps = Vec::new();
-                let r = Box::pin(self.run_steps(
-                    names,
-                    round,
-                    prompt,
-                    bseed,
-                    &mut bp,
-                    &mut bsteps,
-                    Some(b),
-                ))
+        let resamples = self.flow.train.as_ref().map_or(0, |t| t.max_resamples);
+        let policy_first = names
+            .first()
+            .is_some_and(|n| self.flow.actors[n].role == Role::Policy);
+        let results = if resamples > 0 && policy_first {
+            // Phase 1 with distinct edit prompts: the G Policy steps first; a branch whose edit
+            // prompt repeats a lower branch's is sampled again (another seed), up to
+            // `max_resamples` times; then the rest of the round on each branch's prompt.
+            let head = &names[..1];
+            let mut heads = futures::future::join_all(
+                (0..g).map(|b| self.branch(head, round, prompt, gseed, p.clone(), Vec::new(), b)),
+            )
+            .await;
+            for k in 1..=u64::from(resamples) {
+                let repeats: Vec<usize> = (0..heads.len())
+                    .filter(|&b| {
+                        let e = edit_of(&heads[b].2);
+                        e.is_some() && (0..b).any(|a| edit_of(&heads[a].2) == e)
+                    })
+                    .collect();
+                if repeats.is_empty() {
+                    break;
+                }
+                let kseed = mix_seed(gseed ^ mix_seed(k << 32));
+                let again = futures::future::join_all(repeats.iter().map(|&b| {
+                    self.branch(head, round, prompt, kseed, p.clone(), Vec::new(), b as u32)
+                }))
                 .await;
-                (r, bp, bsteps)
+                for (b, r) in repeats.into_iter().zip(again) {
+                    heads[b] = r;
+                }
             }
-        });
-        let results = futures::future::join_all(branches).await;
+            futures::future::join_all(heads.into_iter().enumerate().map(
+                |(b, (r, bp, bsteps))| async move {
+                    if r.is_err() {
+                        return (r, bp, bsteps);
+                    }
+                    self.branch(&names[1..], round, prompt, gseed, bp, bsteps, b as u32)
+                        .await
+                },
+            ))
+            .await
+        } else {
+            futures::future::join_all(
+                (0..g).map(|b| self.branch(names, round, prompt, gseed, p.clone(), Vec::new(), b)),
+            )
+            .await
+        };
         let mut kept = 0;
         let mut best = f64::NEG_INFINITY;
         let reward = self.flow.cycle.reward();
@@ -524,6 +553,31 @@ impl Driver {
         Ok(())
     }
 
+    /// Runs `names` on branch `b` from its state `bp` and the steps it has taken so far.
+    #[allow(clippy::too_many_arguments)]
+    async fn branch(
+        &self,
+        names: &[String],
+        round: u32,
+        prompt: &SceneGraph,
+        seed: u64,
+        mut bp: Progress,
+        mut bsteps: Vec<Step>,
+        b: u32,
+    ) -> (Result<(), String>, Progress, Vec<Step>) {
+        let r = Box::pin(self.run_steps(
+            names,
+            round,
+            prompt,
+            seed,
+            &mut bp,
+            &mut bsteps,
+            Some(b),
+        ))
+        .await;
+        (r, bp, bsteps)
+    }
+
     async fn call(&self, name: &str, request: Request) -> Result<(Response, u32), String> {
         let router = &self.routers[name];
         let (tx, rx) = oneshot::channel();
@@ -536,6 +590,14 @@ impl Driver {
             Err(_) => Err(format!("actor {name:?} stopped before answering")),
         }
     }
+}
+
+/// The edit prompt among a branch's steps, if it has one.
+fn edit_of(steps: &[Step]) -> Option<&str> {
+    steps.iter().find_map(|s| match &s.output {
+        StepOutput::Edit(e) => Some(e.edit_prompt.as_str()),
+        _ => None,
+    })
 }
 
 /// The answer of a finished trajectory: its last image, or the image with the best reward of

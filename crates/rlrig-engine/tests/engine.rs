@@ -561,3 +561,49 @@ async fn policy_updates_reach_every_replica_in_order() {
     engine.shutdown().await;
     assert!(updater.send(update(6)).is_err(), "a stopped actor says so");
 }
+
+/// `max_resamples`: a branch whose edit prompt repeats a lower branch's samples again, so a
+/// group holds every edit prompt the policy can write (two here, in four branches) and only
+/// the final samples are recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resampling_makes_a_groups_edit_prompts_differ() {
+    let k = Arc::new(Knobs {
+        graded: true,
+        ..Knobs::default()
+    });
+    let count_groups = |ts: &[Trajectory]| {
+        let (mut groups, mut both) = (0, 0);
+        for t in ts {
+            for g in t.grpo_groups(&rlrig_contract::Reward::default()).unwrap() {
+                let prompts: HashSet<&str> = g
+                    .samples
+                    .iter()
+                    .map(|s| s.proposal.edit_prompt.as_str())
+                    .collect();
+                groups += 1;
+                both += usize::from(prompts.len() == 2);
+            }
+            let rounds = t.steps.iter().map(|s| s.round).max().unwrap();
+            for round in 1..=rounds {
+                let n = t.steps.iter().filter(|s| s.round == round).count();
+                assert_eq!(n, 12, "4 branches × (policy, edit, check): resamples are not recorded");
+            }
+        }
+        (groups, both)
+    };
+    let mut seen = Vec::new();
+    for resamples in [0, 8] {
+        let loaded = flow(&format!(
+            "[train]\nactor = \"policy\"\nnum_generations = 4\nsteps = 1\nmax_resamples = {resamples}"
+        ));
+        let engine = Engine::start(&loaded, &registry(&k)).await.unwrap();
+        let (_stop_tx, stop_rx) = watch::channel(StopSignal::Run);
+        let (summary, ts) = run_all(&engine, 40, stop_rx, &k).await;
+        engine.shutdown().await;
+        assert_eq!(summary.done, 40);
+        seen.push(count_groups(&ts));
+    }
+    let ((g0, both0), (g8, both8)) = (seen[0], seen[1]);
+    assert_eq!(both8, g8, "with resampling every group holds both edit prompts");
+    assert!(both0 < g0, "without it some groups repeat one prompt ({both0} of {g0})");
+}

@@ -50,6 +50,12 @@ pub struct TrainSettings {
     /// in phase 2).
     #[serde(default = "default_temperature")]
     pub temperature: f64,
+    /// Phase 1: a branch whose edit prompt repeats a lower branch's of the same group is
+    /// sampled again with another seed, up to this many times (0: never), so that a group's
+    /// edit prompts differ and its rewards can (a group of equal prompts teaches nothing and is
+    /// filtered). The learner's log-probs stay those of the Policy's full distribution.
+    #[serde(default)]
+    pub max_resamples: u32,
     /// Groups sampled by weights more than this many versions old are skipped (and counted).
     #[serde(default = "default_staleness")]
     pub max_staleness: u64,
