@@ -8,10 +8,114 @@ use rlrig_engine::Registry;
 use crate::run::{RunOptions, run};
 use crate::world_cmd;
 
+/// Exit codes of the `rlrig` command, the same for every subcommand (docs/cli.md).
+pub mod exit {
+    /// Everything asked was done: for a run, every trajectory is done.
+    pub const OK: i32 = 0;
+    /// Any other error: an actor that could not start, an I/O failure, a bug.
+    pub const ERROR: i32 = 1;
+    /// The command line, a flow or an input was refused before anything ran (clap's usage
+    /// errors exit with 2 too).
+    pub const REFUSED: i32 = 2;
+    /// The run finished but some trajectories failed (their count goes to stderr).
+    pub const TRAJECTORIES_FAILED: i32 = 3;
+    /// The run was interrupted (SIGINT/Ctrl-C): what ran is stored, the rest was not started
+    /// (128 + SIGINT, as shells report a process killed by it).
+    pub const INTERRUPTED: i32 = 130;
+
+    /// The table of exit codes, as `--help` prints it.
+    pub const HELP: &str = "Exit codes:
+  0    success; for run and eval, every trajectory is done
+  1    error: an actor could not start, an I/O failure, ...
+  2    refused: a bad command line, flow, input file or run pair; nothing ran
+  3    the run finished but some trajectories failed (the count is printed to stderr)
+  130  interrupted (Ctrl-C): what ran is stored, the rest was not started";
+}
+
+/// An input refused before anything ran: a flow, a file, a pair of runs. Exits with
+/// [`exit::REFUSED`].
+#[derive(Debug)]
+pub struct Refused(pub anyhow::Error);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// Wraps an error as [`Refused`].
+pub fn refused(e: impl Into<anyhow::Error>) -> anyhow::Error {
+    anyhow::Error::new(Refused(e.into()))
+}
+
+/// A run stopped by a signal (SIGINT/Ctrl-C) before it finished; says what was kept. Exits
+/// with [`exit::INTERRUPTED`].
+#[derive(Debug)]
+pub struct Interrupted(pub String);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Some trajectories of a finished run failed. Exits with [`exit::TRAJECTORIES_FAILED`].
+#[derive(Debug)]
+pub struct TrajectoriesFailed {
+    /// Trajectories failed.
+    pub failed: usize,
+    /// Trajectories stored, done or failed.
+    pub total: usize,
+    /// The run directory.
+    pub dir: PathBuf,
+}
+
+impl std::fmt::Display for TrajectoriesFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} of {} trajectories failed; their errors: rlrig trajectories ls {}",
+            self.failed,
+            self.total,
+            self.dir.display()
+        )
+    }
+}
+
+impl std::error::Error for TrajectoriesFailed {}
+
+/// The exit code of an error: what its chain says it is.
+pub fn exit_code(e: &anyhow::Error) -> i32 {
+    for c in e.chain() {
+        if c.is::<Interrupted>() {
+            return exit::INTERRUPTED;
+        }
+        if c.is::<TrajectoriesFailed>() {
+            return exit::TRAJECTORIES_FAILED;
+        }
+        if c.is::<Refused>() || c.is::<rlrig_flow::FlowError>() || c.is::<rlrig_sg::ReadError>() {
+            return exit::REFUSED;
+        }
+    }
+    exit::ERROR
+}
+
+/// Whether the error is stdout's reader having gone (`rlrig trajectories ls RUN | head`).
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 /// rlrig: text-to-image generation that reflects on its own images (RL-RIG), as an
 /// actor-model dataflow framework.
 #[derive(Parser)]
-#[command(name = "rlrig", version, about, propagate_version = true)]
+#[command(name = "rlrig", version, about, propagate_version = true, after_help = exit::HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,6 +124,7 @@ struct Cli {
 #[derive(clap::Subcommand)]
 enum Command {
     /// Runs a flow: every prompt through the reflect-edit cycle, into <run_dir>/<name>/.
+    #[command(after_help = exit::HELP)]
     Run {
         /// The flow file, e.g. flows/infer.toml, or a run directory (its flow.toml, as run), e.g.
         /// `rlrig run runs/train --resume`.
@@ -51,9 +156,11 @@ enum Command {
     },
     /// Compares two runs over the same prompts, prompt by prompt: final oracle scores and paired
     /// bootstrap confidence intervals of the difference.
+    #[command(after_help = exit::HELP)]
     Compare(crate::compare_cmd::CompareArgs),
     /// Runs a flow over LAION-SG prompts (JSON or JSONL) and reports SG-IoU, Entity-IoU and
     /// Relation-IoU per round and final with bootstrap confidence intervals.
+    #[command(after_help = exit::HELP)]
     Eval(crate::eval_cmd::EvalArgs),
     /// Writes RUN/report.html (every run writes it at its end too): metrics, training curves,
     /// each prompt's image chain with reflections and edit prompts, in one self-contained file.
@@ -139,9 +246,10 @@ pub fn main(registry: Registry) -> i32 {
     };
     match result {
         Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => exit::OK,
         Err(e) => {
             eprintln!("error: {e:#}");
-            1
+            exit_code(&e)
         }
     }
 }
@@ -159,44 +267,59 @@ fn run_any(
     } else {
         flow
     };
-    let text =
-        std::fs::read_to_string(&flow).map_err(|e| anyhow::anyhow!("{}: {e}", flow.display()))?;
+    let text = std::fs::read_to_string(&flow)
+        .map_err(|e| refused(anyhow::anyhow!("{}: {e}", flow.display())))?;
+    let opts = RunOptions {
+        flow,
+        sets,
+        overwrite,
+    };
     match rlrig_flow::flow_kind(&text) {
         rlrig_flow::FlowKind::Pretrain => {
-            crate::pretrain_cmd::run(&flow, &sets, resume, overwrite).map(|_| 0)
+            crate::pretrain_cmd::run(&opts.flow, &opts.sets, resume, overwrite).map(|_| exit::OK)
         }
-        rlrig_flow::FlowKind::Cycle if rlrig_flow::load(&flow, &sets)?.flow.train.is_some() => {
-            crate::train::run(
-                registry,
-                &RunOptions {
-                    flow,
-                    sets,
-                    overwrite,
-                },
-                resume,
-            )
-            .map(|_| 0)
+        rlrig_flow::FlowKind::Cycle
+            if rlrig_flow::load(&opts.flow, &opts.sets)?
+                .flow
+                .train
+                .is_some() =>
+        {
+            let (_, dir) = crate::train::run(registry, &opts, resume).map_err(|e| {
+                if crate::run::was_interrupted() && !e.chain().any(|c| c.is::<Interrupted>()) {
+                    e.context(Interrupted("interrupted".into()))
+                } else {
+                    e
+                }
+            })?;
+            let (done, failed) = crate::run::count_outcomes(&dir.join("store"))?;
+            all_done(failed, done + failed, &dir)
         }
-        rlrig_flow::FlowKind::Cycle if resume => {
-            anyhow::bail!(
-                "--resume continues pre-training and training flows; inference flows start afresh (use a new name or --overwrite)"
-            )
+        rlrig_flow::FlowKind::Cycle if resume => Err(refused(anyhow::anyhow!(
+            "--resume continues pre-training and training flows; inference flows start afresh (use a new name or --overwrite)"
+        ))),
+        rlrig_flow::FlowKind::Cycle => {
+            let (m, dir) = run(registry, &opts)?;
+            all_done(m.failed, m.done + m.failed, &dir)
         }
-        rlrig_flow::FlowKind::Cycle => run(
-            registry,
-            &RunOptions {
-                flow,
-                sets,
-                overwrite,
-            },
-        )
-        .map(|_| 0),
     }
 }
 
+/// [`exit::OK`] when no trajectory failed, else the [`TrajectoriesFailed`] error.
+pub(crate) fn all_done(failed: usize, total: usize, dir: &std::path::Path) -> anyhow::Result<i32> {
+    if failed == 0 {
+        return Ok(exit::OK);
+    }
+    Err(TrajectoriesFailed {
+        failed,
+        total,
+        dir: dir.to_path_buf(),
+    }
+    .into())
+}
+
 fn validate(registry: &Registry, flow: &std::path::Path, sets: &[String]) -> anyhow::Result<i32> {
-    let text =
-        std::fs::read_to_string(flow).map_err(|e| anyhow::anyhow!("{}: {e}", flow.display()))?;
+    let text = std::fs::read_to_string(flow)
+        .map_err(|e| refused(anyhow::anyhow!("{}: {e}", flow.display())))?;
     if rlrig_flow::flow_kind(&text) == rlrig_flow::FlowKind::Pretrain {
         let loaded = rlrig_flow::load_as::<rlrig_flow::PretrainFlow>(flow, &text, sets)?;
         let job = crate::pretrain_cmd::job_of(&loaded)?;

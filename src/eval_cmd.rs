@@ -9,15 +9,20 @@
 //! With `--judge-url`, a VLM behind an OpenAI-compatible endpoint judges instead (crate
 //! `rlrig-judge`), each round's image and the answer of every stored trajectory; a trajectory
 //! that stops early counts its last image for the later rounds.
+//!
+//! With `--json`, stdout holds the JSON document only; the run's progress and tables go to
+//! stderr. Exit codes are `rlrig run`'s: some failed trajectories give
+//! [`crate::cli::exit::TRAJECTORIES_FAILED`] after the report is written.
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use rlrig_engine::Registry;
 use rlrig_world::WorldGraph;
 
+use crate::cli::refused;
 use crate::compare_cmd::bootstrap_ci;
-use crate::run::RunOptions;
+use crate::run::{Reporting, RunOptions};
 
 /// Options of `rlrig eval`.
 #[derive(clap::Args)]
@@ -36,7 +41,7 @@ pub struct EvalArgs {
     /// Bootstrap resamples.
     #[arg(long, default_value_t = 10_000)]
     pub resamples: usize,
-    /// Print JSON instead of a table.
+    /// Print JSON only on stdout (the run's progress and tables go to stderr) instead of a table.
     #[arg(long)]
     pub json: bool,
     /// Judge with a VLM at this OpenAI-compatible base URL (e.g. http://127.0.0.1:8000/v1)
@@ -57,7 +62,10 @@ const METRICS: [&str; 3] = ["sg_iou", "entity_iou", "relation_iou"];
 pub fn run(registry: &Registry, args: EvalArgs) -> Result<i32> {
     let records = rlrig_sg::read_records(&args.prompts)?;
     if records.is_empty() {
-        bail!("{}: no records", args.prompts.display());
+        return Err(refused(anyhow::anyhow!(
+            "{}: no records",
+            args.prompts.display()
+        )));
     }
     let judge = args
         .judge_url
@@ -69,7 +77,7 @@ pub fn run(registry: &Registry, args: EvalArgs) -> Result<i32> {
                 api_key_env: args.judge_key_env.clone(),
                 ..rlrig_judge::JudgeSettings::default()
             })
-            .map_err(|e| anyhow::anyhow!("--judge-url: {e}"))
+            .map_err(|e| refused(anyhow::anyhow!("--judge-url: {e}")))
         })
         .transpose()?;
     let problems: Vec<String> = records
@@ -94,7 +102,7 @@ pub fn run(registry: &Registry, args: EvalArgs) -> Result<i32> {
             .collect::<Vec<_>>()
             .join("\n  ");
         let more = problems.len().saturating_sub(20);
-        bail!(
+        return Err(refused(anyhow::anyhow!(
             "{}: {} of {} records are outside the built-in world's vocabulary, which the oracle judge needs:\n  {shown}{}",
             args.prompts.display(),
             problems.len(),
@@ -104,7 +112,7 @@ pub fn run(registry: &Registry, args: EvalArgs) -> Result<i32> {
             } else {
                 String::new()
             }
-        );
+        )));
     }
     let mut sets = args.sets.clone();
     sets.push("prompts.source=\"file\"".into());
@@ -113,12 +121,15 @@ pub fn run(registry: &Registry, args: EvalArgs) -> Result<i32> {
         args.prompts.display().to_string()
     ));
     sets.push(format!("prompts.count={}", records.len()));
-    let (metrics, dir) = crate::run::run(
+    let (metrics, dir) = crate::run::run_with(
         registry,
         &RunOptions {
             flow: args.flow.clone(),
             sets,
             overwrite: args.overwrite,
+        },
+        Reporting {
+            table_to_stderr: args.json,
         },
     )?;
     let (lines, rounds) = match &judge {
@@ -171,9 +182,10 @@ pub fn run(registry: &Registry, args: EvalArgs) -> Result<i32> {
         dir.join("eval.json"),
         serde_json::to_string_pretty(&report)? + "\n",
     )?;
+    let code = crate::cli::all_done(metrics.failed, metrics.done + metrics.failed, &dir);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(0);
+        return code;
     }
     println!(
         "\n95 % bootstrap confidence intervals ({} resamples over prompts):",
@@ -207,7 +219,7 @@ pub fn run(registry: &Registry, args: EvalArgs) -> Result<i32> {
             cell(s, "relation_iou")
         );
     }
-    Ok(0)
+    code
 }
 
 /// Judges every stored trajectory of a run with a VLM: each round's image on the line and the

@@ -73,6 +73,17 @@ pub fn write(dir: &Path) -> Result<PathBuf> {
     if let Ok(text) = std::fs::read_to_string(dir.join("metrics.json"))
         && let Ok(m) = serde_json::from_str::<serde_json::Value>(&text)
     {
+        if let (Some(done), Some(failed)) = (m["done"].as_u64(), m["failed"].as_u64()) {
+            let _ = write!(
+                out,
+                "<p>{done} trajectories done, {failed} failed{}.</p>",
+                if failed > 0 {
+                    "; the metrics cover the done ones"
+                } else {
+                    ""
+                }
+            );
+        }
         metrics_table(&mut out, &m);
     }
     if let Ok(m) = rlrig_train::read_metrics(&dir.join("metrics.jsonl"))
@@ -119,10 +130,10 @@ pub fn write(dir: &Path) -> Result<PathBuf> {
         for (_, t) in all.iter().take(SHOWN) {
             let _ = write!(
                 out,
-                "<section><h3>#{} — {}</h3><p>{:?}</p><div class=\"chain\">",
+                "<section><h3>#{} — {}</h3><p>{}</p><div class=\"chain\">",
                 t.id,
                 esc(&t.prompt.prompt()),
-                t.outcome
+                esc(&crate::trajectories_cmd::outcome_text(t))
             );
             let mut cell = String::new();
             for s in t.steps.iter().filter(|s| s.on_line()) {

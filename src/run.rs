@@ -4,15 +4,20 @@
 //! sled trajectory store, every trajectory written atomically), `trajectories/<id>/` (each
 //! prompt's image chain as PNGs and `chain.json` with the reflections and edit prompts), and
 //! `metrics.json` (oracle metrics at round 0, each round and final, when the prompts are in the
-//! built-in world's vocabulary) with `scores.jsonl` (the same per trajectory, for paired
-//! comparisons of runs over the same prompts).
+//! built-in world's vocabulary) with `scores.jsonl` (the same per trajectory, with its prompt,
+//! for paired comparisons of runs over the same prompts; a failed trajectory has a line with
+//! `"outcome": "failed"`, its error and no scores).
+//!
+//! [`run`] returns the metrics even when trajectories failed (the command line then exits with
+//! [`crate::cli::exit::TRAJECTORIES_FAILED`]); an interrupted run is the error
+//! [`crate::cli::Interrupted`].
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use rlrig_contract::{Outcome, SceneGraph, StepOutput, Trajectory};
 use rlrig_engine::{Engine, Registry, RunSummary, StopSignal};
 use rlrig_flow::{LoadedFlow, PromptSourceKind, StoredImages};
@@ -32,14 +37,38 @@ pub struct RunOptions {
     pub overwrite: bool,
 }
 
-/// Oracle metrics of a run.
+/// Set when SIGINT arrived during a run or a training run.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Records that the process was interrupted (SIGINT), for the exit code.
+pub fn note_interrupted() {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// Whether SIGINT arrived during a run.
+pub fn was_interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
+
+/// Options of `rlrig run` that do not change what runs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Reporting {
+    /// Print the summary and metrics table to stderr instead of stdout (for `--json` outputs).
+    pub table_to_stderr: bool,
+}
+
+/// Oracle metrics of a run (`metrics.json`). The means cover the done trajectories only.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunMetrics {
+    /// The flow's prompts.
+    pub prompts: usize,
     /// Trajectories completed.
     pub done: usize,
     /// Trajectories recorded as failed.
     pub failed: usize,
-    /// Whether every prompt was started (false after Ctrl-C).
+    /// Whether the run was interrupted before every prompt was started.
+    pub interrupted: bool,
+    /// Whether every prompt's trajectory is done: started, and none failed.
     pub complete: bool,
     /// Per round `r`: each completed trajectory's latest image at or before round `r`.
     pub rounds: Vec<RoundMetrics>,
@@ -86,11 +115,37 @@ pub fn prompts_of(loaded: &LoadedFlow) -> Result<Vec<(u64, SceneGraph)>> {
     })
 }
 
-/// Runs a flow. Returns the metrics and whether the run was complete.
+/// Trajectories of a store done and failed.
+pub fn count_outcomes(store: &Path) -> Result<(usize, usize)> {
+    if !store.is_dir() {
+        return Ok((0, 0));
+    }
+    let store = TrajectoryStore::open(store)?;
+    let (mut done, mut failed) = (0, 0);
+    for (_, t) in store.committed_after(None, usize::MAX)? {
+        match t.outcome {
+            Outcome::Done { .. } => done += 1,
+            Outcome::Failed { .. } => failed += 1,
+        }
+    }
+    Ok((done, failed))
+}
+
+/// Runs a flow, printing its summary to stdout. Returns the metrics (failed trajectories
+/// included) and the run directory; an interrupted run is the error [`crate::cli::Interrupted`].
 pub fn run(registry: &Registry, opts: &RunOptions) -> Result<(RunMetrics, PathBuf)> {
+    run_with(registry, opts, Reporting::default())
+}
+
+/// [`run`], reporting as `reporting` says.
+pub fn run_with(
+    registry: &Registry,
+    opts: &RunOptions,
+    reporting: Reporting,
+) -> Result<(RunMetrics, PathBuf)> {
     let loaded = rlrig_flow::load(&opts.flow, &opts.sets)?;
     registry.check_flow(&loaded)?;
-    let prompts = prompts_of(&loaded)?;
+    let prompts = prompts_of(&loaded).map_err(crate::cli::refused)?;
     let total = prompts.len();
     let judged = prompts
         .iter()
@@ -118,16 +173,23 @@ pub fn run(registry: &Registry, opts: &RunOptions) -> Result<(RunMetrics, PathBu
         dir.join("metrics.json"),
         serde_json::to_string_pretty(&metrics)? + "\n",
     )?;
-    print_table(&metrics, &dir);
+    let mut table = String::new();
+    print_table(&mut table, &metrics, &dir);
+    if reporting.table_to_stderr {
+        eprint!("{table}");
+    } else {
+        print!("{table}");
+    }
     if let Err(e) = crate::report::write(&dir) {
         eprintln!("warning: report.html: {e:#}");
     }
     if !summary.all_started {
-        bail!(
+        return Err(crate::cli::Interrupted(format!(
             "interrupted: {} of {total} prompts were started; what ran is stored in {}",
             summary.started,
             dir.display()
-        );
+        ))
+        .into());
     }
     Ok((metrics, dir))
 }
@@ -135,10 +197,10 @@ pub fn run(registry: &Registry, opts: &RunOptions) -> Result<(RunMetrics, PathBu
 pub(crate) fn prepare_run_dir(dir: &Path, overwrite: bool) -> Result<()> {
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
         if !overwrite {
-            bail!(
+            return Err(crate::cli::refused(anyhow::anyhow!(
                 "run directory {} already exists; pick another name (--set name=...) or pass --overwrite to replace it",
                 dir.display()
-            );
+            )));
         }
         std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     }
@@ -158,6 +220,7 @@ async fn drive(
     let (stop_tx, stop_rx) = watch::channel(StopSignal::Run);
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
+            note_interrupted();
             eprintln!(
                 "\ninterrupted: taking no new prompts, finishing those in flight (Ctrl-C again to cancel them)"
             );
@@ -206,7 +269,7 @@ async fn drive(
         eprintln!("{restarts} actor replica restart(s) after failures; see the log");
     }
     Ok((
-        collector.metrics(summary.all_started, t0.elapsed()),
+        collector.metrics(total as usize, summary.all_started, t0.elapsed()),
         summary,
     ))
 }
@@ -239,8 +302,14 @@ impl Collector {
     }
 
     fn add(&mut self, t: &Trajectory) {
-        if matches!(t.outcome, Outcome::Failed { .. }) {
+        if let Outcome::Failed { error } = &t.outcome {
             self.failed += 1;
+            if self.judged {
+                self.lines.push(serde_json::json!({
+                    "id": t.id, "prompt": t.prompt.prompt(), "scene_graph": t.prompt,
+                    "outcome": "failed", "error": error, "rounds": [], "final": null,
+                }));
+            }
             return;
         }
         self.done += 1;
@@ -272,17 +341,19 @@ impl Collector {
                 "relation_iou": s.0.relation_iou, "relation_accuracy": s.1})
         };
         self.lines.push(serde_json::json!({
-            "id": t.id,
+            "id": t.id, "prompt": t.prompt.prompt(), "scene_graph": t.prompt, "outcome": "done",
             "rounds": per_round.iter().map(line).collect::<Vec<_>>(),
             "final": final_.as_ref().map(line),
         }));
     }
 
-    fn metrics(&self, complete: bool, elapsed: Duration) -> RunMetrics {
+    fn metrics(&self, prompts: usize, all_started: bool, elapsed: Duration) -> RunMetrics {
         RunMetrics {
+            prompts,
             done: self.done,
             failed: self.failed,
-            complete,
+            interrupted: !all_started,
+            complete: all_started && self.failed == 0 && self.done == prompts,
             rounds: if self.judged {
                 self.rounds
                     .iter()
@@ -411,8 +482,11 @@ impl Progress {
     }
 }
 
-fn print_table(m: &RunMetrics, dir: &Path) {
-    println!(
+/// The run's summary line and, when judged, its metrics table.
+fn print_table(out: &mut String, m: &RunMetrics, dir: &Path) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
         "run {}: {} done, {} failed, {:.1} s",
         dir.display(),
         m.done,
@@ -422,12 +496,17 @@ fn print_table(m: &RunMetrics, dir: &Path) {
     if m.rounds.is_empty() {
         return;
     }
-    println!(
+    if m.failed > 0 {
+        let _ = writeln!(out, "oracle scores of the {} done trajectories:", m.done);
+    }
+    let _ = writeln!(
+        out,
         "{:<8} {:>6} {:>8} {:>11} {:>13} {:>10}",
         "round", "n", "SG-IoU", "Entity-IoU", "Relation-IoU", "rel. acc."
     );
-    let row = |label: String, s: &MeanScores| {
-        println!(
+    let mut row = |label: String, s: &MeanScores| {
+        let _ = writeln!(
+            out,
             "{label:<8} {:>6} {:>8.4} {:>11.4} {:>13.4} {:>10}",
             s.n,
             s.mean.sg_iou,
@@ -435,7 +514,7 @@ fn print_table(m: &RunMetrics, dir: &Path) {
             s.mean.relation_iou,
             s.relation_accuracy
                 .map_or("-".into(), |a| format!("{a:.4}"))
-        )
+        );
     };
     for r in &m.rounds {
         row(r.round.to_string(), &r.scores);

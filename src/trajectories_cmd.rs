@@ -1,9 +1,14 @@
 //! `rlrig trajectories ls | show | export RUN`: what a run's sled store holds.
+//!
+//! Output is for people (no Rust debug text); a closed stdout (`… | head`) ends the command
+//! quietly (see [`crate::cli::main`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+
+use crate::cli::refused;
 use rlrig_contract::{Outcome, StepOutput, Trajectory};
 use rlrig_flow::StoredImages;
 use rlrig_store::TrajectoryStore;
@@ -42,10 +47,10 @@ fn open(run: &Path) -> Result<TrajectoryStore> {
         run.to_path_buf()
     };
     if !store.is_dir() {
-        bail!(
+        return Err(refused(anyhow::anyhow!(
             "{}: no trajectory store here (expected a run directory with store/, or a store)",
             run.display()
-        );
+        )));
     }
     TrajectoryStore::open(&store).with_context(|| format!("opening the store {}", store.display()))
 }
@@ -59,6 +64,23 @@ fn summary(t: &Trajectory) -> (String, u32, String) {
             score.map_or("-".into(), |s| format!("{s:.3}")),
         ),
         Outcome::Failed { .. } => ("failed".into(), rounds, "-".into()),
+    }
+}
+
+/// A trajectory's outcome in words: `done: answer round 2, score 1.00` or `failed: <error>`.
+pub(crate) fn outcome_text(t: &Trajectory) -> String {
+    match &t.outcome {
+        Outcome::Done { answer, score } => {
+            let round = t
+                .steps
+                .get(*answer)
+                .map_or("?".to_string(), |s| s.round.to_string());
+            match score {
+                Some(s) => format!("done: answer round {round}, score {s:.2}"),
+                None => format!("done: answer round {round}, unscored"),
+            }
+        }
+        Outcome::Failed { error } => format!("failed: {error}"),
     }
 }
 
@@ -87,9 +109,15 @@ pub fn run(cmd: TrajectoriesCommand) -> Result<i32> {
             let store = open(&run)?;
             let t = store
                 .get(id)?
-                .with_context(|| format!("{}: no trajectory {id}", run.display()))?;
+                .ok_or_else(|| refused(anyhow::anyhow!("{}: no trajectory {id}", run.display())))?;
             writeln!(out, "trajectory {id}: {}", t.prompt.prompt())?;
-            writeln!(out, "seed {}, {} ms, {:?}", t.seed, t.elapsed_ms, t.outcome)?;
+            writeln!(
+                out,
+                "seed {}, {} ms, {}",
+                t.seed,
+                t.elapsed_ms,
+                outcome_text(&t)
+            )?;
             for (i, s) in t.steps.iter().enumerate() {
                 let what = match &s.output {
                     StepOutput::Image(img) => match &s.chain {
