@@ -14,6 +14,8 @@ fn scores(dir: &Path, rows: &[(u64, f64, &[f64])]) {
             };
             serde_json::json!({
                 "id": id,
+                "prompt": format!("prompt {id}"),
+                "outcome": "done",
                 "final": m(*fin),
                 "rounds": rounds.iter().map(|&v| m(v)).collect::<Vec<_>>(),
             })
@@ -23,7 +25,15 @@ fn scores(dir: &Path, rows: &[(u64, f64, &[f64])]) {
     std::fs::write(dir.join("scores.jsonl"), lines.join("\n") + "\n").unwrap();
 }
 
+/// The rows of `compare --json`, one per metric.
 fn compare(a: &Path, b: &Path, extra: &[&str]) -> Vec<serde_json::Value> {
+    compare_doc(a, b, extra)["metrics"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn compare_doc(a: &Path, b: &Path, extra: &[&str]) -> serde_json::Value {
     let o = Command::new(env!("CARGO_BIN_EXE_rlrig"))
         .args([
             "compare",
@@ -62,6 +72,9 @@ fn paired_differences_own_intervals_and_rounds() {
             (9, 1.0, &[1.0, 1.0]), // not in A: left out
         ],
     );
+    let doc = compare_doc(&a, &b, &[]);
+    assert_eq!(doc["b"]["missing"], serde_json::json!([]));
+    assert_eq!(doc["a"]["missing"], serde_json::json!([9]), "{doc}");
     let rows = compare(&a, &b, &[]);
     assert_eq!(rows.len(), 4);
     for r in &rows {
