@@ -625,7 +625,13 @@ impl PolicyNet {
         temperature: f64,
     ) -> Result<(Tensor<2>, Tensor<2>), String> {
         let device = self.vlm.img_pos.device();
-        let logits = self.logits(inputs, targets)?;
+        // A target's last token is predicted, never read: the rows hold `<bos>` and all but
+        // it, as decoding's last step did (so whatever decoding fits, scoring fits).
+        let read: Vec<Vec<u32>> = targets
+            .iter()
+            .map(|t| t[..t.len().saturating_sub(1)].to_vec())
+            .collect();
+        let logits = self.logits(inputs, &read)?;
         let [b, l, _] = logits.dims();
         let width = targets.iter().map(Vec::len).max().unwrap_or(0).max(1);
         // Row r's target token k is predicted at text position start_r + k, where start_r is

@@ -499,3 +499,30 @@ fn the_shipped_checker_reports_a_scene_graph_that_agrees_with_the_oracle() {
         }
     }
 }
+
+/// The learner scores a whole sampled edit prompt, `<eos>` or not, in the text row that
+/// decoding had: a target's last token is predicted, never read, so a prompt and reflection
+/// that leave room for `<bos>` and all but the last token fit.
+#[test]
+fn scoring_fits_whatever_decoding_fitted() {
+    let device = Device::flex();
+    device.seed(3);
+    let config = tiny(VlmConfig::policy());
+    let net = PolicyNet::new(&config, &device).unwrap();
+    let (mut inputs, _) = policy_inputs(1);
+    let input = &mut inputs[0];
+    let target: Vec<u32> = vec![input.prompt[0]; 6];
+    // prompt + reflection + <bos> + 5 tokens read = the whole row.
+    let room = config.text_len - 1 - (target.len() - 1) - input.prompt.len();
+    input.reflection.resize(room, input.reflection[0]);
+    let scored = net.score(&inputs, std::slice::from_ref(&target), 1.0).unwrap();
+    assert_eq!(scored[0].len(), 6);
+    assert!(scored[0].iter().all(|l| l.is_finite() && *l <= 0.0));
+    // One token more does not fit.
+    let longer = vec![input_token(&inputs); 7];
+    assert!(net.score(&inputs, &[longer], 1.0).is_err());
+}
+
+fn input_token(inputs: &[PolicyInput]) -> u32 {
+    inputs[0].prompt[0]
+}
