@@ -522,6 +522,8 @@ mod tests {
             stale_groups: 0,
             staleness: 0.0,
             trajectories_per_s: 0.0,
+            reward_mean_all: 0.0,
+            reward_std_all: 0.0,
             learn: LearnStats::default(),
         };
         serde_json::to_string(&m).unwrap() + "\n"
