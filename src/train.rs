@@ -336,11 +336,21 @@ async fn drive(
     let (tx, mut rx) = mpsc::channel::<Trajectory>(loaded.flow.engine.max_in_flight);
     let images = loaded.flow.store.images;
     let out_dir = dir.join("trajectories");
+    // Set once the trainer has taken its last step: the rollouts still in flight are then
+    // cancelled because nothing needs them, and one that ends in an error while the actors
+    // shut down has not failed the run either; neither is stored (the trainer is done with
+    // the store).
+    let trained = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let consumer = {
-        let (store, trainer) = (store.clone(), trainer.clone());
+        let (store, trainer, trained) = (store.clone(), trainer.clone(), trained.clone());
         tokio::task::spawn_blocking(move || -> Result<u64> {
             let mut n = 0;
             while let Some(t) = rx.blocking_recv() {
+                if trained.load(std::sync::atomic::Ordering::SeqCst)
+                    && matches!(t.outcome, rlrig_contract::Outcome::Failed { .. })
+                {
+                    continue;
+                }
                 store.put(&t)?;
                 n += 1;
                 write_chain(&out_dir, &t, images)?;
@@ -357,6 +367,9 @@ async fn drive(
         tokio::select! {
             _ = &mut rollout => {}
             r = &mut done_rx => {
+                if matches!(&r, Ok(Ok(s)) if s.complete) {
+                    trained.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
                 result = Some(r);
                 let _ = stop_tx.send(StopSignal::Cancel);
                 rollout.await;

@@ -364,7 +364,7 @@ fn a_trained_policy_on_a_node_gets_every_new_version_by_message() {
         &root().join("tests/flows/valid/train-tiny.toml"),
         tmp.path(),
         SECRET,
-        &[&address, "actors.policy.node=box-a"],
+        &[&address, "actors.policy.node=box-a", "train.eval_every=0"],
         Duration::from_secs(300),
     );
     assert!(out.status.success(), "{}", text(&out));
@@ -381,4 +381,23 @@ fn a_trained_policy_on_a_node_gets_every_new_version_by_message() {
         })
         .collect();
     assert!(versions.contains(&2), "{versions:?}");
+}
+
+#[test]
+fn evaluating_during_training_on_nodes_is_refused_up_front() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run(
+        &root().join("tests/flows/valid/train-tiny.toml"),
+        tmp.path(),
+        SECRET,
+        &[
+            "nodes.box-a.address=127.0.0.1:1",
+            "actors.policy.node=box-a",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`train.eval_every`") && err.contains("eval_every = 0"), "{err}");
+    assert!(!tmp.path().join("train-tiny/store").exists());
 }

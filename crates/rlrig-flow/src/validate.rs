@@ -200,6 +200,17 @@ fn check_train(
     t: &crate::TrainSettings,
     problem: &mut dyn FnMut(&str, String),
 ) {
+    if t.eval_every > 0 && !crate::used_nodes(flow).is_empty() {
+        // The evaluation's own engine would open a second connection to the same nodes,
+        // which drops the training's: its rollouts in flight then fail.
+        problem(
+            "train.eval_every",
+            format!(
+                "{}: evaluating during training is not supported when actors run on `rlrig node`s; set `eval_every = 0` and evaluate the weights afterwards with the inference flow",
+                t.eval_every
+            ),
+        );
+    }
     match flow.actors.get(&t.actor) {
         None => problem(
             "train.actor",
