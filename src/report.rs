@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use base64::Engine as _;
-use rlrig_contract::StepOutput;
+use rlrig_contract::{CheckReport, RelationVerdict, StepOutput};
+use rlrig_sg::{Extraction, SceneGraph, Triple};
 use rlrig_store::TrajectoryStore;
 
 /// Trajectories shown in full; the rest are counted.
@@ -26,6 +27,72 @@ fn png(img: &rlrig_contract::Image) -> Result<String> {
         "data:image/png;base64,{}",
         base64::engine::general_purpose::STANDARD.encode(img.to_png()?)
     ))
+}
+
+/// A verdict as a mark people read at a glance: ✓ held, ✗ violated, ? cannot tell.
+fn mark(v: Option<RelationVerdict>) -> &'static str {
+    match v {
+        Some(RelationVerdict::Holds) => "<td class=\"ok\" title=\"held\">✓</td>",
+        Some(RelationVerdict::Violated) => "<td class=\"bad\" title=\"violated\">✗</td>",
+        Some(RelationVerdict::CannotTell) => "<td class=\"unk\" title=\"cannot tell\">?</td>",
+        None => "<td>-</td>",
+    }
+}
+
+/// The prompt's relations as triples, one per relation in the prompt's order (the order the
+/// Checker's verdicts follow); an endpoint the prompt lacks is named by its item id.
+fn prompt_triples(prompt: &SceneGraph) -> Vec<Triple> {
+    let node = |id: u64| {
+        prompt
+            .items
+            .iter()
+            .find(|it| it.item_id == id)
+            .map_or_else(|| format!("item {id}"), |it| it.node_text())
+    };
+    prompt
+        .relations
+        .iter()
+        .map(|r| Triple {
+            subject: node(r.item1),
+            predicate: r.relation.clone(),
+            object: node(r.item2),
+        })
+        .collect()
+}
+
+/// Per prompt relation, the Checker's verdict beside the oracle's (when the prompt is in the
+/// world's vocabulary): a small table under the image the Checker reported on.
+fn relation_table(
+    out: &mut String,
+    triples: &[Triple],
+    report: &CheckReport,
+    oracle: Option<&Extraction>,
+) {
+    if triples.is_empty() {
+        return;
+    }
+    out.push_str("<table class=\"rels\"><tr><th>relation</th><th>Checker</th>");
+    if oracle.is_some() {
+        out.push_str("<th>oracle</th>");
+    }
+    out.push_str("</tr>");
+    for (i, t) in triples.iter().enumerate() {
+        let _ = write!(
+            out,
+            "<tr><td class=\"rel\">{}</td>{}",
+            esc(&t.to_string()),
+            mark(report.relations.get(i).copied())
+        );
+        if let Some(found) = oracle {
+            out.push_str(mark(Some(if found.triples.contains(t) {
+                RelationVerdict::Holds
+            } else {
+                RelationVerdict::Violated
+            })));
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("</table>");
 }
 
 fn metrics_table(out: &mut String, m: &serde_json::Value) {
@@ -65,8 +132,10 @@ pub fn write(dir: &Path) -> Result<PathBuf> {
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>rlrig report: {n}</title>\
          <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;margin:1em 0}}\
          td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}.chain{{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}}\
-         .step{{width:150px;font-size:12px}}.step img{{width:128px;height:128px;image-rendering:pixelated;border:1px solid #999}}\
-         .edit{{color:#05a}}.refl{{color:#333}}section{{border-top:1px solid #ddd;padding:0.5em 0}}</style></head><body>\
+         .step{{width:210px;font-size:12px}}.step img{{width:128px;height:128px;image-rendering:pixelated;border:1px solid #999}}\
+         .edit{{color:#05a}}table.rels{{margin:4px 0;font-size:11px}}table.rels td,table.rels th{{padding:1px 4px}}\
+         td.rel{{text-align:left}}td.ok{{color:#080;text-align:center}}td.bad{{color:#c00;text-align:center}}td.unk{{color:#888;text-align:center}}\
+         .step table.rels{{width:100%}}.refl{{color:#333}}section{{border-top:1px solid #ddd;padding:0.5em 0}}</style></head><body>\
          <h1>rlrig run <code>{n}</code></h1>",
         n = esc(&name)
     );
@@ -135,10 +204,13 @@ pub fn write(dir: &Path) -> Result<PathBuf> {
                 esc(&t.prompt.prompt()),
                 esc(&crate::trajectories_cmd::outcome_text(t))
             );
+            let triples = prompt_triples(&t.prompt);
+            let mut image = None;
             let mut cell = String::new();
             for s in t.steps.iter().filter(|s| s.on_line()) {
                 match &s.output {
                     StepOutput::Image(img) => {
+                        image = Some(img);
                         if !cell.is_empty() {
                             let _ = write!(out, "<div class=\"step\">{cell}</div>");
                         }
@@ -158,6 +230,12 @@ pub fn write(dir: &Path) -> Result<PathBuf> {
                             r.score,
                             esc(&r.reflection)
                         );
+                        // The oracle's judgement, as src/run.rs scores the image: the parsed
+                        // scene graph narrowed to what a judge given the prompt could answer.
+                        let oracle = image
+                            .and_then(|img| rlrig_world::oracle::judge(&t.prompt, img).ok())
+                            .map(|j| Extraction::from(&j.parsed).as_judged_against(&t.prompt));
+                        relation_table(&mut cell, &triples, r, oracle.as_ref());
                     }
                     StepOutput::Edit(e) => {
                         let _ = write!(

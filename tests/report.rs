@@ -1,5 +1,6 @@
 //! The HTML run report, rendered by a real headless Chromium (Debian's `chromium`; `.ci/run`
-//! installs it): it renders, every image decodes, and nothing is logged to the console.
+//! installs it): it renders, every image decodes, nothing is logged to the console, and the
+//! rendered page shows the Checker's and the oracle's verdict per prompt relation.
 
 use std::path::Path;
 use std::process::Command;
@@ -16,8 +17,9 @@ fn chromium() -> &'static str {
     "chromium"
 }
 
-/// Renders a page headless; returns the final title and the console lines Chromium logged.
-fn render(page: &Path) -> (String, Vec<String>) {
+/// Renders a page headless; returns the final title, the console lines Chromium logged and the
+/// rendered DOM.
+fn render(page: &Path) -> (String, Vec<String>, String) {
     let profile = tempfile::tempdir().unwrap();
     let o = Command::new(chromium())
         .args([
@@ -45,7 +47,7 @@ fn render(page: &Path) -> (String, Vec<String>) {
         .filter(|l| l.contains("CONSOLE"))
         .map(str::to_string)
         .collect();
-    (title, console)
+    (title, console, dom)
 }
 
 /// `[ok/total images]` from the title the report's script sets after loading.
@@ -82,11 +84,21 @@ fn the_report_renders_in_chromium_with_every_image_and_no_console_errors() {
         "self-contained"
     );
 
-    let (title, console) = render(&page);
+    let (title, console, dom) = render(&page);
     let (ok, total) = images(&title);
     assert!(total >= 6, "at least one image per prompt: {title}");
     assert_eq!(ok, total, "every image decodes: {title}");
     assert!(console.is_empty(), "console: {console:#?}");
+    // The Checker's verdict beside the oracle's, per prompt relation, marked held or violated.
+    assert!(
+        dom.contains("<th>relation</th><th>Checker</th><th>oracle</th>"),
+        "relation tables with both judges' columns in the rendered page"
+    );
+    assert!(
+        dom.contains("title=\"held\">✓</td>") || dom.contains("title=\"violated\">✗</td>"),
+        "held/violated marks in the rendered page"
+    );
+    assert!(!dom.contains("Some("), "no Rust debug text in the rendered page");
 
     // The checks can fail: a broken image and a script error are seen.
     let broken = tmp.path().join("broken.html");
@@ -96,7 +108,7 @@ fn the_report_renders_in_chromium_with_every_image_and_no_console_errors() {
             .replacen("<body>", "<body><script>undefinedFunction();</script>", 1),
     )
     .unwrap();
-    let (title, console) = render(&broken);
+    let (title, console, _) = render(&broken);
     let (ok, total) = images(&title);
     assert_eq!(ok + 1, total, "{title}");
     assert!(
