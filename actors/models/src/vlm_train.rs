@@ -510,20 +510,9 @@ pub fn checker_graphs(
     let mut out: Vec<Extraction> = scenes
         .iter()
         .zip(findings)
-        .map(|((g, _), f)| {
-            let mut entities: Vec<String> = g
-                .objects
-                .iter()
-                .zip(&f.items)
-                .filter(|(_, v)| **v == ItemVerdict::Present)
-                .map(|(o, _)| o.to_string())
-                .collect();
-            entities.sort();
-            entities.dedup();
-            Extraction {
-                entities,
-                ..Extraction::default()
-            }
+        .map(|((g, _), f)| Extraction {
+            entities: present_words(g, f),
+            ..Extraction::default()
         })
         .collect();
     let idx: Vec<usize> = (0..scenes.len()).filter(|&k| !asked[k].is_empty()).collect();
@@ -553,13 +542,8 @@ pub fn checker_graphs(
     Ok(out)
 }
 
-/// The triples a scene's graph question asks about: every ordered pair of distinct present
-/// items (by their words) and every predicate of the prompt.
-fn pair_questions(g: &WorldGraph, f: &Findings) -> Result<Vec<(Triple, Vec<u32>)>, String> {
-    let tok = Tokenizer::full(usize::MAX);
-    let mut preds: Vec<Rel> = g.relations.iter().map(|&(_, r, _)| r).collect();
-    preds.sort_by_key(|r| r.word());
-    preds.dedup();
+/// The words of the prompt items the Checker finds present, sorted, each once.
+fn present_words(g: &WorldGraph, f: &Findings) -> Vec<String> {
     let mut present: Vec<String> = g
         .objects
         .iter()
@@ -569,6 +553,17 @@ fn pair_questions(g: &WorldGraph, f: &Findings) -> Result<Vec<(Triple, Vec<u32>)
         .collect();
     present.sort();
     present.dedup();
+    present
+}
+
+/// The triples a scene's graph question asks about: every ordered pair of distinct present
+/// items (by their words) and every predicate of the prompt.
+fn pair_questions(g: &WorldGraph, f: &Findings) -> Result<Vec<(Triple, Vec<u32>)>, String> {
+    let tok = Tokenizer::full(usize::MAX);
+    let mut preds: Vec<Rel> = g.relations.iter().map(|&(_, r, _)| r).collect();
+    preds.sort_by_key(|r| r.word());
+    preds.dedup();
+    let present = present_words(g, f);
     let mut out = Vec::new();
     for a in &present {
         for b in present.iter().filter(|b| *b != a) {
