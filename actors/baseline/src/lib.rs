@@ -13,6 +13,8 @@
 //! Each has a config struct (serde, unknown keys refused, missing keys defaulted) and a
 //! constructor that validates it. Every role is deterministic for a given request seed.
 
+#![warn(missing_docs)]
+
 mod checker;
 mod editor;
 mod policy;

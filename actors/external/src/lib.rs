@@ -16,6 +16,8 @@
 //! `examples/external_checker.py` at the repository root is a Checker written in Python with
 //! the standard library only.
 
+#![warn(missing_docs)]
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 

@@ -16,6 +16,8 @@
 //! The API key comes from the environment variable named in the settings (`OPENAI_API_KEY` by
 //! default); it is never logged.
 
+#![warn(missing_docs)]
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 

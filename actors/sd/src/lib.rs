@@ -8,6 +8,8 @@
 //! `scripts/sd_fixtures/make_sd_fixtures.py`). The UNet, the VAE, the pipelines and the
 //! `diffuser.sd` / `editor.instruct-pix2pix` kinds are not built yet.
 
+#![warn(missing_docs)]
+
 use std::path::{Path, PathBuf};
 
 pub use burn;

@@ -18,6 +18,8 @@
 //! [`EditPolicy`] role here (flow files call it `role = "policy"`), so that it is never
 //! confused with a ractor actor. "Actor" alone in rlrig's code means a ractor actor.
 
+#![warn(missing_docs)]
+
 use serde::{Deserialize, Serialize};
 
 pub use rlrig_sg as sg;

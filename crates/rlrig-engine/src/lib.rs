@@ -15,6 +15,8 @@
 //! The engine knows no model: the role traits and messages come from `rlrig-contract`, the
 //! implementations from the registry. Queue and delivery semantics: `docs/engine.md`.
 
+#![warn(missing_docs)]
+
 mod cluster;
 mod engine;
 mod model;

@@ -13,6 +13,8 @@
 //! the registry's business; it reports its errors through [`LoadedFlow::error_at`] so that they
 //! point into the file too.
 
+#![warn(missing_docs)]
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 

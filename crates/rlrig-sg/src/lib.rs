@@ -6,6 +6,8 @@
 //! loader builds it ([`SceneGraph::prompt`]), and the official IoU metrics of LAION-SG's
 //! `test/test_iou.py` ([`metrics`]). It knows nothing of images, models or the engine.
 
+#![warn(missing_docs)]
+
 pub mod io;
 pub mod metrics;
 mod record;

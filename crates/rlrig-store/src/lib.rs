@@ -17,6 +17,8 @@
 //! big-endian → JSON record), `images` (BLAKE3 hex → PNG), `log` (sequence number, u64
 //! big-endian → id, u64 big-endian).
 
+#![warn(missing_docs)]
+
 use std::path::{Path, PathBuf};
 
 use rlrig_contract::{Branch, Image, Outcome, Step, StepOutput, Trajectory};

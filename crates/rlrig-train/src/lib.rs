@@ -18,6 +18,8 @@
 //! committed before or after the checkpoint, and a step taken after the checkpoint but before a
 //! crash is taken again (its `metrics.jsonl` lines are dropped on resume).
 
+#![warn(missing_docs)]
+
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};

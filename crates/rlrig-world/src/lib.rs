@@ -10,6 +10,8 @@
 //! generators do; [`edit`] is the edit-prompt language of the Policy and Editor roles and applies
 //! edits to drawn scenes.
 
+#![warn(missing_docs)]
+
 pub mod canvas;
 pub mod corrupt;
 pub mod edit;
