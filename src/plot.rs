@@ -46,9 +46,10 @@ fn panels(root: Area, m: &[StepMetrics]) -> Result<(), String> {
         ("reward mean, groups trained on (the flow's reward)", |s| {
             s.learn.reward_mean
         }),
-        ("reward mean, every fresh group (before equal-reward filtering)", |s| {
-            s.reward_mean_all
-        }),
+        (
+            "reward mean, every fresh group (before equal-reward filtering)",
+            |s| s.reward_mean_all,
+        ),
         ("share of fresh groups filtered (all rewards equal)", |s| {
             // The trainer passes the informative groups on and counts the others as filtered.
             let fresh = s.learn.groups + s.learn.filtered_groups;

@@ -398,6 +398,9 @@ fn evaluating_during_training_on_nodes_is_refused_up_front() {
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("`train.eval_every`") && err.contains("eval_every = 0"), "{err}");
+    assert!(
+        err.contains("`train.eval_every`") && err.contains("eval_every = 0"),
+        "{err}"
+    );
     assert!(!tmp.path().join("train-tiny/store").exists());
 }

@@ -98,7 +98,10 @@ fn the_report_renders_in_chromium_with_every_image_and_no_console_errors() {
         dom.contains("title=\"held\">✓</td>") || dom.contains("title=\"violated\">✗</td>"),
         "held/violated marks in the rendered page"
     );
-    assert!(!dom.contains("Some("), "no Rust debug text in the rendered page");
+    assert!(
+        !dom.contains("Some("),
+        "no Rust debug text in the rendered page"
+    );
 
     // The checks can fail: a broken image and a script error are seen.
     let broken = tmp.path().join("broken.html");

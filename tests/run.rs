@@ -198,7 +198,11 @@ fn a_broken_external_actor_fails_loudly_and_loses_nothing() {
     // Every trajectory is recorded as failed with the actor named; the run itself completes,
     // exiting 3 (some trajectories failed) with their count.
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
-    assert!(text(&o).contains("5 of 5 trajectories failed"), "{}", text(&o));
+    assert!(
+        text(&o).contains("5 of 5 trajectories failed"),
+        "{}",
+        text(&o)
+    );
     let m = metrics(&tmp.path().join("external-checker"));
     assert_eq!(
         (m["done"].as_u64(), m["failed"].as_u64()),

@@ -142,7 +142,14 @@ fn a_tiny_training_run_commits_trajectories_steps_and_publishes_weights() {
     let store = TrajectoryStore::open(&dir.join("store")).unwrap();
     let all = store.committed_after(None, usize::MAX).unwrap();
     assert_eq!(all.len() as u64, store.next_seq().unwrap());
-    let groups: usize = all.iter().map(|(_, t)| t.grpo_groups(&rlrig_contract::Reward::default()).unwrap().len()).sum();
+    let groups: usize = all
+        .iter()
+        .map(|(_, t)| {
+            t.grpo_groups(&rlrig_contract::Reward::default())
+                .unwrap()
+                .len()
+        })
+        .sum();
     assert!(groups >= m.iter().map(|s| s.learn.groups).sum::<usize>());
     let mut versions = Vec::new();
     for (_, t) in &all {
@@ -537,7 +544,10 @@ fn a_truncated_sampler_is_refused_for_training() {
     .unwrap();
     assert!(!o.status.success());
     let t = text(&o);
-    assert!(t.contains("`actors.policy.settings.top_k`") && t.contains("top_k = 0"), "{t}");
+    assert!(
+        t.contains("`actors.policy.settings.top_k`") && t.contains("top_k = 0"),
+        "{t}"
+    );
     assert!(!tmp.path().join("train-tiny/store").exists());
 }
 
@@ -561,7 +571,10 @@ fn a_tiny_training_run_learns_from_the_reward_the_flow_chooses() {
     let dir = tmp.path().join("train-tiny");
     let m = check_metrics(&dir, 3);
     for s in &m {
-        assert!(s.reward_mean_all.is_finite() && s.reward_std_all >= 0.0, "{s:?}");
+        assert!(
+            s.reward_mean_all.is_finite() && s.reward_std_all >= 0.0,
+            "{s:?}"
+        );
     }
     let store = TrajectoryStore::open(&dir.join("store")).unwrap();
     let mix = rlrig_contract::Reward {
@@ -583,5 +596,8 @@ fn a_tiny_training_run_learns_from_the_reward_the_flow_chooses() {
             }
         }
     }
-    assert!(samples > 0 && differ > 0, "{differ} of {samples} rewards differ");
+    assert!(
+        samples > 0 && differ > 0,
+        "{differ} of {samples} rewards differ"
+    );
 }

@@ -1,8 +1,8 @@
 //! [`OracleChecker`]: the world's oracle parser in a Checker's coat.
 
+use rlrig_contract::sg::Extraction;
 use rlrig_contract::{CheckReport, CheckRequest, Checker, Image, RoleError, SceneGraph};
 use rlrig_world::WorldGraph;
-use rlrig_contract::sg::Extraction;
 use rlrig_world::oracle::{self, OracleConfig};
 use rlrig_world::reflect;
 use serde::{Deserialize, Serialize};

@@ -20,13 +20,13 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rlrig_contract::sg::{Extraction, Triple};
 use rlrig_contract::{
     Diffuser, EditRequest, Editor, GenerateRequest, Image, ItemVerdict, RelationVerdict, SceneGraph,
 };
 use rlrig_world::canvas::GRID;
 use rlrig_world::corrupt;
 use rlrig_world::oracle::OracleConfig;
-use rlrig_contract::sg::{Extraction, Triple};
 use rlrig_world::reflect::{self, Findings};
 use rlrig_world::{Canvas, Colour, Edit, Object, Rel, Shape, WorldGraph, sample};
 use serde::{Deserialize, Serialize};
@@ -515,7 +515,9 @@ pub fn checker_graphs(
             ..Extraction::default()
         })
         .collect();
-    let idx: Vec<usize> = (0..scenes.len()).filter(|&k| !asked[k].is_empty()).collect();
+    let idx: Vec<usize> = (0..scenes.len())
+        .filter(|&k| !asked[k].is_empty())
+        .collect();
     for chunk in idx.chunks(64) {
         let images: Vec<Image> = chunk.iter().map(|&k| scenes[k].1.clone()).collect();
         let words: Vec<Vec<Vec<u32>>> = chunk
@@ -695,7 +697,11 @@ pub fn checker_agreement(net: &CheckerNet, scenes: &[Scene]) -> Result<CheckerAg
         score_mae: mae / scenes.len().max(1) as f64,
         triple_precision: ratio(true_found, found),
         triple_recall: ratio(true_found, truth),
-        sg_iou_mae: est.iter().zip(&actual).map(|(a, b)| (a - b).abs()).sum::<f64>()
+        sg_iou_mae: est
+            .iter()
+            .zip(&actual)
+            .map(|(a, b)| (a - b).abs())
+            .sum::<f64>()
             / scenes.len().max(1) as f64,
         sg_iou_correlation: pearson(&est, &actual),
         sg_iou_mean: (

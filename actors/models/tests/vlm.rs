@@ -463,7 +463,13 @@ fn vlm_jobs_train_resume_and_export_loadable_weights() {
 fn the_shipped_checker_reports_a_scene_graph_that_agrees_with_the_oracle() {
     let weights_path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../weights/checker.safetensors");
-    let mut checker = NeuralChecker::new(&CheckerSettings { weights: weights_path }, "cpu").unwrap();
+    let mut checker = NeuralChecker::new(
+        &CheckerSettings {
+            weights: weights_path,
+        },
+        "cpu",
+    )
+    .unwrap();
     let scenes: Vec<_> = (0..96)
         .map(|i| problem_scene(&canvas(), 77, i, &Pool::default(), 0.0))
         .collect();
@@ -481,20 +487,32 @@ fn the_shipped_checker_reports_a_scene_graph_that_agrees_with_the_oracle() {
         })
         .collect();
     for (r, q) in checker.check(&requests).unwrap().iter().zip(&requests) {
-        let graph = r.graph.as_ref().expect("the neural Checker reports its scene graph");
-        assert_eq!(r.estimates, Some(rlrig_contract::sg::score(&q.prompt, graph)));
+        let graph = r
+            .graph
+            .as_ref()
+            .expect("the neural Checker reports its scene graph");
+        assert_eq!(
+            r.estimates,
+            Some(rlrig_contract::sg::score(&q.prompt, graph))
+        );
         // Only the prompt's words: LAION-SG's judge is given them as the candidates.
         let entities = q.prompt.entities();
         let predicates = q.prompt.predicates();
         for t in &graph.triples {
-            assert!(entities.contains(&t.subject) && entities.contains(&t.object), "{t:?}");
+            assert!(
+                entities.contains(&t.subject) && entities.contains(&t.object),
+                "{t:?}"
+            );
             assert!(predicates.contains(&t.predicate), "{t:?}");
             assert_ne!(t.subject, t.object);
         }
         // A prompt relation the Checker finds held is a triple of its graph.
         for (t, v) in q.prompt.triples().iter().zip(&r.relations) {
             if *v == RelationVerdict::Holds && t.subject != t.object {
-                assert!(graph.triples.contains(t), "{t:?} holds but is not in {graph:?}");
+                assert!(
+                    graph.triples.contains(t),
+                    "{t:?} holds but is not in {graph:?}"
+                );
             }
         }
     }
@@ -515,7 +533,9 @@ fn scoring_fits_whatever_decoding_fitted() {
     // prompt + reflection + <bos> + 5 tokens read = the whole row.
     let room = config.text_len - 1 - (target.len() - 1) - input.prompt.len();
     input.reflection.resize(room, input.reflection[0]);
-    let scored = net.score(&inputs, std::slice::from_ref(&target), 1.0).unwrap();
+    let scored = net
+        .score(&inputs, std::slice::from_ref(&target), 1.0)
+        .unwrap();
     assert_eq!(scored[0].len(), 6);
     assert!(scored[0].iter().all(|l| l.is_finite() && *l <= 0.0));
     // One token more does not fit.

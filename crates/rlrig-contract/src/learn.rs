@@ -200,7 +200,10 @@ impl CheckReport {
 
 /// The mean of the reports' IoU estimates, over those that have them.
 fn mean_estimates(reports: &[CheckReport]) -> Option<crate::sg::IouScores> {
-    let have: Vec<&crate::sg::IouScores> = reports.iter().filter_map(|r| r.estimates.as_ref()).collect();
+    let have: Vec<&crate::sg::IouScores> = reports
+        .iter()
+        .filter_map(|r| r.estimates.as_ref())
+        .collect();
     if have.is_empty() {
         return None;
     }

@@ -143,7 +143,11 @@ mod tests {
                 triple("red circle", "left of", "blue square"),
                 triple("red circle", "left of", "green triangle"),
             ],
-            entities: vec!["red circle".into(), "blue square".into(), "green triangle".into()],
+            entities: vec![
+                "red circle".into(),
+                "blue square".into(),
+                "green triangle".into(),
+            ],
             predicates: vec!["left of".into()],
         };
         CheckReport::new(

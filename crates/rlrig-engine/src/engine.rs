@@ -8,8 +8,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ractor::{Actor, ActorRef};
 use rlrig_contract::{
-    Branch, CheckReport, Reward, CheckRequest, EditRequest, GenerateRequest, Image, Outcome,
-    ProposeRequest, Role, SceneGraph, Step, StepOutput, Trajectory, WeightsUpdate,
+    Branch, CheckReport, CheckRequest, EditRequest, GenerateRequest, Image, Outcome,
+    ProposeRequest, Reward, Role, SceneGraph, Step, StepOutput, Trajectory, WeightsUpdate,
 };
 use rlrig_flow::{Answer as AnswerRule, Flow, FlowError, LoadedFlow};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
@@ -565,16 +565,8 @@ impl Driver {
         mut bsteps: Vec<Step>,
         b: u32,
     ) -> (Result<(), String>, Progress, Vec<Step>) {
-        let r = Box::pin(self.run_steps(
-            names,
-            round,
-            prompt,
-            seed,
-            &mut bp,
-            &mut bsteps,
-            Some(b),
-        ))
-        .await;
+        let r = Box::pin(self.run_steps(names, round, prompt, seed, &mut bp, &mut bsteps, Some(b)))
+            .await;
         (r, bp, bsteps)
     }
 

@@ -586,7 +586,10 @@ async fn resampling_makes_a_groups_edit_prompts_differ() {
             let rounds = t.steps.iter().map(|s| s.round).max().unwrap();
             for round in 1..=rounds {
                 let n = t.steps.iter().filter(|s| s.round == round).count();
-                assert_eq!(n, 12, "4 branches × (policy, edit, check): resamples are not recorded");
+                assert_eq!(
+                    n, 12,
+                    "4 branches × (policy, edit, check): resamples are not recorded"
+                );
             }
         }
         (groups, both)
@@ -604,6 +607,12 @@ async fn resampling_makes_a_groups_edit_prompts_differ() {
         seen.push(count_groups(&ts));
     }
     let ((g0, both0), (g8, both8)) = (seen[0], seen[1]);
-    assert_eq!(both8, g8, "with resampling every group holds both edit prompts");
-    assert!(both0 < g0, "without it some groups repeat one prompt ({both0} of {g0})");
+    assert_eq!(
+        both8, g8,
+        "with resampling every group holds both edit prompts"
+    );
+    assert!(
+        both0 < g0,
+        "without it some groups repeat one prompt ({both0} of {g0})"
+    );
 }

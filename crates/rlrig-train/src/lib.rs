@@ -376,7 +376,13 @@ impl TrainerActorState {
             reward_mean_all: mean(&all_rewards),
             reward_std_all: {
                 let m = mean(&all_rewards);
-                mean(&all_rewards.iter().map(|r| (r - m).powi(2)).collect::<Vec<_>>()).sqrt()
+                mean(
+                    &all_rewards
+                        .iter()
+                        .map(|r| (r - m).powi(2))
+                        .collect::<Vec<_>>(),
+                )
+                .sqrt()
             },
             learn: stats,
         };
