@@ -2,28 +2,10 @@
 //! (unless `--pair-by-id`) and a round past the last, reports failed and missing prompts per
 //! run, and is deterministic (`compare A A` gives A and B the same interval).
 
+mod common;
+use common::{rlrig, text};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn rlrig(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rlrig"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use std::process::Output;
 
 const REFUSED: i32 = 2;
 

@@ -1,24 +1,8 @@
 //! `rlrig eval` on LAION-SG files written by someone else: odd spacing, extra fields, records
 //! outside the world's vocabulary, relations naming items that do not exist.
 
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn rlrig(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rlrig"))
-        .args(args)
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")))
-        .output()
-        .expect("runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+mod common;
+use common::{rlrig, text};
 
 const GOOD: &str = r#"
 { "img_id" : "a1",   "caption_ori": "ignored", "score": "7.1",

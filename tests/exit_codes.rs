@@ -3,28 +3,10 @@
 //! `complete`, `--json` printing JSON only, human text instead of Rust debug text, and a closed
 //! stdout ending the command quietly.
 
+mod common;
+use common::{rlrig, root, text};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn rlrig(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rlrig"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
