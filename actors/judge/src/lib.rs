@@ -8,17 +8,23 @@
 //! names the prompt did not offer), and turned into an [`Extraction`] that LAION-SG's IoUs score
 //! ([`rlrig_sg::score`]). Transport failures, non-2xx statuses, timeouts and unparseable
 //! answers are retried with exponential backoff; after the last attempt the error says what
-//! happened each time.
+//! happened each time (a timeout names its limit, `timeout_ms`).
 //!
 //! [`JudgeChecker`] is the same client as a Checker role: items present and relations holding
-//! as the judge extracted them, the score the share of requirements met.
+//! as the judge extracted them, the score the share of requirements met. `max_attempts` bounds
+//! the requests per image in all: when the engine retries a judgement that failed (its
+//! `engine.max_attempts`), the checker remembers the requests already spent on that image and
+//! its batch-mates' answers, so the engine's retries add no request beyond `max_attempts`.
 //!
 //! The API key comes from the environment variable named in the settings (`OPENAI_API_KEY` by
-//! default); it is never logged.
+//! default); it is never logged. Without it no `Authorization` header is sent, and a warning
+//! says so once per variable.
 
 #![warn(missing_docs)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{Hash as _, Hasher as _};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -36,11 +42,13 @@ pub struct JudgeSettings {
     pub base_url: String,
     /// The model name the server expects.
     pub model: String,
-    /// The environment variable holding the API key (sent as a bearer token when set).
+    /// The environment variable holding the API key (sent as a bearer token when set; unset or
+    /// empty, no `Authorization` header is sent).
     pub api_key_env: String,
     /// Timeout of one request, milliseconds.
     pub timeout_ms: u64,
-    /// Attempts per image before giving up.
+    /// Requests per image before giving up, retries included (for the `judge.checker` kind,
+    /// the engine's retries too).
     pub max_attempts: u32,
     /// Wait before the first retry, milliseconds; doubled after each.
     pub backoff_ms: u64,
@@ -84,8 +92,9 @@ impl JudgeSettings {
 /// Why a judgement failed.
 #[derive(Debug, thiserror::Error)]
 pub enum JudgeError {
-    /// Every attempt failed; each attempt's reason, in order.
-    #[error("the judge at {url} failed {} times: {}", attempts.len(), attempts.join("; "))]
+    /// Every attempt failed; each attempt's reason, in order, phrased to follow "the judge at
+    /// URL" (e.g. "did not answer within 60000 ms (timeout_ms)").
+    #[error("the judge at {url} {}", exhausted(attempts))]
     Exhausted {
         /// The endpoint.
         url: String,
@@ -95,6 +104,22 @@ pub enum JudgeError {
     /// The image could not be encoded.
     #[error("encoding the image: {0}")]
     Image(String),
+}
+
+fn exhausted(attempts: &[String]) -> String {
+    match attempts {
+        [one] => one.clone(),
+        _ => format!(
+            "failed {} times (max_attempts): {}",
+            attempts.len(),
+            attempts
+                .iter()
+                .enumerate()
+                .map(|(i, a)| format!("{}. {a}", i + 1))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    }
 }
 
 /// The client.
@@ -192,6 +217,38 @@ pub fn parse_answer(answer: &str, truth: &SceneGraph) -> Result<Extraction, Stri
     .as_judged_against(truth))
 }
 
+/// Whether a transport error is the agent's timeout.
+fn is_timeout(t: &ureq::Transport) -> bool {
+    let mut source = std::error::Error::source(t);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+            )
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    t.to_string().contains("timed out")
+}
+
+/// Warns, once per variable and endpoint, that no API key is sent.
+fn warn_no_key(var: &str, url: &str) {
+    static WARNED: OnceLock<Mutex<BTreeSet<(String, String)>>> = OnceLock::new();
+    let fresh = WARNED
+        .get_or_init(Default::default)
+        .lock()
+        .map(|mut w| w.insert((var.to_string(), url.to_string())))
+        .unwrap_or(false);
+    if fresh {
+        tracing::warn!(
+            "{var} is not set: requests to the judge at {url} carry no Authorization header"
+        );
+    }
+}
+
 fn clip(s: &str) -> String {
     let s: String = s.chars().take(160).collect();
     s.replace('\n', " ")
@@ -241,6 +298,9 @@ impl JudgeClient {
         let key = std::env::var(&settings.api_key_env)
             .ok()
             .filter(|k| !k.is_empty());
+        if key.is_none() {
+            warn_no_key(&settings.api_key_env, &settings.base_url);
+        }
         Ok(JudgeClient {
             settings,
             agent,
@@ -255,8 +315,40 @@ impl JudgeClient {
         )
     }
 
-    /// What the judge extracts from `image` given the ground truth's vocabulary.
+    /// The endpoint requests go to (`base_url` + `/chat/completions`).
+    pub fn endpoint(&self) -> String {
+        self.url()
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &JudgeSettings {
+        &self.settings
+    }
+
+    /// What the judge extracts from `image` given the ground truth's vocabulary, in at most
+    /// `max_attempts` requests.
     pub fn extract(&self, image: &Image, truth: &SceneGraph) -> Result<Extraction, JudgeError> {
+        let mut attempts = Vec::new();
+        self.extract_within(image, truth, &mut attempts)
+    }
+
+    /// [`JudgeClient::extract`] after `attempts` (the reasons of requests already spent on this
+    /// image): at most `max_attempts - attempts.len()` more requests; each failure's reason is
+    /// appended to `attempts`.
+    fn extract_within(
+        &self,
+        image: &Image,
+        truth: &SceneGraph,
+        attempts: &mut Vec<String>,
+    ) -> Result<Extraction, JudgeError> {
+        let url = self.url();
+        let max = self.settings.max_attempts as usize;
+        if attempts.len() >= max {
+            return Err(JudgeError::Exhausted {
+                url,
+                attempts: attempts.clone(),
+            });
+        }
         let png = image
             .to_png()
             .map_err(|e| JudgeError::Image(e.to_string()))?;
@@ -275,26 +367,38 @@ impl JudgeClient {
                 ],
             }],
         });
-        let url = self.url();
-        let mut attempts = Vec::new();
         let mut wait = Duration::from_millis(self.settings.backoff_ms);
-        for attempt in 1..=self.settings.max_attempts {
-            match self.once(&url, &body).and_then(|a| parse_answer(&a, truth)) {
+        loop {
+            let attempt = attempts.len() + 1;
+            match self.once(&url, &body).and_then(|a| {
+                parse_answer(&a, truth)
+                    .map_err(|e| format!("gave an answer rlrig cannot read: {e}"))
+            }) {
                 Ok(x) => return Ok(x),
                 Err(e) => {
-                    tracing::warn!(attempt, error = %e, "judge request failed");
+                    tracing::warn!(attempt, url = %url, error = %e, "judge request failed");
                     attempts.push(e);
                 }
             }
-            if attempt < self.settings.max_attempts {
-                std::thread::sleep(wait);
-                wait *= 2;
+            if attempts.len() >= max {
+                return Err(JudgeError::Exhausted {
+                    url,
+                    attempts: attempts.clone(),
+                });
             }
+            std::thread::sleep(wait);
+            wait *= 2;
         }
-        Err(JudgeError::Exhausted { url, attempts })
     }
 
+    /// One request; the reason of a failure is phrased to follow "the judge at URL".
     fn once(&self, url: &str, body: &serde_json::Value) -> Result<String, String> {
+        let timeout = || {
+            format!(
+                "did not answer within {} ms (timeout_ms)",
+                self.settings.timeout_ms
+            )
+        };
         let mut req = self.agent.post(url).set("Content-Type", "application/json");
         if let Some(key) = &self.key {
             req = req.set("Authorization", &format!("Bearer {key}"));
@@ -303,17 +407,46 @@ impl JudgeClient {
             Ok(r) => r,
             Err(ureq::Error::Status(code, r)) => {
                 let text = r.into_string().unwrap_or_default();
-                return Err(format!("HTTP {code}: {}", clip(&text)));
+                return Err(format!("answered HTTP {code}: {}", clip(&text)));
             }
-            Err(e) => return Err(e.to_string()),
+            Err(ureq::Error::Transport(t)) => {
+                return Err(if is_timeout(&t) {
+                    timeout()
+                } else if t.kind() == ureq::ErrorKind::ConnectionFailed {
+                    format!(
+                        "could not be reached: {}",
+                        t.message().map_or_else(|| t.to_string(), str::to_string)
+                    )
+                } else {
+                    format!("failed in transport: {t}")
+                });
+            }
         };
-        let v: serde_json::Value = resp
-            .into_json()
-            .map_err(|e| format!("the response is not JSON: {e}"))?;
+        let text = resp.into_string().map_err(|e| {
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+            ) {
+                timeout()
+            } else {
+                format!("sent a response rlrig could not read: {e}")
+            }
+        })?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            format!(
+                "answered with a body that is not JSON ({e}): {}",
+                clip(&text)
+            )
+        })?;
         v.pointer("/choices/0/message/content")
             .and_then(|c| c.as_str())
             .map(str::to_string)
-            .ok_or_else(|| format!("no choices[0].message.content in {}", clip(&v.to_string())))
+            .ok_or_else(|| {
+                format!(
+                    "answered without choices[0].message.content: {}",
+                    clip(&v.to_string())
+                )
+            })
     }
 
     /// LAION-SG's three IoUs of one image, as this judge sees it.
@@ -328,6 +461,11 @@ impl JudgeClient {
 
 /// The judge as a Checker: verdicts from what it extracted, the score the share of the prompt's
 /// items and relations it found, a plain-words reflection.
+///
+/// `max_attempts` bounds the requests per image across the engine's retries as well: a failed
+/// image's spent requests are remembered (in this process, by endpoint, model, prompt and
+/// pixels), so a retry of it fails at once with the reasons already gathered; the answers of
+/// batch-mates judged before the failure are kept for their retries, which then send nothing.
 pub struct JudgeChecker(JudgeClient);
 
 impl JudgeChecker {
@@ -335,6 +473,35 @@ impl JudgeChecker {
     pub fn new(settings: JudgeSettings) -> Result<Self, String> {
         JudgeClient::new(settings).map(JudgeChecker)
     }
+
+    fn key(&self, r: &CheckRequest) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.0.settings.base_url.hash(&mut h);
+        self.0.settings.model.hash(&mut h);
+        serde_json::to_string(&r.prompt)
+            .unwrap_or_default()
+            .hash(&mut h);
+        (r.image.width(), r.image.height()).hash(&mut h);
+        r.image.pixels().hash(&mut h);
+        h.finish()
+    }
+}
+
+/// What judge checkers remember between the engine's attempts of a request.
+#[derive(Default)]
+struct Memory {
+    /// Per failed image, the reasons of the requests spent on it.
+    failures: HashMap<u64, Vec<String>>,
+    /// Answers of images whose batch failed, taken by their retry.
+    answers: HashMap<u64, Extraction>,
+}
+
+fn memory() -> std::sync::MutexGuard<'static, Memory> {
+    static MEMORY: OnceLock<Mutex<Memory>> = OnceLock::new();
+    MEMORY
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The report a judge's extraction gives for a prompt.
@@ -404,14 +571,29 @@ pub fn report(truth: &SceneGraph, found: &Extraction) -> CheckReport {
 
 impl Checker for JudgeChecker {
     fn check(&mut self, batch: &[CheckRequest]) -> Result<Vec<CheckReport>, RoleError> {
-        batch
+        let mut found = Vec::with_capacity(batch.len());
+        for r in batch {
+            let key = self.key(r);
+            if let Some(x) = memory().answers.remove(&key) {
+                found.push((key, x));
+                continue;
+            }
+            let mut spent = memory().failures.remove(&key).unwrap_or_default();
+            match self.0.extract_within(&r.image, &r.prompt, &mut spent) {
+                Ok(x) => found.push((key, x)),
+                Err(e) => {
+                    let mut m = memory();
+                    m.failures.insert(key, spent);
+                    // The batch fails; its other requests are retried one by one.
+                    m.answers.extend(found);
+                    return Err(RoleError(format!("judge.checker: {e}")));
+                }
+            }
+        }
+        Ok(batch
             .iter()
-            .map(|r| {
-                self.0
-                    .extract(&r.image, &r.prompt)
-                    .map(|x| report(&r.prompt, &x))
-                    .map_err(|e| RoleError(format!("judge.checker: {e}")))
-            })
-            .collect()
+            .zip(found)
+            .map(|(r, (_, x))| report(&r.prompt, &x))
+            .collect())
     }
 }

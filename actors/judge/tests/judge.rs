@@ -177,8 +177,11 @@ fn malformed_slow_and_failing_answers_are_retried_then_reported() {
         t0.elapsed() < Duration::from_secs(3),
         "the timeout bounds a slow answer"
     );
-    assert!(e.contains("failed 3 times"), "{e}");
-    assert!(e.to_lowercase().contains("time"), "a timeout is named: {e}");
+    assert!(e.contains("failed 3 times (max_attempts)"), "{e}");
+    assert!(
+        e.contains("1. did not answer within 300 ms (timeout_ms)"),
+        "a timeout names its limit: {e}"
+    );
     assert!(e.contains("not JSON"), "{e}");
     assert!(e.contains("HTTP 503"), "{e}");
 
@@ -197,4 +200,64 @@ fn malformed_slow_and_failing_answers_are_retried_then_reported() {
     assert!((r.score - 1.0 / 3.0).abs() < 1e-12);
     assert_eq!(r.reflection, "the blue square is missing.");
     assert_eq!(s.seen.lock().unwrap().len(), 2);
+}
+
+#[test]
+fn a_timeout_names_its_limit_and_no_key_means_no_authorization_header() {
+    let slow = Reply {
+        delay_ms: 800,
+        ..ok("{}")
+    };
+    let s = serve(vec![slow]);
+    let client = JudgeClient::new(JudgeSettings {
+        max_attempts: 1,
+        api_key_env: "RLRIG_TEST_JUDGE_KEY_NEVER_SET".into(),
+        ..settings(&s.url)
+    })
+    .unwrap();
+    let e = client
+        .extract(&Image::filled(4, 4, [0, 0, 0]), &truth())
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        format!(
+            "the judge at {}/chat/completions did not answer within 300 ms (timeout_ms)",
+            s.url
+        )
+    );
+    assert_eq!(s.seen.lock().unwrap()[0].1, None, "no key, no header");
+}
+
+#[test]
+fn the_checker_spends_max_attempts_per_image_across_the_engines_retries() {
+    let good = ok(r#"{"objects": ["red circle"], "relations": []}"#);
+    let server_error = Reply {
+        status: 503,
+        ..ok("overloaded")
+    };
+    // The first image is answered; the second one never is.
+    let s = serve(vec![good, server_error]);
+    let request = |colour| CheckRequest {
+        prompt: truth(),
+        image: Image::filled(4, 4, colour),
+    };
+    let (a, b) = (request([1, 1, 1]), request([2, 2, 2]));
+    let e = JudgeChecker::new(settings(&s.url))
+        .unwrap()
+        .check(&[a.clone(), b.clone()])
+        .unwrap_err()
+        .0;
+    assert!(e.contains("failed 3 times (max_attempts)"), "{e}");
+    assert_eq!(s.seen.lock().unwrap().len(), 4, "1 for a, 3 for b");
+    // The engine restarts the replica and retries each request alone: a's answer was kept and
+    // b's budget is spent, so nothing more is sent, on this retry or the next.
+    let mut checker = JudgeChecker::new(settings(&s.url)).unwrap();
+    let r = checker.check(std::slice::from_ref(&a)).unwrap().remove(0);
+    assert_eq!(r.items, vec![ItemVerdict::Present, ItemVerdict::Missing]);
+    for _ in 0..2 {
+        let mut checker = JudgeChecker::new(settings(&s.url)).unwrap();
+        assert_eq!(checker.check(std::slice::from_ref(&b)).unwrap_err().0, e);
+    }
+    assert_eq!(s.seen.lock().unwrap().len(), 4, "max_attempts in all");
 }
