@@ -30,6 +30,7 @@ mod editor_defaults {
             guidance: Option<f64>,
             explore_steps: Option<usize>,
             noise_scale: Option<f64>,
+            sde_window: Option<usize>,
         }
         let p = Partial::deserialize(d)?;
         let base = NeuralSettings::with_weights("weights/editor.safetensors");
@@ -39,6 +40,7 @@ mod editor_defaults {
             guidance: p.guidance.unwrap_or(base.guidance),
             explore_steps: p.explore_steps.unwrap_or(base.explore_steps),
             noise_scale: p.noise_scale.unwrap_or(base.noise_scale),
+            sde_window: p.sde_window,
         })
     }
 }

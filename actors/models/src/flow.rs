@@ -427,13 +427,13 @@ pub fn sample_sde(
     }
 }
 
-/// What [`sample_sde_chains`] returns.
+/// What [`sample_sde_chains`] and [`sample_sde_window`] return.
 #[derive(Clone, Debug)]
 pub struct SdeChains {
     /// The final images at `s = 0`, `(B, out_channels, H, W)`, not clamped.
     pub images: Tensor<4>,
-    /// Per row: its `steps + 1` states (the starting noise first), each row-major, rounded to
-    /// `f16`, concatenated.
+    /// Per row: the states of its SDE steps (the starting noise first, then one per SDE
+    /// step), each row-major, rounded to `f16`, concatenated.
     pub states: Vec<Vec<f32>>,
     /// Per row: the log-probability of each step's transition ([`gaussian_log_prob`] of the
     /// rounded state).
@@ -458,7 +458,8 @@ fn round_to_f16(x: Tensor<4>) -> (Tensor<4>, Vec<f32>) {
 /// does not depend on the batch it ran in (and its starting noise is the ODE sampler's for the
 /// same seed). Every state is rounded to `f16` as it is made, and each step's log-probability
 /// is taken of the rounded state: a stored chain reproduces its log-probabilities exactly
-/// through [`transition_log_prob`].
+/// through [`transition_log_prob`]. Every step is an SDE step: [`sample_sde_window`] with the
+/// whole schedule as the window.
 ///
 /// # Panics
 ///
@@ -471,6 +472,33 @@ pub fn sample_sde_chains(
     sampler: &SamplerConfig,
     seeds: &[u64],
 ) -> SdeChains {
+    sample_sde_window(model, text, cond_image, sampler, sampler.steps, seeds)
+}
+
+/// [`sample_sde_chains`] with SDE noise in the first `sde_steps` steps of the schedule only
+/// (Flow-GRPO-Fast's window at the high-noise end); the remaining steps are Euler ODE steps
+/// with the same guided velocity. The chain holds the window: its `sde_steps + 1` states and
+/// `sde_steps` log-probabilities. The final image is a deterministic function of the window's
+/// last state, so the reward it earns is credited to the window's transitions alone, and no
+/// sampler noise is left in the image (with every step stochastic, the last step leaves noise
+/// of standard deviation `a·√(s/(1−s))·√(1/K)` at `s = 1/K` in the pixels).
+///
+/// # Panics
+///
+/// As [`sample_sde_chains`], and if `sde_steps` is 0 or more than `sampler.steps`.
+pub fn sample_sde_window(
+    model: &Dit,
+    text: &TextBatch,
+    cond_image: Option<&Tensor<4>>,
+    sampler: &SamplerConfig,
+    sde_steps: usize,
+    seeds: &[u64],
+) -> SdeChains {
+    assert!(
+        (1..=sampler.steps).contains(&sde_steps),
+        "an SDE window of {sde_steps} steps in a {}-step schedule",
+        sampler.steps
+    );
     let b = text.batch_size();
     assert_eq!(seeds.len(), b, "one seed per prompt");
     let device = model.device();
@@ -487,11 +515,15 @@ pub fn sample_sde_chains(
     let (mut x, first) = round_to_f16(Tensor::cat(start, 0));
     let per_row = first.len() / b;
     let mut states: Vec<Vec<f32>> = first.chunks_exact(per_row).map(<[f32]>::to_vec).collect();
-    let mut log_probs = vec![Vec::with_capacity(sampler.steps); b];
+    let mut log_probs = vec![Vec::with_capacity(sde_steps); b];
     let levels = noise_levels(sampler.steps);
     for (step, &s) in levels[..sampler.steps].iter().enumerate() {
-        let coef = SdeStep::new(step, sampler.steps, sampler.noise_scale);
         let v = velocity(model, x.clone(), s, text, cond_image, sampler.guidance);
+        if step >= sde_steps {
+            x = x + v.mul_scalar(levels[step + 1] - s);
+            continue;
+        }
+        let coef = SdeStep::new(step, sampler.steps, sampler.noise_scale);
         let mean = coef.mean(x, v);
         let eps: Vec<Tensor<4>> = rngs
             .iter_mut()

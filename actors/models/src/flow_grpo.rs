@@ -116,18 +116,22 @@ impl EditorLearner {
     fn log_probs(&self, edits: &[Edit]) -> Result<(Tensor<2>, Option<Tensor<2>>), String> {
         let first = edits[0].chain;
         let steps = first.steps();
+        let schedule = first.schedule_steps();
         for e in edits {
             let c = e.chain;
             if c.steps() != steps
+                || c.schedule_steps() != schedule
                 || c.noise_scale != first.noise_scale
                 || c.guidance != first.guidance
             {
                 return Err(format!(
-                    "chains sampled with different samplers in one batch ({} steps, a = {}, guidance {} vs {} steps, a = {}, guidance {})",
+                    "chains sampled with different samplers in one batch ({} of {} steps, a = {}, guidance {} vs {} of {} steps, a = {}, guidance {})",
                     c.steps(),
+                    c.schedule_steps(),
                     c.noise_scale,
                     c.guidance,
                     steps,
+                    schedule,
                     first.noise_scale,
                     first.guidance
                 ));
@@ -147,7 +151,7 @@ impl EditorLearner {
             ));
         }
         let sampler = SamplerConfig {
-            steps,
+            steps: schedule,
             guidance: first.guidance,
             noise_scale: first.noise_scale,
         };
@@ -178,7 +182,7 @@ impl EditorLearner {
         let mut logps = Vec::with_capacity(steps);
         let mut kls = Vec::with_capacity(steps);
         for k in 0..steps {
-            let coef = SdeStep::new(k, steps, sampler.noise_scale);
+            let coef = SdeStep::new(k, schedule, sampler.noise_scale);
             let (x, x_next) = (state(k, &device), state(k + 1, &device));
             let v = flow::velocity(
                 model,

@@ -37,6 +37,11 @@ pub struct NeuralSettings {
     pub explore_steps: usize,
     /// Phase 2: the SDE's noise scale `a`.
     pub noise_scale: f64,
+    /// Phase 2: how many of the `explore_steps`, from the first (the noisiest), are SDE steps
+    /// that the learner trains on; the rest are ODE steps, so no sampler noise is left in the
+    /// image the Checker scores (Flow-GRPO-Fast's window). Absent: every step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sde_window: Option<usize>,
 }
 
 impl NeuralSettings {
@@ -48,6 +53,7 @@ impl NeuralSettings {
             guidance: 1.0,
             explore_steps: 10,
             noise_scale: flow::SDE_NOISE_SCALE,
+            sde_window: None,
         }
     }
 
@@ -64,6 +70,14 @@ impl NeuralSettings {
         }
         if self.explore_steps == 0 {
             return Err("`explore_steps` must be at least 1".into());
+        }
+        if let Some(w) = self.sde_window
+            && !(1..=self.explore_steps).contains(&w)
+        {
+            return Err(format!(
+                "`sde_window` = {w}: must be between 1 and `explore_steps` ({})",
+                self.explore_steps
+            ));
         }
         if !self.noise_scale.is_finite() || self.noise_scale <= 0.0 {
             return Err(format!(
@@ -109,6 +123,8 @@ struct Loaded {
     sampler: SamplerConfig,
     /// Phase 2's SDE sampler.
     explore: SamplerConfig,
+    /// Phase 2: the SDE steps of `explore` (the rest are ODE steps).
+    sde_window: usize,
     /// The weights' version: 0 as loaded, then the trainer's.
     version: u64,
 }
@@ -146,6 +162,7 @@ fn load(settings: &NeuralSettings, device: &str, want_cond: bool) -> Result<Load
         tok,
         sampler,
         explore,
+        sde_window: settings.sde_window.unwrap_or(settings.explore_steps),
         version: 0,
     })
 }
@@ -209,8 +226,9 @@ impl Editor for NeuralEditor {
         self.0.sample(&prompts, &seeds, Some(&before))
     }
 
-    /// Flow-GRPO's SDE sampler with `explore_steps` steps and noise scale `noise_scale`
-    /// ([`flow::sample_sde_chains`]); each chain carries the weights' version.
+    /// Flow-GRPO's SDE sampler with `explore_steps` steps, noise scale `noise_scale` and SDE
+    /// noise in the first `sde_window` of them ([`flow::sample_sde_window`]); each chain
+    /// carries the weights' version.
     fn edit_explore(&mut self, batch: &[EditRequest]) -> Result<Vec<SampledEdit>, RoleError> {
         let err = |e: &dyn std::fmt::Display| RoleError(format!("NeuralEditor: {e}"));
         let l = &self.0;
@@ -220,7 +238,14 @@ impl Editor for NeuralEditor {
         let before: Vec<Image> = batch.iter().map(|r| r.image.clone()).collect();
         let text = l.tok.batch(&prompts, &device).map_err(|e| err(&e))?;
         let cond = images_to_tensor(&before, &device).map_err(|e| err(&e))?;
-        let out = flow::sample_sde_chains(&l.model, &text, Some(&cond), &l.explore, &seeds);
+        let out = flow::sample_sde_window(
+            &l.model,
+            &text,
+            Some(&cond),
+            &l.explore,
+            l.sde_window,
+            &seeds,
+        );
         let images = tensor_to_images(out.images).map_err(|e| err(&e))?;
         let c = l.model.config();
         let shape = [
@@ -240,6 +265,7 @@ impl Editor for NeuralEditor {
                     states,
                     log_probs,
                 )
+                .and_then(|chain| chain.within_schedule(l.explore.steps))
                 .map_err(|e| err(&e))?;
                 Ok(SampledEdit { image, chain })
             })

@@ -378,3 +378,84 @@ fn noise_mean_shifts_the_drawn_noise_levels_as_documented() {
     assert_eq!(shifted(0.0).to_bits(), plain.to_bits());
     assert_ne!(shifted(m).to_bits(), plain.to_bits());
 }
+
+#[test]
+fn an_sde_window_samples_its_steps_then_finishes_with_the_ode() {
+    let model = model(8, 3, 7);
+    let device = Device::flex();
+    let text = Tokenizer::default()
+        .batch(
+            &[
+                "blue square above red circle",
+                "red circle left of green square",
+            ],
+            &device,
+        )
+        .unwrap();
+    let sampler = SamplerConfig {
+        steps: 4,
+        guidance: 1.0,
+        noise_scale: 0.7,
+    };
+    let seeds = [5, 6];
+    let window = flow::sample_sde_window(&model, &text, None, &sampler, 2, &seeds);
+    let whole = flow::sample_sde_chains(&model, &text, None, &sampler, &seeds);
+    let c = model.config();
+    assert_eq!((c.out_channels, c.image_size), (3, 32));
+    let per_state = 3 * 32 * 32;
+    for row in 0..2 {
+        assert_eq!(window.log_probs[row].len(), 2);
+        assert_eq!(window.states[row].len(), 3 * per_state);
+        // The window's steps are the whole SDE chain's first steps, noise included.
+        assert_eq!(
+            window.states[row][..3 * per_state],
+            whole.states[row][..3 * per_state]
+        );
+        assert_eq!(window.log_probs[row][..], whole.log_probs[row][..2]);
+    }
+    // After the window: two Euler ODE steps from the window's last state, no noise.
+    let last = |row: usize| window.states[row][2 * per_state..].to_vec();
+    let mut x = Tensor::<4>::from_data(
+        burn::tensor::TensorData::new([last(0), last(1)].concat(), [2, 3, 32, 32]),
+        &device,
+    );
+    for (s, s_next) in [(0.5, 0.25), (0.25, 0.0)] {
+        let v = flow::velocity(&model, x.clone(), s, &text, None, 1.0);
+        x = x + v.mul_scalar(s_next - s);
+    }
+    assert!(max_diff(x, window.images.clone()) < 1e-5);
+    assert!(max_diff(window.images.clone(), whole.images) > 1e-3);
+    // The learner's log-probability of a window step uses the whole schedule's coefficients.
+    let state = |k: usize| {
+        Tensor::<4>::from_data(
+            burn::tensor::TensorData::new(
+                [
+                    window.states[0][k * per_state..(k + 1) * per_state].to_vec(),
+                    window.states[1][k * per_state..(k + 1) * per_state].to_vec(),
+                ]
+                .concat(),
+                [2, 3, 32, 32],
+            ),
+            &device,
+        )
+    };
+    for k in 0..2 {
+        let lp = values(flow::transition_log_prob(
+            &model,
+            state(k),
+            state(k + 1),
+            k,
+            &text,
+            None,
+            &sampler,
+        ));
+        for row in 0..2 {
+            let stored = window.log_probs[row][k];
+            assert!(
+                (lp[row] - stored).abs() < 1e-3,
+                "step {k} row {row}: {} vs {stored}",
+                lp[row]
+            );
+        }
+    }
+}

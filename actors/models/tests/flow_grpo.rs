@@ -57,6 +57,11 @@ fn sampler() -> SamplerConfig {
 /// A group of edits of one world image, sampled by `model` with the SDE sampler, with the
 /// given rewards.
 fn group(model: &Dit, rewards: &[f64], seed: u64) -> GrpoGroup {
+    group_window(model, rewards, seed, sampler().steps)
+}
+
+/// [`group`] with SDE noise in the first `window` steps only.
+fn group_window(model: &Dit, rewards: &[f64], seed: u64, window: usize) -> GrpoGroup {
     let g = rewards.len();
     let device = model.device();
     let scene = sample(&Canvas::new(32).unwrap(), 3, seed);
@@ -65,7 +70,7 @@ fn group(model: &Dit, rewards: &[f64], seed: u64) -> GrpoGroup {
         .unwrap();
     let cond = images_to_tensor(&vec![scene.image.clone(); g], &device).unwrap();
     let seeds: Vec<u64> = (0..g as u64).map(|i| seed * 100 + i).collect();
-    let out = flow::sample_sde_chains(model, &text, Some(&cond), &sampler(), &seeds);
+    let out = flow::sample_sde_window(model, &text, Some(&cond), &sampler(), window, &seeds);
     let samples = (0..g)
         .map(|i| GroupSample {
             proposal: EditProposal {
@@ -83,6 +88,7 @@ fn group(model: &Dit, rewards: &[f64], seed: u64) -> GrpoGroup {
                     &out.states[i],
                     out.log_probs[i].clone(),
                 )
+                .and_then(|c| c.within_schedule(sampler().steps))
                 .unwrap(),
             ),
             reward: rewards[i],
@@ -210,6 +216,20 @@ fn a_step_starts_with_zero_kl_and_raises_the_advantage_weighted_log_prob() {
     // Now the weights differ from the reference.
     let again = l.step(std::slice::from_ref(&g)).unwrap();
     assert!(again.kl > 0.0, "KL after a step: {}", again.kl);
+}
+
+#[test]
+fn window_chains_are_trained_with_their_schedules_coefficients() {
+    let mut l = learner(editor(6), 0.04, 1e-4);
+    let g = group_window(&l.model(), &[1.0, 0.0, 0.0, 0.5], 13, 2);
+    let chain = g.samples[0].chain.as_ref().unwrap();
+    assert_eq!((chain.steps(), chain.schedule_steps()), (2, 3));
+    // On-policy, the recomputed log-probabilities equal the stored ones only when step k is
+    // taken with the 3-step schedule's coefficients: a ratio off by more than ε would clip.
+    let stats = l.step(std::slice::from_ref(&g)).unwrap();
+    assert_eq!(stats.clip_fraction, 0.0, "ratios are 1 on the first step");
+    assert_eq!(stats.sequences, 4);
+    assert!(stats.kl.abs() < 1e-9, "KL {}", stats.kl);
 }
 
 #[test]

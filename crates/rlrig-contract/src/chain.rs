@@ -30,6 +30,10 @@ pub struct DenoisingChain {
     pub log_probs: Vec<f32>,
     #[serde(with = "f16_base64")]
     states: Vec<u8>,
+    /// The length of the sampler's schedule when it is longer than the chain: the chain's `K`
+    /// steps are the schedule's first, the rest were deterministic (ODE) steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    schedule: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -41,6 +45,8 @@ struct RawChain {
     log_probs: Vec<f32>,
     #[serde(with = "f16_base64")]
     states: Vec<u8>,
+    #[serde(default)]
+    schedule: Option<u32>,
 }
 
 impl TryFrom<RawChain> for DenoisingChain {
@@ -53,6 +59,7 @@ impl TryFrom<RawChain> for DenoisingChain {
             shape: r.shape,
             log_probs: r.log_probs,
             states: r.states,
+            schedule: r.schedule,
         };
         let want = chain.state_len() * (chain.log_probs.len() + 1) * 2;
         if chain.states.len() != want || chain.log_probs.is_empty() {
@@ -61,6 +68,14 @@ impl TryFrom<RawChain> for DenoisingChain {
                 chain.log_probs.len(),
                 chain.shape,
                 chain.states.len()
+            )));
+        }
+        if let Some(n) = chain.schedule
+            && (n as usize) < chain.log_probs.len()
+        {
+            return Err(ChainError(format!(
+                "a chain of {} steps cannot come from a schedule of {n}",
+                chain.log_probs.len()
             )));
         }
         Ok(chain)
@@ -106,7 +121,27 @@ impl DenoisingChain {
             shape,
             log_probs,
             states: bytes,
+            schedule: None,
         })
+    }
+
+    /// The chain as the first `K` steps of a schedule of `steps` steps whose remaining steps
+    /// were deterministic ([`DenoisingChain::schedule_steps`]); an error if `steps < K`.
+    pub fn within_schedule(mut self, steps: usize) -> Result<Self, ChainError> {
+        if steps < self.steps() {
+            return Err(ChainError(format!(
+                "a chain of {} steps cannot come from a schedule of {steps}",
+                self.steps()
+            )));
+        }
+        self.schedule = (steps > self.steps()).then_some(steps as u32);
+        Ok(self)
+    }
+
+    /// The length of the sampler's schedule: `K` unless the chain is the stochastic window of
+    /// a longer one. Step `k` of the chain is step `k` of this schedule.
+    pub fn schedule_steps(&self) -> usize {
+        self.schedule.map_or(self.steps(), |n| n as usize)
     }
 
     /// The number of sampler steps `K`.
@@ -192,6 +227,33 @@ mod tests {
         }
         // Rounded values are exact.
         assert_eq!(round_f16(round_f16(0.1)), round_f16(0.1));
+        assert_eq!(chain.schedule_steps(), 2);
+        assert!(
+            !text.contains("schedule"),
+            "no schedule for a whole chain: {text}"
+        );
+    }
+
+    #[test]
+    fn a_window_chain_keeps_its_schedule_through_json() {
+        let states = [0.0; 3 * 12];
+        let chain = DenoisingChain::new(1, 0.7, 1.0, [3, 2, 2], &states, vec![-1.0, -2.0])
+            .unwrap()
+            .within_schedule(10)
+            .unwrap();
+        assert_eq!((chain.steps(), chain.schedule_steps()), (2, 10));
+        let back: DenoisingChain =
+            serde_json::from_str(&serde_json::to_string(&chain).unwrap()).unwrap();
+        assert_eq!(back.schedule_steps(), 10);
+        let short = DenoisingChain::new(1, 0.7, 1.0, [3, 2, 2], &states, vec![-1.0, -2.0])
+            .unwrap()
+            .within_schedule(1)
+            .unwrap_err();
+        assert!(short.to_string().contains("schedule of 1"), "{short}");
+        let mut value = serde_json::to_value(&chain).unwrap();
+        value["schedule"] = serde_json::json!(1);
+        let err = serde_json::from_value::<DenoisingChain>(value).unwrap_err();
+        assert!(err.to_string().contains("schedule of 1"), "{err}");
     }
 
     #[test]
