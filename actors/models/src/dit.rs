@@ -26,13 +26,13 @@
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::silu;
-use burn::tensor::module::{attention, layer_norm};
-use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::module::layer_norm;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::architecture::Architecture;
+use crate::layers::{Attention, Block, gelu_tanh, linear, sincos_2d, sincos_text, xavier, zeros};
 use crate::text::PROMPT_VOCAB_SIZE;
-use crate::vlm::Block;
 
 /// The width of the sinusoidal timestep embedding.
 pub const TIMESTEP_DIM: usize = 256;
@@ -201,46 +201,6 @@ impl DitConfig {
     }
 }
 
-/// `[sin(p·ω), cos(p·ω)]` for each position, `ω_i = 10000^(−i/(dim/2))`: `len(pos) × dim`
-/// values, row-major.
-fn sincos_1d(dim: usize, positions: impl Iterator<Item = usize>) -> Vec<Vec<f64>> {
-    let half = dim / 2;
-    positions
-        .map(|p| {
-            let args: Vec<f64> = (0..half)
-                .map(|i| p as f64 / 10000f64.powf(i as f64 / half as f64))
-                .collect();
-            args.iter()
-                .map(|a| a.sin())
-                .chain(args.iter().map(|a| a.cos()))
-                .collect()
-        })
-        .collect()
-}
-
-/// The fixed 2-D position embedding: `(grid², dim)`, tokens row-major, the column's 1-D
-/// embedding first, the row's second.
-pub(crate) fn sincos_2d(dim: usize, grid: usize, device: &Device) -> Tensor<2> {
-    let cells = || (0..grid * grid).map(move |t| (t / grid, t % grid));
-    let cols = sincos_1d(dim / 2, cells().map(|(_, c)| c));
-    let rows = sincos_1d(dim / 2, cells().map(|(r, _)| r));
-    let flat: Vec<f32> = cols
-        .iter()
-        .zip(&rows)
-        .flat_map(|(c, r)| c.iter().chain(r).map(|&v| v as f32))
-        .collect();
-    Tensor::from_data(TensorData::new(flat, [grid * grid, dim]), device)
-}
-
-pub(crate) fn sincos_text(dim: usize, len: usize, device: &Device) -> Tensor<2> {
-    let flat: Vec<f32> = sincos_1d(dim, 0..len)
-        .into_iter()
-        .flatten()
-        .map(|v| v as f32)
-        .collect();
-    Tensor::from_data(TensorData::new(flat, [len, dim]), device)
-}
-
 /// The timestep frequencies `exp(−ln(10000)·i/128)`, `i < 128`.
 fn timestep_freqs(device: &Device) -> Tensor<2> {
     let half = TIMESTEP_DIM / 2;
@@ -248,45 +208,6 @@ fn timestep_freqs(device: &Device) -> Tensor<2> {
         .map(|i| (-(10000f64.ln()) * i as f64 / half as f64).exp() as f32)
         .collect();
     Tensor::from_data(TensorData::new(f, [1, half]), device)
-}
-
-/// A Linear with the given weight initialiser and a zero bias.
-fn linear(d_in: usize, d_out: usize, init: Initializer, device: &Device) -> Linear {
-    Linear {
-        weight: init.init_with([d_in, d_out], Some(d_in), Some(d_out), device),
-        bias: Some(Initializer::Zeros.init([d_out], device)),
-    }
-}
-
-pub(crate) fn xavier(d_in: usize, d_out: usize, device: &Device) -> Linear {
-    linear(
-        d_in,
-        d_out,
-        Initializer::XavierUniform { gain: 1.0 },
-        device,
-    )
-}
-
-fn zeros(d_in: usize, d_out: usize, device: &Device) -> Linear {
-    linear(d_in, d_out, Initializer::Zeros, device)
-}
-
-/// GELU, tanh approximation: `x/2·(1 + tanh(u))`, `u = √(2/π)·x·(1 + 0.044715·x²)`, computed
-/// as the equal `x / (1 + exp(−2u))`. burn's `gelu_approximate` (a generic `powf` for `x³` and a
-/// scalar `tanh`) is about six times slower on flex; `exp` is the fast transcendental there. The
-/// exponent is capped at 40 (where the result is `x·4e−18`) so that neither the value nor the
-/// gradient can overflow.
-pub(crate) fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
-    let exponent = x
-        .clone()
-        .square()
-        .mul_scalar(0.044715)
-        .add_scalar(1.0)
-        .mul(x.clone())
-        .mul_scalar(-2.0 * SQRT_2_OVER_PI)
-        .clamp_max(40.0);
-    x.div(exponent.exp().add_scalar(1.0))
 }
 
 /// `x·(1 + scale) + shift`, with `shift`, `scale` of shape `(B, D)` broadcast over tokens.
@@ -385,38 +306,6 @@ impl TextEmbedder {
     }
 }
 
-/// Multi-head self-attention with a key mask.
-#[derive(Module, Debug)]
-pub(crate) struct Attention {
-    pub(crate) qkv: Linear,
-    pub(crate) proj: Linear,
-    pub(crate) heads: usize,
-}
-
-impl Attention {
-    /// `(B, T, D)` tokens and a `(B, H, T, T)` mask (`true` = masked) → `(B, T, D)`.
-    pub(crate) fn forward(&self, x: Tensor<3>, masked: Tensor<4, Bool>) -> Tensor<3> {
-        let [b, t, d] = x.dims();
-        let dh = d / self.heads;
-        let split = |x: Tensor<3>| x.reshape([b, t, self.heads, dh]).swap_dims(1, 2);
-        let mut qkv = self.qkv.forward(x).chunk(3, 2).into_iter().map(split);
-        let (q, k, v) = (
-            qkv.next().expect("q"),
-            qkv.next().expect("k"),
-            qkv.next().expect("v"),
-        );
-        let out = attention(
-            q,
-            k,
-            v,
-            Some(masked),
-            None,
-            AttentionModuleOptions::default(),
-        );
-        self.proj.forward(out.swap_dims(1, 2).reshape([b, t, d]))
-    }
-}
-
 /// One adaLN-Zero block over the joint sequence.
 #[derive(Module, Debug)]
 struct DitBlock {
@@ -429,11 +318,7 @@ struct DitBlock {
 impl DitBlock {
     fn new(width: usize, heads: usize, mlp_ratio: usize, device: &Device) -> Self {
         DitBlock {
-            attn: Attention {
-                qkv: xavier(width, 3 * width, device),
-                proj: xavier(width, width, device),
-                heads,
-            },
+            attn: Attention::new(width, heads, device),
             fc1: xavier(width, mlp_ratio * width, device),
             fc2: xavier(mlp_ratio * width, width, device),
             ada: zeros(width, 6 * width, device),
@@ -619,43 +504,17 @@ impl Dit {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gelu_matches_the_tanh_formula_and_stays_finite() {
-        let device = Device::flex().autodiff();
-        let xs: Vec<f32> = (-400..=400).map(|i| i as f32 * 0.05).collect();
-        let n = xs.len();
-        let x = Tensor::<1>::from_data(TensorData::new(xs.clone(), [n]), &device).require_grad();
-        let y = gelu_tanh(x.clone());
-        let grads = y.clone().sum().backward();
-        let got: Vec<f32> = y.into_data().iter::<f32>().collect();
-        for (&x, &y) in xs.iter().zip(&got) {
-            let x = f64::from(x);
-            let u = (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3));
-            let want = 0.5 * x * (1.0 + u.tanh());
-            assert!(
-                (f64::from(y) - want).abs() < 1e-5 * want.abs().max(1.0),
-                "gelu({x}) = {y}, want {want}"
-            );
-        }
-        let grad: Vec<f32> = x.grad(&grads).unwrap().into_data().iter::<f32>().collect();
-        assert!(grad.iter().all(|g| g.is_finite()));
-        assert!((grad[n - 1] - 1.0).abs() < 1e-6 && grad[0].abs() < 1e-6);
+impl Architecture for Dit {
+    type Config = DitConfig;
+    const CONFIG_KEY: &'static str = "rlrig.dit_config";
+    const NAME: &'static str = "DiT";
+    fn config(&self) -> &DitConfig {
+        Dit::config(self)
     }
-
-    #[test]
-    fn sincos_positions_follow_the_reference_layout() {
-        let device = Device::flex();
-        let pos: Vec<f32> = sincos_2d(8, 2, &device).into_data().iter::<f32>().collect();
-        // Token 1 is row 0, column 1: the first half encodes column 1, the second row 0.
-        let token = &pos[8..16];
-        let (w0, w1) = (1.0f64, 1.0f64 / 100.0); // ω_i = 10000^(−i/2) for a 4-dim 1-D embedding
-        let want = [w0.sin(), w1.sin(), w0.cos(), w1.cos(), 0.0, 0.0, 1.0, 1.0];
-        for (g, w) in token.iter().zip(want) {
-            assert!((f64::from(*g) - w).abs() < 1e-6, "{token:?}");
-        }
+    fn device(&self) -> Device {
+        Dit::device(self)
+    }
+    fn build(config: &DitConfig, device: &Device) -> Result<Self, String> {
+        Dit::new(config, device).map_err(|e| e.to_string())
     }
 }

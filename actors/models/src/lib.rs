@@ -8,7 +8,8 @@
 //!   Flow-GRPO's SDE sampler with per-step log-probabilities.
 //! * [`vlm`]: the Checker's and the Policy's small vision-language models.
 //! * [`image`]: [`rlrig_contract::Image`] ↔ tensors in `[−1, 1]`.
-//! * [`weights`]: one self-describing safetensors file per model.
+//! * [`weights`]: one self-describing safetensors file per model ([`weights::Architecture`]:
+//!   what each network tells its file).
 //! * [`train`]: the training loop every model shares (EMA, checkpoints, resume, budget).
 //! * [`pretrain`]: pre-training the Diffuser and the Editor on data the world generates.
 //! * [`vlm_train`]: pre-training the Checker and the Policy (imperfect images, oracle labels)
@@ -44,12 +45,14 @@
 #[doc(no_inline)]
 pub use burn;
 
+mod architecture;
 pub mod device;
 pub mod dit;
 pub mod flow;
 pub mod flow_grpo;
 pub mod grpo;
 pub mod image;
+mod layers;
 pub mod pretrain;
 pub mod quality;
 pub mod roles;

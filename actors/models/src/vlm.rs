@@ -25,11 +25,10 @@ use rand::Rng;
 use rlrig_contract::Image;
 use serde::{Deserialize, Serialize};
 
-use crate::dit::{Attention, gelu_tanh, sincos_2d, sincos_text, xavier};
+use crate::architecture::Architecture;
 use crate::image::images_to_tensor;
+use crate::layers::{Block, sincos_2d, sincos_text, xavier};
 use crate::text::{BOS, EOS, PAD, TextError, VOCAB_SIZE};
-
-use crate::weights::Architecture;
 
 /// The architecture of a [`Vlm`] (and of the [`CheckerNet`] / [`PolicyNet`] around it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,40 +108,6 @@ impl VlmConfig {
             ));
         }
         Ok(())
-    }
-}
-
-/// A pre-LayerNorm transformer block (also the Diffuser's optional text encoder's).
-#[derive(Module, Debug)]
-pub(crate) struct Block {
-    ln1: LayerNorm,
-    attn: Attention,
-    ln2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-}
-
-impl Block {
-    pub(crate) fn new(width: usize, heads: usize, mlp_ratio: usize, device: &Device) -> Self {
-        Block {
-            ln1: LayerNormConfig::new(width).init(device),
-            attn: Attention {
-                qkv: xavier(width, 3 * width, device),
-                proj: xavier(width, width, device),
-                heads,
-            },
-            ln2: LayerNormConfig::new(width).init(device),
-            fc1: xavier(width, mlp_ratio * width, device),
-            fc2: xavier(mlp_ratio * width, width, device),
-        }
-    }
-
-    pub(crate) fn forward(&self, z: Tensor<3>, masked: Tensor<4, Bool>) -> Tensor<3> {
-        let z = z.clone() + self.attn.forward(self.ln1.forward(z), masked);
-        let h = self
-            .fc2
-            .forward(gelu_tanh(self.fc1.forward(self.ln2.forward(z.clone()))));
-        z + h
     }
 }
 

@@ -18,50 +18,16 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use burn::module::Module;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::Device;
 use safetensors::{Dtype, SafeTensors};
-
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
+pub use crate::architecture::Architecture;
 use crate::dit::{Dit, DitConfig};
 
 /// The metadata key of the DiT's architecture (JSON of [`DitConfig`]).
-pub const CONFIG_KEY: &str = "rlrig.dit_config";
-
-/// A network that a weights file can describe: its architecture is a serialisable config from
-/// which it can be built.
-pub trait Architecture: Module + Sized {
-    /// The architecture.
-    type Config: Serialize + DeserializeOwned + Clone + PartialEq + fmt::Debug;
-    /// The metadata key its config is stored under.
-    const CONFIG_KEY: &'static str;
-    /// What it is called in errors (`DiT`, `Checker`, …).
-    const NAME: &'static str;
-    /// Its architecture.
-    fn config(&self) -> &Self::Config;
-    /// The device of its parameters.
-    fn device(&self) -> Device;
-    /// A freshly initialised network of an architecture; an invalid config is an error.
-    fn build(config: &Self::Config, device: &Device) -> Result<Self, String>;
-}
-
-impl Architecture for Dit {
-    type Config = DitConfig;
-    const CONFIG_KEY: &'static str = CONFIG_KEY;
-    const NAME: &'static str = "DiT";
-    fn config(&self) -> &DitConfig {
-        Dit::config(self)
-    }
-    fn device(&self) -> Device {
-        Dit::device(self)
-    }
-    fn build(config: &DitConfig, device: &Device) -> Result<Self, String> {
-        Dit::new(config, device).map_err(|e| e.to_string())
-    }
-}
+pub const CONFIG_KEY: &str = <Dit as Architecture>::CONFIG_KEY;
 
 /// A weights file that cannot be written or loaded.
 #[derive(Debug, thiserror::Error)]
