@@ -7,6 +7,7 @@
 //! * [`flow`]: the training loss, the Euler ODE sampler with classifier-free guidance, and
 //!   Flow-GRPO's SDE sampler with per-step log-probabilities.
 //! * [`vlm`]: the Checker's and the Policy's small vision-language models.
+//! * [`checker`]: the Checker's inference (its questions, findings and scene graphs).
 //! * [`image`]: [`rlrig_contract::Image`] ↔ tensors in `[−1, 1]`.
 //! * [`weights`]: one self-describing safetensors file per model ([`weights::Architecture`]:
 //!   what each network tells its file).
@@ -46,6 +47,7 @@
 pub use burn;
 
 mod architecture;
+pub mod checker;
 pub mod device;
 pub mod dit;
 pub mod flow;

@@ -28,11 +28,12 @@ use rlrig_world::oracle::detect;
 use rlrig_world::{Canvas, Colour, Edit, Object, Placed, Rel, reflect, sample};
 use serde::{Deserialize, Serialize};
 
+use crate::checker::checker_findings;
 use crate::pretrain::EVAL_SEED;
 use crate::text::{EOS, Tokenizer};
 use crate::train::mix;
 use crate::vlm::{CheckerNet, Decoding, PolicyNet};
-use crate::vlm_train::{Scene, addresses_problem, checker_findings, oracle_findings, policy_input};
+use crate::vlm_train::{Scene, addresses_problem, oracle_findings, policy_input};
 
 /// The edit types, in the order the evaluation cycles through them.
 pub const EDIT_TYPES: [&str; 5] = ["move", "recolour", "add", "remove", "swap"];

@@ -14,11 +14,11 @@ use rlrig_contract::{
 use rlrig_world::{WorldGraph, reflect};
 use serde::{Deserialize, Serialize};
 
+use crate::checker::{checker_findings, checker_graphs};
 use crate::flow::{self, SamplerConfig};
 use crate::image::{images_to_tensor, tensor_to_images};
 use crate::text::{EOS, Tokenizer};
 use crate::vlm::{CheckerNet, Decoding, PolicyInput, PolicyNet};
-use crate::vlm_train::{checker_findings, checker_graphs};
 use crate::{Dit, weights};
 
 /// Settings of the neural Diffuser and Editor kinds, as flows give them.

@@ -6,10 +6,11 @@ use rand_chacha::ChaCha8Rng;
 use rlrig_contract::{
     CheckReport, CheckRequest, Checker, EditPolicy, ItemVerdict, ProposeRequest, RelationVerdict,
 };
+use rlrig_models::checker::questions;
 use rlrig_models::pretrain::EVAL_SEED;
 use rlrig_models::text::{EOS, Tokenizer};
 use rlrig_models::vlm::{CheckerNet, Decoding, PolicyInput, PolicyNet, VlmConfig};
-use rlrig_models::vlm_train::{Pool, policy_example, problem_scene, questions};
+use rlrig_models::vlm_train::{Pool, policy_example, problem_scene};
 use rlrig_models::weights::{self, WeightsError};
 use rlrig_models::{CheckerSettings, NeuralChecker, NeuralPolicy, PolicySettings};
 use rlrig_world::Canvas;
