@@ -139,12 +139,14 @@ enum Command {
         #[arg(long, conflicts_with = "overwrite")]
         resume: bool,
     },
-    /// Trains the Policy from a run's stored trajectories only (off-policy GRPO, no rollouts),
-    /// with the `[train]` settings of FLOW; writes into FLOW's run directory.
+    /// Trains the flow's `[train].actor` (the Policy, or the Editor in phase 2) from a run's
+    /// stored trajectories only (off-policy GRPO, no rollouts), with the `[train]` settings of
+    /// FLOW; writes into FLOW's run directory.
     Replay {
         /// The source run directory (holding `store/`), e.g. runs/train.
         run: PathBuf,
-        /// The flow whose Policy weights and `[train]` settings are used, e.g. flows/train.toml.
+        /// The flow whose trained actor's weights and `[train]` settings are used, e.g.
+        /// flows/train.toml.
         #[arg(long)]
         flow: PathBuf,
         /// Overrides a value of the flow (repeatable), e.g. --set name=train-replay.
@@ -233,9 +235,25 @@ pub fn main(registry: Registry) -> i32 {
             Ok(0)
         }
         Command::Kinds => {
-            for (kind, role, about) in registry.kinds() {
-                let role = role.map_or("any role".to_string(), |r| r.to_string());
-                println!("{kind:<20} {role:<10} {about}");
+            let kinds: Vec<_> = registry
+                .kinds()
+                .map(|(kind, role, about)| {
+                    let role = role.map_or("any role".to_string(), |r| r.to_string());
+                    (kind.to_string(), role, about.to_string())
+                })
+                .collect();
+            let width = |f: fn(&(String, String, String)) -> usize| {
+                kinds.iter().map(f).max().unwrap_or(0)
+            };
+            let (kw, rw) = (
+                width(|k| k.0.chars().count()),
+                width(|k| k.1.chars().count()),
+            );
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{:<kw$}  {:<rw$}  WHAT", "KIND", "ROLE")?;
+            for (kind, role, about) in &kinds {
+                writeln!(out, "{kind:<kw$}  {role:<rw$}  {about}")?;
             }
             Ok(0)
         }

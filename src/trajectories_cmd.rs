@@ -34,9 +34,12 @@ pub enum TrajectoriesCommand {
     Export {
         /// The run directory or the store.
         run: PathBuf,
-        /// The output directory (created).
+        /// The output directory (created; refused if it exists and is not empty).
         #[arg(long)]
         out: PathBuf,
+        /// Replaces the contents of a non-empty `--out`.
+        #[arg(long)]
+        overwrite: bool,
     },
 }
 
@@ -154,8 +157,23 @@ pub fn run(cmd: TrajectoriesCommand) -> Result<i32> {
                 )?;
             }
         }
-        TrajectoriesCommand::Export { run, out: dir } => {
+        TrajectoriesCommand::Export {
+            run,
+            out: dir,
+            overwrite,
+        } => {
             let store = open(&run)?;
+            let occupied = std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some());
+            if occupied && !overwrite {
+                return Err(refused(anyhow::anyhow!(
+                    "{} exists and is not empty: pass --overwrite to replace it, or another --out",
+                    dir.display()
+                )));
+            }
+            if occupied {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("removing {}", dir.display()))?;
+            }
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let mut lines = String::new();
             let ids = store.ids()?;

@@ -135,6 +135,27 @@ fn infer_flow_writes_the_run_directory_store_and_metrics() {
     let jsonl = std::fs::read_to_string(export_dir.join("trajectories.jsonl")).unwrap();
     assert_eq!(jsonl.lines().count(), 30);
     assert!(export_dir.join("000029/chain.json").is_file());
+    // A non-empty --out is refused (exit 2), its contents kept; --overwrite replaces it.
+    let export = |extra: &[&str]| {
+        let mut args = vec![
+            "trajectories",
+            "export",
+            dir.to_str().unwrap(),
+            "--out",
+            export_dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        rlrig(&args)
+    };
+    std::fs::write(export_dir.join("keep.txt"), "mine").unwrap();
+    let refused = export(&[]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(text(&refused).contains("--overwrite"), "{}", text(&refused));
+    assert!(export_dir.join("keep.txt").is_file());
+    let replaced = export(&["--overwrite"]);
+    assert!(replaced.status.success(), "{}", text(&replaced));
+    assert!(!export_dir.join("keep.txt").exists());
+    assert!(export_dir.join("000029/chain.json").is_file());
     let missing = rlrig(&["trajectories", "show", dir.to_str().unwrap(), "99"]);
     assert!(!missing.status.success() && text(&missing).contains("no trajectory 99"));
 
@@ -236,6 +257,17 @@ fn a_custom_kind_registered_from_rust_runs_through_the_cli() {
     assert!(bin.exists(), "{} is built by cargo test", bin.display());
     let kinds = run_bin(&bin, &["kinds"]);
     assert!(text(&kinds).contains("example.strict_checker"));
+    // Columns line up: every description starts under the header's WHAT.
+    let listing = String::from_utf8_lossy(&kinds.stdout).to_string();
+    let header = listing.lines().next().unwrap();
+    let at = header.find("WHAT").expect("a header");
+    for line in listing.lines().skip(1) {
+        let chars: Vec<char> = line.chars().collect();
+        assert!(
+            chars.len() > at && chars[at - 1] == ' ' && chars[at] != ' ',
+            "misaligned: {line:?}"
+        );
+    }
     let tmp = tempfile::tempdir().unwrap();
     let o = run_bin(
         &bin,

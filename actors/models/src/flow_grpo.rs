@@ -22,6 +22,7 @@
 use std::path::Path;
 
 use burn::module::Module;
+use burn::optim::GradientsAccumulator;
 use burn::tensor::{Device, Tensor, TensorData};
 use rlrig_contract::{
     DenoisingChain, GrpoGroup, GrpoLearner, LearnStats, RoleError, WeightsUpdate,
@@ -46,6 +47,10 @@ pub struct EditorLearnerConfig {
     pub max_grad_norm: f32,
     /// Advantages are clipped to `±adv_clip` (Flow-GRPO: 5).
     pub adv_clip: f64,
+    /// Chains per backward pass: a step's gradient is accumulated over micro-batches of this
+    /// many chains (the same gradient as one pass; the autodiff graph of every denoising step
+    /// of a chunk is held until its backward pass, about 40 MiB per step of a 32×32 chain).
+    pub micro_batch: usize,
 }
 
 impl Default for EditorLearnerConfig {
@@ -55,6 +60,7 @@ impl Default for EditorLearnerConfig {
             lr: 1e-5,
             max_grad_norm: 1.0,
             adv_clip: 5.0,
+            micro_batch: 8,
         }
     }
 }
@@ -114,29 +120,9 @@ impl EditorLearner {
     /// `(B, K)` with a gradient, the step means' KL to the reference `(B, K)` (when `beta >
     /// 0`), for the edits in order.
     fn log_probs(&self, edits: &[Edit]) -> Result<(Tensor<2>, Option<Tensor<2>>), String> {
+        same_sampler(edits)?;
         let first = edits[0].chain;
-        let steps = first.steps();
-        let schedule = first.schedule_steps();
-        for e in edits {
-            let c = e.chain;
-            if c.steps() != steps
-                || c.schedule_steps() != schedule
-                || c.noise_scale != first.noise_scale
-                || c.guidance != first.guidance
-            {
-                return Err(format!(
-                    "chains sampled with different samplers in one batch ({} of {} steps, a = {}, guidance {} vs {} of {} steps, a = {}, guidance {})",
-                    c.steps(),
-                    c.schedule_steps(),
-                    c.noise_scale,
-                    c.guidance,
-                    steps,
-                    schedule,
-                    first.noise_scale,
-                    first.guidance
-                ));
-            }
-        }
+        let (steps, schedule) = (first.steps(), first.schedule_steps());
         let model = self.net();
         let config = model.config();
         let want = [
@@ -261,27 +247,66 @@ impl EditorLearner {
         if edits.is_empty() {
             return Ok(stats);
         }
-        let (logp, kl) = self.log_probs(&edits)?;
-        let [b, k] = logp.dims();
-        let device = logp.device();
-        let old: Vec<f32> = edits
-            .iter()
-            .flat_map(|e| e.chain.log_probs.iter().copied())
-            .collect();
-        let old = Tensor::<2>::from_data(TensorData::new(old, [b, k]), &device);
-        let mask = Tensor::<2>::ones([b, k], &device);
-        let advantages: Vec<f64> = edits.iter().map(|e| e.advantage).collect();
-        let out = loss_with_kl(logp, old, kl, &advantages, mask, &self.config.grpo);
-        stats.loss = f64::from(out.loss.clone().into_scalar::<f32>());
-        stats.kl = out.kl;
-        stats.clip_fraction = out.clip_fraction;
-        let grads = burn::optim::GradientsParams::from_grads(out.loss.backward(), self.net());
+        same_sampler(&edits)?;
+        // Every chain has the same number of steps, so both aggregations are means over
+        // chains of equal weight: a chunk's loss weighs its share of the chains.
+        let mut accumulator = GradientsAccumulator::<Dit>::new();
+        for chunk in edits.chunks(self.config.micro_batch.max(1)) {
+            let share = chunk.len() as f64 / edits.len() as f64;
+            let (logp, kl) = self.log_probs(chunk)?;
+            let [b, k] = logp.dims();
+            let device = logp.device();
+            let old: Vec<f32> = chunk
+                .iter()
+                .flat_map(|e| e.chain.log_probs.iter().copied())
+                .collect();
+            let old = Tensor::<2>::from_data(TensorData::new(old, [b, k]), &device);
+            let mask = Tensor::<2>::ones([b, k], &device);
+            let advantages: Vec<f64> = chunk.iter().map(|e| e.advantage).collect();
+            let out = loss_with_kl(logp, old, kl, &advantages, mask, &self.config.grpo);
+            // The chunk's term of the batch loss: the value logged is the one differentiated.
+            let term = out.loss.mul_scalar(share);
+            stats.loss += f64::from(term.clone().into_scalar::<f32>());
+            stats.kl += share * out.kl;
+            stats.clip_fraction += share * out.clip_fraction;
+            let grads = burn::optim::GradientsParams::from_grads(term.backward(), self.net());
+            accumulator.accumulate(self.net(), grads);
+        }
+        let grads = accumulator.grads();
         let model = self.model.take().expect("held between steps");
         self.model = Some(self.optim.step(self.config.lr, model, grads));
         self.version += 1;
         stats.version = self.version;
         Ok(stats)
     }
+}
+
+/// Refuses a batch whose chains were sampled with different samplers (steps, schedule, noise
+/// scale or guidance): their transitions could not be scored with one set of coefficients.
+fn same_sampler(edits: &[Edit]) -> Result<(), String> {
+    let first = edits[0].chain;
+    let (steps, schedule) = (first.steps(), first.schedule_steps());
+    for e in edits {
+        let c = e.chain;
+        if c.steps() != steps
+            || c.schedule_steps() != schedule
+            || c.noise_scale != first.noise_scale
+            || c.guidance != first.guidance
+        {
+            return Err(format!(
+                "chains sampled with different samplers in one batch ({} of {} steps, a = {}, guidance {} vs {} of {} steps, a = {}, guidance {})",
+                c.steps(),
+                c.schedule_steps(),
+                c.noise_scale,
+                c.guidance,
+                steps,
+                schedule,
+                first.noise_scale,
+                first.guidance
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The learner's state besides weights and optimiser, as a checkpoint stores it.

@@ -233,6 +233,59 @@ fn window_chains_are_trained_with_their_schedules_coefficients() {
 }
 
 #[test]
+fn micro_batches_take_the_same_step_as_one_pass() {
+    let bytes = editor_bytes(7);
+    let g = group(&load(&bytes).valid(), &[1.0, 0.0, 0.0, 0.5, 0.25], 17);
+    // Stored log-probs a little off, so ratios differ from 1 and some clip.
+    let mut g = g;
+    for (i, s) in g.samples.iter_mut().enumerate() {
+        let c = s.chain.as_mut().unwrap();
+        c.log_probs
+            .iter_mut()
+            .for_each(|v| *v += 1e-3 * (i as f32 - 2.0));
+    }
+    let step = |micro_batch: usize| {
+        let mut l = EditorLearner::new(
+            load(&bytes),
+            EditorLearnerConfig {
+                grpo: GrpoConfig {
+                    beta: 0.04,
+                    epsilon: 1e-3,
+                    epsilon_high: 1e-3,
+                    ..GrpoConfig::default()
+                },
+                lr: 1e-3,
+                micro_batch,
+                ..EditorLearnerConfig::default()
+            },
+        );
+        let stats = l.step(std::slice::from_ref(&g)).unwrap();
+        (stats, values_of(&l))
+    };
+    let (whole, w) = step(64);
+    let (chunked, c) = step(2); // chunks of 2, 2 and 1 chains
+    // The loss is a mean of terms of size ≈ |A| ≈ 1 that nearly cancel: compare at that scale.
+    let close = |x: f64, y: f64| (x - y).abs() <= 1e-6 + 1e-4 * x.abs().max(y.abs());
+    assert!(close(whole.loss, chunked.loss), "{whole:?} vs {chunked:?}");
+    assert!(close(whole.kl, chunked.kl), "{whole:?} vs {chunked:?}");
+    assert!(close(whole.clip_fraction, chunked.clip_fraction));
+    assert!(whole.clip_fraction > 0.0 && whole.clip_fraction < 1.0);
+    // The logged loss is the sum of the differentiated chunk terms, so equal losses mean the
+    // chunks' gradients are weighed as in one pass. AdamW's first step moves each weight by
+    // about ±lr (the sign of its gradient): the same moves.
+    let moved_apart = w
+        .iter()
+        .zip(&c)
+        .filter(|(a, b)| (*a - *b).abs() > 5e-4)
+        .count();
+    assert!(
+        moved_apart * 1000 < w.len(),
+        "{moved_apart} of {} weights stepped differently",
+        w.len()
+    );
+}
+
+#[test]
 fn clipping_binds_where_the_ratio_leaves_the_range() {
     let bytes = editor_bytes(3);
     let base = group(&load(&bytes).valid(), &[1.0, 0.0, 0.0, 0.0], 7);
