@@ -72,12 +72,6 @@ pub trait Checked: Sized {
     fn check(loaded: &Loaded<Self>) -> Vec<FlowProblem>;
 }
 
-impl Checked for Flow {
-    fn check(loaded: &Loaded<Self>) -> Vec<FlowProblem> {
-        crate::validate::check(loaded)
-    }
-}
-
 impl<T> Loaded<T> {
     /// A problem at `key` (a dotted path such as `actors.editor.settings.context_loss`),
     /// located in the file, or at the `--set` that gave it.

@@ -4,10 +4,18 @@ use rlrig_contract::Role;
 
 use crate::cluster::{valid_address, valid_node_name};
 use crate::load::did_you_mean;
-use crate::{Answer, FlowProblem, LOCAL, LoadedFlow, Placement, PromptSourceKind};
+use crate::{
+    Answer, Checked, Flow, FlowProblem, LOCAL, Loaded, LoadedFlow, Placement, PromptSourceKind,
+};
+
+impl Checked for Flow {
+    fn check(loaded: &Loaded<Self>) -> Vec<FlowProblem> {
+        check(loaded)
+    }
+}
 
 /// Every problem of a parsed flow, located.
-pub(crate) fn check(loaded: &LoadedFlow) -> Vec<FlowProblem> {
+fn check(loaded: &LoadedFlow) -> Vec<FlowProblem> {
     let flow = &loaded.flow;
     let mut out = Vec::new();
     let mut problem = |key: &str, message: String| out.push(loaded.problem_at(key, message));
