@@ -19,13 +19,11 @@ use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
 use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage};
 use rlrig_flow::{ClusterSettings, LoadedFlow, NodeSpec};
 
-use crate::node::{MAX_FRAME_BYTES, spawn_err};
-use crate::router::RouterMsg;
+use crate::messages::{BatchFailed, RouterMsg, WorkerMsg, spawn_err};
 use crate::wire::{
-    self, HOSTS_GROUP, Hello, HostMsg, NodeInfo, PROTOCOL_VERSION, REPLICAS_GROUP, ReplicaMsg,
-    ReplicaSpec, Spawned,
+    self, HOSTS_GROUP, Hello, HostMsg, MAX_FRAME_BYTES, NodeInfo, PROTOCOL_VERSION, REPLICAS_GROUP,
+    ReplicaMsg, ReplicaSpec, Spawned,
 };
-use crate::worker::{BatchFailed, WorkerMsg};
 
 /// What this process saw of one session (ractor_cluster's node id).
 #[derive(Clone, Debug, Default)]

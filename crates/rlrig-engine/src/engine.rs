@@ -15,9 +15,10 @@ use rlrig_flow::{Answer as AnswerRule, Flow, FlowError, LoadedFlow};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::cluster::Cluster;
+use crate::messages::RouterMsg;
 use crate::model::{Request, Response};
 use crate::registry::Registry;
-use crate::router::{Router, RouterArgs, RouterMsg};
+use crate::router::{Router, RouterArgs};
 
 /// Why the engine could not start.
 #[derive(Debug, thiserror::Error)]

@@ -19,6 +19,7 @@
 
 mod cluster;
 mod engine;
+mod messages;
 mod model;
 mod node;
 mod registry;

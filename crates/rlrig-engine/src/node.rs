@@ -15,15 +15,13 @@ use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
 use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage};
 use tokio::sync::oneshot;
 
+use crate::messages::{RouterMsg, spawn_err};
 use crate::registry::Registry;
-use crate::router::{Router, RouterArgs, RouterMsg};
+use crate::router::{Router, RouterArgs};
 use crate::wire::{
-    Answer, HOSTS_GROUP, HostMsg, NodeInfo, PROTOCOL_VERSION, REPLICAS_GROUP, ReplicaMsg,
-    ReplicaSpec, Spawned,
+    Answer, HOSTS_GROUP, HostMsg, MAX_FRAME_BYTES, NodeInfo, PROTOCOL_VERSION, REPLICAS_GROUP,
+    ReplicaMsg, ReplicaSpec, Spawned,
 };
-
-/// Largest message a node or coordinator accepts (weights updates travel as one message).
-pub(crate) const MAX_FRAME_BYTES: u64 = 512 << 20;
 
 /// How an `rlrig node` runs.
 #[derive(Clone)]
@@ -100,13 +98,6 @@ impl Node {
         self.host.stop(None);
         let _ = self.host_done.await;
         self.server.stop(None);
-    }
-}
-
-pub(crate) fn spawn_err(e: &ractor::SpawnErr) -> String {
-    match e {
-        ractor::SpawnErr::StartupFailed(inner) => inner.to_string(),
-        other => other.to_string(),
     }
 }
 

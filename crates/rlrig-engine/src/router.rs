@@ -13,37 +13,10 @@ use tokio::sync::oneshot;
 use rlrig_contract::WeightsUpdate;
 
 use crate::cluster::{Cluster, RemoteArgs, RemoteReplica};
-use crate::model::{Request, Response};
-use crate::node::spawn_err;
+use crate::messages::{Answer, BatchFailed, Job, RouterMsg, WorkerMsg, spawn_err};
 use crate::registry::{ActorContext, Build};
 use crate::wire::ReplicaSpec;
-use crate::worker::{BatchFailed, Job, Worker, WorkerArgs, WorkerMsg};
-
-/// The answer to a submitted request.
-#[derive(Debug)]
-pub(crate) struct Answer {
-    pub response: Response,
-    pub attempts: u32,
-}
-
-/// Messages to a router.
-pub(crate) enum RouterMsg {
-    /// Answer this request; the reply says how it went.
-    Submit(Request, oneshot::Sender<Result<Answer, String>>),
-    /// A replica answered a job.
-    Done { job_id: u64, response: Response },
-    /// A remote replica gave up on a job (after the node's own retries).
-    Failed { job_id: u64, error: String },
-    /// Try again to start the lost replica `.0` (its node may be back).
-    Revive(usize),
-    /// The lost replica `.0` runs again.
-    Revived(usize, ActorRef<WorkerMsg>),
-    /// New Policy weights for every replica (and for replicas restarted later).
-    Update(Box<WeightsUpdate>),
-}
-
-// Local only: remote replicas are reached through a local proxy (`cluster::RemoteReplica`).
-impl ractor::Message for RouterMsg {}
+use crate::worker::{Worker, WorkerArgs};
 
 pub(crate) struct RouterArgs {
     pub contexts: Vec<ActorContext>,
@@ -222,7 +195,7 @@ impl Actor for Router {
                 }
                 for w in st.slots.iter().filter_map(|s| s.worker.as_ref()) {
                     // A send fails only if the replica just died; its restart applies `latest`.
-                    let _ = w.cast(crate::worker::WorkerMsg::Update(update.clone()));
+                    let _ = w.cast(WorkerMsg::Update(update.clone()));
                 }
                 st.latest = Some(*update);
             }

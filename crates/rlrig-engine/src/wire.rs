@@ -16,6 +16,9 @@ use crate::registry::ActorContext;
 /// The cluster protocol's version: a coordinator and a node must agree on it exactly.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// Largest message a node or coordinator accepts (weights updates travel as one message).
+pub(crate) const MAX_FRAME_BYTES: u64 = 512 << 20;
+
 /// The process group every node's host actor joins.
 pub(crate) const HOSTS_GROUP: &str = "rlrig.hosts";
 /// The process group every remote replica joins.

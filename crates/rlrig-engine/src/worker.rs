@@ -8,41 +8,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use rlrig_contract::WeightsUpdate;
 
+use crate::messages::{BatchFailed, Job, RouterMsg, WorkerMsg};
 use crate::model::{Request, Response, RoleModel};
 use crate::registry::{ActorContext, Build};
-use crate::router::RouterMsg;
-
-/// A request as the engine tracks it.
-#[derive(Clone, Debug)]
-pub(crate) struct Job {
-    pub id: u64,
-    pub attempt: u32,
-    pub request: Request,
-}
-
-/// Messages to a replica.
-pub(crate) enum WorkerMsg {
-    /// A request to answer.
-    Job(Box<Job>),
-    /// Run the partial batch gathered so far, if it is still generation `.0`.
-    Flush(u64),
-    /// Take new Policy weights before the next batch.
-    Update(Box<WeightsUpdate>),
-    /// The replica is lost (a remote replica's node is gone): stop with this error, blaming
-    /// none of the requests it held.
-    Lost(String),
-}
-
-// Local only (a remote replica's proxy takes the same messages and forwards them).
-impl ractor::Message for WorkerMsg {}
-
-/// A batch failed: the replica stops with this error and its router restarts it.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub(crate) struct BatchFailed {
-    pub job_ids: Vec<u64>,
-    pub message: String,
-}
 
 pub(crate) struct WorkerArgs {
     pub ctx: ActorContext,
