@@ -234,7 +234,7 @@ pub fn main(registry: Registry) -> i32 {
             print!("{}", rlrig_flow::schema());
             Ok(0)
         }
-        Command::Kinds => {
+        Command::Kinds => (|| -> anyhow::Result<i32> {
             let kinds: Vec<_> = registry
                 .kinds()
                 .map(|(kind, role, about)| {
@@ -242,9 +242,8 @@ pub fn main(registry: Registry) -> i32 {
                     (kind.to_string(), role, about.to_string())
                 })
                 .collect();
-            let width = |f: fn(&(String, String, String)) -> usize| {
-                kinds.iter().map(f).max().unwrap_or(0)
-            };
+            let width =
+                |f: fn(&(String, String, String)) -> usize| kinds.iter().map(f).max().unwrap_or(0);
             let (kw, rw) = (
                 width(|k| k.0.chars().count()),
                 width(|k| k.1.chars().count()),
@@ -256,7 +255,7 @@ pub fn main(registry: Registry) -> i32 {
                 writeln!(out, "{kind:<kw$}  {role:<rw$}  {about}")?;
             }
             Ok(0)
-        }
+        })(),
         Command::World(cmd) => world_cmd::run(cmd),
         Command::Node(args) => crate::node_cmd::run(registry, args),
         Command::Quality(args) => crate::quality_cmd::run(args),
