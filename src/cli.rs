@@ -17,7 +17,8 @@ pub mod exit {
     /// The command line, a flow or an input was refused before anything ran (clap's usage
     /// errors exit with 2 too).
     pub const REFUSED: i32 = 2;
-    /// The run finished but some trajectories failed (their count goes to stderr).
+    /// The run finished but some trajectories failed, or `eval`'s judge could not score some
+    /// images (their count goes to stderr).
     pub const TRAJECTORIES_FAILED: i32 = 3;
     /// The run was interrupted (SIGINT/Ctrl-C): what ran is stored, the rest was not started
     /// (128 + SIGINT, as shells report a process killed by it).
@@ -28,7 +29,8 @@ pub mod exit {
   0    success; for run and eval, every trajectory is done
   1    error: an actor could not start, an I/O failure, ...
   2    refused: a bad command line, flow, input file or run pair; nothing ran
-  3    the run finished but some trajectories failed (the count is printed to stderr)
+  3    the run finished but some trajectories failed, or eval's judge failed on some
+       images (the count is printed to stderr)
   130  interrupted (Ctrl-C): what ran is stored, the rest was not started";
 }
 
@@ -160,8 +162,15 @@ enum Command {
     /// bootstrap confidence intervals of the difference.
     #[command(after_help = exit::HELP)]
     Compare(crate::compare_cmd::CompareArgs),
-    /// Runs a flow over LAION-SG prompts (JSON or JSONL) and reports SG-IoU, Entity-IoU and
-    /// Relation-IoU per round and final with bootstrap confidence intervals.
+    /// Runs a flow over LAION-SG prompts (JSON or JSONL), or takes a finished run directory's
+    /// stored trajectories, and reports SG-IoU, Entity-IoU, Relation-IoU and relation accuracy
+    /// per round and final with bootstrap confidence intervals, judged by the oracle or by a
+    /// VLM (--judge-url).
+    ///
+    /// `rlrig eval FLOW --prompts FILE` runs the flow, then judges it; `rlrig eval RUN_DIR
+    /// --judge-url URL` judges a run's stored trajectories again without running anything.
+    /// Either way `eval.json` goes into the run directory (and into its report.html); a judge's
+    /// per-image scores and errors into `judge_scores.jsonl`.
     #[command(after_help = exit::HELP)]
     Eval(crate::eval_cmd::EvalArgs),
     /// Writes RUN/report.html (every run writes it at its end too): metrics, training curves,

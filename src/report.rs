@@ -1,5 +1,5 @@
 //! `runs/<name>/report.html`: one self-contained page per run — the oracle metrics per round,
-//! the training curves (reward, KL, clip fraction; held-out SG-IoU) when the run trained, and
+//! the scores of `rlrig eval` (`eval.json`, the oracle's or a VLM judge's), the training curves (reward, KL, clip fraction; held-out SG-IoU) when the run trained, and
 //! per prompt the image chain with the Checker's reflections and the Policy's edit prompts.
 //! Images are inline PNGs (`data:` URLs), plots inline SVG; nothing is fetched.
 
@@ -121,6 +121,58 @@ fn metrics_table(out: &mut String, m: &serde_json::Value) {
     out.push_str("</table>");
 }
 
+/// The table of `eval.json` (`rlrig eval`): who judged, and per round and final the images
+/// judged, those whose judgement failed, and each mean with its 95 % interval.
+fn eval_table(out: &mut String, e: &serde_json::Value) {
+    let Some(rounds) = e["rounds"].as_array() else {
+        return;
+    };
+    let judge = e["judge"].as_str().unwrap_or("oracle");
+    let _ = write!(
+        out,
+        "<h2>Judged by {}</h2><p>From <code>eval.json</code>: means with 95 % bootstrap intervals over prompts.</p>\
+         <table class=\"eval\"><tr><th>round</th><th>judged</th><th>failed</th><th>SG-IoU</th><th>Entity-IoU</th>\
+         <th>Relation-IoU</th><th>relation accuracy</th></tr>",
+        esc(if judge == "oracle" {
+            "the oracle"
+        } else {
+            judge
+        })
+    );
+    let row = |out: &mut String, label: &str, s: &serde_json::Value| {
+        let cell = |m: &str| match (
+            s[m]["mean"].as_f64(),
+            s[m]["ci95"][0].as_f64(),
+            s[m]["ci95"][1].as_f64(),
+        ) {
+            (Some(a), Some(lo), Some(hi)) => format!("{a:.4} [{lo:.4}, {hi:.4}]"),
+            _ => "-".into(),
+        };
+        let _ = write!(
+            out,
+            "<tr><td>{label}</td><td>{}</td><td{}>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            s["judged"],
+            if s["failed"].as_u64().unwrap_or(0) > 0 {
+                " class=\"bad\""
+            } else {
+                ""
+            },
+            s["failed"],
+            cell("sg_iou"),
+            cell("entity_iou"),
+            cell("relation_iou"),
+            cell("relation_accuracy")
+        );
+    };
+    for (r, s) in rounds.iter().enumerate() {
+        row(out, &r.to_string(), s);
+    }
+    if e["final"].is_object() {
+        row(out, "final", &e["final"]);
+    }
+    out.push_str("</table>");
+}
+
 /// Writes `report.html` into a run directory; returns its path.
 pub fn write(dir: &Path) -> Result<PathBuf> {
     let name = dir
@@ -154,6 +206,11 @@ pub fn write(dir: &Path) -> Result<PathBuf> {
             );
         }
         metrics_table(&mut out, &m);
+    }
+    if let Ok(text) = std::fs::read_to_string(dir.join("eval.json"))
+        && let Ok(e) = serde_json::from_str::<serde_json::Value>(&text)
+    {
+        eval_table(&mut out, &e);
     }
     if let Ok(m) = rlrig_train::read_metrics(&dir.join("metrics.jsonl"))
         && !m.is_empty()

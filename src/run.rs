@@ -496,9 +496,11 @@ fn print_table(out: &mut String, m: &RunMetrics, dir: &Path) {
     if m.rounds.is_empty() {
         return;
     }
-    if m.failed > 0 {
-        let _ = writeln!(out, "oracle scores of the {} done trajectories:", m.done);
-    }
+    let _ = writeln!(
+        out,
+        "judged by the oracle: means over the {} done trajectories",
+        m.done
+    );
     let _ = writeln!(
         out,
         "{:<8} {:>6} {:>8} {:>11} {:>13} {:>10}",
