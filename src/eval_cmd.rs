@@ -111,7 +111,7 @@ pub fn run(registry: &Registry, args: EvalArgs) -> Result<i32> {
                 backoff_ms: args.judge_backoff_ms,
                 ..rlrig_judge::JudgeSettings::default()
             })
-            .map_err(|e| refused(anyhow::anyhow!("--judge-url: {e}")))
+            .map_err(|e| refused(anyhow::anyhow!("the judge's options (--judge-*): {e}")))
         })
         .transpose()?;
     let judged = if args.flow.is_dir() {
