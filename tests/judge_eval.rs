@@ -185,12 +185,26 @@ fn eval_counts_the_images_the_judge_could_not_score_and_exits_3() {
                 .all(|e| e.contains("failed 2 times (max_attempts)")),
         "{errors:?}"
     );
-    // The run's page shows the judge's table.
-    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    // The run's page shows the judge's table, as Chromium renders it (tests/report.rs checks
+    // the rest of the page).
+    let profile = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new("chromium")
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("file://{}", dir.join("report.html").display()))
+        .output()
+        .expect("the report's check needs Debian's chromium on the PATH (.ci/run installs it)");
+    let dom = String::from_utf8_lossy(&o.stdout);
     assert!(
-        html.contains(&format!("<h2>Judged by echo at {url}</h2>"))
-            && html.contains("<th>relation accuracy</th>"),
-        "report.html lacks the judge's table"
+        dom.contains(&format!("<h2>Judged by echo at {url}</h2>"))
+            && dom.contains("<th>relation accuracy</th>")
+            && dom.contains("<tr><td>final</td><td>4</td><td class=\"bad\">2</td>"),
+        "report.html lacks the judge's table: {dom}"
     );
 }
 
