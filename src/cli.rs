@@ -5,106 +5,10 @@ use std::path::PathBuf;
 use clap::Parser;
 use rlrig_engine::Registry;
 
+use crate::outcome::all_done;
+pub use crate::outcome::{Interrupted, Refused, TrajectoriesFailed, exit, exit_code, refused};
 use crate::run::{RunOptions, run};
 use crate::world_cmd;
-
-/// Exit codes of the `rlrig` command, the same for every subcommand (docs/cli.md).
-pub mod exit {
-    /// Everything asked was done: for a run, every trajectory is done.
-    pub const OK: i32 = 0;
-    /// Any other error: an actor that could not start, an I/O failure, a bug.
-    pub const ERROR: i32 = 1;
-    /// The command line, a flow or an input was refused before anything ran (clap's usage
-    /// errors exit with 2 too).
-    pub const REFUSED: i32 = 2;
-    /// The run finished but some trajectories failed, or `eval`'s judge could not score some
-    /// images (their count goes to stderr).
-    pub const TRAJECTORIES_FAILED: i32 = 3;
-    /// The run was interrupted (SIGINT/Ctrl-C): what ran is stored, the rest was not started
-    /// (128 + SIGINT, as shells report a process killed by it).
-    pub const INTERRUPTED: i32 = 130;
-
-    /// The table of exit codes, as `--help` prints it.
-    pub const HELP: &str = "Exit codes:
-  0    success; for run and eval, every trajectory is done
-  1    error: an actor could not start, an I/O failure, ...
-  2    refused: a bad command line, flow, input file or run pair; nothing ran
-  3    the run finished but some trajectories failed, or eval's judge failed on some
-       images (the count is printed to stderr)
-  130  interrupted (Ctrl-C): what ran is stored, the rest was not started";
-}
-
-/// An input refused before anything ran: a flow, a file, a pair of runs. Exits with
-/// [`exit::REFUSED`].
-#[derive(Debug)]
-pub struct Refused(pub anyhow::Error);
-
-impl std::fmt::Display for Refused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:#}", self.0)
-    }
-}
-
-impl std::error::Error for Refused {}
-
-/// Wraps an error as [`Refused`].
-pub fn refused(e: impl Into<anyhow::Error>) -> anyhow::Error {
-    anyhow::Error::new(Refused(e.into()))
-}
-
-/// A run stopped by a signal (SIGINT/Ctrl-C) before it finished; says what was kept. Exits
-/// with [`exit::INTERRUPTED`].
-#[derive(Debug)]
-pub struct Interrupted(pub String);
-
-impl std::fmt::Display for Interrupted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Interrupted {}
-
-/// Some trajectories of a finished run failed. Exits with [`exit::TRAJECTORIES_FAILED`].
-#[derive(Debug)]
-pub struct TrajectoriesFailed {
-    /// Trajectories failed.
-    pub failed: usize,
-    /// Trajectories stored, done or failed.
-    pub total: usize,
-    /// The run directory.
-    pub dir: PathBuf,
-}
-
-impl std::fmt::Display for TrajectoriesFailed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} of {} trajectories failed; their errors: rlrig trajectories ls {}",
-            self.failed,
-            self.total,
-            self.dir.display()
-        )
-    }
-}
-
-impl std::error::Error for TrajectoriesFailed {}
-
-/// The exit code of an error: what its chain says it is.
-pub fn exit_code(e: &anyhow::Error) -> i32 {
-    for c in e.chain() {
-        if c.is::<Interrupted>() {
-            return exit::INTERRUPTED;
-        }
-        if c.is::<TrajectoriesFailed>() {
-            return exit::TRAJECTORIES_FAILED;
-        }
-        if c.is::<Refused>() || c.is::<rlrig_flow::FlowError>() || c.is::<rlrig_sg::ReadError>() {
-            return exit::REFUSED;
-        }
-    }
-    exit::ERROR
-}
 
 /// Whether the error is stdout's reader having gone (`rlrig trajectories ls RUN | head`).
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -328,19 +232,6 @@ fn run_any(
             all_done(m.failed, m.done + m.failed, &dir)
         }
     }
-}
-
-/// [`exit::OK`] when no trajectory failed, else the [`TrajectoriesFailed`] error.
-pub(crate) fn all_done(failed: usize, total: usize, dir: &std::path::Path) -> anyhow::Result<i32> {
-    if failed == 0 {
-        return Ok(exit::OK);
-    }
-    Err(TrajectoriesFailed {
-        failed,
-        total,
-        dir: dir.to_path_buf(),
-    }
-    .into())
 }
 
 fn validate(registry: &Registry, flow: &std::path::Path, sets: &[String]) -> anyhow::Result<i32> {

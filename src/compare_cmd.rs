@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use rand::{Rng, SeedableRng};
 
-use crate::cli::refused;
+use crate::outcome::refused;
 
 /// Options of `rlrig compare`.
 #[derive(clap::Args)]
@@ -365,7 +365,7 @@ pub fn run(args: CompareArgs) -> Result<i32> {
                 eprintln!("note: {name} = {}: {}", side.run.display(), side.describe());
             }
         }
-        return Ok(crate::cli::exit::OK);
+        return Ok(crate::outcome::exit::OK);
     }
     println!(
         "A = {}: {}\nB = {}: {}\n{} prompts scored in both{}; paired bootstrap, {resamples} resamples",
@@ -413,7 +413,7 @@ pub fn run(args: CompareArgs) -> Result<i32> {
             ),
         );
     }
-    Ok(crate::cli::exit::OK)
+    Ok(crate::outcome::exit::OK)
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@
 //!
 //! With `--json`, stdout holds the JSON document only; the run's progress and tables go to
 //! stderr. Exit codes are `rlrig run`'s: some failed trajectories, or some failed judgements,
-//! give [`crate::cli::exit::TRAJECTORIES_FAILED`] after the report is written.
+//! give [`crate::outcome::exit::TRAJECTORIES_FAILED`] after the report is written.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,8 +27,8 @@ use anyhow::{Context, Result};
 use rlrig_engine::Registry;
 use rlrig_world::WorldGraph;
 
-use crate::cli::{exit, refused};
 use crate::compare_cmd::bootstrap_ci;
+use crate::outcome::{exit, refused};
 use crate::run::{Reporting, RunOptions};
 
 /// Options of `rlrig eval`.
@@ -370,7 +370,7 @@ fn report(args: &EvalArgs, j: &Judged) -> Result<i32> {
         }
         eprintln!("note: {what}");
     }
-    crate::cli::all_done(j.failed, j.done + j.failed, &j.dir)
+    crate::outcome::all_done(j.failed, j.done + j.failed, &j.dir)
 }
 
 /// The table of a report: who judged, then per round and final the judgements counted and the

@@ -21,6 +21,7 @@ pub mod cli;
 mod compare_cmd;
 mod eval_cmd;
 mod node_cmd;
+pub mod outcome;
 mod plot;
 pub mod pretrain_cmd;
 mod quality_cmd;

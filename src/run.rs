@@ -9,8 +9,8 @@
 //! `"outcome": "failed"`, its error and no scores).
 //!
 //! [`run`] returns the metrics even when trajectories failed (the command line then exits with
-//! [`crate::cli::exit::TRAJECTORIES_FAILED`]); an interrupted run is the error
-//! [`crate::cli::Interrupted`].
+//! [`crate::outcome::exit::TRAJECTORIES_FAILED`]); an interrupted run is the error
+//! [`crate::outcome::Interrupted`].
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -132,7 +132,7 @@ pub fn count_outcomes(store: &Path) -> Result<(usize, usize)> {
 }
 
 /// Runs a flow, printing its summary to stdout. Returns the metrics (failed trajectories
-/// included) and the run directory; an interrupted run is the error [`crate::cli::Interrupted`].
+/// included) and the run directory; an interrupted run is the error [`crate::outcome::Interrupted`].
 pub fn run(registry: &Registry, opts: &RunOptions) -> Result<(RunMetrics, PathBuf)> {
     run_with(registry, opts, Reporting::default())
 }
@@ -145,7 +145,7 @@ pub fn run_with(
 ) -> Result<(RunMetrics, PathBuf)> {
     let loaded = rlrig_flow::load(&opts.flow, &opts.sets)?;
     registry.check_flow(&loaded)?;
-    let prompts = prompts_of(&loaded).map_err(crate::cli::refused)?;
+    let prompts = prompts_of(&loaded).map_err(crate::outcome::refused)?;
     let total = prompts.len();
     let judged = prompts
         .iter()
@@ -184,7 +184,7 @@ pub fn run_with(
         eprintln!("warning: report.html: {e:#}");
     }
     if !summary.all_started {
-        return Err(crate::cli::Interrupted(format!(
+        return Err(crate::outcome::Interrupted(format!(
             "interrupted: {} of {total} prompts were started; what ran is stored in {}",
             summary.started,
             dir.display()
@@ -197,7 +197,7 @@ pub fn run_with(
 pub(crate) fn prepare_run_dir(dir: &Path, overwrite: bool) -> Result<()> {
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
         if !overwrite {
-            return Err(crate::cli::refused(anyhow::anyhow!(
+            return Err(crate::outcome::refused(anyhow::anyhow!(
                 "run directory {} already exists; pick another name (--set name=...) or pass --overwrite to replace it",
                 dir.display()
             )));

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::cli::refused;
+use crate::outcome::refused;
 use rlrig_contract::{Outcome, StepOutput, Trajectory};
 use rlrig_flow::StoredImages;
 use rlrig_store::TrajectoryStore;
