@@ -291,7 +291,7 @@ impl TrainerActorState {
                 fresh += groups
                     .iter()
                     .filter(|g| {
-                        version.saturating_sub(g.version()) <= self.config.max_staleness
+                        fresh_enough(version, g.version(), self.config.max_staleness)
                             && informative(g)
                     })
                     .count();
@@ -322,11 +322,11 @@ impl TrainerActorState {
         let mut equal = 0;
         let mut all_rewards = Vec::new();
         for g in used.into_iter().flat_map(|(_, g)| g) {
-            let age = version.saturating_sub(g.version());
-            if age > self.config.max_staleness {
+            if !fresh_enough(version, g.version(), self.config.max_staleness) {
                 stale += 1;
                 continue;
             }
+            let age = version - g.version();
             all_rewards.extend(g.samples.iter().map(|s| s.reward));
             if !informative(&g) {
                 equal += 1;
@@ -480,6 +480,14 @@ fn swap_in(tmp: &Path, dst: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Whether a group sampled by weights version `sampled` may train the learner at `version`: at
+/// most `max_staleness` versions old, and not from a version the learner has not reached — such
+/// a group was sampled by weights lost in a crash after the last checkpoint (the resumed learner
+/// hands those version numbers out again for other weights), so it counts as stale.
+fn fresh_enough(version: u64, sampled: u64, max_staleness: u64) -> bool {
+    sampled <= version && version - sampled <= max_staleness
+}
+
 /// The checkpoint to resume from: `checkpoint/`, or `checkpoint.old/` when a crash came
 /// between the two renames of a swap.
 pub fn checkpoint_to_resume(ckpt: &Path) -> Option<PathBuf> {
@@ -553,6 +561,14 @@ mod tests {
             .map(|m| m.step)
             .collect();
         assert_eq!(steps, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn groups_from_versions_lost_in_a_crash_are_stale() {
+        assert!(fresh_enough(5, 5, 2) && fresh_enough(5, 3, 2));
+        assert!(!fresh_enough(5, 2, 2), "three versions old");
+        assert!(!fresh_enough(5, 6, 2), "sampled by a version the learner has not reached");
+        assert!(fresh_enough(0, 0, 0));
     }
 
     #[test]
