@@ -6,44 +6,7 @@ use rlrig_baseline::{
 };
 use rlrig_engine::{Registry, any_role_model};
 use rlrig_external::{ExternalActor, ExternalConfig};
-use rlrig_models::{
-    CheckerSettings, NeuralChecker, NeuralDiffuser, NeuralEditor, NeuralPolicy, NeuralSettings,
-    PolicySettings,
-};
 use rlrig_sd::kinds::{Ip2pEditor, SdDiffuser, SdSettings};
-
-/// The neural editor's settings: the diffuser's, with its own default weights file.
-#[derive(serde::Deserialize)]
-#[serde(transparent)]
-pub(crate) struct EditorSettings(#[serde(with = "editor_defaults")] pub(crate) NeuralSettings);
-
-mod editor_defaults {
-    use rlrig_models::NeuralSettings;
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<NeuralSettings, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Partial {
-            weights: Option<std::path::PathBuf>,
-            steps: Option<usize>,
-            guidance: Option<f64>,
-            explore_steps: Option<usize>,
-            noise_scale: Option<f64>,
-            sde_window: Option<usize>,
-        }
-        let p = Partial::deserialize(d)?;
-        let base = NeuralSettings::with_weights("weights/editor.safetensors");
-        Ok(NeuralSettings {
-            weights: p.weights.unwrap_or(base.weights),
-            steps: p.steps.unwrap_or(base.steps),
-            guidance: p.guidance.unwrap_or(base.guidance),
-            explore_steps: p.explore_steps.unwrap_or(base.explore_steps),
-            noise_scale: p.noise_scale.unwrap_or(base.noise_scale),
-            sde_window: p.sde_window,
-        })
-    }
-}
 
 /// A registry with every built-in kind:
 ///
@@ -59,8 +22,12 @@ mod editor_defaults {
 /// | `neural.policy` | policy | the trained Policy VLM, the paper's Actor (`weights`, default `weights/policy.safetensors`; decoding settings) |
 /// | `judge.checker` | checker | a VLM judge over an OpenAI-compatible endpoint (`base_url`, `model`, the key from `api_key_env`) |
 /// | `external` | any | a child process speaking rlrig's line-delimited JSON protocol (docs/external-protocol.md) |
+///
+/// The `neural.*` kinds, and the learners that train `neural.policy` and `neural.editor`, come
+/// from the `rlrig-models` crate, which registers them itself.
 pub fn builtin_registry() -> Registry {
     let mut r = Registry::new();
+    rlrig_models::register(&mut r);
     r.add_diffuser(
         "baseline.renderer",
         "baseline: draws the prompt with the world's solver, then makes a spatial mistake at `mistake_rate`",
@@ -86,18 +53,6 @@ pub fn builtin_registry() -> Registry {
         |c, _| Ok(Box::new(SceneEditor::new(c).map_err(|e| e.to_string())?)),
     );
     r.add_diffuser(
-        "neural.diffuser",
-        "the trained text-to-image DiT (rectified flow, Euler sampler); `weights` names its safetensors file",
-        |c: &NeuralSettings| c.check(),
-        |c, ctx| Ok(Box::new(NeuralDiffuser::new(&c, &ctx.device)?)),
-    );
-    r.add_editor(
-        "neural.editor",
-        "the trained image editor (DiT conditioned on the source image and the edit prompt)",
-        |c: &EditorSettings| c.0.check(),
-        |c, ctx| Ok(Box::new(NeuralEditor::new(&c.0, &ctx.device)?)),
-    );
-    r.add_diffuser(
         "diffuser.sd",
         "Stable Diffusion (1.x / 2.x) from a diffusers directory: `path`, `steps`, `guidance`, `negative_prompt`, `variant`",
         |c: &SdSettings| c.check(),
@@ -114,18 +69,6 @@ pub fn builtin_registry() -> Registry {
             let device = rlrig_models::device::select(&ctx.device).map_err(|e| e.to_string())?;
             Ok(Box::new(Ip2pEditor::new(&c, &ctx.base_dir, &device)?))
         },
-    );
-    r.add_checker(
-        "neural.checker",
-        "the trained Checker VLM: verdicts per prompt item and relation, score and reflection; `weights` (default weights/checker.safetensors)",
-        |c: &CheckerSettings| c.check(),
-        |c, ctx| Ok(Box::new(NeuralChecker::new(&c, &ctx.device)?)),
-    );
-    r.add_policy(
-        "neural.policy",
-        "the trained Policy VLM (the paper's Actor): writes the edit prompt token by token; `weights`, `greedy`, `temperature`, `top_k`, `max_tokens`",
-        |c: &PolicySettings| c.check(),
-        |c, ctx| Ok(Box::new(NeuralPolicy::new(&c, &ctx.device)?)),
     );
     r.add_checker(
         "judge.checker",

@@ -100,7 +100,7 @@ pub fn run(
     }
     crate::run::prepare_run_dir(&dir, overwrite)?;
     std::fs::write(dir.join("flow.toml"), &loaded.text).context("writing flow.toml")?;
-    let mut learner = crate::train::learner_for(&loaded)?;
+    let mut learner = crate::train::learner_for(registry, &loaded)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(loaded.flow.engine.seed);
     let mut order: Vec<usize> = Vec::new();
     let mut epochs = 0;
@@ -148,7 +148,7 @@ pub fn run(
         eprintln!("warning: metrics.svg: {e}");
     }
     let update = learner.update().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let weights_file = crate::train::trained(&loaded, &t)?.weights_file();
+    let weights_file = crate::train::weights_file(&loaded, &t);
     crate::train::write_weights(&dir.join(weights_file), &update.weights)?;
     let summary = ReplaySummary {
         source: source.to_path_buf(),

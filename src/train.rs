@@ -1,6 +1,9 @@
 //! `rlrig run` of a flow with a `[train]` table: Reflection-GRPO phase 1 (the Policy learns)
 //! or phase 2 (the Editor learns, Flow-GRPO); every other actor is frozen.
 //!
+//! The learner comes from the registry: the trained actor's kind registers it
+//! ([`Registry::add_learner`]), so this module knows no model.
+//!
 //! The engine runs the cycle over the flow's prompts with the trained role sampling
 //! `num_generations` ways per round (edit prompts, or the Editor's SDE edits of one edit
 //! prompt); every finished trajectory is committed to the run's store, and the trainer actor
@@ -11,7 +14,7 @@
 //! The run directory holds, besides what every run writes: `metrics.jsonl` (one line per
 //! learner step), `metrics.svg` (reward, KL, clip fraction), `checkpoint/` (learner weights,
 //! optimiser, version, store cursor), `policy.safetensors` or `editor.safetensors` (the trained
-//! weights, loadable by `neural.policy` / `neural.editor`) and `train.json` (the summary). `--resume` continues a run exactly where its
+//! weights, loadable by the trained actor's kind) and `train.json` (the summary). `--resume` continues a run exactly where its
 //! checkpoint left it: prompts already committed are not run again, the trainer reads on from
 //! its cursor.
 
@@ -22,144 +25,28 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use ractor::Actor;
 use rlrig_contract::{GrpoLearner, Trajectory, WeightsUpdate};
-use rlrig_engine::{Engine, Registry, StopSignal};
+use rlrig_engine::{Engine, LearnerError, Registry, StopSignal};
 use rlrig_flow::{LoadedFlow, TrainSettings};
-use rlrig_models::NeuralSettings;
-use rlrig_models::flow_grpo::{EditorLearner, EditorLearnerConfig};
-use rlrig_models::grpo::{GrpoConfig, Learner, LearnerConfig, LossType};
-use rlrig_models::roles::PolicySettings;
-use rlrig_models::vlm::PolicyNet;
 use rlrig_store::TrajectoryStore;
 use rlrig_train::{TrainSummary, Trainer, TrainerArgs, TrainerConfig, TrainerMsg};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::run::{RunOptions, prompts_of, write_chain};
 
-/// What a training flow trains, checked against `[train]`.
-pub enum Trained {
-    /// Phase 1: the Policy (`neural.policy`), with its settings.
-    Policy(PolicySettings),
-    /// Phase 2: the Editor (`neural.editor`), with its settings.
-    Editor(NeuralSettings),
+/// The file the trained weights are written to in the run directory, after the trained actor's
+/// role: `policy.safetensors` (phase 1) or `editor.safetensors` (phase 2).
+pub fn weights_file(loaded: &LoadedFlow, t: &TrainSettings) -> String {
+    format!("{}.safetensors", loaded.flow.actors[&t.actor].role.name())
 }
 
-impl Trained {
-    /// The file the trained weights are written to in the run directory.
-    pub fn weights_file(&self) -> &'static str {
-        match self {
-            Trained::Policy(_) => "policy.safetensors",
-            Trained::Editor(_) => "editor.safetensors",
-        }
-    }
-}
-
-/// The trained actor's settings, checked against `[train]`.
-pub fn trained(loaded: &LoadedFlow, t: &TrainSettings) -> Result<Trained> {
-    let spec = &loaded.flow.actors[&t.actor];
-    let key = format!("actors.{}", t.actor);
-    let ctx = Registry::context(loaded, &t.actor, spec, 0).map_err(rlrig_flow::FlowError::from)?;
-    match spec.kind.as_str() {
-        "neural.policy" => {}
-        "neural.editor" => {
-            let s: crate::builtin::EditorSettings = rlrig_flow::settings_into(&ctx.settings)
-                .map_err(|(k, m)| loaded.error_at(&format!("{key}.settings.{k}"), m))?;
-            return Ok(Trained::Editor(s.0));
-        }
-        other => bail!(loaded.error_at(
-            &format!("{key}.kind"),
-            format!(
-                "training needs the `neural.policy` kind (phase 1) or `neural.editor` (phase 2), not {other:?}"
-            )
-        )),
-    }
-    let s: PolicySettings = rlrig_flow::settings_into(&ctx.settings)
-        .map_err(|(k, m)| loaded.error_at(&format!("{key}.settings.{k}"), m))?;
-    if s.greedy {
-        bail!(loaded.error_at(
-            &format!("{key}.settings"),
-            "the trained policy must sample: set `greedy = false`"
-        ));
-    }
-    if s.top_k > 0 {
-        bail!(loaded.error_at(
-            &format!("{key}.settings.top_k"),
-            format!(
-                "{}: the trained policy must sample from its whole distribution (`top_k = 0`): the learner's log-probs are of the full softmax, and a truncated sampler would bias the gradient",
-                s.top_k
-            )
-        ));
-    }
-    if (s.temperature - t.temperature).abs() > 1e-12 {
-        bail!(loaded.error_at(
-            "train.temperature",
-            format!(
-                "{} differs from the policy's sampling temperature {}: the log-probs must be taken at the temperature they were sampled at",
-                t.temperature, s.temperature
-            )
-        ));
-    }
-    Ok(Trained::Policy(s))
-}
-
-/// The learner for a flow: the trained actor's starting weights on the learner's device
-/// (autodiff), GRPO's settings from `[train]` — the Policy's GRPO learner (phase 1) or the
-/// Editor's Flow-GRPO learner (phase 2).
-pub fn learner_for(loaded: &LoadedFlow) -> Result<Box<dyn GrpoLearner>> {
-    let t = loaded
-        .flow
-        .train
-        .as_ref()
-        .context("the flow has no [train] table")?;
-    let trained = trained(loaded, t)?;
-    let device = rlrig_models::device::select(&t.device)
-        .map_err(|e| loaded.error_at("train.device", e.to_string()))?
-        .autodiff();
-    let loss_type = match t.loss_type.as_str() {
-        "sequence_mean" => LossType::SequenceMean,
-        _ => LossType::TokenMean,
-    };
-    let grpo = GrpoConfig {
-        num_generations: t.num_generations as usize,
-        beta: t.beta,
-        epsilon: t.epsilon,
-        epsilon_high: t.epsilon_high,
-        loss_type,
-        scale_rewards: t.scale_rewards,
-    };
-    Ok(match trained {
-        Trained::Policy(settings) => {
-            let policy: PolicyNet = rlrig_models::weights::load_model(&settings.weights, &device)?;
-            Box::new(Learner::new(
-                policy,
-                LearnerConfig {
-                    grpo,
-                    lr: t.learning_rate,
-                    max_grad_norm: t.max_grad_norm as f32,
-                    temperature: t.temperature,
-                },
-            ))
-        }
-        Trained::Editor(settings) => {
-            let model = rlrig_models::weights::load(&settings.weights, &device)?;
-            if model.config().cond_channels() == 0 {
-                bail!(loaded.error_at(
-                    &format!("actors.{}.settings.weights", t.actor),
-                    format!(
-                        "{} holds a diffuser, not an editor",
-                        settings.weights.display()
-                    )
-                ));
-            }
-            Box::new(EditorLearner::new(
-                model,
-                EditorLearnerConfig {
-                    grpo,
-                    lr: t.learning_rate,
-                    max_grad_norm: t.max_grad_norm as f32,
-                    ..EditorLearnerConfig::default()
-                },
-            ))
-        }
+/// The learner for a flow: the one the trained actor's kind registered, from the actor's
+/// starting weights on `[train]`'s device, with GRPO's settings from `[train]` — for the
+/// built-in kinds the Policy's GRPO learner (phase 1) or the Editor's Flow-GRPO learner
+/// (phase 2). A flow the learner refuses is a located [`rlrig_flow::FlowError`].
+pub fn learner_for(registry: &Registry, loaded: &LoadedFlow) -> Result<Box<dyn GrpoLearner>> {
+    registry.learner(loaded).map_err(|e| match e {
+        LearnerError::Flow(e) => e.into(),
+        LearnerError::Build(m) => anyhow::anyhow!(m),
     })
 }
 
@@ -176,7 +63,8 @@ pub fn run(
         .train
         .clone()
         .context("the flow has no [train] table")?;
-    let weights_file = trained(&loaded, &t)?.weights_file();
+    registry.check_learner(&loaded)?;
+    let weights_file = weights_file(&loaded, &t);
     let dir = loaded.flow.run_dir.join(&loaded.flow.name);
     if resume {
         let stored = std::fs::read_to_string(dir.join("flow.toml"))
@@ -208,7 +96,7 @@ pub fn run(
             before - kept.len()
         );
     }
-    let learner = learner_for(&loaded)?;
+    let learner = learner_for(registry, &loaded)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

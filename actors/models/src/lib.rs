@@ -20,6 +20,8 @@
 //! * [`flow_grpo`]: Flow-GRPO's learner of the Editor (phase 2).
 //! * [`quality`]: the models' quality against the oracle (`rlrig quality`).
 //! * [`roles`]: the four neural roles (the `neural.*` kinds).
+//! * [`kinds`]: [`register`] adds the `neural.*` kinds and the learners of `neural.policy` and
+//!   `neural.editor` to the engine's registry.
 //! * [`device`]: a flow's device name (`cpu`, `wgpu:N`, `cuda:N`) as a burn device.
 //!
 //! Everything is device-agnostic: burn 0.22 tensors carry their backend in their
@@ -54,6 +56,7 @@ pub mod flow;
 pub mod flow_grpo;
 pub mod grpo;
 pub mod image;
+pub mod kinds;
 mod layers;
 pub mod pretrain;
 pub mod quality;
@@ -65,6 +68,7 @@ pub mod vlm_train;
 pub mod weights;
 
 pub use dit::{Dit, DitConfig, DitConfigError, Prediction};
+pub use kinds::register;
 pub use roles::{
     CheckerSettings, NeuralChecker, NeuralDiffuser, NeuralEditor, NeuralPolicy, NeuralSettings,
     PolicySettings,

@@ -35,4 +35,4 @@ pub use model::{
     policy_model,
 };
 pub use node::{Node, NodeOptions};
-pub use registry::{ActorContext, Registry};
+pub use registry::{ActorContext, LearnerError, LearnerProblem, Registry};

@@ -1,12 +1,15 @@
 //! The registry of actor kinds: which implementation a flow's `kind` names, what settings it
-//! takes, and how to build it.
+//! takes, and how to build it; and, for the kinds that can be trained, how to build their GRPO
+//! learner.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rlrig_contract::{Checker, Diffuser, EditPolicy, Editor, Role};
-use rlrig_flow::{ActorSpec, FlowError, FlowProblem, LoadedFlow, did_you_mean, settings_into};
+use rlrig_contract::{Checker, Diffuser, EditPolicy, Editor, GrpoLearner, Role};
+use rlrig_flow::{
+    ActorSpec, FlowError, FlowProblem, LoadedFlow, TrainSettings, did_you_mean, settings_into,
+};
 use serde::de::DeserializeOwned;
 
 use crate::model::{RoleModel, checker_model, diffuser_model, editor_model, policy_model};
@@ -45,11 +48,48 @@ struct Kind {
     build: Build,
 }
 
-/// The actor kinds a flow may name. Users add their own with the `add_*` methods and reuse
-/// rlrig's command line with them.
+/// What a learner kind finds wrong with a training flow, and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LearnerProblem {
+    /// At a key of the trained actor's settings (`""`: the settings table).
+    Settings(String, String),
+    /// At a key of the flow's `[train]` table.
+    Train(String, String),
+    /// Elsewhere: a weights file that does not load, …
+    Other(String),
+}
+
+/// Why [`Registry::learner`] could not build a flow's learner.
+#[derive(Debug, thiserror::Error)]
+pub enum LearnerError {
+    /// The flow is refused: the trained actor's kind has no learner, or the learner rejects its
+    /// settings or `[train]` (located in the flow).
+    #[error("{0}")]
+    Flow(FlowError),
+    /// The learner could not be built (a weights file that does not load, …).
+    #[error("{0}")]
+    Build(String),
+}
+
+type CheckLearner =
+    Arc<dyn Fn(&ActorContext, &TrainSettings) -> Result<(), LearnerProblem> + Send + Sync>;
+type BuildLearner = Arc<
+    dyn Fn(&ActorContext, &TrainSettings) -> Result<Box<dyn GrpoLearner>, LearnerProblem>
+        + Send
+        + Sync,
+>;
+
+struct Learner {
+    check: CheckLearner,
+    build: BuildLearner,
+}
+
+/// The actor kinds a flow may name, and the learners of those that can be trained. Users add
+/// their own with the `add_*` methods and reuse rlrig's command line with them.
 #[derive(Default)]
 pub struct Registry {
     kinds: BTreeMap<String, Kind>,
+    learners: BTreeMap<String, Learner>,
 }
 
 fn typed<C, T, F>(
@@ -179,6 +219,95 @@ impl Registry {
         self.insert(kind, None, about, typed(check, build, |b| b));
     }
 
+    /// Registers the GRPO learner of a kind, so that a flow's `[train]` may name an actor of
+    /// that kind: the actor's settings deserialise into `C` (as for the kind itself), `check`
+    /// vets them against `[train]` before anything runs, and `build` makes the learner from the
+    /// actor's starting weights on `[train]`'s device. The trainer sees only the
+    /// [`GrpoLearner`].
+    pub fn add_learner<C: DeserializeOwned + 'static>(
+        &mut self,
+        kind: &str,
+        check: impl Fn(&C, &TrainSettings) -> Result<(), LearnerProblem> + Send + Sync + 'static,
+        build: impl Fn(C, &ActorContext, &TrainSettings) -> Result<Box<dyn GrpoLearner>, LearnerProblem>
+        + Send
+        + Sync
+        + 'static,
+    ) {
+        let check = Arc::new(check);
+        let settings = |ctx: &ActorContext| -> Result<C, LearnerProblem> {
+            settings_into(&ctx.settings).map_err(|(k, m)| LearnerProblem::Settings(k, m))
+        };
+        let learner = Learner {
+            check: {
+                let check = check.clone();
+                Arc::new(move |ctx: &ActorContext, t: &TrainSettings| check(&settings(ctx)?, t))
+            },
+            build: Arc::new(move |ctx: &ActorContext, t: &TrainSettings| {
+                let c = settings(ctx)?;
+                check(&c, t)?;
+                build(c, ctx, t)
+            }),
+        };
+        self.learners.insert(kind.to_string(), learner);
+    }
+
+    /// The kinds that have a learner.
+    pub fn learner_kinds(&self) -> impl Iterator<Item = &str> {
+        self.learners.keys().map(String::as_str)
+    }
+
+    /// Checks a training flow's `[train]` against the registry without building anything: the
+    /// trained actor's kind has a learner, and the learner accepts the actor's settings and
+    /// `[train]`. A flow without `[train]` passes.
+    pub fn check_learner(&self, loaded: &LoadedFlow) -> Result<(), FlowError> {
+        let Some((learner, ctx, t)) = self.trained(loaded)? else {
+            return Ok(());
+        };
+        (learner.check)(&ctx, t).map_err(|p| located(loaded, &ctx.name, p))
+    }
+
+    /// The GRPO learner of a training flow's trained actor, built by its kind's learner (see
+    /// [`Registry::add_learner`]) after [`Registry::check_learner`]'s checks.
+    pub fn learner(&self, loaded: &LoadedFlow) -> Result<Box<dyn GrpoLearner>, LearnerError> {
+        let Some((learner, ctx, t)) = self.trained(loaded).map_err(LearnerError::Flow)? else {
+            return Err(LearnerError::Build("the flow has no [train] table".into()));
+        };
+        (learner.build)(&ctx, t).map_err(|p| match p {
+            LearnerProblem::Other(m) => LearnerError::Build(m),
+            p => LearnerError::Flow(located(loaded, &ctx.name, p)),
+        })
+    }
+
+    /// The trained actor's learner and context, with `[train]`; `None` without `[train]`.
+    fn trained<'a>(
+        &self,
+        loaded: &'a LoadedFlow,
+    ) -> Result<Option<(&Learner, ActorContext, &'a TrainSettings)>, FlowError> {
+        let Some(t) = &loaded.flow.train else {
+            return Ok(None);
+        };
+        let Some(spec) = loaded.flow.actors.get(&t.actor) else {
+            return Err(loaded.error_at(
+                "train.actor",
+                format!("{:?} names no actor of the flow", t.actor),
+            ));
+        };
+        let Some(learner) = self.learners.get(&spec.kind) else {
+            let names: Vec<String> = self.learner_kinds().map(|k| format!("{k:?}")).collect();
+            let which = if names.is_empty() {
+                "no registered kind has one".to_string()
+            } else {
+                format!("the kinds with a learner are {}", names.join(", "))
+            };
+            return Err(loaded.error_at(
+                &format!("actors.{}.kind", t.actor),
+                format!("kind {:?} cannot be trained: {which}", spec.kind),
+            ));
+        };
+        let ctx = Registry::context(loaded, &t.actor, spec, 0)?;
+        Ok(Some((learner, ctx, t)))
+    }
+
     /// `(kind, role it plays or None for any, description)` of every registered kind.
     pub fn kinds(&self) -> impl Iterator<Item = (&str, Option<Role>, &str)> {
         self.kinds
@@ -289,6 +418,18 @@ impl Registry {
             .collect::<Vec<_>>()
             .join(", ")
     }
+}
+
+/// A learner's problem at its place in the flow.
+fn located(loaded: &LoadedFlow, actor: &str, p: LearnerProblem) -> FlowError {
+    let (key, message) = match p {
+        LearnerProblem::Settings(k, m) if k.is_empty() => (format!("actors.{actor}.settings"), m),
+        LearnerProblem::Settings(k, m) => (format!("actors.{actor}.settings.{k}"), m),
+        LearnerProblem::Train(k, m) if k.is_empty() => ("train".to_string(), m),
+        LearnerProblem::Train(k, m) => (format!("train.{k}"), m),
+        LearnerProblem::Other(m) => (format!("actors.{actor}"), m),
+    };
+    loaded.error_at(&key, message)
 }
 
 fn toml_to_json(text: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
