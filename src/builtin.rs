@@ -81,7 +81,9 @@ pub fn builtin_registry() -> Registry {
         "any role, played by a child process speaking rlrig's line-delimited JSON protocol over stdio",
         |c: &ExternalConfig| if c.command.is_empty() { Err("`command` must name a program".into()) } else { Ok(()) },
         |c, ctx| {
-            let mut c = c;
+            // Paths in a flow are relative to the flow file: the program (when it is a path)
+            // and `cwd`; the process still runs in rlrig's working directory by default.
+            let mut c = c.relative_to(&ctx.base_dir);
             if c.cwd.is_none() {
                 c.cwd = Some(std::env::current_dir().map_err(|e| e.to_string())?);
             }

@@ -223,8 +223,8 @@ impl ExternalActor {
             }
         };
         process.kill();
+        // Not logged here: the error goes to the caller (the engine logs it once).
         let e = failed(kind);
-        tracing::warn!("{e}");
         self.state = State::Dead(e.clone());
         Err(e)
     }
@@ -449,6 +449,7 @@ impl Process {
         let mut child = command.spawn().map_err(|e| ExternalErrorKind::Spawn {
             program: program.clone(),
             reason: match e.kind() {
+                io::ErrorKind::NotFound if program.contains('/') => "no such file".into(),
                 io::ErrorKind::NotFound => "not found (is it installed and on the PATH?)".into(),
                 io::ErrorKind::PermissionDenied => "permission denied (is it executable?)".into(),
                 _ => e.to_string(),
@@ -637,7 +638,9 @@ fn spawn_stderr_reader(name: &str, stderr: impl Read + Send + 'static) -> io::Re
             let mut buf = Vec::new();
             while matches!(reader.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
                 let line = String::from_utf8_lossy(trim_newline(&buf)).into_owned();
-                tracing::warn!(target: "rlrig_external::stderr", actor = %name, "{line}");
+                // What a healthy process says goes to INFO; when the process dies, its last
+                // lines are quoted in the error.
+                tracing::info!(target: "rlrig_external::stderr", actor = %name, "{line}");
                 if let Ok(mut tail) = keep.lock() {
                     if tail.len() == STDERR_TAIL {
                         tail.pop_front();

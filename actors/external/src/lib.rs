@@ -11,7 +11,8 @@
 //! Every failure names the actor and its command. A process that crashes, hangs past its
 //! timeout or breaks the protocol is killed and the actor stays dead: later calls fail at once,
 //! and the engine replaces it by spawning a new one. The child's stderr is forwarded line by
-//! line to the `tracing` target `rlrig_external::stderr` (level WARN).
+//! line to the `tracing` target `rlrig_external::stderr` at level INFO; a process that dies
+//! has its last lines quoted in the error instead.
 //!
 //! `examples/external_checker.py` at the repository root is a Checker written in Python with
 //! the standard library only.
@@ -19,7 +20,7 @@
 #![warn(missing_docs)]
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -39,7 +40,8 @@ pub use error::{ExternalError, ExternalErrorKind};
 #[serde(deny_unknown_fields)]
 pub struct ExternalConfig {
     /// The program and its arguments, e.g. `["python3", "checker.py"]`. The program is looked
-    /// up on the `PATH` unless it contains a `/`.
+    /// up on the `PATH` unless it contains a `/`; in a flow, such a relative program path is
+    /// relative to the flow file's directory ([`ExternalConfig::relative_to`]).
     pub command: Vec<String>,
     /// How long the process may take to answer one batch, in milliseconds (default 30 000).
     #[serde(default = "default_timeout_ms")]
@@ -48,7 +50,8 @@ pub struct ExternalConfig {
     /// (default 60 000, room for loading a model).
     #[serde(default = "default_startup_timeout_ms")]
     pub startup_timeout_ms: u64,
-    /// Working directory of the process; rlrig's own when absent.
+    /// Working directory of the process; rlrig's own when absent. In a flow, a relative one is
+    /// relative to the flow file's directory ([`ExternalConfig::relative_to`]).
     #[serde(default)]
     pub cwd: Option<PathBuf>,
     /// Variables added to the environment the process inherits from rlrig.
@@ -80,6 +83,38 @@ impl ExternalConfig {
             env: BTreeMap::new(),
         }
     }
+
+    /// The config with its relative paths resolved against `base_dir`, the directory of the
+    /// flow file that gave it: the program when it is a path (contains a `/`; a bare name such
+    /// as `python3` is still looked up on the `PATH`) and `cwd`. Resolved paths are absolute
+    /// (a relative `base_dir` is taken from rlrig's working directory), so the program does not
+    /// depend on the process's own working directory. The arguments are passed as they are:
+    /// the program reads them relative to its working directory.
+    pub fn relative_to(mut self, base_dir: &Path) -> ExternalConfig {
+        let base = if base_dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            base_dir
+        };
+        let resolve = |p: &Path| {
+            let joined = base.join(p);
+            std::path::absolute(&joined).unwrap_or(joined)
+        };
+        if let Some(program) = self.command.first_mut()
+            && program.contains('/')
+            && Path::new(program.as_str()).is_relative()
+        {
+            *program = resolve(Path::new(program.as_str()))
+                .to_string_lossy()
+                .into_owned();
+        }
+        if let Some(cwd) = &mut self.cwd
+            && cwd.is_relative()
+        {
+            *cwd = resolve(cwd);
+        }
+        self
+    }
 }
 
 #[cfg(test)]
@@ -110,5 +145,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing field `command`"), "{e}");
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_flow_directory() {
+        let here = std::env::current_dir().unwrap();
+        let mut c = ExternalConfig::new(["./bin/checker", "data/x.json"]);
+        c.cwd = Some(PathBuf::from("work"));
+        let r = c.relative_to(Path::new("flows"));
+        assert_eq!(
+            r.command,
+            [
+                here.join("flows/bin/checker").to_string_lossy().as_ref(),
+                // arguments are the program's business
+                "data/x.json"
+            ]
+        );
+        assert_eq!(r.cwd, Some(here.join("flows/work")));
+
+        // A bare name stays a PATH lookup; absolute paths stay; a flow file without a
+        // directory part resolves against the working directory.
+        let r = ExternalConfig::new(["python3", "checker.py"]).relative_to(Path::new("/flows"));
+        assert_eq!(r.command, ["python3", "checker.py"]);
+        let r = ExternalConfig::new(["/usr/bin/env", "python3"]).relative_to(Path::new("/f"));
+        assert_eq!(r.command[0], "/usr/bin/env");
+        let r = ExternalConfig::new(["bin/x"]).relative_to(Path::new(""));
+        assert_eq!(r.command[0], here.join("bin/x").to_string_lossy());
+        assert_eq!(r.cwd, None);
     }
 }

@@ -1,0 +1,398 @@
+//! The command line's reliability, through the real binary: paths in a flow are relative to the
+//! flow file, a start that fails leaves no run directory behind, each failure is logged once
+//! and retries are counted, `rlrig validate` lists every problem and takes a run directory,
+//! and `metrics.json` names its keys as `eval.json` does.
+//!
+//! `RLRIG_BLESS=1 cargo test --test cli_reliability` rewrites the `.expected` files of
+//! `tests/flows/invalid/all/` after a deliberate change of wording — review the diff.
+
+mod common;
+use common::{rlrig, root, text};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn metrics(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap()
+}
+
+/// `rlrig ARGS…` run from `cwd`, with `RUST_LOG` as given (unset: the default filter).
+fn rlrig_in(cwd: &Path, args: &[&str], rust_log: Option<&str>) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rlrig"));
+    c.args(args).current_dir(cwd).env_remove("RUST_LOG");
+    if let Some(filter) = rust_log {
+        c.env("RUST_LOG", filter);
+    }
+    c.output().expect("runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn example_flow() -> PathBuf {
+    root().join("examples/external-checker.toml")
+}
+
+#[test]
+fn the_external_example_runs_from_any_working_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let flow = example_flow();
+    let o = rlrig_in(
+        &elsewhere,
+        &["run", flow.to_str().unwrap(), "--set", "prompts.count=3"],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // The run directory is relative to the working directory, as always.
+    assert_eq!(metrics(&elsewhere.join("runs/external-checker"))["done"], 3);
+}
+
+#[test]
+fn a_relative_cwd_and_program_path_resolve_against_the_flow_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A flow in its own directory with its checker beside it, run from the repository root.
+    let flows = tmp.path().join("my/flows");
+    std::fs::create_dir_all(flows.join("bin")).unwrap();
+    std::fs::copy(
+        root().join("examples/external_checker.py"),
+        flows.join("bin/checker.py"),
+    )
+    .unwrap();
+    let flow = std::fs::read_to_string(example_flow()).unwrap().replace(
+        r#"command = ["./external_checker.py"]"#,
+        // `python3` is looked up on the PATH; `cwd` is the flow's `bin/`, where the
+        // program finds its argument.
+        r#"command = ["python3", "checker.py"], cwd = "bin""#,
+    );
+    assert!(flow.contains(r#"cwd = "bin""#));
+    std::fs::write(flows.join("flow.toml"), flow).unwrap();
+    let run_dir = format!("run_dir={}", tmp.path().join("runs").display());
+    let flow_path = flows.join("flow.toml");
+    let o = rlrig(&[
+        "run",
+        flow_path.to_str().unwrap(),
+        "--set",
+        "prompts.count=2",
+        "--set",
+        &run_dir,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(
+        metrics(&tmp.path().join("runs/external-checker"))["done"],
+        2
+    );
+}
+
+#[test]
+fn a_failed_start_leaves_no_run_directory_and_the_rerun_needs_no_overwrite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = format!("run_dir={}", tmp.path().display());
+    let dir = tmp.path().join("external-checker");
+    let flow = example_flow();
+    let flow = flow.to_str().unwrap();
+    let broken = rlrig(&[
+        "run",
+        flow,
+        "--set",
+        "prompts.count=2",
+        "--set",
+        &run_dir,
+        "--set",
+        r#"actors.checker.settings.command=["./no-such-checker.py"]"#,
+    ]);
+    assert_eq!(broken.status.code(), Some(1), "{}", text(&broken));
+    let err = stderr(&broken);
+    // The program is a path: it was looked for beside the flow file.
+    let expected = root().join("examples/no-such-checker.py");
+    assert!(
+        err.contains(&format!(
+            "cannot start \"{}\": no such file",
+            expected.display()
+        )),
+        "{err}"
+    );
+    assert!(!dir.exists(), "the failed start left {}", dir.display());
+
+    // The corrected rerun, without --overwrite.
+    let fixed = rlrig(&["run", flow, "--set", "prompts.count=2", "--set", &run_dir]);
+    assert_eq!(fixed.status.code(), Some(0), "{}", text(&fixed));
+    assert_eq!(metrics(&dir)["done"], 2);
+
+    // A failed start with --overwrite leaves the earlier run as it was.
+    let before = std::fs::read(dir.join("metrics.json")).unwrap();
+    let broken = rlrig(&[
+        "run",
+        flow,
+        "--set",
+        "prompts.count=3",
+        "--set",
+        &run_dir,
+        "--overwrite",
+        "--set",
+        r#"actors.checker.settings.command=["rlrig-no-such-program"]"#,
+    ]);
+    assert_eq!(broken.status.code(), Some(1), "{}", text(&broken));
+    assert!(
+        stderr(&broken).contains("is it installed and on the PATH?"),
+        "{}",
+        text(&broken)
+    );
+    assert_eq!(std::fs::read(dir.join("metrics.json")).unwrap(), before);
+}
+
+/// A checker that crashes on its first batch once (the marker file remembers), writing a line
+/// of stderr as it starts each time; its restart is examples/external_checker.py.
+const FLAKY: &str = r#"import os, sys
+marker, checker = sys.argv[1], sys.argv[2]
+print("flaky checker: loading", file=sys.stderr, flush=True)
+if not os.path.exists(marker):
+    open(marker, "w").close()
+    print('{"protocol": "rlrig-actor/1", "role": "checker"}', flush=True)
+    sys.stdin.readline()
+    print("flaky checker: crashing on purpose", file=sys.stderr, flush=True)
+    sys.exit(7)
+os.execvp(sys.executable, [sys.executable, checker])
+"#;
+
+fn run_flaky(tmp: &Path, rust_log: Option<&str>) -> Output {
+    let script = tmp.join("flaky.py");
+    std::fs::write(&script, FLAKY).unwrap();
+    let command = serde_json::json!([
+        "python3",
+        script,
+        tmp.join("crashed"),
+        root().join("examples/external_checker.py")
+    ]);
+    let flow = example_flow();
+    rlrig_in(
+        root(),
+        &[
+            "run",
+            flow.to_str().unwrap(),
+            "--set",
+            "prompts.count=4",
+            "--set",
+            "actors.checker.batch=1",
+            "--set",
+            &format!("actors.checker.settings.command={command}"),
+            "--set",
+            &format!("run_dir={}", tmp.join("runs").display()),
+        ],
+        rust_log,
+    )
+}
+
+#[test]
+fn a_failure_is_logged_once_retries_are_counted_and_child_stderr_is_no_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = run_flaky(tmp.path(), None);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let err = stderr(&o);
+    // The crash, logged once (the engine's log line, which quotes the child's stderr).
+    assert_eq!(err.matches("exit status: 7").count(), 1, "{err}");
+    assert_eq!(err.matches("crashing on purpose").count(), 1, "{err}");
+    // What a child writes to stderr is not a warning: not logged by default (the crashed
+    // process's lines are quoted in its error, the restarted one's are not shown).
+    assert!(!err.contains("rlrig_external::stderr"), "{err}");
+    assert_eq!(err.matches("flaky checker: loading").count(), 1, "{err}");
+
+    // Every trajectory done, after one retry and one restart, counted.
+    let m = metrics(&tmp.path().join("runs/external-checker"));
+    assert_eq!(
+        (&m["done"], &m["failed"], &m["retries"], &m["restarts"]),
+        (
+            &serde_json::json!(4),
+            &serde_json::json!(0),
+            &serde_json::json!(1),
+            &serde_json::json!(1)
+        ),
+        "{m}"
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("4 done, 0 failed") && out.contains("; 1 retry, 1 replica restart\n"),
+        "{out}"
+    );
+
+    // At INFO the child's stderr is there, each line once per process, at INFO.
+    let tmp = tempfile::tempdir().unwrap();
+    let o = run_flaky(tmp.path(), Some("warn,rlrig_external::stderr=info"));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let lines: Vec<&str> = std::str::from_utf8(&o.stderr)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("rlrig_external::stderr: flaky checker: loading"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", text(&o));
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("INFO") && !l.contains("WARN")),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn a_run_without_failures_counts_no_retries_and_says_nothing_of_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = rlrig(&[
+        "run",
+        "flows/infer-baseline.toml",
+        "--set",
+        "prompts.count=2",
+        "--set",
+        &format!("run_dir={}", tmp.path().display()),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let m = metrics(&tmp.path().join("infer-baseline"));
+    assert_eq!(
+        (&m["retries"], &m["restarts"]),
+        (&0.into(), &0.into()),
+        "{m}"
+    );
+    assert!(!text(&o).contains("retr"), "{}", text(&o));
+}
+
+/// The fixtures of `tests/flows/invalid/all/`: flows with several independent problems.
+fn all_problem_fixtures() -> Vec<PathBuf> {
+    let dir = root().join("tests/flows/invalid/all");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn validate_lists_every_problem_of_a_flow_in_one_call() {
+    let bless = std::env::var_os("RLRIG_BLESS").is_some();
+    let all = all_problem_fixtures();
+    assert!(all.len() >= 2);
+    let mut mismatches = Vec::new();
+    for f in all {
+        let rel = f.strip_prefix(root()).unwrap().to_str().unwrap().to_owned();
+        let o = rlrig(&["validate", &rel]);
+        assert_eq!(o.status.code(), Some(2), "{rel}: {}", text(&o));
+        let err = stderr(&o);
+        let got = err
+            .trim_end()
+            .strip_prefix("error: ")
+            .unwrap_or_else(|| panic!("{rel}: {err}"));
+        assert!(got.lines().count() >= 2, "{rel}: one problem only: {got}");
+        let expected_path = f.with_extension("expected");
+        if bless {
+            std::fs::write(&expected_path, format!("{got}\n")).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&expected_path)
+            .unwrap_or_else(|_| panic!("{rel} has no .expected file"));
+        if expected.trim_end() != got {
+            mismatches.push(format!("{rel}:\n  expected: {expected}\n  got:      {got}"));
+        }
+        // `rlrig run` refuses it too, before anything starts.
+        let tmp = tempfile::tempdir().unwrap();
+        let run = rlrig(&[
+            "run",
+            &rel,
+            "--set",
+            &format!("run_dir={}", tmp.path().display()),
+        ]);
+        assert_eq!(run.status.code(), Some(2), "{}", text(&run));
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
+
+#[test]
+fn validate_takes_a_run_directory_as_run_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = rlrig(&[
+        "run",
+        "flows/infer-baseline.toml",
+        "--set",
+        "prompts.count=2",
+        "--set",
+        &format!("run_dir={}", tmp.path().display()),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let dir = tmp.path().join("infer-baseline");
+    let v = rlrig(&["validate", dir.to_str().unwrap()]);
+    assert_eq!(v.status.code(), Some(0), "{}", text(&v));
+    let out = String::from_utf8_lossy(&v.stdout);
+    assert!(
+        out.starts_with(&format!(
+            "{}: ok — 4 actors",
+            dir.join("flow.toml").display()
+        )),
+        "{out}"
+    );
+    // With its overrides, as run takes them.
+    let v = rlrig(&[
+        "validate",
+        dir.to_str().unwrap(),
+        "--set",
+        "cycle.stop_score=2",
+    ]);
+    assert_eq!(v.status.code(), Some(2), "{}", text(&v));
+    assert!(
+        stderr(&v).contains("--set cycle.stop_score=2: `cycle.stop_score`"),
+        "{}",
+        text(&v)
+    );
+    // A directory that is no run directory is refused by both, in the same words.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let v = rlrig(&["validate", empty.to_str().unwrap()]);
+    let r = rlrig(&["run", empty.to_str().unwrap()]);
+    assert_eq!((v.status.code(), r.status.code()), (Some(2), Some(2)));
+    assert_eq!(stderr(&v), stderr(&r));
+}
+
+#[test]
+fn metrics_json_and_eval_json_name_the_final_answer_alike() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = rlrig(&[
+        "run",
+        "flows/infer-baseline.toml",
+        "--set",
+        "prompts.count=3",
+        "--set",
+        &format!("run_dir={}", tmp.path().display()),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let dir = tmp.path().join("infer-baseline");
+    let m = metrics(&dir);
+    let mut keys: Vec<&str> = m.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    let mut documented = [
+        "prompts",
+        "done",
+        "failed",
+        "interrupted",
+        "complete",
+        "retries",
+        "restarts",
+        "rounds",
+        "final",
+        "mean_rounds",
+        "seconds",
+    ];
+    documented.sort_unstable();
+    assert_eq!(keys, documented, "docs/cli.md lists these");
+    assert!(m["final"]["mean"]["sg_iou"].is_f64(), "{m}");
+
+    let e = rlrig(&["eval", dir.to_str().unwrap()]);
+    assert_eq!(e.status.code(), Some(0), "{}", text(&e));
+    let eval: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("eval.json")).unwrap()).unwrap();
+    assert!(eval["final"].is_object(), "{eval}");
+    // No file a user reads says `final_`.
+    for f in ["metrics.json", "eval.json", "scores.jsonl", "report.html"] {
+        let t = std::fs::read_to_string(dir.join(f)).unwrap();
+        assert!(!t.contains("final_"), "{f} says final_");
+    }
+}
