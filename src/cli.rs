@@ -235,6 +235,8 @@ fn run_any(
 }
 
 fn validate(registry: &Registry, flow: &std::path::Path, sets: &[String]) -> anyhow::Result<i32> {
+    // What `rlrig run` accepts: a flow file, or a run directory standing for its flow.toml.
+    let flow = &crate::run::flow_file(flow);
     let text = std::fs::read_to_string(flow)
         .map_err(|e| refused(anyhow::anyhow!("{}: {e}", flow.display())))?;
     if rlrig_flow::flow_kind(&text) == rlrig_flow::FlowKind::Pretrain {
@@ -243,8 +245,8 @@ fn validate(registry: &Registry, flow: &std::path::Path, sets: &[String]) -> any
         println!("{}: ok — {}", flow.display(), job.describe());
         return Ok(0);
     }
-    let loaded = rlrig_flow::load(flow, sets)?;
-    registry.check_flow(&loaded)?;
+    // Every problem at once: the flow's own and its actors' kinds and settings.
+    let loaded = crate::run::load_checked(registry, flow, sets)?;
     let c = &loaded.flow.cycle;
     let round = if c.max_rounds > 0 {
         format!(" | {} ×{}", c.round.join(" → "), c.max_rounds)

@@ -115,8 +115,14 @@ fn metrics_table(out: &mut String, m: &serde_json::Value) {
     for r in rounds {
         row(out, &r["round"].to_string(), r);
     }
-    if m["final_"].is_object() {
-        row(out, "final", &m["final_"]);
+    // `final_`: the key's name in runs written before it became `final`.
+    let fin = if m["final"].is_object() {
+        &m["final"]
+    } else {
+        &m["final_"]
+    };
+    if fin.is_object() {
+        row(out, "final", fin);
     }
     out.push_str("</table>");
 }

@@ -3,14 +3,16 @@
 //! The run directory holds `flow.toml` (the flow as run, overrides applied), `store/` (the
 //! sled trajectory store, every trajectory written atomically), `trajectories/<id>/` (each
 //! prompt's image chain as PNGs and `chain.json` with the reflections and edit prompts), and
-//! `metrics.json` (oracle metrics at round 0, each round and final, when the prompts are in the
-//! built-in world's vocabulary) with `scores.jsonl` (the same per trajectory, with its prompt,
-//! for paired comparisons of runs over the same prompts; a failed trajectory has a line with
-//! `"outcome": "failed"`, its error and no scores).
+//! `metrics.json` (counts, retries and restarts, oracle metrics at round 0, each round and
+//! `final` when the prompts are in the built-in world's vocabulary) with `scores.jsonl` (the
+//! same per trajectory, with its prompt, for paired comparisons of runs over the same prompts;
+//! a failed trajectory has a line with `"outcome": "failed"`, its error and no scores).
 //!
 //! [`run`] returns the metrics even when trajectories failed (the command line then exits with
 //! [`crate::outcome::exit::TRAJECTORIES_FAILED`]); an interrupted run is the error
-//! [`crate::outcome::Interrupted`].
+//! [`crate::outcome::Interrupted`]. The run directory is created only once every actor has
+//! started: a flow whose actors cannot start leaves nothing behind (and a run it would have
+//! overwritten as it was).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -70,9 +72,16 @@ pub struct RunMetrics {
     pub interrupted: bool,
     /// Whether every prompt's trajectory is done: started, and none failed.
     pub complete: bool,
+    /// Retries of the requests that made the recorded steps: the sum over every step of its
+    /// attempts less one (a failed trajectory counts the steps it recorded).
+    pub retries: u64,
+    /// Actor replicas restarted after a failure.
+    pub restarts: u64,
     /// Per round `r`: each completed trajectory's latest image at or before round `r`.
     pub rounds: Vec<RoundMetrics>,
-    /// Each completed trajectory's answer image.
+    /// Each completed trajectory's answer image (`final` in `metrics.json`, as in `eval.json`
+    /// and `scores.jsonl`).
+    #[serde(rename = "final")]
     pub final_: Option<MeanScores>,
     /// Mean number of rounds run after round 0.
     pub mean_rounds: f64,
@@ -143,8 +152,7 @@ pub fn run_with(
     opts: &RunOptions,
     reporting: Reporting,
 ) -> Result<(RunMetrics, PathBuf)> {
-    let loaded = rlrig_flow::load(&opts.flow, &opts.sets)?;
-    registry.check_flow(&loaded)?;
+    let loaded = load_checked(registry, &opts.flow, &opts.sets)?;
     let prompts = prompts_of(&loaded).map_err(crate::outcome::refused)?;
     let total = prompts.len();
     let judged = prompts
@@ -156,19 +164,33 @@ pub fn run_with(
         );
     }
     let dir = loaded.flow.run_dir.join(&loaded.flow.name);
-    prepare_run_dir(&dir, opts.overwrite)?;
-    std::fs::write(dir.join("flow.toml"), &loaded.text).context("writing flow.toml")?;
-    let store = if loaded.flow.store.trajectories {
-        Some(TrajectoryStore::open(&dir.join("store"))?)
-    } else {
-        None
-    };
-
+    // Refused before any actor starts; created only after they all did, so that a start that
+    // fails (a missing weights file, a program that is not there) leaves no directory behind
+    // to block the corrected rerun.
+    refuse_existing_run_dir(&dir, opts.overwrite)?;
+    let t0 = Instant::now();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let engine = runtime.block_on(Engine::start(&loaded, registry))?;
+    let opened = (|| -> Result<Option<TrajectoryStore>> {
+        prepare_run_dir(&dir, opts.overwrite)?;
+        std::fs::write(dir.join("flow.toml"), &loaded.text).context("writing flow.toml")?;
+        Ok(if loaded.flow.store.trajectories {
+            Some(TrajectoryStore::open(&dir.join("store"))?)
+        } else {
+            None
+        })
+    })();
+    let store = match opened {
+        Ok(store) => store,
+        Err(e) => {
+            runtime.block_on(engine.shutdown());
+            return Err(e);
+        }
+    };
     let (metrics, summary) =
-        runtime.block_on(drive(registry, &loaded, prompts, judged, store, &dir))?;
+        runtime.block_on(drive(engine, &loaded, prompts, judged, store, &dir, t0))?;
     std::fs::write(
         dir.join("metrics.json"),
         serde_json::to_string_pretty(&metrics)? + "\n",
@@ -194,29 +216,78 @@ pub fn run_with(
     Ok((metrics, dir))
 }
 
-pub(crate) fn prepare_run_dir(dir: &Path, overwrite: bool) -> Result<()> {
-    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
-        if !overwrite {
-            return Err(crate::outcome::refused(anyhow::anyhow!(
-                "run directory {} already exists; pick another name (--set name=...) or pass --overwrite to replace it",
-                dir.display()
-            )));
+/// A flow file, or the `flow.toml` of a run directory given instead (`rlrig run runs/train
+/// --resume`, `rlrig validate runs/infer`): the flow it ran.
+pub(crate) fn flow_file(path: &Path) -> PathBuf {
+    if path.is_dir() && path.join("flow.toml").is_file() {
+        path.join("flow.toml")
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// Loads a cycle flow and checks it against the registry, reporting every problem found at
+/// once: the flow's own (names, references, cycle order, values) and its actors' (kinds,
+/// settings). A flow that does not parse (TOML syntax, unknown keys, wrong types) stops at
+/// its first such problem, since what follows it cannot be read.
+pub fn load_checked(registry: &Registry, path: &Path, sets: &[String]) -> Result<LoadedFlow> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        rlrig_flow::FlowError::from(rlrig_flow::FlowProblem {
+            location: path.display().to_string(),
+            key: String::new(),
+            message: format!("cannot read the flow file: {e}"),
+        })
+    })?;
+    let (loaded, mut problems) = rlrig_flow::parse_str(path, &text, sets)?;
+    if let Err(e) = registry.check_flow(&loaded) {
+        for p in e.problems {
+            if !problems.contains(&p) {
+                problems.push(p);
+            }
         }
+    }
+    if problems.is_empty() {
+        return Ok(loaded);
+    }
+    // In file order (`--set` values, which have no line, first); stable, so problems at one
+    // place keep the order they were found in.
+    problems.sort_by_key(|p| {
+        let mut parts = p.location.rsplitn(3, ':');
+        let column = parts.next().and_then(|c| c.parse::<usize>().ok());
+        let line = parts.next().and_then(|l| l.parse::<usize>().ok());
+        line.zip(column)
+    });
+    Err(rlrig_flow::FlowError { problems }.into())
+}
+
+/// Refuses an existing, non-empty run directory unless `overwrite`; changes nothing.
+pub(crate) fn refuse_existing_run_dir(dir: &Path, overwrite: bool) -> Result<()> {
+    if !overwrite && dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        return Err(crate::outcome::refused(anyhow::anyhow!(
+            "run directory {} already exists; pick another name (--set name=...) or pass --overwrite to replace it",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn prepare_run_dir(dir: &Path, overwrite: bool) -> Result<()> {
+    refuse_existing_run_dir(dir, overwrite)?;
+    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
         std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
 }
 
 async fn drive(
-    registry: &Registry,
+    engine: Engine,
     loaded: &LoadedFlow,
     prompts: Vec<(u64, SceneGraph)>,
     judged: bool,
     store: Option<TrajectoryStore>,
     dir: &Path,
+    t0: Instant,
 ) -> Result<(RunMetrics, RunSummary)> {
-    let t0 = Instant::now();
-    let engine = Engine::start(loaded, registry).await?;
     let (stop_tx, stop_rx) = watch::channel(StopSignal::Run);
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -265,13 +336,9 @@ async fn drive(
         std::fs::write(dir.join("scores.jsonl"), text).context("writing scores.jsonl")?;
     }
     progress.finish();
-    if restarts > 0 {
-        eprintln!("{restarts} actor replica restart(s) after failures; see the log");
-    }
-    Ok((
-        collector.metrics(total as usize, summary.all_started, t0.elapsed()),
-        summary,
-    ))
+    let mut metrics = collector.metrics(total as usize, summary.all_started, t0.elapsed());
+    metrics.restarts = restarts as u64;
+    Ok((metrics, summary))
 }
 
 /// Gathers per-round oracle scores as trajectories arrive.
@@ -283,6 +350,8 @@ struct Collector {
     done: usize,
     failed: usize,
     rounds_run: u64,
+    /// Retries of the recorded steps (attempts less one, summed).
+    retries: u64,
     /// One line per judged trajectory for `scores.jsonl`.
     lines: Vec<serde_json::Value>,
 }
@@ -297,11 +366,17 @@ impl Collector {
             done: 0,
             failed: 0,
             rounds_run: 0,
+            retries: 0,
             lines: Vec::new(),
         }
     }
 
     fn add(&mut self, t: &Trajectory) {
+        self.retries += t
+            .steps
+            .iter()
+            .map(|s| u64::from(s.attempts.saturating_sub(1)))
+            .sum::<u64>();
         if let Outcome::Failed { error } = &t.outcome {
             self.failed += 1;
             if self.judged {
@@ -354,6 +429,8 @@ impl Collector {
             failed: self.failed,
             interrupted: !all_started,
             complete: all_started && self.failed == 0 && self.done == prompts,
+            retries: self.retries,
+            restarts: 0,
             rounds: if self.judged {
                 self.rounds
                     .iter()
@@ -485,7 +562,7 @@ impl Progress {
 /// The run's summary line and, when judged, its metrics table.
 fn print_table(out: &mut String, m: &RunMetrics, dir: &Path) {
     use std::fmt::Write as _;
-    let _ = writeln!(
+    let _ = write!(
         out,
         "run {}: {} done, {} failed, {:.1} s",
         dir.display(),
@@ -493,6 +570,19 @@ fn print_table(out: &mut String, m: &RunMetrics, dir: &Path) {
         m.failed,
         m.seconds
     );
+    if m.retries > 0 || m.restarts > 0 {
+        let plural =
+            |n: u64, one: &'static str, many: &'static str| if n == 1 { one } else { many };
+        let _ = write!(
+            out,
+            "; {} {}, {} replica {}",
+            m.retries,
+            plural(m.retries, "retry", "retries"),
+            m.restarts,
+            plural(m.restarts, "restart", "restarts")
+        );
+    }
+    let _ = writeln!(out);
     if m.rounds.is_empty() {
         return;
     }

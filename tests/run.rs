@@ -60,10 +60,10 @@ fn infer_flow_writes_the_run_directory_store_and_metrics() {
     assert_eq!(m["done"], 30);
     assert_eq!(m["rounds"].as_array().unwrap().len(), 4);
     let r0 = m["rounds"][0]["mean"]["sg_iou"].as_f64().unwrap();
-    let fin = m["final_"]["mean"]["sg_iou"].as_f64().unwrap();
+    let fin = m["final"]["mean"]["sg_iou"].as_f64().unwrap();
     assert!(fin > r0, "final SG-IoU {fin} must beat round 0 {r0}");
     let a0 = m["rounds"][0]["relation_accuracy"].as_f64().unwrap();
-    let af = m["final_"]["relation_accuracy"].as_f64().unwrap();
+    let af = m["final"]["relation_accuracy"].as_f64().unwrap();
     assert!(af > a0 + 0.1, "relation accuracy {a0} → {af}");
 
     // The store: every trajectory, complete, with its images.

@@ -31,7 +31,7 @@ mod validate;
 pub use cluster::{ClusterSettings, LOCAL, NodeSpec, Placement, used_nodes};
 pub use load::{
     Checked, FlowError, FlowKind, FlowProblem, Loaded, LoadedFlow, did_you_mean, flow_kind, load,
-    load_as, load_str, settings_into,
+    load_as, load_str, parse_as, parse_str, settings_into,
 };
 pub use pretrain::{PretrainFlow, PretrainModel, PretrainSettings};
 pub use train::TrainSettings;

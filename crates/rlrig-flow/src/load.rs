@@ -132,6 +132,32 @@ pub fn load_as<T: DeserializeOwned + Checked>(
     text: &str,
     overrides: &[String],
 ) -> Result<Loaded<T>, FlowError> {
+    let (loaded, problems) = parse_as(path, text, overrides)?;
+    if problems.is_empty() {
+        Ok(loaded)
+    } else {
+        Err(FlowError { problems })
+    }
+}
+
+/// A cycle flow parsed but not refused for its problems: the flow and every problem its checks
+/// found, for a caller that adds its own (`rlrig validate` adds the actor kinds') and reports
+/// them all at once. Fails only when the flow cannot be read into its types (TOML syntax,
+/// unknown keys, wrong types): parsing stops at the first such problem.
+pub fn parse_str(
+    path: &Path,
+    text: &str,
+    overrides: &[String],
+) -> Result<(LoadedFlow, Vec<FlowProblem>), FlowError> {
+    parse_as(path, text, overrides)
+}
+
+/// [`parse_str`] for any flow format `T`.
+pub fn parse_as<T: DeserializeOwned + Checked>(
+    path: &Path,
+    text: &str,
+    overrides: &[String],
+) -> Result<(Loaded<T>, Vec<FlowProblem>), FlowError> {
     let (text, overrides) = apply_overrides(path, text, overrides)?;
     let de = toml::de::Deserializer::parse(&text)
         .map_err(|e| toml_problem(path, &text, &overrides, String::new(), &e))?;
@@ -150,11 +176,7 @@ pub fn load_as<T: DeserializeOwned + Checked>(
         overrides,
     };
     let problems = T::check(&loaded);
-    if problems.is_empty() {
-        Ok(loaded)
-    } else {
-        Err(FlowError { problems })
-    }
+    Ok((loaded, problems))
 }
 
 /// Turns a TOML or serde error into a located problem, with a did-you-mean for unknown keys.
