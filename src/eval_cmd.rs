@@ -29,6 +29,7 @@ use rlrig_world::WorldGraph;
 
 use crate::compare_cmd::bootstrap_ci;
 use crate::outcome::{exit, refused};
+use crate::overrides::set_string;
 use crate::run::{Reporting, RunOptions};
 
 /// Options of `rlrig eval`.
@@ -176,8 +177,8 @@ fn run_flow(
         )));
     }
     let mut sets = args.sets.clone();
-    sets.push("prompts.source=\"file\"".into());
-    sets.push(format!("prompts.path={:?}", prompts.display().to_string()));
+    sets.push(set_string("prompts.source", "file"));
+    sets.push(set_string("prompts.path", &prompts.display().to_string()));
     sets.push(format!("prompts.count={}", records.len()));
     let (metrics, dir) = crate::run::run_with(
         registry,

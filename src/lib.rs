@@ -22,6 +22,7 @@ mod compare_cmd;
 mod eval_cmd;
 mod node_cmd;
 pub mod outcome;
+mod overrides;
 mod plot;
 pub mod pretrain_cmd;
 mod quality_cmd;

@@ -31,6 +31,7 @@ use rlrig_store::TrajectoryStore;
 use rlrig_train::{TrainSummary, Trainer, TrainerArgs, TrainerConfig, TrainerMsg};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::overrides::set_string;
 use crate::run::{RunOptions, prompts_of, write_chain};
 
 /// The file the trained weights are written to in the run directory, after the trained actor's
@@ -300,6 +301,36 @@ pub(crate) fn write_weights(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
+/// The overrides that turn the flow (without `[train]`) into the evaluation of one version:
+/// `eval_prompts` held-out world prompts from `eval_seed`, the version's weights for the trained
+/// actor, the run under `<eval_dir>/v<version>/`, no stored trajectories.
+fn eval_sets(
+    t: &TrainSettings,
+    role: rlrig_contract::Role,
+    version: u64,
+    eval_dir: &Path,
+    weights: &Path,
+) -> Vec<String> {
+    let actor = &t.actor;
+    let mut sets = vec![
+        set_string("name", &format!("v{version}")),
+        set_string("run_dir", &eval_dir.display().to_string()),
+        set_string("prompts.source", "world"),
+        format!("prompts.seed={}", t.eval_seed),
+        format!("prompts.count={}", t.eval_prompts),
+        set_string(
+            &format!("actors.{actor}.settings.weights"),
+            &weights.display().to_string(),
+        ),
+        "store.trajectories=false".to_string(),
+    ];
+    if role == rlrig_contract::Role::Policy {
+        // The Policy decodes greedily at inference; the Editor's plain edits are the ODE's.
+        sets.push(format!("actors.{actor}.settings.greedy=true"));
+    }
+    sets
+}
+
 /// Evaluates the versions sent by the trainer, one after the other, on held-out prompts: the
 /// flow's cycle without `[train]` with that version's weights (the Policy greedy; the Editor
 /// with its ODE sampler), judged by the oracle. Each evaluation is a run under `<run>/eval/v<version>/`; `eval.jsonl` gets a line
@@ -328,25 +359,11 @@ fn evaluate_versions(
         let role = loaded.flow.actors[&t.actor].role;
         let weights = eval_dir.join(format!("{}-v{}.safetensors", role.name(), u.version));
         write_weights(&weights, &u.weights)?;
-        let actor = &t.actor;
-        let mut sets = vec![
-            format!("name=v{}", u.version),
-            format!("run_dir={}", eval_dir.display()),
-            "prompts.source=\"world\"".to_string(),
-            format!("prompts.seed={}", t.eval_seed),
-            format!("prompts.count={}", t.eval_prompts),
-            format!("actors.{actor}.settings.weights=\"{}\"", weights.display()),
-            "store.trajectories=false".to_string(),
-        ];
-        if role == rlrig_contract::Role::Policy {
-            // The Policy decodes greedily at inference; the Editor's plain edits are the ODE's.
-            sets.push(format!("actors.{actor}.settings.greedy=true"));
-        }
         let (metrics, _) = crate::run::run(
             registry,
             &RunOptions {
                 flow: flow.clone(),
-                sets,
+                sets: eval_sets(t, role, u.version, &eval_dir, &weights),
                 overwrite: true,
             },
         )
@@ -365,4 +382,34 @@ fn evaluate_versions(
         writeln!(f, "{line}")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A weights path (and run directory) holding a quote and a backslash reaches the
+    /// evaluation flow as it is.
+    #[test]
+    fn an_evaluation_gets_its_weights_path_exactly() {
+        let flow = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flows/valid/train-tiny.toml");
+        let t = rlrig_flow::load(&flow, &[]).unwrap().flow.train.unwrap();
+        let dir = Path::new(r#"runs/say "hi"\there"#).join("eval");
+        let weights = dir.join(r#"policy "v3"\x.safetensors"#);
+        let sets = eval_sets(&t, rlrig_contract::Role::Policy, 3, &dir, &weights);
+        let text = rlrig_flow::without_table(&std::fs::read_to_string(&flow).unwrap(), "train");
+        let loaded =
+            rlrig_flow::load_str(&flow, &text.unwrap(), &sets).unwrap_or_else(|e| panic!("{e}"));
+        let actor = &loaded.flow.actors[&t.actor];
+        assert_eq!(
+            actor.settings.get("weights"),
+            Some(&serde_json::json!(weights.display().to_string()))
+        );
+        assert_eq!(actor.settings.get("greedy"), Some(&serde_json::json!(true)));
+        assert_eq!(
+            (loaded.flow.run_dir.as_path(), loaded.flow.name.as_str()),
+            (dir.as_path(), "v3")
+        );
+        assert_eq!(loaded.flow.prompts.count, Some(t.eval_prompts));
+    }
 }
