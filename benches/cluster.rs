@@ -143,6 +143,7 @@ fn messages(t: &Trajectory) -> Vec<(Request, Response)> {
                     None => Request::Generate(GenerateRequest {
                         prompt: t.prompt.clone(),
                         seed: t.seed,
+                        explore: false,
                     }),
                     Some(prev) => Request::Edit(EditRequest {
                         image: prev.clone(),

@@ -153,6 +153,7 @@ fn sequential(
             .generate(&[GenerateRequest {
                 prompt: prompt.clone(),
                 seed: step_seed(k),
+                explore: false,
             }])
             .unwrap()
             .remove(0);

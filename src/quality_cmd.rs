@@ -88,6 +88,7 @@ pub fn run(args: QualityArgs) -> Result<i32> {
                 .map(|i| GenerateRequest {
                     prompt: sample(&canvas, EVAL_SEED, i).graph,
                     seed: i,
+                    explore: false,
                 })
                 .collect();
             let mut generated = Vec::new();

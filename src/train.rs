@@ -1,19 +1,21 @@
-//! `rlrig run` of a flow with a `[train]` table: Reflection-GRPO phase 1 (the Policy learns)
-//! or phase 2 (the Editor learns, Flow-GRPO); every other actor is frozen.
+//! `rlrig run` of a flow with a `[train]` table: Reflection-GRPO phase 1 (the Policy learns),
+//! phase 2 (the Editor learns, Flow-GRPO) or Flow-GRPO on the Diffuser; every other actor is
+//! frozen.
 //!
 //! The learner comes from the registry: the trained actor's kind registers it
 //! ([`Registry::add_learner`]), so this module knows no model.
 //!
 //! The engine runs the cycle over the flow's prompts with the trained role sampling
-//! `num_generations` ways per round (edit prompts, or the Editor's SDE edits of one edit
-//! prompt); every finished trajectory is committed to the run's store, and the trainer actor
+//! `num_generations` ways per round (edit prompts, the Editor's SDE edits of one edit
+//! prompt, or the Diffuser's SDE images of the prompt in round 0); every finished trajectory is committed to the run's store, and the trainer actor
 //! (crate `rlrig-train`) is told. The trainer reads the store on its own schedule, steps the
 //! learner and sends each new version of the weights to the trained actor's replicas. The run ends when the trainer has taken `train.steps`
 //! steps (the trajectories still in flight are cancelled and recorded as such).
 //!
 //! The run directory holds, besides what every run writes: `metrics.jsonl` (one line per
 //! learner step), `metrics.svg` (reward, KL, clip fraction), `checkpoint/` (learner weights,
-//! optimiser, version, store cursor), `policy.safetensors` or `editor.safetensors` (the trained
+//! optimiser, version, store cursor), `policy.safetensors`, `editor.safetensors` or
+//! `diffuser.safetensors` (the trained
 //! weights, loadable by the trained actor's kind) and `train.json` (the summary). `--resume` continues a run exactly where its
 //! checkpoint left it: prompts already committed are not run again, the trainer reads on from
 //! its cursor.
@@ -35,15 +37,16 @@ use crate::overrides::set_string;
 use crate::run::{RunOptions, prompts_of, write_chain};
 
 /// The file the trained weights are written to in the run directory, after the trained actor's
-/// role: `policy.safetensors` (phase 1) or `editor.safetensors` (phase 2).
+/// role: `policy.safetensors` (phase 1), `editor.safetensors` (phase 2) or
+/// `diffuser.safetensors`.
 pub fn weights_file(loaded: &LoadedFlow, t: &TrainSettings) -> String {
     format!("{}.safetensors", loaded.flow.actors[&t.actor].role.name())
 }
 
 /// The learner for a flow: the one the trained actor's kind registered, from the actor's
 /// starting weights on `[train]`'s device, with GRPO's settings from `[train]` — for the
-/// built-in kinds the Policy's GRPO learner (phase 1) or the Editor's Flow-GRPO learner
-/// (phase 2). A flow the learner refuses is a located [`rlrig_flow::FlowError`].
+/// built-in kinds the Policy's GRPO learner (phase 1) or the Editor's or Diffuser's Flow-GRPO
+/// learner. A flow the learner refuses is a located [`rlrig_flow::FlowError`].
 pub fn learner_for(registry: &Registry, loaded: &LoadedFlow) -> Result<Box<dyn GrpoLearner>> {
     registry.learner(loaded).map_err(|e| match e {
         LearnerError::Flow(e) => e.into(),
@@ -171,7 +174,7 @@ async fn drive(
     let engine = Engine::start(loaded, registry).await?;
     let updater = engine
         .weights_updater(&t.actor)
-        .context("the trained policy is not running")?;
+        .context("the trained actor is not running")?;
     let latest: Arc<Mutex<Option<WeightsUpdate>>> = Arc::default();
     let publish = {
         let (latest, eval, every) = (latest.clone(), eval.clone(), t.eval_every);
@@ -266,7 +269,7 @@ async fn drive(
         }
     }
     // Every trajectory reaches the store before the trainer is told that no more will come,
-    // and the trainer finishes (publishing to the Policy actors) before the engine stops.
+    // and the trainer finishes (publishing to the trained actor's replicas) before the engine stops.
     let committed = consumer.await??;
     let result = match result {
         Some(r) => r,
@@ -333,7 +336,7 @@ fn eval_sets(
 
 /// Evaluates the versions sent by the trainer, one after the other, on held-out prompts: the
 /// flow's cycle without `[train]` with that version's weights (the Policy greedy; the Editor
-/// with its ODE sampler), judged by the oracle. Each evaluation is a run under `<run>/eval/v<version>/`; `eval.jsonl` gets a line
+/// and the Diffuser with their ODE samplers), judged by the oracle. Each evaluation is a run under `<run>/eval/v<version>/`; `eval.jsonl` gets a line
 /// per version (final and per-round means).
 fn evaluate_versions(
     registry: &Registry,

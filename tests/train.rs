@@ -391,9 +391,13 @@ fn phase_two_trains_the_editor_from_stored_denoising_chains() {
         for g in t.grpo_groups(&rlrig_contract::Reward::default()).unwrap() {
             groups += 1;
             assert_eq!(g.samples.len(), 4);
-            let prompt = &g.samples[0].proposal.edit_prompt;
+            let prompt = &g.samples[0].proposal.as_ref().unwrap().edit_prompt;
             for s in &g.samples {
-                assert_eq!(&s.proposal.edit_prompt, prompt, "one edit prompt per group");
+                assert_eq!(
+                    &s.proposal.as_ref().unwrap().edit_prompt,
+                    prompt,
+                    "one edit prompt per group"
+                );
                 let c = s.chain.as_ref().expect("every sample has its chain");
                 assert_eq!((c.steps(), c.shape), (2, [3, 32, 32]));
                 versions.insert(c.version);

@@ -313,6 +313,7 @@ fn the_reflect_edit_cycle_repairs_mistaken_renders() {
         .map(|(i, p)| GenerateRequest {
             prompt: p.clone(),
             seed: i as u64,
+            explore: false,
         })
         .collect();
     let mut images = renderer.generate(&generate).unwrap();

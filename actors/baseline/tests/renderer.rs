@@ -16,6 +16,7 @@ fn requests(seed: u64) -> Vec<GenerateRequest> {
         .map(|i| GenerateRequest {
             prompt: sample(&canvas, seed, i).graph,
             seed: 1_000 + i,
+            explore: false,
         })
         .collect()
 }
@@ -119,6 +120,7 @@ fn prompts_the_world_cannot_draw_fail_with_its_explanation() {
         .generate(&[GenerateRequest {
             prompt: outside,
             seed: 0,
+            explore: false,
         }])
         .unwrap_err();
     assert!(
@@ -136,6 +138,7 @@ fn prompts_the_world_cannot_draw_fail_with_its_explanation() {
             GenerateRequest {
                 prompt: cycle,
                 seed: 0,
+                explore: false,
             },
         ])
         .unwrap_err();

@@ -203,10 +203,12 @@ fn every_role_round_trips_through_its_wire_form() {
             GenerateRequest {
                 prompt: prompt.clone(),
                 seed: 1,
+                explore: false,
             },
             GenerateRequest {
                 prompt: prompt.clone(),
                 seed: 258,
+                explore: false,
             },
         ])
         .unwrap();
@@ -477,6 +479,7 @@ fn protocol_violations_in_replies_are_fatal() {
         .generate(&[GenerateRequest {
             prompt: req.prompt.clone(),
             seed: 0,
+            explore: false,
         }])
         .unwrap_err()
         .0;
@@ -505,6 +508,7 @@ fn batch_errors_and_wrong_roles_fail_one_call_only() {
         .generate(&[GenerateRequest {
             prompt: req.prompt.clone(),
             seed: 0,
+            explore: false,
         }])
         .unwrap_err()
         .0;

@@ -1,6 +1,6 @@
 //! Phase 2's costs on the flex CPU backend, shaped like `flows/train-editor.toml`: the shipped
 //! Editor sampling GROUPS × 8 edits with the 10-step SDE sampler (`flow::sample_sde_chains`),
-//! and one Flow-GRPO learner step (`EditorLearner::step`: the chains' per-step log-probs with
+//! and one Flow-GRPO learner step (`FlowLearner::step`: the chains' per-step log-probs with
 //! autodiff, the frozen reference's step means for the KL, backward, clipped AdamW) on them.
 //! Median of RUNS after one warm-up. The PyTorch reference of the same work is
 //! `scripts/torch_reference/flow_grpo_bench.py`; `scripts/bench_flow_grpo.sh` runs both.
@@ -12,7 +12,7 @@ use std::time::Instant;
 use burn::tensor::Device;
 use rlrig_contract::{CheckReport, DenoisingChain, EditProposal, GroupSample, GrpoGroup};
 use rlrig_models::flow::{self, SamplerConfig};
-use rlrig_models::flow_grpo::{EditorLearner, EditorLearnerConfig};
+use rlrig_models::flow_grpo::{FlowLearner, FlowLearnerConfig};
 use rlrig_models::grpo::GrpoConfig;
 use rlrig_models::image::images_to_tensor;
 use rlrig_models::text::Tokenizer;
@@ -78,25 +78,25 @@ fn main() {
             trajectory: i as u64,
             round: 1,
             prompt: s.graph.clone(),
-            image: s.image.clone(),
-            report: CheckReport {
+            image: Some(s.image.clone()),
+            report: Some(CheckReport {
                 items: vec![],
                 relations: vec![],
                 score: 0.0,
                 reflection: String::new(),
                 graph: None,
                 estimates: None,
-            },
+            }),
             samples: (0..g)
                 .map(|k| {
                     let row = i * g + k;
                     GroupSample {
-                        proposal: EditProposal {
+                        proposal: Some(EditProposal {
                             edit_prompt: PROMPT.into(),
                             token_ids: vec![],
                             logprobs: vec![],
                             policy_version: 0,
-                        },
+                        }),
                         chain: Some(
                             DenoisingChain::new(
                                 0,
@@ -116,9 +116,9 @@ fn main() {
         .collect();
     let trained =
         rlrig_models::weights::load(weights, &device.clone().autodiff()).expect("weights");
-    let mut learner = EditorLearner::new(
+    let mut learner = FlowLearner::new(
         trained,
-        EditorLearnerConfig {
+        FlowLearnerConfig {
             grpo: GrpoConfig {
                 beta: 0.04,
                 epsilon: 1e-3,
@@ -126,7 +126,7 @@ fn main() {
                 ..GrpoConfig::default()
             },
             lr: 1e-4,
-            ..EditorLearnerConfig::default()
+            ..FlowLearnerConfig::default()
         },
     );
     learner.step(&groups).expect("warm-up step");

@@ -1,9 +1,11 @@
-//! Flow-GRPO (arXiv 2505.05470; docs/method.md) for the Editor: Reflection-GRPO's phase 2.
+//! Flow-GRPO (arXiv 2505.05470; docs/method.md) for the DiT family: the Editor
+//! (Reflection-GRPO's phase 2) and the Diffuser (the RL-tuned generator).
 //!
-//! A group is `G` edits of one (source image, edit prompt), each sampled by the Editor's SDE
-//! sampler ([`crate::flow::sample_sde_chains`]) and stored with its denoising chain: the
-//! `K + 1` states and each step's log-probability under the weights that sampled it. A
-//! sample's reward is the Checker's score after the edit; its advantage (group-normalised,
+//! An Editor's group is `G` edits of one (source image, edit prompt), a Diffuser's `G` images of
+//! one prompt, each sampled by the role's SDE sampler ([`crate::flow::sample_sde_window`]) and
+//! stored with its denoising chain: the `K + 1` states and each step's log-probability under
+//! the weights that sampled it. A sample's reward is the Checker's verdict on its image; its
+//! advantage (group-normalised,
 //! clipped to `±adv_clip`) is shared by its `K` steps. Per step:
 //!
 //! * `ρ = exp(logp − logp_old)`, with `logp` the Gaussian log-density of the stored transition
@@ -11,7 +13,7 @@
 //!   sampler records it);
 //! * loss `−min(ρ·A, clip(ρ, 1 − ε, 1 + ε_high)·A) + β·KL`, where `KL` is the exact Gaussian
 //!   KL between the step's transition under the current and the frozen reference weights (the
-//!   starting Editor): the pixel mean of `(μ_θ − μ_ref)² / (2·std²)` with the step's `std`;
+//!   starting network): the pixel mean of `(μ_θ − μ_ref)² / (2·std²)` with the step's `std`;
 //! * the steps of the batch are averaged (`token_mean`: every step weighs the same) or each
 //!   chain's steps first (`sequence_mean`) — the same aggregation code as phase 1
 //!   ([`crate::grpo::loss_with_kl`]).
@@ -35,10 +37,10 @@ use crate::grpo::{GrpoConfig, group_advantages, loss_with_kl, restore_learner, s
 use crate::image::images_to_tensor;
 use crate::text::{TextBatch, Tokenizer};
 
-/// The Editor learner's settings.
+/// The Flow-GRPO learner's settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct EditorLearnerConfig {
+pub struct FlowLearnerConfig {
     /// GRPO's knobs (`temperature` does not apply).
     pub grpo: GrpoConfig,
     /// AdamW's learning rate.
@@ -53,9 +55,9 @@ pub struct EditorLearnerConfig {
     pub micro_batch: usize,
 }
 
-impl Default for EditorLearnerConfig {
+impl Default for FlowLearnerConfig {
     fn default() -> Self {
-        EditorLearnerConfig {
+        FlowLearnerConfig {
             grpo: GrpoConfig::default(),
             lr: 1e-5,
             max_grad_norm: 1.0,
@@ -65,29 +67,32 @@ impl Default for EditorLearnerConfig {
     }
 }
 
-/// One edit of a group, as the learner reads it.
+/// One sample of a group, as the learner reads it: an edit (with its source image) or a
+/// generated image (without).
 struct Edit<'a> {
-    source: &'a rlrig_contract::Image,
-    prompt: &'a str,
+    source: Option<&'a rlrig_contract::Image>,
+    prompt: String,
     chain: &'a DenoisingChain,
     advantage: f64,
 }
 
-/// The Flow-GRPO learner of the Editor: the trained network (on an autodiff device), a frozen
-/// copy of its starting weights as the KL reference, AdamW with gradient clipping, a version.
-pub struct EditorLearner {
+/// The Flow-GRPO learner of an Editor or a Diffuser: the trained network (on an autodiff
+/// device), a frozen copy of its starting weights as the KL reference, AdamW with gradient
+/// clipping, a version.
+pub struct FlowLearner {
     /// Always `Some` between calls (taken for the optimiser's step, which consumes it).
     model: Option<Dit>,
     reference: Dit,
     optim: burn::optim::ModuleOptimizer,
-    config: EditorLearnerConfig,
+    config: FlowLearnerConfig,
     tok: Tokenizer,
     version: u64,
 }
 
-impl EditorLearner {
-    /// A learner starting from `model` (an Editor, built on an autodiff device), at version 0.
-    pub fn new(model: Dit, config: EditorLearnerConfig) -> Self {
+impl FlowLearner {
+    /// A learner starting from `model` (an Editor or a Diffuser, built on an autodiff device),
+    /// at version 0.
+    pub fn new(model: Dit, config: FlowLearnerConfig) -> Self {
         let reference = model.valid();
         let optim = flow::adamw()
             .with_grad_clipping(Some(
@@ -95,7 +100,7 @@ impl EditorLearner {
             ))
             .init();
         let tok = Tokenizer::new(model.config().text_len);
-        EditorLearner {
+        FlowLearner {
             model: Some(model),
             reference,
             optim,
@@ -111,7 +116,7 @@ impl EditorLearner {
             .expect("the learner holds its model between steps")
     }
 
-    /// The current weights, for the Editor actors (no autodiff).
+    /// The current weights, for the trained role's actors (no autodiff).
     pub fn model(&self) -> Dit {
         self.net().valid()
     }
@@ -132,8 +137,16 @@ impl EditorLearner {
         ];
         if let Some(e) = edits.iter().find(|e| e.chain.shape != want) {
             return Err(format!(
-                "a chain of {:?} states does not fit this Editor's {want:?}",
+                "a chain of {:?} states does not fit this network's {want:?}",
                 e.chain.shape
+            ));
+        }
+        let editor = config.cond_channels() > 0;
+        if let Some(e) = edits.iter().find(|e| e.source.is_some() != editor) {
+            return Err(format!(
+                "a sample {} a source image but the trained network is {}",
+                if e.source.is_some() { "has" } else { "lacks" },
+                if editor { "an editor" } else { "a diffuser" }
             ));
         }
         let sampler = SamplerConfig {
@@ -144,14 +157,18 @@ impl EditorLearner {
         let device = model.device();
         let ref_device = self.reference.device();
         let beta = self.config.grpo.beta;
-        let prompts: Vec<&str> = edits.iter().map(|e| e.prompt).collect();
-        let sources: Vec<rlrig_contract::Image> = edits.iter().map(|e| e.source.clone()).collect();
-        let inputs = |device: &Device| -> Result<(TextBatch, Tensor<4>), String> {
+        let prompts: Vec<&str> = edits.iter().map(|e| e.prompt.as_str()).collect();
+        let sources: Vec<rlrig_contract::Image> =
+            edits.iter().filter_map(|e| e.source.cloned()).collect();
+        let inputs = |device: &Device| -> Result<(TextBatch, Option<Tensor<4>>), String> {
             Ok((
                 self.tok
                     .batch(&prompts, device)
                     .map_err(|e| e.to_string())?,
-                images_to_tensor(&sources, device).map_err(|e| e.to_string())?,
+                editor
+                    .then(|| images_to_tensor(&sources, device))
+                    .transpose()
+                    .map_err(|e| e.to_string())?,
             ))
         };
         let (text, cond) = inputs(&device)?;
@@ -175,7 +192,7 @@ impl EditorLearner {
                 x.clone(),
                 coef.s,
                 &text,
-                Some(&cond),
+                cond.as_ref(),
                 sampler.guidance,
             );
             let mean = coef.mean(x, v);
@@ -187,7 +204,7 @@ impl EditorLearner {
                     x_ref.clone(),
                     coef.s,
                     ref_text,
-                    Some(ref_cond),
+                    ref_cond.as_ref(),
                     sampler.guidance,
                 );
                 let mean_ref = coef.mean(x_ref, v_ref);
@@ -231,13 +248,25 @@ impl EditorLearner {
             for (s, a) in g.samples.iter().zip(adv) {
                 let chain = s.chain.as_ref().ok_or_else(|| {
                     format!(
-                        "trajectory {} round {}: a sample has no denoising chain (phase 2 learns from the Editor's exploring edits; was the trained actor an editor?)",
+                        "trajectory {} round {}: a sample has no denoising chain (Flow-GRPO learns from an Editor's or a Diffuser's exploring samples; was the trained actor one?)",
                         g.trajectory, g.round
                     )
                 })?;
+                // An edit is conditioned on its source image and edit prompt, a generated
+                // image on the prompt alone.
+                let (source, prompt) = match (&g.image, &s.proposal) {
+                    (Some(image), Some(p)) => (Some(image), p.edit_prompt.clone()),
+                    (None, None) => (None, g.prompt.prompt()),
+                    _ => {
+                        return Err(format!(
+                            "trajectory {} round {}: a sample with a source image but no edit prompt, or the other way round",
+                            g.trajectory, g.round
+                        ));
+                    }
+                };
                 edits.push(Edit {
-                    source: &g.image,
-                    prompt: &s.proposal.edit_prompt,
+                    source,
+                    prompt,
                     chain,
                     advantage: a.clamp(-self.config.adv_clip, self.config.adv_clip),
                 });
@@ -314,12 +343,12 @@ fn same_sampler(edits: &[Edit]) -> Result<(), String> {
 struct LearnerState {
     version: u64,
     #[allow(dead_code)]
-    config: EditorLearnerConfig,
+    config: FlowLearnerConfig,
 }
 
-impl GrpoLearner for EditorLearner {
+impl GrpoLearner for FlowLearner {
     fn step(&mut self, groups: &[GrpoGroup]) -> Result<LearnStats, RoleError> {
-        EditorLearner::step(self, groups).map_err(RoleError)
+        FlowLearner::step(self, groups).map_err(RoleError)
     }
 
     fn version(&self) -> u64 {

@@ -480,22 +480,29 @@ impl Learner {
         groups
             .iter()
             .map(|g| {
-                let input =
-                    PolicyInput::new(g.image.clone(), &g.prompt.prompt(), &g.report.reflection)
-                        .map_err(|e| {
-                            format!("trajectory {} round {}: {e}", g.trajectory, g.round)
-                        })?;
+                let at = |what: &str| format!("trajectory {} round {}: {what}", g.trajectory, g.round);
+                let (Some(image), Some(report)) = (&g.image, &g.report) else {
+                    return Err(at("a group without the image and report the Policy read (was the trained actor a policy?)"));
+                };
+                let input = PolicyInput::new(image.clone(), &g.prompt.prompt(), &report.reflection)
+                    .map_err(|e| at(&e.to_string()))?;
                 Ok(Group {
                     input,
                     samples: g
                         .samples
                         .iter()
-                        .map(|s| Sample {
-                            tokens: s.proposal.token_ids.clone(),
-                            logprobs: s.proposal.logprobs.clone(),
-                            reward: s.reward,
+                        .map(|s| {
+                            let p = s
+                                .proposal
+                                .as_ref()
+                                .ok_or_else(|| at("a sample without an edit prompt"))?;
+                            Ok(Sample {
+                                tokens: p.token_ids.clone(),
+                                logprobs: p.logprobs.clone(),
+                                reward: s.reward,
+                            })
                         })
-                        .collect(),
+                        .collect::<Result<_, String>>()?,
                 })
             })
             .collect()

@@ -1,10 +1,10 @@
-//! The neural kinds under their flow names, and the GRPO learners of the two that can be
+//! The neural kinds under their flow names, and the GRPO learners of the three that can be
 //! trained: [`register`] adds them to the engine's registry.
 //!
 //! | kind | role | learner |
 //! |---|---|---|
-//! | `neural.diffuser` | diffuser | — |
-//! | `neural.editor` | editor | Flow-GRPO's [`EditorLearner`] (phase 2) |
+//! | `neural.diffuser` | diffuser | Flow-GRPO's [`FlowLearner`] (the RL-tuned generator) |
+//! | `neural.editor` | editor | Flow-GRPO's [`FlowLearner`] (phase 2) |
 //! | `neural.checker` | checker | — |
 //! | `neural.policy` | policy | GRPO's [`Learner`] (phase 1) |
 
@@ -12,7 +12,7 @@ use rlrig_contract::GrpoLearner;
 use rlrig_engine::{ActorContext, LearnerProblem, Registry};
 use rlrig_flow::TrainSettings;
 
-use crate::flow_grpo::{EditorLearner, EditorLearnerConfig};
+use crate::flow_grpo::{FlowLearner, FlowLearnerConfig};
 use crate::grpo::{GrpoConfig, Learner, LearnerConfig, LossType};
 use crate::vlm::PolicyNet;
 use crate::{
@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// Registers `neural.diffuser`, `neural.editor`, `neural.checker` and `neural.policy`, and the
-/// learners of `neural.policy` (phase 1) and `neural.editor` (phase 2).
+/// learners of `neural.policy` (phase 1), `neural.editor` (phase 2) and `neural.diffuser`.
 pub fn register(r: &mut Registry) {
     r.add_diffuser(
         "neural.diffuser",
@@ -51,7 +51,12 @@ pub fn register(r: &mut Registry) {
     r.add_learner(
         "neural.editor",
         |_: &EditorSettings, _| Ok(()),
-        editor_learner,
+        |s: EditorSettings, _, t| flow_learner(&s.0, true, t),
+    );
+    r.add_learner(
+        "neural.diffuser",
+        |_: &NeuralSettings, _| Ok(()),
+        |s: NeuralSettings, _, t| flow_learner(&s, false, t),
     );
 }
 
@@ -162,29 +167,35 @@ fn policy_learner(
     )))
 }
 
-/// Phase 2: the Editor's Flow-GRPO learner from its starting weights.
-fn editor_learner(
-    s: EditorSettings,
-    _: &ActorContext,
+/// The Flow-GRPO learner of the Editor (phase 2, `editor`) or the Diffuser from its starting
+/// weights.
+fn flow_learner(
+    s: &NeuralSettings,
+    editor: bool,
     t: &TrainSettings,
 ) -> Result<Box<dyn GrpoLearner>, LearnerProblem> {
     let device = learner_device(t)?;
-    let weights = &s.0.weights;
+    let weights = &s.weights;
     let model =
         crate::weights::load(weights, &device).map_err(|e| LearnerProblem::Other(e.to_string()))?;
-    if model.config().cond_channels() == 0 {
+    if (model.config().cond_channels() > 0) != editor {
+        let (holds, wants) = if editor {
+            ("a diffuser", "an editor")
+        } else {
+            ("an editor", "a diffuser")
+        };
         return Err(LearnerProblem::Settings(
             "weights".into(),
-            format!("{} holds a diffuser, not an editor", weights.display()),
+            format!("{} holds {holds}, not {wants}", weights.display()),
         ));
     }
-    Ok(Box::new(EditorLearner::new(
+    Ok(Box::new(FlowLearner::new(
         model,
-        EditorLearnerConfig {
+        FlowLearnerConfig {
             grpo: grpo_config(t),
             lr: t.learning_rate,
             max_grad_norm: t.max_grad_norm as f32,
-            ..EditorLearnerConfig::default()
+            ..FlowLearnerConfig::default()
         },
     )))
 }

@@ -8,7 +8,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rlrig_contract::{
     CheckReport, CheckRequest, Checker, DenoisingChain, Diffuser, EditPolicy, EditProposal,
-    EditRequest, Editor, GenerateRequest, Image, ProposeRequest, RoleError, SampledEdit,
+    EditRequest, Editor, GenerateRequest, Image, ProposeRequest, RoleError, SampledImage,
     WeightsUpdate,
 };
 use rlrig_world::{WorldGraph, reflect};
@@ -199,11 +199,102 @@ impl Loaded {
     }
 }
 
+impl Loaded {
+    /// Flow-GRPO's SDE sampler with `explore_steps` steps, noise scale `noise_scale` and SDE
+    /// noise in the first `sde_window` of them ([`flow::sample_sde_window`]): one image and
+    /// its denoising chain per prompt, each chain carrying the weights' version.
+    fn explore<S: AsRef<str>>(
+        &self,
+        prompts: &[S],
+        seeds: &[u64],
+        cond: Option<&[Image]>,
+    ) -> Result<Vec<SampledImage>, String> {
+        let device = self.model.device();
+        let text = self
+            .tok
+            .batch(prompts, &device)
+            .map_err(|e| e.to_string())?;
+        let cond = cond
+            .map(|images| images_to_tensor(images, &device))
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        let out = flow::sample_sde_window(
+            &self.model,
+            &text,
+            cond.as_ref(),
+            &self.explore,
+            self.sde_window,
+            seeds,
+        );
+        let images = tensor_to_images(out.images).map_err(|e| e.to_string())?;
+        let c = self.model.config();
+        let shape = [
+            c.out_channels as u32,
+            c.image_size as u32,
+            c.image_size as u32,
+        ];
+        images
+            .into_iter()
+            .zip(out.states.iter().zip(out.log_probs))
+            .map(|(image, (states, log_probs))| {
+                let chain = DenoisingChain::new(
+                    self.version,
+                    self.explore.noise_scale,
+                    self.explore.guidance,
+                    shape,
+                    states,
+                    log_probs,
+                )
+                .and_then(|chain| chain.within_schedule(self.explore.steps))
+                .map_err(|e| e.to_string())?;
+                Ok(SampledImage { image, chain })
+            })
+            .collect()
+    }
+
+    /// Loads the weights (a safetensors file's bytes of the same architecture) and takes the
+    /// update's version.
+    fn update(&mut self, update: &WeightsUpdate, role: &str) -> Result<(), String> {
+        let origin =
+            std::path::PathBuf::from(format!("<{role} weights version {}>", update.version));
+        let device = self.model.device();
+        self.model = weights::from_bytes::<Dit>(
+            update.weights.clone(),
+            &origin,
+            Some(self.model.config()),
+            &device,
+        )
+        .map_err(|e| e.to_string())?;
+        self.version = update.version;
+        Ok(())
+    }
+}
+
 impl Diffuser for NeuralDiffuser {
     fn generate(&mut self, batch: &[GenerateRequest]) -> Result<Vec<Image>, RoleError> {
         let prompts: Vec<String> = batch.iter().map(|r| r.prompt.prompt()).collect();
         let seeds: Vec<u64> = batch.iter().map(|r| r.seed).collect();
         self.0.sample(&prompts, &seeds, None)
+    }
+
+    /// Flow-GRPO on the generator: the Editor's exploring sampler, without a source image.
+    fn generate_explore(
+        &mut self,
+        batch: &[GenerateRequest],
+    ) -> Result<Vec<SampledImage>, RoleError> {
+        let prompts: Vec<String> = batch.iter().map(|r| r.prompt.prompt()).collect();
+        let seeds: Vec<u64> = batch.iter().map(|r| r.seed).collect();
+        self.0
+            .explore(&prompts, &seeds, None)
+            .map_err(|e| RoleError(format!("NeuralDiffuser: {e}")))
+    }
+
+    /// Loads the weights (a safetensors file's bytes of the same architecture) and takes the
+    /// update's version.
+    fn update(&mut self, update: &WeightsUpdate) -> Result<(), RoleError> {
+        self.0
+            .update(update, "diffuser")
+            .map_err(|e| RoleError(format!("NeuralDiffuser: {e}")))
     }
 }
 
@@ -229,65 +320,21 @@ impl Editor for NeuralEditor {
     /// Flow-GRPO's SDE sampler with `explore_steps` steps, noise scale `noise_scale` and SDE
     /// noise in the first `sde_window` of them ([`flow::sample_sde_window`]); each chain
     /// carries the weights' version.
-    fn edit_explore(&mut self, batch: &[EditRequest]) -> Result<Vec<SampledEdit>, RoleError> {
-        let err = |e: &dyn std::fmt::Display| RoleError(format!("NeuralEditor: {e}"));
-        let l = &self.0;
-        let device = l.model.device();
+    fn edit_explore(&mut self, batch: &[EditRequest]) -> Result<Vec<SampledImage>, RoleError> {
         let prompts: Vec<&str> = batch.iter().map(|r| r.edit_prompt.as_str()).collect();
         let seeds: Vec<u64> = batch.iter().map(|r| r.seed).collect();
         let before: Vec<Image> = batch.iter().map(|r| r.image.clone()).collect();
-        let text = l.tok.batch(&prompts, &device).map_err(|e| err(&e))?;
-        let cond = images_to_tensor(&before, &device).map_err(|e| err(&e))?;
-        let out = flow::sample_sde_window(
-            &l.model,
-            &text,
-            Some(&cond),
-            &l.explore,
-            l.sde_window,
-            &seeds,
-        );
-        let images = tensor_to_images(out.images).map_err(|e| err(&e))?;
-        let c = l.model.config();
-        let shape = [
-            c.out_channels as u32,
-            c.image_size as u32,
-            c.image_size as u32,
-        ];
-        images
-            .into_iter()
-            .zip(out.states.iter().zip(out.log_probs))
-            .map(|(image, (states, log_probs))| {
-                let chain = DenoisingChain::new(
-                    l.version,
-                    l.explore.noise_scale,
-                    l.explore.guidance,
-                    shape,
-                    states,
-                    log_probs,
-                )
-                .and_then(|chain| chain.within_schedule(l.explore.steps))
-                .map_err(|e| err(&e))?;
-                Ok(SampledEdit { image, chain })
-            })
-            .collect()
+        self.0
+            .explore(&prompts, &seeds, Some(&before))
+            .map_err(|e| RoleError(format!("NeuralEditor: {e}")))
     }
 
     /// Loads the weights (a safetensors file's bytes of the same architecture) and takes the
     /// update's version.
     fn update(&mut self, update: &WeightsUpdate) -> Result<(), RoleError> {
-        let origin =
-            std::path::PathBuf::from(format!("<editor weights version {}>", update.version));
-        let device = self.0.model.device();
-        let model = weights::from_bytes::<Dit>(
-            update.weights.clone(),
-            &origin,
-            Some(self.0.model.config()),
-            &device,
-        )
-        .map_err(|e| RoleError(format!("NeuralEditor: {e}")))?;
-        self.0.model = model;
-        self.0.version = update.version;
-        Ok(())
+        self.0
+            .update(update, "editor")
+            .map_err(|e| RoleError(format!("NeuralEditor: {e}")))
     }
 }
 

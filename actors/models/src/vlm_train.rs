@@ -178,6 +178,7 @@ pub fn generate_pool(
             .map(|(s, &i)| GenerateRequest {
                 prompt: s.graph.clone(),
                 seed: mix(seed, i),
+                explore: false,
             })
             .collect();
         let mut images = diffuser.generate(&requests).map_err(|e| e.0)?;

@@ -1,6 +1,7 @@
-//! Flow-GRPO for the Editor (phase 2): stored chains reproduce their log-probabilities, the KL
-//! to the reference starts at zero, a step raises the advantage-weighted objective, clipping
-//! binds where the ratio leaves its range, and the learner's state survives save / restore.
+//! Flow-GRPO for the Editor (phase 2) and the Diffuser: stored chains reproduce their
+//! log-probabilities, the KL to the reference starts at zero, a step raises the
+//! advantage-weighted objective (with a source image or without), clipping binds where the
+//! ratio leaves its range, and the learner's state survives save / restore.
 
 mod common;
 
@@ -12,7 +13,7 @@ use rlrig_contract::{
 };
 use rlrig_models::Dit;
 use rlrig_models::flow::{self, SamplerConfig};
-use rlrig_models::flow_grpo::{EditorLearner, EditorLearnerConfig};
+use rlrig_models::flow_grpo::{FlowLearner, FlowLearnerConfig};
 use rlrig_models::grpo::{GrpoConfig, group_advantages};
 use rlrig_models::image::images_to_tensor;
 use rlrig_models::text::Tokenizer;
@@ -73,12 +74,12 @@ fn group_window(model: &Dit, rewards: &[f64], seed: u64, window: usize) -> GrpoG
     let out = flow::sample_sde_window(model, &text, Some(&cond), &sampler(), window, &seeds);
     let samples = (0..g)
         .map(|i| GroupSample {
-            proposal: EditProposal {
+            proposal: Some(EditProposal {
                 edit_prompt: PROMPT.into(),
                 token_ids: vec![],
                 logprobs: vec![],
                 policy_version: 0,
-            },
+            }),
             chain: Some(
                 DenoisingChain::new(
                     0,
@@ -98,27 +99,74 @@ fn group_window(model: &Dit, rewards: &[f64], seed: u64, window: usize) -> GrpoG
         trajectory: seed,
         round: 1,
         prompt: scene.graph,
-        image: scene.image,
-        report: CheckReport {
+        image: Some(scene.image),
+        report: Some(CheckReport {
             items: vec![],
             relations: vec![],
             score: 0.0,
             reflection: String::new(),
             graph: None,
             estimates: None,
-        },
+        }),
         samples,
     }
 }
 
-/// Per sample, the sum over steps of its transition's log-probability under `model`.
+/// A Diffuser's group: images of one world prompt sampled from noise by `model` (no source
+/// image, no edit prompt), with the given rewards.
+fn generated_group(model: &Dit, rewards: &[f64], seed: u64) -> GrpoGroup {
+    let g = rewards.len();
+    let device = model.device();
+    let scene = sample(&Canvas::new(32).unwrap(), 3, seed);
+    let caption = scene.graph.prompt();
+    let text = Tokenizer::new(model.config().text_len)
+        .batch(&vec![caption.as_str(); g], &device)
+        .unwrap();
+    let seeds: Vec<u64> = (0..g as u64).map(|i| seed * 100 + i).collect();
+    let out = flow::sample_sde_window(model, &text, None, &sampler(), 2, &seeds);
+    let samples = (0..g)
+        .map(|i| GroupSample {
+            proposal: None,
+            chain: Some(
+                DenoisingChain::new(
+                    0,
+                    0.7,
+                    1.0,
+                    [3, 32, 32],
+                    &out.states[i],
+                    out.log_probs[i].clone(),
+                )
+                .and_then(|c| c.within_schedule(sampler().steps))
+                .unwrap(),
+            ),
+            reward: rewards[i],
+        })
+        .collect();
+    GrpoGroup {
+        trajectory: seed,
+        round: 0,
+        prompt: scene.graph,
+        image: None,
+        report: None,
+        samples,
+    }
+}
+
+/// Per sample, the sum over its chain's steps of its transition's log-probability under
+/// `model`: an edit's given its source image and edit prompt, a generated image's given its
+/// prompt.
 fn chain_log_probs(model: &Dit, g: &GrpoGroup) -> Vec<f64> {
     let device = model.device();
     let n = g.samples.len();
+    let caption = g.prompt.prompt();
+    let text = if g.image.is_some() { PROMPT } else { caption.as_str() };
     let text = Tokenizer::new(model.config().text_len)
-        .batch(&vec![PROMPT; n], &device)
+        .batch(&vec![text; n], &device)
         .unwrap();
-    let cond = images_to_tensor(&vec![g.image.clone(); n], &device).unwrap();
+    let cond = g
+        .image
+        .as_ref()
+        .map(|image| images_to_tensor(&vec![image.clone(); n], &device).unwrap());
     let state = |k: usize| {
         let v: Vec<f32> = g
             .samples
@@ -131,14 +179,14 @@ fn chain_log_probs(model: &Dit, g: &GrpoGroup) -> Vec<f64> {
         )
     };
     let mut total = vec![0.0; n];
-    for k in 0..sampler().steps {
+    for k in 0..g.samples[0].chain.as_ref().unwrap().steps() {
         let lp = flow::transition_log_prob(
             model,
             state(k),
             state(k + 1),
             k,
             &text,
-            Some(&cond),
+            cond.as_ref(),
             &sampler(),
         );
         for (t, v) in total.iter_mut().zip(values(lp)) {
@@ -148,10 +196,10 @@ fn chain_log_probs(model: &Dit, g: &GrpoGroup) -> Vec<f64> {
     total
 }
 
-fn learner(model: Dit, beta: f64, lr: f64) -> EditorLearner {
-    EditorLearner::new(
+fn learner(model: Dit, beta: f64, lr: f64) -> FlowLearner {
+    FlowLearner::new(
         model,
-        EditorLearnerConfig {
+        FlowLearnerConfig {
             grpo: GrpoConfig {
                 beta,
                 epsilon: 1e-3,
@@ -159,7 +207,7 @@ fn learner(model: Dit, beta: f64, lr: f64) -> EditorLearner {
                 ..GrpoConfig::default()
             },
             lr,
-            ..EditorLearnerConfig::default()
+            ..FlowLearnerConfig::default()
         },
     )
 }
@@ -219,6 +267,45 @@ fn a_step_starts_with_zero_kl_and_raises_the_advantage_weighted_log_prob() {
 }
 
 #[test]
+fn a_diffusers_groups_are_learned_from_the_prompt_alone() {
+    let device = Device::flex();
+    device.seed(21);
+    let bytes = rlrig_models::weights::to_bytes(&perturb(
+        Dit::new(&tiny(8, 3), &device).unwrap(),
+        0.05,
+        21,
+    ))
+    .unwrap();
+    let rewards = [0.0, 1.0, 0.25, 0.0];
+    let mut l = learner(load(&bytes), 0.04, 1e-4);
+    let g = generated_group(&l.model(), &rewards, 23);
+    let adv = group_advantages(&rewards, true).unwrap();
+    let objective = |m: &Dit| -> f64 {
+        chain_log_probs(m, &g)
+            .iter()
+            .zip(&adv)
+            .map(|(lp, a)| lp * a)
+            .sum()
+    };
+    let before = objective(&l.model());
+    let stats = l.step(std::slice::from_ref(&g)).unwrap();
+    // On-policy: the recomputed log-probs (text of the prompt, no source image) are the
+    // stored ones, so no ratio clips.
+    assert_eq!((stats.version, stats.sequences), (1, 4));
+    assert_eq!(stats.clip_fraction, 0.0, "ratios are 1 on the first step");
+    assert!(stats.kl.abs() < 1e-9, "KL {}", stats.kl);
+    let after = objective(&l.model());
+    assert!(after > before, "objective {before} → {after}");
+    // An Editor's learner refuses a Diffuser's group, and the other way round.
+    let mut editor_learner = learner(editor(22), 0.0, 1e-4);
+    let err = editor_learner.step(std::slice::from_ref(&g)).unwrap_err();
+    assert!(err.contains("lacks a source image"), "{err}");
+    let edits = group(&editor(22).valid(), &rewards, 24);
+    let err = l.step(&[edits]).unwrap_err();
+    assert!(err.contains("has a source image"), "{err}");
+}
+
+#[test]
 fn window_chains_are_trained_with_their_schedules_coefficients() {
     let mut l = learner(editor(6), 0.04, 1e-4);
     let g = group_window(&l.model(), &[1.0, 0.0, 0.0, 0.5], 13, 2);
@@ -245,9 +332,9 @@ fn micro_batches_take_the_same_step_as_one_pass() {
             .for_each(|v| *v += 1e-3 * (i as f32 - 2.0));
     }
     let step = |micro_batch: usize| {
-        let mut l = EditorLearner::new(
+        let mut l = FlowLearner::new(
             load(&bytes),
-            EditorLearnerConfig {
+            FlowLearnerConfig {
                 grpo: GrpoConfig {
                     beta: 0.04,
                     epsilon: 1e-3,
@@ -256,7 +343,7 @@ fn micro_batches_take_the_same_step_as_one_pass() {
                 },
                 lr: 1e-3,
                 micro_batch,
-                ..EditorLearnerConfig::default()
+                ..FlowLearnerConfig::default()
             },
         );
         let stats = l.step(std::slice::from_ref(&g)).unwrap();
@@ -334,7 +421,7 @@ fn the_learner_saves_and_restores_weights_optimiser_and_version() {
     let mut b = learner(load(&bytes), 0.04, 1e-3);
     GrpoLearner::restore(&mut b, dir.path()).unwrap();
     assert_eq!(GrpoLearner::version(&b), 1);
-    let max_diff = |a: &EditorLearner, b: &EditorLearner| {
+    let max_diff = |a: &FlowLearner, b: &FlowLearner| {
         values_of(a)
             .iter()
             .zip(&values_of(b))
@@ -358,7 +445,7 @@ fn the_learner_saves_and_restores_weights_optimiser_and_version() {
     assert!(diff < 1e-5, "weights after one more step differ by {diff}");
 }
 
-fn values_of(l: &EditorLearner) -> Vec<f32> {
+fn values_of(l: &FlowLearner) -> Vec<f32> {
     let m = l.model();
     let mut out = Vec::new();
     struct Collect<'a>(&'a mut Vec<f32>);

@@ -178,10 +178,11 @@ pub fn round_f16(v: f32) -> f32 {
     f16::from_f32(v).to_f32()
 }
 
-/// An Editor's answer to an exploring request: the image and its denoising chain.
+/// A Diffuser's or an Editor's answer to an exploring request (Flow-GRPO): the image and the
+/// denoising chain it was sampled along.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SampledEdit {
-    /// The edited image.
+pub struct SampledImage {
+    /// The generated or edited image.
     pub image: Image,
     /// How it was sampled.
     pub chain: DenoisingChain,

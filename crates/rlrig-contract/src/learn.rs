@@ -1,6 +1,7 @@
 //! What GRPO learns from, and how new weights travel: groups of samples read back from stored
-//! trajectories — edit prompts of the Policy (phase 1) or denoising chains of the Editor
-//! (phase 2) — the learner's interface, and the weights message.
+//! trajectories — edit prompts of the Policy (phase 1), denoising chains of the Editor
+//! (phase 2) or of the Diffuser (Flow-GRPO on the generator) — the learner's interface, and
+//! the weights message.
 
 use std::path::Path;
 
@@ -12,9 +13,10 @@ use crate::{
 };
 
 /// The `G` samples drawn for one input (one trajectory, one round), each with the reward it
-/// earned: the Checker's score after the edit. In phase 1 the Policy sampled `G` edit prompts
-/// (each then edited and re-checked); in phase 2 the Editor sampled `G` edits of one edit
-/// prompt, each with its denoising chain.
+/// earned from the Checker's report on the branch's last image. In phase 1 the Policy sampled
+/// `G` edit prompts (each then edited and re-checked); in phase 2 the Editor sampled `G` edits
+/// of one edit prompt, each with its denoising chain; a trained Diffuser sampled `G` images of
+/// the prompt (round 0), each with its denoising chain.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GrpoGroup {
     /// The trajectory it comes from.
@@ -24,9 +26,10 @@ pub struct GrpoGroup {
     /// The prompt.
     pub prompt: SceneGraph,
     /// The image the sampled role looked at: the Policy's input, or the Editor's source image.
-    pub image: Image,
-    /// The Checker's report on `image` (the reflection the Policy read).
-    pub report: CheckReport,
+    /// `None` for the Diffuser's groups, which start from noise.
+    pub image: Option<Image>,
+    /// The Checker's report on `image` (the reflection the Policy read); `None` with `image`.
+    pub report: Option<CheckReport>,
     /// The samples, in branch order.
     pub samples: Vec<GroupSample>,
 }
@@ -35,9 +38,11 @@ pub struct GrpoGroup {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GroupSample {
     /// The edit prompt: sampled by the Policy (phase 1, with its token ids, sampling log-probs
-    /// and version), or the one the Editor applied (phase 2, the same in every sample).
-    pub proposal: EditProposal,
-    /// Phase 2: the Editor's sampled denoising chain, with its log-probs and version.
+    /// and version), or the one the Editor applied (phase 2, the same in every sample). `None`
+    /// for the Diffuser's samples.
+    pub proposal: Option<EditProposal>,
+    /// The Editor's (phase 2) or the Diffuser's sampled denoising chain, with its log-probs
+    /// and version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain: Option<DenoisingChain>,
     /// The reward ([`Reward`]) of the combined Checker report on the branch's last image.
@@ -45,12 +50,14 @@ pub struct GroupSample {
 }
 
 impl GroupSample {
-    /// The version of the weights that drew the sample: the chain's (phase 2) or the
-    /// proposal's (phase 1).
+    /// The version of the weights that drew the sample: the chain's (phase 2, Diffuser) or
+    /// the proposal's (phase 1).
     pub fn version(&self) -> u64 {
-        self.chain
-            .as_ref()
-            .map_or(self.proposal.policy_version, |c| c.version)
+        match (&self.chain, &self.proposal) {
+            (Some(c), _) => c.version,
+            (None, Some(p)) => p.policy_version,
+            (None, None) => 0,
+        }
     }
 }
 
@@ -75,9 +82,10 @@ struct Line<'a> {
 
 impl Trajectory {
     /// The GRPO groups of the trajectory: one per round whose steps ran as a group of
-    /// branches ([`crate::Branch`]) — from the Policy step (phase 1) or from the Editor step
-    /// (phase 2) to the end of the round. A branch without a Checker report after its last
-    /// image has no reward; a group with fewer than two rewarded samples is left out.
+    /// branches ([`crate::Branch`]) — from the Policy step (phase 1), the Editor step (phase 2)
+    /// or the Diffuser step (round 0) to the end of the round. A branch without a Checker
+    /// report after its last image has no reward, an Editor's or Policy's branch without an
+    /// edit prompt none either; a group with fewer than two rewarded samples is left out.
     ///
     /// Each sample's reward is `reward` of the branch's combined report; a report the reward
     /// cannot be computed from is an error.
@@ -127,8 +135,9 @@ impl Trajectory {
                     }
                 }
                 let proposal = proposal.or_else(|| line.proposal.cloned());
-                if let (Some(proposal), Some(r)) = (proposal, CheckReport::combine(&branch_reports))
-                {
+                // Only a Diffuser's branch (round 0: no image before it) has no edit prompt.
+                let learnable = proposal.is_some() || (line.image.is_none() && chain.is_some());
+                if let (true, Some(r)) = (learnable, CheckReport::combine(&branch_reports)) {
                     samples.push(GroupSample {
                         proposal,
                         chain,
@@ -136,14 +145,14 @@ impl Trajectory {
                     });
                 }
             }
-            if let (Some(img), Some(report)) = (line.image, CheckReport::combine(&line.reports))
-                && samples.len() >= 2
-            {
+            let report = CheckReport::combine(&line.reports);
+            // A group after an image needs the report on it (the reflection the Policy read).
+            if samples.len() >= 2 && (line.image.is_none() || report.is_some()) {
                 groups.push(GrpoGroup {
                     trajectory: self.id,
                     round,
                     prompt: self.prompt.clone(),
-                    image: img.clone(),
+                    image: line.image.cloned(),
                     report,
                     samples,
                 });

@@ -6,7 +6,7 @@
 //!
 //! * domain types: [`Image`], and the scene graphs of [`rlrig_sg`] (re-exported as [`sg`]);
 //! * the messages that travel between roles ([`GenerateRequest`], [`CheckRequest`],
-//!   [`CheckReport`], [`ProposeRequest`], [`EditProposal`], [`EditRequest`], [`SampledEdit`]
+//!   [`CheckReport`], [`ProposeRequest`], [`EditProposal`], [`EditRequest`], [`SampledImage`]
 //!   with its [`DenoisingChain`]), all
 //!   serde-serialisable so that they can cross process and node boundaries;
 //! * what GRPO learns from ([`GrpoGroup`], read back from a [`Trajectory`]), the
@@ -30,7 +30,7 @@ mod image;
 mod learn;
 mod reward;
 mod trajectory;
-pub use chain::{ChainError, DenoisingChain, SampledEdit, round_f16};
+pub use chain::{ChainError, DenoisingChain, SampledImage, round_f16};
 pub use image::{Image, ImageError, PngError};
 pub use learn::{GroupSample, GrpoGroup, GrpoLearner, LearnStats, WeightsUpdate};
 pub use reward::{Reward, RewardError, RewardFunc};
@@ -78,6 +78,11 @@ pub struct GenerateRequest {
     pub prompt: SceneGraph,
     /// Seed of the sampling noise, so that a run is reproducible.
     pub seed: u64,
+    /// Flow-GRPO on the Diffuser: sample with the Diffuser's stochastic sampler and answer the
+    /// denoising chain GRPO learns from ([`Diffuser::generate_explore`]) instead of the image
+    /// alone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub explore: bool,
 }
 
 /// Asks a [`Checker`] to reflect on `image` against `prompt`.
@@ -212,6 +217,28 @@ pub struct RoleError(pub String);
 pub trait Diffuser: Send {
     /// Generates one image per request.
     fn generate(&mut self, batch: &[GenerateRequest]) -> Result<Vec<Image>, RoleError>;
+
+    /// Flow-GRPO: generates each image with a stochastic sampler and answers the denoising
+    /// chain with each step's log-probability. Diffusers that cannot refuse.
+    fn generate_explore(
+        &mut self,
+        batch: &[GenerateRequest],
+    ) -> Result<Vec<SampledImage>, RoleError> {
+        Err(RoleError(format!(
+            "this diffuser cannot sample denoising chains with log-probabilities \
+             ({} requests); training it needs one that can, such as `neural.diffuser`",
+            batch.len()
+        )))
+    }
+
+    /// Takes new weights from the trainer; later chains carry `update.version`. Diffusers that
+    /// cannot learn refuse.
+    fn update(&mut self, update: &WeightsUpdate) -> Result<(), RoleError> {
+        Err(RoleError(format!(
+            "this diffuser cannot take new weights (version {})",
+            update.version
+        )))
+    }
 }
 
 /// Image + prompt → a [`CheckReport`] per request, in order.
@@ -242,7 +269,7 @@ pub trait Editor: Send {
 
     /// Phase 2 (Flow-GRPO): edits each image with a stochastic sampler and answers the
     /// denoising chain with each step's log-probability. Editors that cannot refuse.
-    fn edit_explore(&mut self, batch: &[EditRequest]) -> Result<Vec<SampledEdit>, RoleError> {
+    fn edit_explore(&mut self, batch: &[EditRequest]) -> Result<Vec<SampledImage>, RoleError> {
         Err(RoleError(format!(
             "this editor cannot sample denoising chains with log-probabilities \
              ({} requests); phase 2 needs one that can, such as `neural.editor`",

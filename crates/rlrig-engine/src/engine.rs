@@ -390,6 +390,8 @@ impl Driver {
                 Role::Diffuser => Request::Generate(GenerateRequest {
                     prompt: prompt.clone(),
                     seed: step_seed,
+                    // A trained Diffuser's branches answer their denoising chains.
+                    explore: sampled && branch.is_some(),
                 }),
                 Role::Checker => Request::Check(CheckRequest {
                     prompt: prompt.clone(),
@@ -423,7 +425,7 @@ impl Driver {
                     p.edit = None;
                     StepOutput::Image(img)
                 }
-                (Role::Editor, Response::Sampled(sampled)) => {
+                (Role::Diffuser | Role::Editor, Response::Sampled(sampled)) => {
                     p.image = Some(sampled.image.clone());
                     p.reports.clear();
                     p.edit = None;

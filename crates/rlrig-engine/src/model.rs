@@ -3,7 +3,7 @@
 
 use rlrig_contract::{
     CheckReport, CheckRequest, Checker, Diffuser, EditPolicy, EditProposal, EditRequest, Editor,
-    GenerateRequest, Image, ProposeRequest, Role, RoleError, SampledEdit, WeightsUpdate,
+    GenerateRequest, Image, ProposeRequest, Role, RoleError, SampledImage, WeightsUpdate,
 };
 use serde::{Deserialize, Serialize};
 
@@ -31,8 +31,9 @@ pub enum Response {
     Report(CheckReport),
     /// From a policy.
     Proposal(EditProposal),
-    /// From an editor asked to explore (phase 2): the image with its denoising chain.
-    Sampled(SampledEdit),
+    /// From a diffuser or editor asked to explore (Flow-GRPO): the image with its denoising
+    /// chain.
+    Sampled(SampledImage),
 }
 
 impl Request {
@@ -52,10 +53,10 @@ pub trait RoleModel: Send {
     /// Answers a batch, in order.
     fn call(&mut self, batch: Vec<Request>) -> Result<Vec<Response>, RoleError>;
 
-    /// Takes new weights from the trainer (policies and editors; the others refuse).
+    /// Takes new weights from the trainer (policies, editors and diffusers; checkers refuse).
     fn update(&mut self, update: &WeightsUpdate) -> Result<(), RoleError> {
         Err(RoleError(format!(
-            "only a policy or an editor takes new weights (version {})",
+            "only a policy, an editor or a diffuser takes new weights (version {})",
             update.version
         )))
     }
@@ -93,14 +94,6 @@ macro_rules! adapter {
     };
 }
 
-adapter!(
-    DiffuserModel,
-    Diffuser,
-    Role::Diffuser,
-    Generate,
-    generate,
-    Image
-);
 adapter!(CheckerModel, Checker, Role::Checker, Check, check, Report);
 adapter!(
     PolicyModel,
@@ -112,8 +105,65 @@ adapter!(
     update
 );
 
+/// Answers a batch of an image role's requests: plain ones with `plain`, exploring ones
+/// (Flow-GRPO) with `explore`; a batch that mixes both is answered in its order.
+fn plain_or_explore<R: Clone>(
+    reqs: Vec<R>,
+    is_explore: impl Fn(&R) -> bool,
+    plain: impl FnOnce(&[R]) -> Result<Vec<Image>, RoleError>,
+    explore: impl FnOnce(&[R]) -> Result<Vec<SampledImage>, RoleError>,
+) -> Result<Vec<Response>, RoleError> {
+    // The usual batches are all of one kind: no copies of their images.
+    if reqs.iter().all(|r| !is_explore(r)) {
+        return Ok(plain(&reqs)?.into_iter().map(Response::Image).collect());
+    }
+    if reqs.iter().all(&is_explore) {
+        return Ok(explore(&reqs)?.into_iter().map(Response::Sampled).collect());
+    }
+    let (explored, plained): (Vec<R>, Vec<R>) = reqs.iter().cloned().partition(&is_explore);
+    let mut sampled = explore(&explored)?.into_iter();
+    let mut images = plain(&plained)?.into_iter();
+    let short = || RoleError("the model answered fewer images than it was asked".into());
+    reqs.iter()
+        .map(|r| {
+            Ok(if is_explore(r) {
+                Response::Sampled(sampled.next().ok_or_else(short)?)
+            } else {
+                Response::Image(images.next().ok_or_else(short)?)
+            })
+        })
+        .collect()
+}
+
+/// A diffuser: plain requests go to [`Diffuser::generate`], exploring ones to
+/// [`Diffuser::generate_explore`].
+struct DiffuserModel(Box<dyn Diffuser>);
+
+impl RoleModel for DiffuserModel {
+    fn call(&mut self, batch: Vec<Request>) -> Result<Vec<Response>, RoleError> {
+        let reqs = batch
+            .into_iter()
+            .map(|r| match r {
+                Request::Generate(x) => Ok(x),
+                other => Err(wrong(Role::Diffuser, &other)),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let d = std::cell::RefCell::new(&mut self.0);
+        plain_or_explore(
+            reqs,
+            |r| r.explore,
+            |b| d.borrow_mut().generate(b),
+            |b| d.borrow_mut().generate_explore(b),
+        )
+    }
+
+    fn update(&mut self, update: &WeightsUpdate) -> Result<(), RoleError> {
+        self.0.update(update)
+    }
+}
+
 /// An editor: plain requests go to [`Editor::edit`], exploring ones (phase 2) to
-/// [`Editor::edit_explore`]; a batch that mixes both is answered in its order.
+/// [`Editor::edit_explore`].
 struct EditorModel(Box<dyn Editor>);
 
 impl RoleModel for EditorModel {
@@ -125,32 +175,13 @@ impl RoleModel for EditorModel {
                 other => Err(wrong(Role::Editor, &other)),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        // The usual batches are all of one kind: no copies of their images.
-        if reqs.iter().all(|r| !r.explore) {
-            return Ok(self
-                .0
-                .edit(&reqs)?
-                .into_iter()
-                .map(Response::Image)
-                .collect());
-        }
-        if reqs.iter().all(|r| r.explore) {
-            let sampled = self.0.edit_explore(&reqs)?;
-            return Ok(sampled.into_iter().map(Response::Sampled).collect());
-        }
-        let (explore, plain): (Vec<_>, Vec<_>) = reqs.iter().cloned().partition(|r| r.explore);
-        let mut sampled = self.0.edit_explore(&explore)?.into_iter();
-        let mut images = self.0.edit(&plain)?.into_iter();
-        let short = || RoleError("the editor answered fewer edits than it was asked".into());
-        reqs.iter()
-            .map(|r| {
-                Ok(if r.explore {
-                    Response::Sampled(sampled.next().ok_or_else(short)?)
-                } else {
-                    Response::Image(images.next().ok_or_else(short)?)
-                })
-            })
-            .collect()
+        let e = std::cell::RefCell::new(&mut self.0);
+        plain_or_explore(
+            reqs,
+            |r| r.explore,
+            |b| e.borrow_mut().edit(b),
+            |b| e.borrow_mut().edit_explore(b),
+        )
     }
 
     fn update(&mut self, update: &WeightsUpdate) -> Result<(), RoleError> {
@@ -211,11 +242,11 @@ mod tests {
                 .collect())
         }
 
-        fn edit_explore(&mut self, batch: &[EditRequest]) -> Result<Vec<SampledEdit>, RoleError> {
+        fn edit_explore(&mut self, batch: &[EditRequest]) -> Result<Vec<SampledImage>, RoleError> {
             assert!(batch.iter().all(|r| r.explore));
             Ok(batch
                 .iter()
-                .map(|r| SampledEdit {
+                .map(|r| SampledImage {
                     image: Image::filled(1, 1, [r.seed as u8, 0, 0]),
                     chain: DenoisingChain::new(
                         0,
@@ -229,6 +260,73 @@ mod tests {
                 })
                 .collect())
         }
+    }
+
+    impl Diffuser for Stamp {
+        fn generate(&mut self, batch: &[GenerateRequest]) -> Result<Vec<Image>, RoleError> {
+            assert!(batch.iter().all(|r| !r.explore));
+            Ok(batch
+                .iter()
+                .map(|r| Image::filled(1, 1, [r.seed as u8, 0, 0]))
+                .collect())
+        }
+
+        fn generate_explore(
+            &mut self,
+            batch: &[GenerateRequest],
+        ) -> Result<Vec<SampledImage>, RoleError> {
+            assert!(batch.iter().all(|r| r.explore));
+            Ok(batch
+                .iter()
+                .map(|r| SampledImage {
+                    image: Image::filled(1, 1, [r.seed as u8, 0, 0]),
+                    chain: DenoisingChain::new(
+                        0,
+                        0.7,
+                        1.0,
+                        [1, 1, 1],
+                        &[0.0, 0.0],
+                        vec![r.seed as f32],
+                    )
+                    .unwrap(),
+                })
+                .collect())
+        }
+    }
+
+    fn seeds_answered(out: &[Response]) -> Vec<(u64, bool)> {
+        out.iter()
+            .map(|r| match r {
+                Response::Image(i) => (u64::from(i.get(0, 0)[0]), false),
+                Response::Sampled(s) => (s.chain.log_probs[0] as u64, true),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_mixed_diffuser_batch_is_answered_in_order() {
+        let mut m = diffuser_model(Box::new(Stamp));
+        let batch: Vec<Request> = [(1, true), (2, false), (3, true)]
+            .iter()
+            .map(|&(seed, explore)| {
+                Request::Generate(GenerateRequest {
+                    prompt: rlrig_contract::sg::read_jsonl(
+                        r#"{"items":[{"item_id":0,"label":"circle","attributes":["red"]}]}"#,
+                        "t",
+                    )
+                    .unwrap()
+                    .remove(0),
+                    seed,
+                    explore,
+                })
+            })
+            .collect();
+        let out = m.call(batch).unwrap();
+        assert_eq!(
+            seeds_answered(&out),
+            vec![(1, true), (2, false), (3, true)]
+        );
     }
 
     #[test]
@@ -246,14 +344,9 @@ mod tests {
             })
             .collect();
         let out = m.call(batch).unwrap();
-        let seeds: Vec<(u64, bool)> = out
-            .iter()
-            .map(|r| match r {
-                Response::Image(i) => (u64::from(i.get(0, 0)[0]), false),
-                Response::Sampled(s) => (s.chain.log_probs[0] as u64, true),
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        assert_eq!(seeds, vec![(1, false), (2, true), (3, false), (4, true)]);
+        assert_eq!(
+            seeds_answered(&out),
+            vec![(1, false), (2, true), (3, false), (4, true)]
+        );
     }
 }

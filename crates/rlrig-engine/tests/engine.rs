@@ -10,7 +10,7 @@ use std::time::Duration;
 use rlrig_contract::{
     CheckReport, CheckRequest, Checker, DenoisingChain, Diffuser, EditPolicy, EditProposal,
     EditRequest, Editor, GenerateRequest, Image, Outcome, ProposeRequest, Role, RoleError,
-    SampledEdit, SceneGraph, StepOutput, Trajectory, WeightsUpdate,
+    SampledImage, SceneGraph, StepOutput, Trajectory, WeightsUpdate,
 };
 use rlrig_engine::{Engine, Registry, RunSummary, StopSignal};
 use rlrig_sg::read_jsonl;
@@ -36,7 +36,8 @@ struct Knobs {
     live_max: AtomicUsize,
 }
 
-struct Gen(Arc<Knobs>);
+/// The diffuser, with the version of its weights (Flow-GRPO on the generator).
+struct Gen(Arc<Knobs>, u64);
 struct Check(Arc<Knobs>);
 struct Pol(Arc<Knobs>, u64);
 /// The editor, with the version of its weights (phase 2).
@@ -50,8 +51,37 @@ fn image(k: &Knobs, tag: u8) -> Image {
 
 impl Diffuser for Gen {
     fn generate(&mut self, batch: &[GenerateRequest]) -> Result<Vec<Image>, RoleError> {
+        assert!(batch.iter().all(|r| !r.explore), "plain images only here");
         std::thread::sleep(Duration::from_millis(self.0.other_ms * batch.len() as u64));
         Ok(batch.iter().map(|_| image(&self.0, 1)).collect())
+    }
+
+    /// An exploring image passes the check for one seed in three; its chain records the seed
+    /// (in its one log-prob) and the weights' version.
+    fn generate_explore(
+        &mut self,
+        batch: &[GenerateRequest],
+    ) -> Result<Vec<SampledImage>, RoleError> {
+        Ok(batch
+            .iter()
+            .map(|r| SampledImage {
+                image: image(&self.0, if r.seed % 3 == 0 { 2 } else { 1 }),
+                chain: DenoisingChain::new(
+                    self.1,
+                    0.7,
+                    1.0,
+                    [1, 1, 1],
+                    &[1.0, 0.5],
+                    vec![(r.seed % 1000) as f32],
+                )
+                .unwrap(),
+            })
+            .collect())
+    }
+
+    fn update(&mut self, update: &WeightsUpdate) -> Result<(), RoleError> {
+        self.1 = update.version;
+        Ok(())
     }
 }
 
@@ -114,10 +144,10 @@ impl EditPolicy for Pol {
 impl Editor for Edit {
     /// Phase 2: an exploring edit succeeds for one seed in three, and its chain records the
     /// seed (in its one log-prob) and the weights' version.
-    fn edit_explore(&mut self, batch: &[EditRequest]) -> Result<Vec<SampledEdit>, RoleError> {
+    fn edit_explore(&mut self, batch: &[EditRequest]) -> Result<Vec<SampledImage>, RoleError> {
         Ok(batch
             .iter()
-            .map(|r| SampledEdit {
+            .map(|r| SampledImage {
                 image: image(&self.0, if r.seed % 3 == 0 { 2 } else { 3 }),
                 chain: DenoisingChain::new(
                     self.1,
@@ -161,7 +191,7 @@ fn registry(k: &Arc<Knobs>) -> Registry {
     let ok = |_: &serde_json::Value| Ok(());
     let k1 = k.clone();
     r.add_diffuser("t.gen", "", ok, move |_: serde_json::Value, _| {
-        Ok(Box::new(Gen(k1.clone())))
+        Ok(Box::new(Gen(k1.clone(), 0)))
     });
     let k2 = k.clone();
     r.add_checker("t.check", "", ok, move |_: serde_json::Value, _| {
@@ -501,7 +531,11 @@ async fn phase_two_branches_at_the_editor_and_keeps_its_chains() {
         for g in &groups {
             assert_eq!(g.samples.len(), 4);
             // Every sample applied the line's one edit prompt, with its own noise.
-            assert!(g.samples.iter().all(|s| s.proposal.edit_prompt == "fix it"));
+            assert!(
+                g.samples
+                    .iter()
+                    .all(|s| s.proposal.as_ref().unwrap().edit_prompt == "fix it")
+            );
             let seeds: HashSet<u32> = g
                 .samples
                 .iter()
@@ -529,6 +563,68 @@ async fn phase_two_branches_at_the_editor_and_keeps_its_chains() {
         .filter_map(|s| s.chain.as_ref().map(|c| c.version))
         .collect();
     assert_eq!(versions, HashSet::from([2]));
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trained_diffuser_branches_at_round_zero_and_keeps_its_chains() {
+    let k = Arc::new(Knobs::default());
+    let loaded = flow("[train]\nactor = \"gen\"\nnum_generations = 4\nsteps = 1");
+    let engine = Engine::start(&loaded, &registry(&k)).await.unwrap();
+    let updater = engine.weights_updater("gen").unwrap();
+    let (_stop_tx, stop_rx) = watch::channel(StopSignal::Run);
+    let (summary, ts) = run_all(&engine, 30, stop_rx.clone(), &k).await;
+    assert_eq!(summary.done, 30);
+    let mut mixed = 0;
+    for t in &ts {
+        let start: Vec<_> = t.steps.iter().filter(|s| s.round == 0).collect();
+        assert_eq!(start.len(), 8, "4 branches × (generate, check)");
+        for s in &start {
+            assert!(s.branch.is_some());
+            assert_eq!(s.chain.is_some(), s.role == Role::Diffuser);
+        }
+        assert_eq!(
+            start.iter().filter(|s| s.on_line()).count(),
+            2,
+            "one branch is kept"
+        );
+        // The rounds after it are not sampled: the Diffuser does not take part in them.
+        assert!(
+            t.steps
+                .iter()
+                .filter(|s| s.round > 0)
+                .all(|s| s.branch.is_none() && s.chain.is_none())
+        );
+        let groups = t.grpo_groups(&rlrig_contract::Reward::default()).unwrap();
+        assert_eq!(groups.len(), 1, "one group: round 0");
+        let g = &groups[0];
+        assert_eq!((g.round, g.image.is_none(), g.report.is_none()), (0, true, true));
+        assert_eq!(g.samples.len(), 4);
+        assert!(g.samples.iter().all(|s| s.proposal.is_none()));
+        let seeds: HashSet<u32> = g
+            .samples
+            .iter()
+            .map(|s| s.chain.as_ref().unwrap().log_probs[0] as u32)
+            .collect();
+        assert_eq!(seeds.len(), 4, "each branch's Diffuser has its own seed");
+        if g.samples.iter().any(|s| s.reward != g.samples[0].reward) {
+            mixed += 1;
+        }
+    }
+    assert!(mixed > 0, "the Diffuser's noise makes rewards differ");
+    updater
+        .send(WeightsUpdate {
+            version: 3,
+            weights: vec![],
+        })
+        .unwrap();
+    let (_, ts) = run_all(&engine, 5, stop_rx, &k).await;
+    let versions: HashSet<u64> = ts
+        .iter()
+        .flat_map(|t| &t.steps)
+        .filter_map(|s| s.chain.as_ref().map(|c| c.version))
+        .collect();
+    assert_eq!(versions, HashSet::from([3]));
     engine.shutdown().await;
 }
 
@@ -578,7 +674,7 @@ async fn resampling_makes_a_groups_edit_prompts_differ() {
                 let prompts: HashSet<&str> = g
                     .samples
                     .iter()
-                    .map(|s| s.proposal.edit_prompt.as_str())
+                    .map(|s| s.proposal.as_ref().unwrap().edit_prompt.as_str())
                     .collect();
                 groups += 1;
                 both += usize::from(prompts.len() == 2);

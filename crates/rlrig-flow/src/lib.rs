@@ -85,7 +85,7 @@ impl Flow {
     }
 
     /// The role whose step a round branches at when training: the trained actor's (`Policy`
-    /// in phase 1, `Editor` in phase 2). `None` without `[train]`.
+    /// in phase 1, `Editor` in phase 2, `Diffuser` in round 0). `None` without `[train]`.
     pub fn branch_role(&self) -> Option<Role> {
         let t = self.train.as_ref()?;
         self.actors.get(&t.actor).map(|a| a.role)

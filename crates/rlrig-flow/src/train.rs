@@ -1,5 +1,5 @@
 //! The `[train]` table: a cycle flow that trains one actor with Reflection-GRPO — the Policy
-//! (phase 1) or the Editor (phase 2, Flow-GRPO).
+//! (phase 1) or the Editor (phase 2, Flow-GRPO) — or the Diffuser with Flow-GRPO.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -11,12 +11,14 @@ use crate::default_device;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrainSettings {
-    /// The actor whose weights are trained: one with role `policy` (phase 1) or `editor`
-    /// (phase 2); every other actor is frozen. (`policy = "…"` is accepted as an alias.)
+    /// The actor whose weights are trained: one with role `policy` (phase 1), `editor`
+    /// (phase 2) or `diffuser` (a step of `cycle.start`); every other actor is frozen.
+    /// (`policy = "…"` is accepted as an alias.)
     #[serde(alias = "policy")]
     pub actor: String,
     /// Samples per round (`G`): edit prompts the Policy writes, each edited and re-checked
-    /// (phase 1), or edits the Editor makes of one edit prompt, each re-checked (phase 2).
+    /// (phase 1), edits the Editor makes of one edit prompt, each re-checked (phase 2), or
+    /// images the Diffuser makes of the prompt, each checked (round 0).
     #[serde(default = "default_generations")]
     pub num_generations: u32,
     /// Learner steps to take.

@@ -219,15 +219,44 @@ fn check_train(
             ),
         );
     }
+    let steps_of = |names: &[String]| -> Vec<Role> {
+        names
+            .iter()
+            .filter_map(|n| flow.actors.get(n))
+            .map(|a| a.role)
+            .collect()
+    };
+    // The reward is the score of a checker after the trained role's last image.
+    let checked_after = |roles: &[Role], role: Role| {
+        roles
+            .iter()
+            .rposition(|r| *r == role)
+            .is_some_and(|e| roles[e..].contains(&Role::Checker))
+    };
     match flow.actors.get(&t.actor) {
         None => problem(
             "train.actor",
             format!("no actor named {:?} is defined under [actors]", t.actor),
         ),
+        Some(a) if a.role == Role::Diffuser => {
+            // Flow-GRPO on the generator: its groups are round 0's images.
+            if !flow.cycle.start.contains(&t.actor) {
+                problem(
+                    "train.actor",
+                    format!("{:?} is not a step of `cycle.start`", t.actor),
+                );
+            } else if !checked_after(&steps_of(&flow.cycle.start), Role::Diffuser) {
+                problem(
+                    "cycle.start",
+                    "training the diffuser needs a checker after it in `cycle.start`: its score is the reward"
+                        .into(),
+                );
+            }
+        }
         Some(a) if !matches!(a.role, Role::Policy | Role::Editor) => problem(
             "train.actor",
             format!(
-                "{:?} has role {:?}; the trained actor must have role \"policy\" (phase 1) or \"editor\" (phase 2)",
+                "{:?} has role {:?}; the trained actor must have role \"policy\" (phase 1), \"editor\" (phase 2) or \"diffuser\"",
                 t.actor,
                 a.role.name()
             ),
@@ -236,27 +265,21 @@ fn check_train(
             "train.actor",
             format!("{:?} is not a step of `cycle.round`", t.actor),
         ),
-        Some(_) => {}
-    }
-    let round = &flow.cycle.round;
-    let roles: Vec<Role> = round
-        .iter()
-        .filter_map(|n| flow.actors.get(n))
-        .map(|a| a.role)
-        .collect();
-    let editor = roles.iter().rposition(|r| *r == Role::Editor);
-    if editor.is_none_or(|e| !roles[e..].contains(&Role::Checker)) {
-        problem(
-            "cycle.round",
-            "training needs a checker after the round's last editor: its score is the reward"
-                .into(),
-        );
-    }
-    if flow.cycle.max_rounds == 0 {
-        problem(
-            "cycle.max_rounds",
-            "training needs at least one round".into(),
-        );
+        Some(_) => {
+            if !checked_after(&steps_of(&flow.cycle.round), Role::Editor) {
+                problem(
+                    "cycle.round",
+                    "training needs a checker after the round's last editor: its score is the reward"
+                        .into(),
+                );
+            }
+            if flow.cycle.max_rounds == 0 {
+                problem(
+                    "cycle.max_rounds",
+                    "training needs at least one round".into(),
+                );
+            }
+        }
     }
     if t.num_generations < 2 {
         problem(
