@@ -446,6 +446,57 @@ fn phase_two_trains_the_editor_from_stored_denoising_chains() {
     assert!(max_difference(&replayed, &root().join("weights/editor.safetensors")) > 1e-6);
 }
 
+/// Flow-GRPO on the Diffuser through the binary: round 0 runs as a group of SDE images, their
+/// chains (without a source image or edit prompt) are stored, learner steps reach the Diffuser
+/// by message, and the trained weights are written as `diffuser.safetensors`.
+#[test]
+fn the_diffuser_trains_from_its_stored_denoising_chains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = run_ok(&[
+        "run".to_string(),
+        "tests/flows/valid/train-diffuser-tiny.toml".into(),
+        "--set".into(),
+        format!("run_dir={}", tmp.path().display()),
+    ]);
+    let dir = tmp.path().join("train-diffuser-tiny");
+    assert!(text(&o).contains("3 learner steps"), "{}", text(&o));
+    let m = check_metrics(&dir, 3);
+    assert_eq!(m.last().unwrap().learn.version, 3, "{m:#?}");
+    assert!(m.iter().skip(1).any(|s| s.learn.kl > 0.0));
+
+    let store = TrajectoryStore::open(&dir.join("store")).unwrap();
+    let all = store.committed_after(None, usize::MAX).unwrap();
+    let mut versions = std::collections::BTreeSet::new();
+    let mut groups = 0;
+    for (_, t) in &all {
+        assert!(t.steps.iter().all(|s| s.round == 0), "no edits: max_rounds = 0");
+        for g in t.grpo_groups(&rlrig_contract::Reward::default()).unwrap() {
+            groups += 1;
+            assert_eq!((g.round, g.samples.len()), (0, 4));
+            assert!(g.image.is_none() && g.report.is_none());
+            for s in &g.samples {
+                assert!(s.proposal.is_none());
+                let c = s.chain.as_ref().expect("every sample has its chain");
+                assert_eq!(
+                    (c.steps(), c.schedule_steps(), c.shape),
+                    (2, 3, [3, 32, 32])
+                );
+                versions.insert(c.version);
+            }
+        }
+    }
+    assert!(groups >= 6);
+    assert!(
+        [0, 1, 2].iter().all(|v| versions.contains(v)),
+        "new Diffuser weights reached the Diffuser actors: {versions:?}"
+    );
+    drop(store);
+    let trained = dir.join("diffuser.safetensors");
+    assert!(max_difference(&trained, &root().join("weights/diffuser.safetensors")) > 1e-6);
+    let eval = std::fs::read_to_string(dir.join("eval.jsonl")).unwrap();
+    assert!(eval.contains("\"version\":3"), "{eval}");
+}
+
 /// Phase 2 resumes like phase 1: killed (SIGKILL) once its first checkpoint is written, the run
 /// continues from it, and the steps and the store's log stay exactly-once.
 #[test]

@@ -265,20 +265,26 @@ fn check_train(
             "train.actor",
             format!("{:?} is not a step of `cycle.round`", t.actor),
         ),
-        Some(_) => {
-            if !checked_after(&steps_of(&flow.cycle.round), Role::Editor) {
-                problem(
-                    "cycle.round",
-                    "training needs a checker after the round's last editor: its score is the reward"
-                        .into(),
-                );
-            }
-            if flow.cycle.max_rounds == 0 {
-                problem(
-                    "cycle.max_rounds",
-                    "training needs at least one round".into(),
-                );
-            }
+        Some(_) => {}
+    }
+    // A policy's or an editor's groups are the rounds' (a diffuser's are round 0's).
+    let trains_diffuser = flow
+        .actors
+        .get(&t.actor)
+        .is_some_and(|a| a.role == Role::Diffuser);
+    if !trains_diffuser {
+        if !checked_after(&steps_of(&flow.cycle.round), Role::Editor) {
+            problem(
+                "cycle.round",
+                "training needs a checker after the round's last editor: its score is the reward"
+                    .into(),
+            );
+        }
+        if flow.cycle.max_rounds == 0 {
+            problem(
+                "cycle.max_rounds",
+                "training needs at least one round".into(),
+            );
         }
     }
     if t.num_generations < 2 {
