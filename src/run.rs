@@ -20,14 +20,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use rlrig_contract::{Outcome, SceneGraph, StepOutput, Trajectory};
+use rlrig_contract::{Outcome, SceneGraph, Trajectory};
 use rlrig_engine::{Engine, Registry, RunSummary, StopSignal};
-use rlrig_flow::{LoadedFlow, PromptSourceKind, StoredImages};
+use rlrig_flow::{LoadedFlow, PromptSourceKind};
 use rlrig_sg::{IouScores, MeanScores};
 use rlrig_store::TrajectoryStore;
 use rlrig_world::{Canvas, WorldGraph, judge, sample};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
+
+use crate::chain::write_chain;
 
 /// Options of `rlrig run`.
 pub struct RunOptions {
@@ -450,58 +452,6 @@ impl Collector {
             seconds: elapsed.as_secs_f64(),
         }
     }
-}
-
-/// Writes one trajectory's images and `chain.json` under `<out>/<id>/`; returns the chain
-/// document (also one line of `rlrig trajectories export`'s JSONL).
-pub(crate) fn write_chain(
-    out: &Path,
-    t: &Trajectory,
-    images: StoredImages,
-) -> Result<serde_json::Value> {
-    let dir = out.join(format!("{:06}", t.id));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let answer = match t.outcome {
-        Outcome::Done { answer, .. } => Some(answer),
-        Outcome::Failed { .. } => None,
-    };
-    let mut chain = Vec::new();
-    for (i, s) in t.steps.iter().enumerate() {
-        let entry = match &s.output {
-            StepOutput::Image(img) => {
-                let file = format!("step{i:02}-round{}-{}.png", s.round, s.actor);
-                if images == StoredImages::All || answer == Some(i) {
-                    std::fs::write(dir.join(&file), img.to_png()?)
-                        .with_context(|| format!("writing {file}"))?;
-                }
-                serde_json::json!({"step": i, "round": s.round, "actor": s.actor, "role": s.role, "image": file})
-            }
-            StepOutput::Report(r) => serde_json::json!({
-                "step": i, "round": s.round, "actor": s.actor, "role": s.role,
-                "score": r.score, "reflection": r.reflection, "items": r.items, "relations": r.relations,
-            }),
-            StepOutput::Edit(e) => serde_json::json!({
-                "step": i, "round": s.round, "actor": s.actor, "role": s.role,
-                "edit_prompt": e.edit_prompt, "token_ids": e.token_ids, "logprobs": e.logprobs,
-                "policy_version": e.policy_version,
-            }),
-        };
-        let mut entry = entry;
-        if let Some(b) = s.branch {
-            entry["branch"] = b.index.into();
-            entry["kept"] = b.kept.into();
-        }
-        chain.push(entry);
-    }
-    let doc = serde_json::json!({
-        "id": t.id, "prompt": t.prompt.prompt(), "scene_graph": t.prompt, "seed": t.seed,
-        "outcome": t.outcome, "elapsed_ms": t.elapsed_ms, "steps": chain,
-    });
-    std::fs::write(
-        dir.join("chain.json"),
-        serde_json::to_string_pretty(&doc)? + "\n",
-    )?;
-    Ok(doc)
 }
 
 /// A progress bar on a terminal, a log line every tenth of the run otherwise.

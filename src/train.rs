@@ -33,8 +33,9 @@ use rlrig_store::TrajectoryStore;
 use rlrig_train::{TrainSummary, Trainer, TrainerArgs, TrainerConfig, TrainerMsg};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::chain::write_chain;
 use crate::overrides::set_string;
-use crate::run::{RunOptions, prompts_of, write_chain};
+use crate::run::{RunOptions, prompts_of};
 
 /// The file the trained weights are written to in the run directory, after the trained actor's
 /// role: `policy.safetensors` (phase 1), `editor.safetensors` (phase 2) or
