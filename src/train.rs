@@ -19,6 +19,10 @@
 //! weights, loadable by the trained actor's kind) and `train.json` (the summary). `--resume` continues a run exactly where its
 //! checkpoint left it: prompts already committed are not run again, the trainer reads on from
 //! its cursor.
+//!
+//! As for inference flows ([`crate::run`]), the run directory is created only once the learner
+//! is built and every actor has started: a training flow that cannot start leaves nothing
+//! behind (and a run it would have overwritten as it was).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -82,18 +86,40 @@ pub fn run(
             );
         }
     } else {
-        crate::run::prepare_run_dir(&dir, opts.overwrite)?;
-        std::fs::write(dir.join("flow.toml"), &loaded.text).context("writing flow.toml")?;
+        // Refused before anything starts; created only after the learner is built and every
+        // actor started, so that a start that fails (a missing weights file, a program that
+        // is not there) leaves no directory behind to block the corrected rerun.
+        crate::run::refuse_existing_run_dir(&dir, opts.overwrite)?;
     }
-    let store = Arc::new(TrajectoryStore::open(&dir.join("store"))?);
-    let mut prompts = prompts_of(&loaded)?;
+    let prompts = prompts_of(&loaded).map_err(crate::outcome::refused)?;
     let before = prompts.len();
-    let mut kept = Vec::with_capacity(prompts.len());
-    for (id, p) in prompts.drain(..) {
-        if !store.contains(id)? {
-            kept.push((id, p));
+    let learner = learner_for(registry, &loaded)?;
+    let t0 = Instant::now();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let engine = runtime.block_on(Engine::start(&loaded, registry))?;
+    let opened = (|| -> Result<(Arc<TrajectoryStore>, Vec<_>)> {
+        if !resume {
+            crate::run::prepare_run_dir(&dir, opts.overwrite)?;
+            std::fs::write(dir.join("flow.toml"), &loaded.text).context("writing flow.toml")?;
         }
-    }
+        let store = Arc::new(TrajectoryStore::open(&dir.join("store"))?);
+        let mut kept = Vec::with_capacity(prompts.len());
+        for (id, p) in prompts {
+            if !store.contains(id)? {
+                kept.push((id, p));
+            }
+        }
+        Ok((store, kept))
+    })();
+    let (store, kept) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            runtime.block_on(engine.shutdown());
+            return Err(e);
+        }
+    };
     if resume {
         eprintln!(
             "resuming {}: {} of {before} prompts already committed",
@@ -101,15 +127,11 @@ pub fn run(
             before - kept.len()
         );
     }
-    let learner = learner_for(registry, &loaded)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     let (eval_tx, eval_rx) = std::sync::mpsc::channel::<WeightsUpdate>();
     let summary = std::thread::scope(|scope| {
         let evaluator = scope.spawn(|| evaluate_versions(registry, &loaded, &t, &dir, eval_rx));
         let summary = runtime.block_on(drive(
-            registry,
+            engine,
             &loaded,
             &t,
             kept,
@@ -119,6 +141,7 @@ pub fn run(
             &dir.join(weights_file),
             resume,
             eval_tx,
+            t0,
         ));
         if let Err(e) = evaluator.join().expect("the evaluator does not panic") {
             eprintln!("warning: evaluation: {e:#}");
@@ -160,7 +183,7 @@ pub fn run(
 
 #[allow(clippy::too_many_arguments)]
 async fn drive(
-    registry: &Registry,
+    engine: Engine,
     loaded: &LoadedFlow,
     t: &TrainSettings,
     prompts: Vec<(u64, rlrig_contract::SceneGraph)>,
@@ -170,9 +193,8 @@ async fn drive(
     weights_out: &Path,
     resume: bool,
     eval: std::sync::mpsc::Sender<WeightsUpdate>,
+    t0: Instant,
 ) -> Result<TrainSummary> {
-    let t0 = Instant::now();
-    let engine = Engine::start(loaded, registry).await?;
     let updater = engine
         .weights_updater(&t.actor)
         .context("the trained actor is not running")?;

@@ -1,7 +1,7 @@
 //! The command line's reliability, through the real binary: paths in a flow are relative to the
-//! flow file, a start that fails leaves no run directory behind, each failure is logged once
-//! and retries are counted, `rlrig validate` lists every problem and takes a run directory,
-//! and `metrics.json` names its keys as `eval.json` does.
+//! flow file, a start that fails leaves no run directory behind (inference and training flows),
+//! each failure is logged once and retries are counted, `rlrig validate` lists every problem and
+//! takes a run directory, and `metrics.json` names its keys as `eval.json` does.
 //!
 //! `RLRIG_BLESS=1 cargo test --test cli_reliability` rewrites the `.expected` files of
 //! `tests/flows/invalid/all/` after a deliberate change of wording — review the diff.
@@ -140,6 +140,78 @@ fn a_failed_start_leaves_no_run_directory_and_the_rerun_needs_no_overwrite() {
         text(&broken)
     );
     assert_eq!(std::fs::read(dir.join("metrics.json")).unwrap(), before);
+}
+
+/// `tests/flows/valid/train-tiny.toml` run into `run_dir` with `sets` (`KEY=VALUE`) and
+/// further arguments.
+fn train_tiny(run_dir: &Path, sets: &[&str], more: &[&str]) -> Output {
+    let mut args = vec![
+        "run".to_string(),
+        "tests/flows/valid/train-tiny.toml".into(),
+        "--set".into(),
+        format!("run_dir={}", run_dir.display()),
+    ];
+    for s in sets {
+        args.extend(["--set".to_string(), s.to_string()]);
+    }
+    args.extend(more.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    rlrig(&args)
+}
+
+#[test]
+fn a_training_flow_that_fails_to_start_leaves_no_run_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let dir = runs.join("train-tiny");
+    // A weights file that is there (so the flow validates) but holds no Policy: the learner
+    // cannot be built from it.
+    let garbage = tmp.path().join("garbage.safetensors");
+    std::fs::write(&garbage, b"not a safetensors file").unwrap();
+    let weights = format!("actors.policy.settings.weights={}", garbage.display());
+    // A checker whose program is not there: the engine cannot start it.
+    let program = [
+        r#"actors.checker.kind="external""#,
+        r#"actors.checker.settings={ command = ["./no-such-checker.py"] }"#,
+    ];
+    let missing = root().join("tests/flows/valid/no-such-checker.py");
+    let cases: [(&[&str], String); 2] = [
+        (&[weights.as_str()], garbage.display().to_string()),
+        (
+            &program,
+            format!("cannot start \"{}\": no such file", missing.display()),
+        ),
+    ];
+    for (sets, says) in cases {
+        // The flow is valid: what fails is the start.
+        let mut args = vec!["validate", "tests/flows/valid/train-tiny.toml"];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let v = rlrig(&args);
+        assert_eq!(v.status.code(), Some(0), "{sets:?}: {}", text(&v));
+
+        let o = train_tiny(&runs, sets, &[]);
+        assert_eq!(o.status.code(), Some(1), "{sets:?}: {}", text(&o));
+        assert!(stderr(&o).contains(&says), "{sets:?}: {}", text(&o));
+        assert!(
+            !dir.exists(),
+            "{sets:?}: the failed start left {}",
+            dir.display()
+        );
+
+        // A run --overwrite would replace stays as it was.
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("earlier"), "an earlier run").unwrap();
+        let o = train_tiny(&runs, sets, &["--overwrite"]);
+        assert_eq!(o.status.code(), Some(1), "{sets:?}: {}", text(&o));
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["earlier"], "{sets:?}: {}", text(&o));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
 
 /// A checker that crashes on its first batch once (the marker file remembers), writing a line
