@@ -155,7 +155,17 @@ pub fn run_with(
     reporting: Reporting,
 ) -> Result<(RunMetrics, PathBuf)> {
     let loaded = load_checked(registry, &opts.flow, &opts.sets)?;
-    let prompts = prompts_of(&loaded).map_err(crate::outcome::refused)?;
+    run_loaded(registry, &loaded, opts.overwrite, reporting)
+}
+
+/// [`run_with`] of a flow already loaded and checked ([`load_checked`]).
+pub fn run_loaded(
+    registry: &Registry,
+    loaded: &LoadedFlow,
+    overwrite: bool,
+    reporting: Reporting,
+) -> Result<(RunMetrics, PathBuf)> {
+    let prompts = prompts_of(loaded).map_err(crate::outcome::refused)?;
     let total = prompts.len();
     let judged = prompts
         .iter()
@@ -169,14 +179,14 @@ pub fn run_with(
     // Refused before any actor starts; created only after they all did, so that a start that
     // fails (a missing weights file, a program that is not there) leaves no directory behind
     // to block the corrected rerun.
-    refuse_existing_run_dir(&dir, opts.overwrite)?;
+    refuse_existing_run_dir(&dir, overwrite)?;
     let t0 = Instant::now();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let engine = runtime.block_on(Engine::start(&loaded, registry))?;
+    let engine = runtime.block_on(Engine::start(loaded, registry))?;
     let opened = (|| -> Result<Option<TrajectoryStore>> {
-        prepare_run_dir(&dir, opts.overwrite)?;
+        prepare_run_dir(&dir, overwrite)?;
         std::fs::write(dir.join("flow.toml"), &loaded.text).context("writing flow.toml")?;
         Ok(if loaded.flow.store.trajectories {
             Some(TrajectoryStore::open(&dir.join("store"))?)
@@ -192,7 +202,7 @@ pub fn run_with(
         }
     };
     let (metrics, summary) =
-        runtime.block_on(drive(engine, &loaded, prompts, judged, store, &dir, t0))?;
+        runtime.block_on(drive(engine, loaded, prompts, judged, store, &dir, t0))?;
     std::fs::write(
         dir.join("metrics.json"),
         serde_json::to_string_pretty(&metrics)? + "\n",
@@ -240,7 +250,17 @@ pub fn load_checked(registry: &Registry, path: &Path, sets: &[String]) -> Result
             message: format!("cannot read the flow file: {e}"),
         })
     })?;
-    let (loaded, mut problems) = rlrig_flow::parse_str(path, &text, sets)?;
+    load_checked_str(registry, path, &text, sets)
+}
+
+/// [`load_checked`] on the flow file's text, already read; `path` names it.
+pub fn load_checked_str(
+    registry: &Registry,
+    path: &Path,
+    text: &str,
+    sets: &[String],
+) -> Result<LoadedFlow> {
+    let (loaded, mut problems) = rlrig_flow::parse_str(path, text, sets)?;
     if let Err(e) = registry.check_flow(&loaded) {
         for p in e.problems {
             if !problems.contains(&p) {

@@ -59,21 +59,22 @@ pub fn learner_for(registry: &Registry, loaded: &LoadedFlow) -> Result<Box<dyn G
     })
 }
 
-/// Runs a training flow; returns the trainer's summary and the run directory.
+/// Runs a training flow, already loaded and checked ([`crate::run::load_checked`]); returns
+/// the trainer's summary and the run directory. `overwrite` replaces an existing run
+/// directory; `resume` continues the run in it instead.
 pub fn run(
     registry: &Registry,
-    opts: &RunOptions,
+    loaded: &LoadedFlow,
+    overwrite: bool,
     resume: bool,
 ) -> Result<(TrainSummary, PathBuf)> {
-    let loaded = rlrig_flow::load(&opts.flow, &opts.sets)?;
-    registry.check_flow(&loaded)?;
     let t = loaded
         .flow
         .train
         .clone()
         .context("the flow has no [train] table")?;
-    registry.check_learner(&loaded)?;
-    let weights_file = weights_file(&loaded, &t);
+    registry.check_learner(loaded)?;
+    let weights_file = weights_file(loaded, &t);
     let dir = loaded.flow.run_dir.join(&loaded.flow.name);
     if resume {
         let stored = std::fs::read_to_string(dir.join("flow.toml"))
@@ -89,19 +90,19 @@ pub fn run(
         // Refused before anything starts; created only after the learner is built and every
         // actor started, so that a start that fails (a missing weights file, a program that
         // is not there) leaves no directory behind to block the corrected rerun.
-        crate::run::refuse_existing_run_dir(&dir, opts.overwrite)?;
+        crate::run::refuse_existing_run_dir(&dir, overwrite)?;
     }
-    let prompts = prompts_of(&loaded).map_err(crate::outcome::refused)?;
+    let prompts = prompts_of(loaded).map_err(crate::outcome::refused)?;
     let before = prompts.len();
-    let learner = learner_for(registry, &loaded)?;
+    let learner = learner_for(registry, loaded)?;
     let t0 = Instant::now();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let engine = runtime.block_on(Engine::start(&loaded, registry))?;
+    let engine = runtime.block_on(Engine::start(loaded, registry))?;
     let opened = (|| -> Result<(Arc<TrajectoryStore>, Vec<_>)> {
         if !resume {
-            crate::run::prepare_run_dir(&dir, opts.overwrite)?;
+            crate::run::prepare_run_dir(&dir, overwrite)?;
             std::fs::write(dir.join("flow.toml"), &loaded.text).context("writing flow.toml")?;
         }
         let store = Arc::new(TrajectoryStore::open(&dir.join("store"))?);
@@ -129,10 +130,10 @@ pub fn run(
     }
     let (eval_tx, eval_rx) = std::sync::mpsc::channel::<WeightsUpdate>();
     let summary = std::thread::scope(|scope| {
-        let evaluator = scope.spawn(|| evaluate_versions(registry, &loaded, &t, &dir, eval_rx));
+        let evaluator = scope.spawn(|| evaluate_versions(registry, loaded, &t, &dir, eval_rx));
         let summary = runtime.block_on(drive(
             engine,
-            &loaded,
+            loaded,
             &t,
             kept,
             store,
