@@ -84,8 +84,11 @@ enum Command {
         run: PathBuf,
     },
     /// Checks a flow without running anything: format, references, cycle order, kinds, settings.
+    ///
+    /// Takes what `rlrig run` takes: a flow file, or a run directory (its flow.toml, as run).
     Validate {
-        /// The flow file.
+        /// The flow file, e.g. flows/infer.toml, or a run directory (its flow.toml, as run), e.g.
+        /// runs/infer.
         flow: PathBuf,
         /// Overrides a value of the flow (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]

@@ -381,6 +381,14 @@ fn validate_lists_every_problem_of_a_flow_in_one_call() {
 
 #[test]
 fn validate_takes_a_run_directory_as_run_does() {
+    // Its help says so.
+    let help = rlrig(&["validate", "--help"]);
+    assert_eq!(help.status.code(), Some(0), "{}", text(&help));
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("a flow file, or a run directory") && help.contains("runs/infer"),
+        "{help}"
+    );
     let tmp = tempfile::tempdir().unwrap();
     let o = rlrig(&[
         "run",
