@@ -166,7 +166,7 @@ pub fn run_str(
             std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
         }
         std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("flow.toml"), &loaded.text)?;
+        loaded.write_copy(&dir.join("flow.toml"))?;
     } else if !dir.join("checkpoint").exists() {
         bail!("--resume: {} has no checkpoint to continue", dir.display());
     }

@@ -1,7 +1,9 @@
 //! `rlrig run FLOW`: a flow over its prompts, into `runs/<name>/`.
 //!
-//! The run directory holds `flow.toml` (the flow as run, overrides applied), `store/` (the
-//! sled trajectory store, every trajectory written atomically), `trajectories/<id>/` (each
+//! The run directory holds `flow.toml` (the flow as run, overrides applied) with
+//! `flow.base_dir` (the original flow file's directory, which the copy's flow-relative paths
+//! resolve against: [`rlrig_flow::write_copy`]), `store/` (the sled trajectory store, every
+//! trajectory written atomically), `trajectories/<id>/` (each
 //! prompt's image chain as PNGs and `chain.json` with the reflections and edit prompts), and
 //! `metrics.json` (counts, retries and restarts, oracle metrics at round 0, each round and
 //! `final` when the prompts are in the built-in world's vocabulary) with `scores.jsonl` (the
@@ -187,7 +189,7 @@ pub fn run_loaded(
     let engine = runtime.block_on(Engine::start(loaded, registry))?;
     let opened = (|| -> Result<Option<TrajectoryStore>> {
         prepare_run_dir(&dir, overwrite)?;
-        std::fs::write(dir.join("flow.toml"), &loaded.text).context("writing flow.toml")?;
+        loaded.write_copy(&dir.join("flow.toml"))?;
         Ok(if loaded.flow.store.trajectories {
             Some(TrajectoryStore::open(&dir.join("store"))?)
         } else {

@@ -103,7 +103,7 @@ pub fn run(
     let opened = (|| -> Result<(Arc<TrajectoryStore>, Vec<_>)> {
         if !resume {
             crate::run::prepare_run_dir(&dir, overwrite)?;
-            std::fs::write(dir.join("flow.toml"), &loaded.text).context("writing flow.toml")?;
+            loaded.write_copy(&dir.join("flow.toml"))?;
         }
         let store = Arc::new(TrajectoryStore::open(&dir.join("store"))?);
         let mut kept = Vec::with_capacity(prompts.len());
@@ -378,8 +378,9 @@ fn evaluate_versions(
                 std::fs::create_dir_all(&eval_dir)?;
                 let text = rlrig_flow::without_table(&loaded.text, "train")
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
+                // Its flow-relative paths are the training flow's.
                 let p = eval_dir.join("flow.toml");
-                std::fs::write(&p, text)?;
+                rlrig_flow::write_copy(&p, &text, loaded.base_dir())?;
                 flow_path.insert(p)
             }
         };

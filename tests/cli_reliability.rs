@@ -1,7 +1,8 @@
 //! The command line's reliability, through the real binary: paths in a flow are relative to the
-//! flow file, a start that fails leaves no run directory behind (inference and training flows),
-//! each failure is logged once and retries are counted, `rlrig validate` lists every problem and
-//! takes a run directory, and `metrics.json` names its keys as `eval.json` does.
+//! flow file (in a run directory's copy of it, to the original's), a start that fails leaves no
+//! run directory behind (inference and training flows), each failure is logged once and retries
+//! are counted, `rlrig validate` lists every problem and takes a run directory, and
+//! `metrics.json` names its keys as `eval.json` does.
 //!
 //! `RLRIG_BLESS=1 cargo test --test cli_reliability` rewrites the `.expected` files of
 //! `tests/flows/invalid/all/` after a deliberate change of wording — review the diff.
@@ -82,6 +83,68 @@ fn a_relative_cwd_and_program_path_resolve_against_the_flow_file() {
     assert_eq!(
         metrics(&tmp.path().join("runs/external-checker"))["done"],
         2
+    );
+}
+
+/// A run directory's `flow.toml` is a copy: its flow-relative paths (an external program, an
+/// actor's `config`) resolve against the original flow file's directory, recorded beside it,
+/// from any working directory, when the run directory is validated or run again.
+#[test]
+fn a_run_directory_resolves_flow_relative_paths_as_its_flow_did() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (first, other) = (tmp.path().join("first"), tmp.path().join("other"));
+    std::fs::create_dir(&first).unwrap();
+    std::fs::create_dir(&other).unwrap();
+    let flow = example_flow();
+    let o = rlrig_in(
+        &first,
+        &["run", flow.to_str().unwrap(), "--set", "prompts.count=2"],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let run = first.join("runs/external-checker");
+
+    // From another working directory: validated, and run again (the program
+    // `./external_checker.py` is found beside the original flow, not in the run directory).
+    let v = rlrig_in(&other, &["validate", run.to_str().unwrap()], None);
+    assert_eq!(v.status.code(), Some(0), "{}", text(&v));
+    let again = rlrig_in(
+        &other,
+        &["run", run.to_str().unwrap(), "--set", "name=again"],
+        None,
+    );
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    let again = other.join("runs/again");
+    assert_eq!(metrics(&again)["done"], 2);
+    // Beside each copy, the original flow's directory (a copy of the copy keeps it).
+    let recorded = std::fs::read_to_string(run.join("flow.base_dir")).unwrap();
+    assert_eq!(Path::new(recorded.trim_end()), root().join("examples"));
+    assert_eq!(
+        std::fs::read_to_string(again.join("flow.base_dir")).unwrap(),
+        recorded
+    );
+
+    // An actor's `config` file, read when the flow is checked.
+    let run_dir = format!("run_dir={}", tmp.path().join("runs").display());
+    let o = rlrig(&[
+        "run",
+        "tests/flows/valid/config_file.toml",
+        "--set",
+        &run_dir,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let fixture = tmp.path().join("runs/fixture");
+    let v = rlrig_in(&other, &["validate", fixture.to_str().unwrap()], None);
+    assert_eq!(v.status.code(), Some(0), "{}", text(&v));
+
+    // Without the record, the copy's paths are its own directory's, as any flow file's.
+    std::fs::remove_file(fixture.join("flow.base_dir")).unwrap();
+    let v = rlrig_in(&other, &["validate", fixture.to_str().unwrap()], None);
+    assert_eq!(v.status.code(), Some(2), "{}", text(&v));
+    assert!(
+        stderr(&v).contains("`actors.editor.config`: cannot read"),
+        "{}",
+        text(&v)
     );
 }
 
