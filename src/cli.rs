@@ -7,7 +7,7 @@ use rlrig_engine::Registry;
 
 use crate::outcome::all_done;
 pub use crate::outcome::{Interrupted, Refused, TrajectoriesFailed, exit, exit_code, refused};
-use crate::run::{RunOptions, run};
+use crate::run::{Reporting, run_loaded};
 use crate::world_cmd;
 
 /// Whether the error is stdout's reader having gone (`rlrig trajectories ls RUN | head`).
@@ -84,8 +84,11 @@ enum Command {
         run: PathBuf,
     },
     /// Checks a flow without running anything: format, references, cycle order, kinds, settings.
+    ///
+    /// Takes what `rlrig run` takes: a flow file, or a run directory (its flow.toml, as run).
     Validate {
-        /// The flow file.
+        /// The flow file, e.g. flows/infer.toml, or a run directory (its flow.toml, as run), e.g.
+        /// runs/infer.
         flow: PathBuf,
         /// Overrides a value of the flow (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -192,46 +195,33 @@ fn run_any(
     resume: bool,
 ) -> anyhow::Result<i32> {
     // A run directory stands for the flow it ran (`rlrig run runs/train --resume`).
-    let flow = if flow.is_dir() && flow.join("flow.toml").is_file() {
-        flow.join("flow.toml")
-    } else {
-        flow
-    };
+    let flow = crate::run::flow_file(&flow);
     let text = std::fs::read_to_string(&flow)
         .map_err(|e| refused(anyhow::anyhow!("{}: {e}", flow.display())))?;
-    let opts = RunOptions {
-        flow,
-        sets,
-        overwrite,
-    };
-    match rlrig_flow::flow_kind(&text) {
-        rlrig_flow::FlowKind::Pretrain => {
-            crate::pretrain_cmd::run(&opts.flow, &opts.sets, resume, overwrite).map(|_| exit::OK)
-        }
-        rlrig_flow::FlowKind::Cycle
-            if rlrig_flow::load(&opts.flow, &opts.sets)?
-                .flow
-                .train
-                .is_some() =>
-        {
-            let (_, dir) = crate::train::run(registry, &opts, resume).map_err(|e| {
-                if crate::run::was_interrupted() && !e.chain().any(|c| c.is::<Interrupted>()) {
-                    e.context(Interrupted("interrupted".into()))
-                } else {
-                    e
-                }
-            })?;
-            let (done, failed) = crate::run::count_outcomes(&dir.join("store"))?;
-            all_done(failed, done + failed, &dir)
-        }
-        rlrig_flow::FlowKind::Cycle if resume => Err(refused(anyhow::anyhow!(
-            "--resume continues pre-training and training flows; inference flows start afresh (use a new name or --overwrite)"
-        ))),
-        rlrig_flow::FlowKind::Cycle => {
-            let (m, dir) = run(registry, &opts)?;
-            all_done(m.failed, m.done + m.failed, &dir)
-        }
+    if rlrig_flow::flow_kind(&text) == rlrig_flow::FlowKind::Pretrain {
+        return crate::pretrain_cmd::run_str(&flow, &text, &sets, resume, overwrite)
+            .map(|_| exit::OK);
     }
+    // Loaded and checked once, here; the run takes it as it is.
+    let loaded = crate::run::load_checked_str(registry, &flow, &text, &sets)?;
+    if loaded.flow.train.is_some() {
+        let (_, dir) = crate::train::run(registry, &loaded, overwrite, resume).map_err(|e| {
+            if crate::run::was_interrupted() && !e.chain().any(|c| c.is::<Interrupted>()) {
+                e.context(Interrupted("interrupted".into()))
+            } else {
+                e
+            }
+        })?;
+        let (done, failed) = crate::run::count_outcomes(&dir.join("store"))?;
+        return all_done(failed, done + failed, &dir);
+    }
+    if resume {
+        return Err(refused(anyhow::anyhow!(
+            "--resume continues pre-training and training flows; inference flows start afresh (use a new name or --overwrite)"
+        )));
+    }
+    let (m, dir) = run_loaded(registry, &loaded, overwrite, Reporting::default())?;
+    all_done(m.failed, m.done + m.failed, &dir)
 }
 
 fn validate(registry: &Registry, flow: &std::path::Path, sets: &[String]) -> anyhow::Result<i32> {
@@ -246,7 +236,7 @@ fn validate(registry: &Registry, flow: &std::path::Path, sets: &[String]) -> any
         return Ok(0);
     }
     // Every problem at once: the flow's own and its actors' kinds and settings.
-    let loaded = crate::run::load_checked(registry, flow, sets)?;
+    let loaded = crate::run::load_checked_str(registry, flow, &text, sets)?;
     let c = &loaded.flow.cycle;
     let round = if c.max_rounds > 0 {
         format!(" | {} ×{}", c.round.join(" → "), c.max_rounds)

@@ -30,7 +30,7 @@ use rlrig_world::WorldGraph;
 use crate::compare_cmd::bootstrap_ci;
 use crate::outcome::{exit, refused};
 use crate::overrides::set_string;
-use crate::run::{Reporting, RunOptions};
+use crate::run::Reporting;
 
 /// Options of `rlrig eval`.
 #[derive(clap::Args)]
@@ -180,26 +180,18 @@ fn run_flow(
     sets.push(set_string("prompts.source", "file"));
     sets.push(set_string("prompts.path", &prompts.display().to_string()));
     sets.push(format!("prompts.count={}", records.len()));
-    let (metrics, dir) = crate::run::run_with(
+    let loaded = crate::run::load_checked(registry, &args.flow, &sets)?;
+    let (metrics, dir) = crate::run::run_loaded(
         registry,
-        &RunOptions {
-            flow: args.flow.clone(),
-            sets,
-            overwrite: args.overwrite,
-        },
+        &loaded,
+        args.overwrite,
         Reporting {
             table_to_stderr: args.json,
         },
     )?;
     let (lines, rounds, images) = match judge {
         None => (read_scores(&dir)?, metrics.rounds.len(), None),
-        Some(judge) => {
-            let max_rounds = rlrig_flow::load(&args.flow, &args.sets)?
-                .flow
-                .cycle
-                .max_rounds;
-            judge_run(judge, &dir, max_rounds)?
-        }
+        Some(judge) => judge_run(judge, &dir, loaded.flow.cycle.max_rounds)?,
     };
     Ok(Judged {
         dir,

@@ -17,6 +17,7 @@
 //! ```
 
 mod builtin;
+mod chain;
 pub mod cli;
 mod compare_cmd;
 mod eval_cmd;

@@ -138,7 +138,18 @@ fn train_settings(p: &rlrig_flow::PretrainSettings) -> TrainSettings {
 pub fn run(flow: &Path, sets: &[String], resume: bool, overwrite: bool) -> Result<PathBuf> {
     let text =
         std::fs::read_to_string(flow).with_context(|| format!("reading {}", flow.display()))?;
-    let loaded: Loaded<PretrainFlow> = rlrig_flow::load_as(flow, &text, sets)?;
+    run_str(flow, &text, sets, resume, overwrite)
+}
+
+/// [`run`] on the flow file's text, already read; `flow` names it.
+pub fn run_str(
+    flow: &Path,
+    text: &str,
+    sets: &[String],
+    resume: bool,
+    overwrite: bool,
+) -> Result<PathBuf> {
+    let loaded: Loaded<PretrainFlow> = rlrig_flow::load_as(flow, text, sets)?;
     let job = job_of(&loaded)?;
     rlrig_models::device::select(&job.train().device).map_err(|e| {
         anyhow::anyhow!("{}: {e}", loaded.problem_at("pretrain.device", "").location)
@@ -155,7 +166,7 @@ pub fn run(flow: &Path, sets: &[String], resume: bool, overwrite: bool) -> Resul
             std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
         }
         std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("flow.toml"), &loaded.text)?;
+        loaded.write_copy(&dir.join("flow.toml"))?;
     } else if !dir.join("checkpoint").exists() {
         bail!("--resume: {} has no checkpoint to continue", dir.display());
     }

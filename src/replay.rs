@@ -99,7 +99,7 @@ pub fn run(
         );
     }
     crate::run::prepare_run_dir(&dir, overwrite)?;
-    std::fs::write(dir.join("flow.toml"), &loaded.text).context("writing flow.toml")?;
+    loaded.write_copy(&dir.join("flow.toml"))?;
     let mut learner = crate::train::learner_for(registry, &loaded)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(loaded.flow.engine.seed);
     let mut order: Vec<usize> = Vec::new();

@@ -265,7 +265,7 @@ pub fn write(dir: &Path) -> Result<PathBuf> {
                 "<section><h3>#{} — {}</h3><p>{}</p><div class=\"chain\">",
                 t.id,
                 esc(&t.prompt.prompt()),
-                esc(&crate::trajectories_cmd::outcome_text(t))
+                esc(&crate::chain::outcome_text(t))
             );
             let triples = prompt_triples(&t.prompt);
             let mut image = None;

@@ -1,7 +1,9 @@
 //! `rlrig run FLOW`: a flow over its prompts, into `runs/<name>/`.
 //!
-//! The run directory holds `flow.toml` (the flow as run, overrides applied), `store/` (the
-//! sled trajectory store, every trajectory written atomically), `trajectories/<id>/` (each
+//! The run directory holds `flow.toml` (the flow as run, overrides applied) with
+//! `flow.base_dir` (the original flow file's directory, which the copy's flow-relative paths
+//! resolve against: [`rlrig_flow::write_copy`]), `store/` (the sled trajectory store, every
+//! trajectory written atomically), `trajectories/<id>/` (each
 //! prompt's image chain as PNGs and `chain.json` with the reflections and edit prompts), and
 //! `metrics.json` (counts, retries and restarts, oracle metrics at round 0, each round and
 //! `final` when the prompts are in the built-in world's vocabulary) with `scores.jsonl` (the
@@ -20,14 +22,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use rlrig_contract::{Outcome, SceneGraph, StepOutput, Trajectory};
+use rlrig_contract::{Outcome, SceneGraph, Trajectory};
 use rlrig_engine::{Engine, Registry, RunSummary, StopSignal};
-use rlrig_flow::{LoadedFlow, PromptSourceKind, StoredImages};
+use rlrig_flow::{LoadedFlow, PromptSourceKind};
 use rlrig_sg::{IouScores, MeanScores};
 use rlrig_store::TrajectoryStore;
 use rlrig_world::{Canvas, WorldGraph, judge, sample};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
+
+use crate::chain::write_chain;
 
 /// Options of `rlrig run`.
 pub struct RunOptions {
@@ -153,7 +157,17 @@ pub fn run_with(
     reporting: Reporting,
 ) -> Result<(RunMetrics, PathBuf)> {
     let loaded = load_checked(registry, &opts.flow, &opts.sets)?;
-    let prompts = prompts_of(&loaded).map_err(crate::outcome::refused)?;
+    run_loaded(registry, &loaded, opts.overwrite, reporting)
+}
+
+/// [`run_with`] of a flow already loaded and checked ([`load_checked`]).
+pub fn run_loaded(
+    registry: &Registry,
+    loaded: &LoadedFlow,
+    overwrite: bool,
+    reporting: Reporting,
+) -> Result<(RunMetrics, PathBuf)> {
+    let prompts = prompts_of(loaded).map_err(crate::outcome::refused)?;
     let total = prompts.len();
     let judged = prompts
         .iter()
@@ -167,15 +181,15 @@ pub fn run_with(
     // Refused before any actor starts; created only after they all did, so that a start that
     // fails (a missing weights file, a program that is not there) leaves no directory behind
     // to block the corrected rerun.
-    refuse_existing_run_dir(&dir, opts.overwrite)?;
+    refuse_existing_run_dir(&dir, overwrite)?;
     let t0 = Instant::now();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let engine = runtime.block_on(Engine::start(&loaded, registry))?;
+    let engine = runtime.block_on(Engine::start(loaded, registry))?;
     let opened = (|| -> Result<Option<TrajectoryStore>> {
-        prepare_run_dir(&dir, opts.overwrite)?;
-        std::fs::write(dir.join("flow.toml"), &loaded.text).context("writing flow.toml")?;
+        prepare_run_dir(&dir, overwrite)?;
+        loaded.write_copy(&dir.join("flow.toml"))?;
         Ok(if loaded.flow.store.trajectories {
             Some(TrajectoryStore::open(&dir.join("store"))?)
         } else {
@@ -190,7 +204,7 @@ pub fn run_with(
         }
     };
     let (metrics, summary) =
-        runtime.block_on(drive(engine, &loaded, prompts, judged, store, &dir, t0))?;
+        runtime.block_on(drive(engine, loaded, prompts, judged, store, &dir, t0))?;
     std::fs::write(
         dir.join("metrics.json"),
         serde_json::to_string_pretty(&metrics)? + "\n",
@@ -238,7 +252,17 @@ pub fn load_checked(registry: &Registry, path: &Path, sets: &[String]) -> Result
             message: format!("cannot read the flow file: {e}"),
         })
     })?;
-    let (loaded, mut problems) = rlrig_flow::parse_str(path, &text, sets)?;
+    load_checked_str(registry, path, &text, sets)
+}
+
+/// [`load_checked`] on the flow file's text, already read; `path` names it.
+pub fn load_checked_str(
+    registry: &Registry,
+    path: &Path,
+    text: &str,
+    sets: &[String],
+) -> Result<LoadedFlow> {
+    let (loaded, mut problems) = rlrig_flow::parse_str(path, text, sets)?;
     if let Err(e) = registry.check_flow(&loaded) {
         for p in e.problems {
             if !problems.contains(&p) {
@@ -450,58 +474,6 @@ impl Collector {
             seconds: elapsed.as_secs_f64(),
         }
     }
-}
-
-/// Writes one trajectory's images and `chain.json` under `<out>/<id>/`; returns the chain
-/// document (also one line of `rlrig trajectories export`'s JSONL).
-pub(crate) fn write_chain(
-    out: &Path,
-    t: &Trajectory,
-    images: StoredImages,
-) -> Result<serde_json::Value> {
-    let dir = out.join(format!("{:06}", t.id));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let answer = match t.outcome {
-        Outcome::Done { answer, .. } => Some(answer),
-        Outcome::Failed { .. } => None,
-    };
-    let mut chain = Vec::new();
-    for (i, s) in t.steps.iter().enumerate() {
-        let entry = match &s.output {
-            StepOutput::Image(img) => {
-                let file = format!("step{i:02}-round{}-{}.png", s.round, s.actor);
-                if images == StoredImages::All || answer == Some(i) {
-                    std::fs::write(dir.join(&file), img.to_png()?)
-                        .with_context(|| format!("writing {file}"))?;
-                }
-                serde_json::json!({"step": i, "round": s.round, "actor": s.actor, "role": s.role, "image": file})
-            }
-            StepOutput::Report(r) => serde_json::json!({
-                "step": i, "round": s.round, "actor": s.actor, "role": s.role,
-                "score": r.score, "reflection": r.reflection, "items": r.items, "relations": r.relations,
-            }),
-            StepOutput::Edit(e) => serde_json::json!({
-                "step": i, "round": s.round, "actor": s.actor, "role": s.role,
-                "edit_prompt": e.edit_prompt, "token_ids": e.token_ids, "logprobs": e.logprobs,
-                "policy_version": e.policy_version,
-            }),
-        };
-        let mut entry = entry;
-        if let Some(b) = s.branch {
-            entry["branch"] = b.index.into();
-            entry["kept"] = b.kept.into();
-        }
-        chain.push(entry);
-    }
-    let doc = serde_json::json!({
-        "id": t.id, "prompt": t.prompt.prompt(), "scene_graph": t.prompt, "seed": t.seed,
-        "outcome": t.outcome, "elapsed_ms": t.elapsed_ms, "steps": chain,
-    });
-    std::fs::write(
-        dir.join("chain.json"),
-        serde_json::to_string_pretty(&doc)? + "\n",
-    )?;
-    Ok(doc)
 }
 
 /// A progress bar on a terminal, a log line every tenth of the run otherwise.

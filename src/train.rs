@@ -19,6 +19,10 @@
 //! weights, loadable by the trained actor's kind) and `train.json` (the summary). `--resume` continues a run exactly where its
 //! checkpoint left it: prompts already committed are not run again, the trainer reads on from
 //! its cursor.
+//!
+//! As for inference flows ([`crate::run`]), the run directory is created only once the learner
+//! is built and every actor has started: a training flow that cannot start leaves nothing
+//! behind (and a run it would have overwritten as it was).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -33,8 +37,9 @@ use rlrig_store::TrajectoryStore;
 use rlrig_train::{TrainSummary, Trainer, TrainerArgs, TrainerConfig, TrainerMsg};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::chain::write_chain;
 use crate::overrides::set_string;
-use crate::run::{RunOptions, prompts_of, write_chain};
+use crate::run::{RunOptions, prompts_of};
 
 /// The file the trained weights are written to in the run directory, after the trained actor's
 /// role: `policy.safetensors` (phase 1), `editor.safetensors` (phase 2) or
@@ -54,21 +59,22 @@ pub fn learner_for(registry: &Registry, loaded: &LoadedFlow) -> Result<Box<dyn G
     })
 }
 
-/// Runs a training flow; returns the trainer's summary and the run directory.
+/// Runs a training flow, already loaded and checked ([`crate::run::load_checked`]); returns
+/// the trainer's summary and the run directory. `overwrite` replaces an existing run
+/// directory; `resume` continues the run in it instead.
 pub fn run(
     registry: &Registry,
-    opts: &RunOptions,
+    loaded: &LoadedFlow,
+    overwrite: bool,
     resume: bool,
 ) -> Result<(TrainSummary, PathBuf)> {
-    let loaded = rlrig_flow::load(&opts.flow, &opts.sets)?;
-    registry.check_flow(&loaded)?;
     let t = loaded
         .flow
         .train
         .clone()
         .context("the flow has no [train] table")?;
-    registry.check_learner(&loaded)?;
-    let weights_file = weights_file(&loaded, &t);
+    registry.check_learner(loaded)?;
+    let weights_file = weights_file(loaded, &t);
     let dir = loaded.flow.run_dir.join(&loaded.flow.name);
     if resume {
         let stored = std::fs::read_to_string(dir.join("flow.toml"))
@@ -81,18 +87,40 @@ pub fn run(
             );
         }
     } else {
-        crate::run::prepare_run_dir(&dir, opts.overwrite)?;
-        std::fs::write(dir.join("flow.toml"), &loaded.text).context("writing flow.toml")?;
+        // Refused before anything starts; created only after the learner is built and every
+        // actor started, so that a start that fails (a missing weights file, a program that
+        // is not there) leaves no directory behind to block the corrected rerun.
+        crate::run::refuse_existing_run_dir(&dir, overwrite)?;
     }
-    let store = Arc::new(TrajectoryStore::open(&dir.join("store"))?);
-    let mut prompts = prompts_of(&loaded)?;
+    let prompts = prompts_of(loaded).map_err(crate::outcome::refused)?;
     let before = prompts.len();
-    let mut kept = Vec::with_capacity(prompts.len());
-    for (id, p) in prompts.drain(..) {
-        if !store.contains(id)? {
-            kept.push((id, p));
+    let learner = learner_for(registry, loaded)?;
+    let t0 = Instant::now();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let engine = runtime.block_on(Engine::start(loaded, registry))?;
+    let opened = (|| -> Result<(Arc<TrajectoryStore>, Vec<_>)> {
+        if !resume {
+            crate::run::prepare_run_dir(&dir, overwrite)?;
+            loaded.write_copy(&dir.join("flow.toml"))?;
         }
-    }
+        let store = Arc::new(TrajectoryStore::open(&dir.join("store"))?);
+        let mut kept = Vec::with_capacity(prompts.len());
+        for (id, p) in prompts {
+            if !store.contains(id)? {
+                kept.push((id, p));
+            }
+        }
+        Ok((store, kept))
+    })();
+    let (store, kept) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            runtime.block_on(engine.shutdown());
+            return Err(e);
+        }
+    };
     if resume {
         eprintln!(
             "resuming {}: {} of {before} prompts already committed",
@@ -100,16 +128,12 @@ pub fn run(
             before - kept.len()
         );
     }
-    let learner = learner_for(registry, &loaded)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     let (eval_tx, eval_rx) = std::sync::mpsc::channel::<WeightsUpdate>();
     let summary = std::thread::scope(|scope| {
-        let evaluator = scope.spawn(|| evaluate_versions(registry, &loaded, &t, &dir, eval_rx));
+        let evaluator = scope.spawn(|| evaluate_versions(registry, loaded, &t, &dir, eval_rx));
         let summary = runtime.block_on(drive(
-            registry,
-            &loaded,
+            engine,
+            loaded,
             &t,
             kept,
             store,
@@ -118,6 +142,7 @@ pub fn run(
             &dir.join(weights_file),
             resume,
             eval_tx,
+            t0,
         ));
         if let Err(e) = evaluator.join().expect("the evaluator does not panic") {
             eprintln!("warning: evaluation: {e:#}");
@@ -159,7 +184,7 @@ pub fn run(
 
 #[allow(clippy::too_many_arguments)]
 async fn drive(
-    registry: &Registry,
+    engine: Engine,
     loaded: &LoadedFlow,
     t: &TrainSettings,
     prompts: Vec<(u64, rlrig_contract::SceneGraph)>,
@@ -169,9 +194,8 @@ async fn drive(
     weights_out: &Path,
     resume: bool,
     eval: std::sync::mpsc::Sender<WeightsUpdate>,
+    t0: Instant,
 ) -> Result<TrainSummary> {
-    let t0 = Instant::now();
-    let engine = Engine::start(loaded, registry).await?;
     let updater = engine
         .weights_updater(&t.actor)
         .context("the trained actor is not running")?;
@@ -354,8 +378,9 @@ fn evaluate_versions(
                 std::fs::create_dir_all(&eval_dir)?;
                 let text = rlrig_flow::without_table(&loaded.text, "train")
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
+                // Its flow-relative paths are the training flow's.
                 let p = eval_dir.join("flow.toml");
-                std::fs::write(&p, text)?;
+                rlrig_flow::write_copy(&p, &text, loaded.base_dir())?;
                 flow_path.insert(p)
             }
         };

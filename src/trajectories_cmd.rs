@@ -70,23 +70,6 @@ fn summary(t: &Trajectory) -> (String, u32, String) {
     }
 }
 
-/// A trajectory's outcome in words: `done: answer round 2, score 1.00` or `failed: <error>`.
-pub(crate) fn outcome_text(t: &Trajectory) -> String {
-    match &t.outcome {
-        Outcome::Done { answer, score } => {
-            let round = t
-                .steps
-                .get(*answer)
-                .map_or("?".to_string(), |s| s.round.to_string());
-            match score {
-                Some(s) => format!("done: answer round {round}, score {s:.2}"),
-                None => format!("done: answer round {round}, unscored"),
-            }
-        }
-        Outcome::Failed { error } => format!("failed: {error}"),
-    }
-}
-
 /// Runs a `trajectories` subcommand.
 pub fn run(cmd: TrajectoriesCommand) -> Result<i32> {
     let mut out = std::io::stdout().lock();
@@ -119,7 +102,7 @@ pub fn run(cmd: TrajectoriesCommand) -> Result<i32> {
                 "seed {}, {} ms, {}",
                 t.seed,
                 t.elapsed_ms,
-                outcome_text(&t)
+                crate::chain::outcome_text(&t)
             )?;
             for (i, s) in t.steps.iter().enumerate() {
                 let what = match &s.output {
@@ -179,7 +162,7 @@ pub fn run(cmd: TrajectoriesCommand) -> Result<i32> {
             let ids = store.ids()?;
             for &id in &ids {
                 let Some(t) = store.get(id)? else { continue };
-                let doc = crate::run::write_chain(&dir, &t, StoredImages::All)?;
+                let doc = crate::chain::write_chain(&dir, &t, StoredImages::All)?;
                 lines.push_str(&serde_json::to_string(&doc)?);
                 lines.push('\n');
             }

@@ -1,7 +1,8 @@
 //! The command line's reliability, through the real binary: paths in a flow are relative to the
-//! flow file, a start that fails leaves no run directory behind, each failure is logged once
-//! and retries are counted, `rlrig validate` lists every problem and takes a run directory,
-//! and `metrics.json` names its keys as `eval.json` does.
+//! flow file (in a run directory's copy of it, to the original's), a start that fails leaves no
+//! run directory behind (inference and training flows), each failure is logged once and retries
+//! are counted, `rlrig validate` lists every problem and takes a run directory, and
+//! `metrics.json` names its keys as `eval.json` does.
 //!
 //! `RLRIG_BLESS=1 cargo test --test cli_reliability` rewrites the `.expected` files of
 //! `tests/flows/invalid/all/` after a deliberate change of wording — review the diff.
@@ -85,6 +86,68 @@ fn a_relative_cwd_and_program_path_resolve_against_the_flow_file() {
     );
 }
 
+/// A run directory's `flow.toml` is a copy: its flow-relative paths (an external program, an
+/// actor's `config`) resolve against the original flow file's directory, recorded beside it,
+/// from any working directory, when the run directory is validated or run again.
+#[test]
+fn a_run_directory_resolves_flow_relative_paths_as_its_flow_did() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (first, other) = (tmp.path().join("first"), tmp.path().join("other"));
+    std::fs::create_dir(&first).unwrap();
+    std::fs::create_dir(&other).unwrap();
+    let flow = example_flow();
+    let o = rlrig_in(
+        &first,
+        &["run", flow.to_str().unwrap(), "--set", "prompts.count=2"],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let run = first.join("runs/external-checker");
+
+    // From another working directory: validated, and run again (the program
+    // `./external_checker.py` is found beside the original flow, not in the run directory).
+    let v = rlrig_in(&other, &["validate", run.to_str().unwrap()], None);
+    assert_eq!(v.status.code(), Some(0), "{}", text(&v));
+    let again = rlrig_in(
+        &other,
+        &["run", run.to_str().unwrap(), "--set", "name=again"],
+        None,
+    );
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    let again = other.join("runs/again");
+    assert_eq!(metrics(&again)["done"], 2);
+    // Beside each copy, the original flow's directory (a copy of the copy keeps it).
+    let recorded = std::fs::read_to_string(run.join("flow.base_dir")).unwrap();
+    assert_eq!(Path::new(recorded.trim_end()), root().join("examples"));
+    assert_eq!(
+        std::fs::read_to_string(again.join("flow.base_dir")).unwrap(),
+        recorded
+    );
+
+    // An actor's `config` file, read when the flow is checked.
+    let run_dir = format!("run_dir={}", tmp.path().join("runs").display());
+    let o = rlrig(&[
+        "run",
+        "tests/flows/valid/config_file.toml",
+        "--set",
+        &run_dir,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let fixture = tmp.path().join("runs/fixture");
+    let v = rlrig_in(&other, &["validate", fixture.to_str().unwrap()], None);
+    assert_eq!(v.status.code(), Some(0), "{}", text(&v));
+
+    // Without the record, the copy's paths are its own directory's, as any flow file's.
+    std::fs::remove_file(fixture.join("flow.base_dir")).unwrap();
+    let v = rlrig_in(&other, &["validate", fixture.to_str().unwrap()], None);
+    assert_eq!(v.status.code(), Some(2), "{}", text(&v));
+    assert!(
+        stderr(&v).contains("`actors.editor.config`: cannot read"),
+        "{}",
+        text(&v)
+    );
+}
+
 #[test]
 fn a_failed_start_leaves_no_run_directory_and_the_rerun_needs_no_overwrite() {
     let tmp = tempfile::tempdir().unwrap();
@@ -140,6 +203,78 @@ fn a_failed_start_leaves_no_run_directory_and_the_rerun_needs_no_overwrite() {
         text(&broken)
     );
     assert_eq!(std::fs::read(dir.join("metrics.json")).unwrap(), before);
+}
+
+/// `tests/flows/valid/train-tiny.toml` run into `run_dir` with `sets` (`KEY=VALUE`) and
+/// further arguments.
+fn train_tiny(run_dir: &Path, sets: &[&str], more: &[&str]) -> Output {
+    let mut args = vec![
+        "run".to_string(),
+        "tests/flows/valid/train-tiny.toml".into(),
+        "--set".into(),
+        format!("run_dir={}", run_dir.display()),
+    ];
+    for s in sets {
+        args.extend(["--set".to_string(), s.to_string()]);
+    }
+    args.extend(more.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    rlrig(&args)
+}
+
+#[test]
+fn a_training_flow_that_fails_to_start_leaves_no_run_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let dir = runs.join("train-tiny");
+    // A weights file that is there (so the flow validates) but holds no Policy: the learner
+    // cannot be built from it.
+    let garbage = tmp.path().join("garbage.safetensors");
+    std::fs::write(&garbage, b"not a safetensors file").unwrap();
+    let weights = format!("actors.policy.settings.weights={}", garbage.display());
+    // A checker whose program is not there: the engine cannot start it.
+    let program = [
+        r#"actors.checker.kind="external""#,
+        r#"actors.checker.settings={ command = ["./no-such-checker.py"] }"#,
+    ];
+    let missing = root().join("tests/flows/valid/no-such-checker.py");
+    let cases: [(&[&str], String); 2] = [
+        (&[weights.as_str()], garbage.display().to_string()),
+        (
+            &program,
+            format!("cannot start \"{}\": no such file", missing.display()),
+        ),
+    ];
+    for (sets, says) in cases {
+        // The flow is valid: what fails is the start.
+        let mut args = vec!["validate", "tests/flows/valid/train-tiny.toml"];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let v = rlrig(&args);
+        assert_eq!(v.status.code(), Some(0), "{sets:?}: {}", text(&v));
+
+        let o = train_tiny(&runs, sets, &[]);
+        assert_eq!(o.status.code(), Some(1), "{sets:?}: {}", text(&o));
+        assert!(stderr(&o).contains(&says), "{sets:?}: {}", text(&o));
+        assert!(
+            !dir.exists(),
+            "{sets:?}: the failed start left {}",
+            dir.display()
+        );
+
+        // A run --overwrite would replace stays as it was.
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("earlier"), "an earlier run").unwrap();
+        let o = train_tiny(&runs, sets, &["--overwrite"]);
+        assert_eq!(o.status.code(), Some(1), "{sets:?}: {}", text(&o));
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["earlier"], "{sets:?}: {}", text(&o));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
 
 /// A checker that crashes on its first batch once (the marker file remembers), writing a line
@@ -309,6 +444,14 @@ fn validate_lists_every_problem_of_a_flow_in_one_call() {
 
 #[test]
 fn validate_takes_a_run_directory_as_run_does() {
+    // Its help says so.
+    let help = rlrig(&["validate", "--help"]);
+    assert_eq!(help.status.code(), Some(0), "{}", text(&help));
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("a flow file, or a run directory") && help.contains("runs/infer"),
+        "{help}"
+    );
     let tmp = tempfile::tempdir().unwrap();
     let o = rlrig(&[
         "run",

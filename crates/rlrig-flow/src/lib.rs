@@ -30,8 +30,9 @@ mod validate;
 
 pub use cluster::{ClusterSettings, LOCAL, NodeSpec, Placement, used_nodes};
 pub use load::{
-    Checked, FlowError, FlowKind, FlowProblem, Loaded, LoadedFlow, did_you_mean, flow_kind, load,
-    load_as, load_str, parse_as, parse_str, settings_into,
+    Checked, CopyError, FlowError, FlowKind, FlowProblem, Loaded, LoadedFlow, base_dir_record,
+    did_you_mean, flow_kind, load, load_as, load_str, parse_as, parse_str, settings_into,
+    write_copy,
 };
 pub use pretrain::{PretrainFlow, PretrainModel, PretrainSettings};
 pub use train::TrainSettings;

@@ -61,6 +61,8 @@ pub struct Loaded<T> {
     pub text: String,
     /// The `--set` overrides applied, as `(key, value)`.
     pub overrides: Vec<(String, String)>,
+    /// The directory flow-relative paths resolve against (see [`Loaded::base_dir`]).
+    base_dir: PathBuf,
 }
 
 /// A cycle flow as loaded.
@@ -84,10 +86,113 @@ impl<T> Loaded<T> {
         self.problem_at(key, message).into()
     }
 
-    /// The directory of the flow file: `config` paths are relative to it.
+    /// The directory paths in the flow that name files belonging with it (an actor's `config`,
+    /// a kind's model directory or program, the cluster's secret file) are relative to: the
+    /// flow file's own, or, for a copy written by [`write_copy`] (a run directory's
+    /// `flow.toml`), the original flow file's, as recorded beside the copy.
     pub fn base_dir(&self) -> &Path {
-        self.path.parent().unwrap_or(Path::new("."))
+        &self.base_dir
     }
+
+    /// Writes the flow as loaded ([`Loaded::text`]) to `path` with its base directory recorded
+    /// beside it ([`write_copy`]).
+    pub fn write_copy(&self, path: &Path) -> Result<(), CopyError> {
+        write_copy(path, &self.text, self.base_dir())
+    }
+}
+
+/// The file beside a copy of a flow that records the directory its flow-relative paths resolve
+/// against: `runs/x/flow.toml` → `runs/x/flow.base_dir`.
+pub fn base_dir_record(flow_file: &Path) -> PathBuf {
+    flow_file.with_extension("base_dir")
+}
+
+/// Why a copy of a flow could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write {}", path.display())]
+pub struct CopyError {
+    /// The file that could not be written (or the directory that could not be made absolute).
+    pub path: PathBuf,
+    /// The I/O error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Writes `text`, a flow whose flow-relative paths resolve against `base_dir`, to `path` (a run
+/// directory's `flow.toml`, say), and `base_dir`, made absolute, to [`base_dir_record`] beside
+/// it. Loading the copy ([`load`], [`parse_str`], …) then resolves those paths as the original
+/// flow did, from any working directory; without the record (deleted, or the copy moved
+/// without it) they resolve against the copy's own directory.
+pub fn write_copy(path: &Path, text: &str, base_dir: &Path) -> Result<(), CopyError> {
+    let error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CopyError { path, source }
+    };
+    let base = if base_dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        base_dir
+    };
+    let base = std::path::absolute(base).map_err(error(base))?;
+    std::fs::write(path, text).map_err(error(path))?;
+    let record = base_dir_record(path);
+    let mut bytes = path_bytes(&base);
+    bytes.push(b'\n');
+    std::fs::write(&record, bytes).map_err(error(&record))
+}
+
+/// The base directory of the flow file at `path`: the one recorded beside it, if any
+/// ([`write_copy`]), else its own directory.
+fn base_dir_of(path: &Path) -> Result<PathBuf, FlowProblem> {
+    let record = base_dir_record(path);
+    match std::fs::read(&record) {
+        Ok(mut bytes) => {
+            if bytes.last() == Some(&b'\n') {
+                bytes.pop();
+            }
+            if bytes.is_empty() {
+                return Err(FlowProblem {
+                    location: record.display().to_string(),
+                    key: String::new(),
+                    message: format!(
+                        "names no directory (it records the directory {}'s flow-relative paths resolve against)",
+                        path.display()
+                    ),
+                });
+            }
+            Ok(path_from_bytes(bytes))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(path.parent().unwrap_or(Path::new(".")).to_path_buf())
+        }
+        Err(e) => Err(FlowProblem {
+            location: record.display().to_string(),
+            key: String::new(),
+            message: format!("cannot read the flow's recorded base directory: {e}"),
+        }),
+    }
+}
+
+#[cfg(unix)]
+fn path_bytes(p: &Path) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    p.as_os_str().as_bytes().to_vec()
+}
+
+#[cfg(unix)]
+fn path_from_bytes(b: Vec<u8>) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    PathBuf::from(std::ffi::OsString::from_vec(b))
+}
+
+#[cfg(not(unix))]
+fn path_bytes(p: &Path) -> Vec<u8> {
+    p.to_string_lossy().into_owned().into_bytes()
+}
+
+#[cfg(not(unix))]
+fn path_from_bytes(b: Vec<u8>) -> PathBuf {
+    PathBuf::from(String::from_utf8_lossy(&b).into_owned())
 }
 
 /// The formats a flow file can be in.
@@ -108,7 +213,8 @@ pub fn flow_kind(text: &str) -> FlowKind {
     }
 }
 
-/// Reads, overrides, parses and checks a flow file.
+/// Reads, overrides, parses and checks a flow file. A copy of a flow written by [`write_copy`]
+/// gets the base directory recorded beside it ([`Loaded::base_dir`]).
 ///
 /// `overrides` are `dotted.key=value` strings; the value is read as TOML (`3`, `true`,
 /// `["a", "b"]`, `"text"`) and, if it is not valid TOML, as a plain string.
@@ -174,6 +280,7 @@ pub fn parse_as<T: DeserializeOwned + Checked>(
         path: path.to_path_buf(),
         text,
         overrides,
+        base_dir: base_dir_of(path)?,
     };
     let problems = T::check(&loaded);
     Ok((loaded, problems))
@@ -442,4 +549,33 @@ pub fn settings_into<T: for<'de> Deserialize<'de>>(
         let key = if key == "." { String::new() } else { key };
         explain_unknown(key, &e.inner().to_string())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A copy resolves against the original's directory while the record is beside it, and
+    /// against its own without it.
+    #[test]
+    fn a_copy_keeps_the_original_base_dir() {
+        let minimal =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/flows/valid/minimal.toml");
+        let original = load(&minimal, &[]).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let copy = tmp.path().join("flow.toml");
+        original.write_copy(&copy).unwrap();
+        let loaded = load(&copy, &[]).unwrap();
+        assert_eq!(loaded.text, original.text);
+        assert_eq!(
+            loaded.base_dir(),
+            std::path::absolute(minimal.parent().unwrap()).unwrap()
+        );
+        // A copy of the copy records the same directory.
+        let again = tmp.path().join("again.toml");
+        loaded.write_copy(&again).unwrap();
+        assert_eq!(load(&again, &[]).unwrap().base_dir(), loaded.base_dir());
+        std::fs::remove_file(base_dir_record(&copy)).unwrap();
+        assert_eq!(load(&copy, &[]).unwrap().base_dir(), tmp.path());
+    }
 }
