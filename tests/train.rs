@@ -469,7 +469,10 @@ fn the_diffuser_trains_from_its_stored_denoising_chains() {
     let mut versions = std::collections::BTreeSet::new();
     let mut groups = 0;
     for (_, t) in &all {
-        assert!(t.steps.iter().all(|s| s.round == 0), "no edits: max_rounds = 0");
+        assert!(
+            t.steps.iter().all(|s| s.round == 0),
+            "no edits: max_rounds = 0"
+        );
         for g in t.grpo_groups(&rlrig_contract::Reward::default()).unwrap() {
             groups += 1;
             assert_eq!((g.round, g.samples.len()), (0, 4));

@@ -159,7 +159,11 @@ fn chain_log_probs(model: &Dit, g: &GrpoGroup) -> Vec<f64> {
     let device = model.device();
     let n = g.samples.len();
     let caption = g.prompt.prompt();
-    let text = if g.image.is_some() { PROMPT } else { caption.as_str() };
+    let text = if g.image.is_some() {
+        PROMPT
+    } else {
+        caption.as_str()
+    };
     let text = Tokenizer::new(model.config().text_len)
         .batch(&vec![text; n], &device)
         .unwrap();

@@ -323,10 +323,7 @@ mod tests {
             })
             .collect();
         let out = m.call(batch).unwrap();
-        assert_eq!(
-            seeds_answered(&out),
-            vec![(1, true), (2, false), (3, true)]
-        );
+        assert_eq!(seeds_answered(&out), vec![(1, true), (2, false), (3, true)]);
     }
 
     #[test]

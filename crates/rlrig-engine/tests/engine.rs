@@ -598,7 +598,10 @@ async fn a_trained_diffuser_branches_at_round_zero_and_keeps_its_chains() {
         let groups = t.grpo_groups(&rlrig_contract::Reward::default()).unwrap();
         assert_eq!(groups.len(), 1, "one group: round 0");
         let g = &groups[0];
-        assert_eq!((g.round, g.image.is_none(), g.report.is_none()), (0, true, true));
+        assert_eq!(
+            (g.round, g.image.is_none(), g.report.is_none()),
+            (0, true, true)
+        );
         assert_eq!(g.samples.len(), 4);
         assert!(g.samples.iter().all(|s| s.proposal.is_none()));
         let seeds: HashSet<u32> = g

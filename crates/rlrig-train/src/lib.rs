@@ -567,7 +567,10 @@ mod tests {
     fn groups_from_versions_lost_in_a_crash_are_stale() {
         assert!(fresh_enough(5, 5, 2) && fresh_enough(5, 3, 2));
         assert!(!fresh_enough(5, 2, 2), "three versions old");
-        assert!(!fresh_enough(5, 6, 2), "sampled by a version the learner has not reached");
+        assert!(
+            !fresh_enough(5, 6, 2),
+            "sampled by a version the learner has not reached"
+        );
         assert!(fresh_enough(0, 0, 0));
     }
 
