@@ -156,7 +156,7 @@ pub fn run(flow: &Path, sets: &[String], resume: bool, overwrite: bool) -> Resul
         }
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("flow.toml"), &loaded.text)?;
-    } else if !dir.join("checkpoint").exists() {
+    } else if rlrig_models::train::checkpoint_to_resume(&dir).is_none() {
         bail!("--resume: {} has no checkpoint to continue", dir.display());
     }
     let log = |line: &str| eprintln!("{line}");
