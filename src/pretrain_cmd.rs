@@ -167,7 +167,7 @@ pub fn run_str(
         }
         std::fs::create_dir_all(&dir)?;
         loaded.write_copy(&dir.join("flow.toml"))?;
-    } else if !dir.join("checkpoint").exists() {
+    } else if rlrig_models::train::checkpoint_to_resume(&dir).is_none() {
         bail!("--resume: {} has no checkpoint to continue", dir.display());
     }
     let log = |line: &str| eprintln!("{line}");

@@ -4,9 +4,10 @@
 //!
 //! A run directory holds `checkpoint/` (the model, the average and the optimiser in burn's
 //! burnpack format, which keeps parameter identities so the optimiser state lines up on resume,
-//! and `state.json`), `loss.jsonl` (one line per step) and, at the end of every invocation
-//! (finished or stopped by its time budget), `model.safetensors` — the average — also written to
-//! the job's `export` path when given. What a model learns from and how it is evaluated is its
+//! and `state.json`; swapped in atomically, and resumed from `checkpoint.old/` when a crash
+//! came mid-swap: [`rlrig_checkpoint`]), `loss.jsonl` (one line per step) and, at the end of
+//! every invocation (finished or stopped by its time budget), `model.safetensors` — the
+//! average — also written to the job's `export` path when given. What a model learns from and how it is evaluated is its
 //! [`Task`]'s business; every batch must be a pure function of `(seed, step)` so that a resumed
 //! run continues exactly where it stopped.
 
@@ -82,6 +83,9 @@ pub enum TrainError {
     /// Weights could not be saved or loaded.
     #[error(transparent)]
     Weights(#[from] weights::WeightsError),
+    /// A checkpoint could not be swapped in, or the loss log rewritten.
+    #[error(transparent)]
+    Files(#[from] rlrig_checkpoint::CheckpointError),
     /// Anything else, with its context.
     #[error("{0}")]
     Other(String),
@@ -272,33 +276,46 @@ pub fn run<T: Task>(
     let ckpt = dir.join("checkpoint");
     let mut optim = crate::flow::adamw().init();
     let (mut step, mut seconds) = (0u64, 0.0f64);
+    // The checkpoint a resume reads: `checkpoint/`, or `checkpoint.old/` after a crash mid-swap.
+    let found = checkpoint_to_resume(dir).unwrap_or_else(|| ckpt.clone());
     if resume {
-        let state_path = ckpt.join("state.json");
+        if found != ckpt {
+            log(&format!(
+                "{} is missing (a crash came while it was replaced): resuming from {}",
+                ckpt.display(),
+                found.display()
+            ));
+        }
+        let state_path = found.join(STATE);
         let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
         let state: CheckpointState =
             serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
-                path: ckpt.clone(),
+                path: found.clone(),
                 message: e.to_string(),
             })?;
         if !same_identity(&state.job, &task.identity()) {
             return Err(TrainError::Checkpoint {
-                path: ckpt,
+                path: found,
                 message:
                     "it was written by a different job (model, architecture, seed or batch differ)"
                         .into(),
             });
         }
-        load_burnpack(&mut model, &ckpt.join("model.bpk"), "model")?;
+        load_burnpack(&mut model, &found.join("model.bpk"), "model")?;
         optim = optim
-            .load(ckpt.join("optim.bpk"))
+            .load(found.join("optim.bpk"))
             .map_err(|e| TrainError::Checkpoint {
-                path: ckpt.clone(),
+                path: found.clone(),
                 message: format!("optimiser: {e}"),
             })?;
         step = state.step;
         seconds = state.seconds;
         log(&format!("resumed at step {step} ({seconds:.0} s trained)"));
-    } else if let Some(init) = job.init.as_ref().filter(|_| !ckpt.exists()) {
+    } else if let Some(init) = job
+        .init
+        .as_ref()
+        .filter(|_| !rlrig_checkpoint::exists(&ckpt))
+    {
         if job.init_extend {
             let (grown, new) = weights::load_extending(init, model)?;
             model = grown;
@@ -312,7 +329,7 @@ pub fn run<T: Task>(
             model = weights::load_model_expecting::<T::Model>(init, task.config(), &device)?;
             log(&format!("starting from the weights in {}", init.display()));
         }
-    } else if ckpt.exists() {
+    } else if rlrig_checkpoint::exists(&ckpt) {
         return Err(TrainError::Other(format!(
             "{} already holds a checkpoint: resume it (--resume) or start a new run",
             ckpt.display()
@@ -322,7 +339,7 @@ pub fn run<T: Task>(
     // The average: from the checkpoint when it has one (older checkpoints do not: it starts
     // from the current weights then), else a copy of the fresh model.
     let mut ema = Module::valid(&model);
-    let ema_path = ckpt.join("ema.bpk");
+    let ema_path = found.join("ema.bpk");
     if resume && ema_path.exists() {
         load_burnpack(&mut ema, &ema_path, "average")?;
     }
@@ -330,15 +347,11 @@ pub fn run<T: Task>(
     let loss_path = dir.join("loss.jsonl");
     if resume {
         // Steps logged after the checkpoint (a crash or a kill between checkpoints) are run
-        // again: drop their lines so that every step appears once.
-        if let Ok(text) = std::fs::read_to_string(&loss_path) {
-            let kept: String = text
-                .lines()
-                .filter(|l| serde_json::from_str::<LossLine>(l).is_ok_and(|x| x.step <= step))
-                .map(|l| format!("{l}\n"))
-                .collect();
-            std::fs::write(&loss_path, kept).map_err(io(&loss_path))?;
-        }
+        // again: drop their lines so that every step appears once. The rewrite is atomic: a
+        // crash during it leaves the old log, which the next resume truncates again.
+        rlrig_checkpoint::truncate_jsonl(&loss_path, |l| {
+            serde_json::from_str::<LossLine>(l).is_ok_and(|x| x.step <= step)
+        })?;
     }
     let mut loss_file = std::fs::OpenOptions::new()
         .create(true)
@@ -379,12 +392,11 @@ pub fn run<T: Task>(
             lr,
             seconds,
         };
-        writeln!(
-            loss_file,
-            "{}",
-            serde_json::to_string(&line).expect("serialises")
-        )
-        .map_err(io(&loss_path))?;
+        // One write per line, so that a kill leaves at most one torn line (dropped on resume).
+        let text = serde_json::to_string(&line).expect("serialises") + "\n";
+        loss_file
+            .write_all(text.as_bytes())
+            .map_err(io(&loss_path))?;
         let out_of_time = budget.is_some_and(|b| t_invocation.elapsed().as_secs_f64() >= b);
         if step % job.sample_every == 0 || step == job.steps {
             let (summary, record) = task.evaluate(&ema, step, dir)?;
@@ -397,7 +409,8 @@ pub fn run<T: Task>(
             since = Instant::now();
         }
         if step % job.checkpoint_every == 0 || step == job.steps || out_of_time {
-            loss_file.flush().map_err(io(&loss_path))?;
+            // The log reaches the disk up to the checkpoint's step before the checkpoint does.
+            loss_file.sync_data().map_err(io(&loss_path))?;
             checkpoint(&model, &ema, &optim, task.identity(), step, seconds, &ckpt)?;
             since = Instant::now();
         }
@@ -440,8 +453,18 @@ fn same_identity(stored: &serde_json::Value, now: &serde_json::Value) -> bool {
     }
 }
 
-/// Writes the checkpoint to a scratch directory and renames it into place, so a crash leaves
-/// the previous checkpoint whole.
+/// The checkpoint directory's marker: the file [`checkpoint`] writes last.
+const STATE: &str = "state.json";
+
+/// The checkpoint a `--resume` of the run in `dir` reads: `dir/checkpoint/`, or
+/// `dir/checkpoint.old/` when a crash came between the two renames of its swap; `None` when
+/// the run has none.
+pub fn checkpoint_to_resume(dir: &Path) -> Option<PathBuf> {
+    rlrig_checkpoint::to_resume(&dir.join("checkpoint"), STATE)
+}
+
+/// Writes the checkpoint to a scratch directory and swaps it into place
+/// ([`rlrig_checkpoint::swap_in`]), so a crash leaves a whole checkpoint.
 fn checkpoint<M: Module>(
     model: &M,
     ema: &M,
@@ -451,9 +474,7 @@ fn checkpoint<M: Module>(
     seconds: f64,
     ckpt: &Path,
 ) -> Result<(), TrainError> {
-    let tmp = ckpt.with_extension("tmp");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let tmp = rlrig_checkpoint::scratch(ckpt)?;
     let bad = |m: String| TrainError::Checkpoint {
         path: tmp.clone(),
         message: m,
@@ -470,16 +491,10 @@ fn checkpoint<M: Module>(
         .map_err(|e| bad(format!("average: {e}")))?;
     let state = CheckpointState { job, step, seconds };
     std::fs::write(
-        tmp.join("state.json"),
+        tmp.join(STATE),
         serde_json::to_string_pretty(&state).expect("serialises"),
     )
     .map_err(io(&tmp))?;
-    let old = ckpt.with_extension("old");
-    let _ = std::fs::remove_dir_all(&old);
-    if ckpt.exists() {
-        std::fs::rename(ckpt, &old).map_err(io(ckpt))?;
-    }
-    std::fs::rename(&tmp, ckpt).map_err(io(ckpt))?;
-    let _ = std::fs::remove_dir_all(&old);
+    rlrig_checkpoint::swap_in(&tmp, ckpt)?;
     Ok(())
 }

@@ -414,8 +414,7 @@ impl TrainerActorState {
         // were not flushed, and their sequence numbers would be given out again.
         self.store.flush().map_err(|e| e.to_string())?;
         let ckpt = self.config.dir.join("checkpoint");
-        let tmp = ckpt.with_extension("tmp");
-        let _ = std::fs::remove_dir_all(&tmp);
+        let tmp = rlrig_checkpoint::scratch(&ckpt).map_err(|e| e.to_string())?;
         std::fs::create_dir_all(tmp.join("learner"))
             .map_err(|e| format!("{}: {e}", tmp.display()))?;
         let learner = self.learner.take().ok_or("the learner was lost")?;
@@ -433,7 +432,7 @@ impl TrainerActorState {
             serde_json::to_string_pretty(&self.state).expect("serialises"),
         )
         .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        swap_in(&tmp, &ckpt).map_err(|e| format!("{}: {e}", ckpt.display()))?;
+        rlrig_checkpoint::swap_in(&tmp, &ckpt).map_err(|e| e.to_string())?;
         self.checkpointed = self.state.step;
         Ok(())
     }
@@ -467,19 +466,6 @@ fn informative(g: &GrpoGroup) -> bool {
     g.samples.iter().any(|s| s.reward != g.samples[0].reward)
 }
 
-/// Renames `tmp` to `dst`, keeping the old `dst` as `dst.old` until the new one is in place
-/// (so that at every moment one whole checkpoint exists; see [`checkpoint_to_resume`]).
-fn swap_in(tmp: &Path, dst: &Path) -> std::io::Result<()> {
-    let old = dst.with_extension("old");
-    let _ = std::fs::remove_dir_all(&old);
-    if dst.exists() {
-        std::fs::rename(dst, &old)?;
-    }
-    std::fs::rename(tmp, dst)?;
-    let _ = std::fs::remove_dir_all(&old);
-    Ok(())
-}
-
 /// Whether a group sampled by weights version `sampled` may train the learner at `version`: at
 /// most `max_staleness` versions old, and not from a version the learner has not reached — such
 /// a group was sampled by weights lost in a crash after the last checkpoint (the resumed learner
@@ -489,27 +475,18 @@ fn fresh_enough(version: u64, sampled: u64, max_staleness: u64) -> bool {
 }
 
 /// The checkpoint to resume from: `checkpoint/`, or `checkpoint.old/` when a crash came
-/// between the two renames of a swap.
+/// between the two renames of a swap ([`rlrig_checkpoint::to_resume`]).
 pub fn checkpoint_to_resume(ckpt: &Path) -> Option<PathBuf> {
-    [ckpt.to_path_buf(), ckpt.with_extension("old")]
-        .into_iter()
-        .find(|p| p.join("trainer.json").is_file())
+    rlrig_checkpoint::to_resume(ckpt, "trainer.json")
 }
 
 /// Keeps the lines of `metrics.jsonl` up to step `step` (the later ones belong to steps that
-/// will be taken again).
+/// will be taken again), rewriting the file atomically.
 fn truncate_metrics(path: &Path, step: u64) -> Result<(), String> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(());
-    };
-    let kept: String = text
-        .lines()
-        .filter(|l| serde_json::from_str::<StepMetrics>(l).is_ok_and(|m| m.step <= step))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    let tmp = path.with_extension("jsonl.tmp");
-    std::fs::write(&tmp, kept).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+    rlrig_checkpoint::truncate_jsonl(path, |l| {
+        serde_json::from_str::<StepMetrics>(l).is_ok_and(|m| m.step <= step)
+    })
+    .map_err(|e| e.to_string())
 }
 
 /// Reads `metrics.jsonl`.
@@ -579,10 +556,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ckpt = dir.path().join("checkpoint");
         assert_eq!(checkpoint_to_resume(&ckpt), None);
-        let tmp = dir.path().join("checkpoint.tmp");
-        std::fs::create_dir_all(&tmp).unwrap();
+        let tmp = rlrig_checkpoint::scratch(&ckpt).unwrap();
         std::fs::write(tmp.join("trainer.json"), "{}").unwrap();
-        swap_in(&tmp, &ckpt).unwrap();
+        rlrig_checkpoint::swap_in(&tmp, &ckpt).unwrap();
         assert_eq!(checkpoint_to_resume(&ckpt), Some(ckpt.clone()));
         // The state after `rename(checkpoint → checkpoint.old)` and before the second rename.
         std::fs::rename(&ckpt, ckpt.with_extension("old")).unwrap();
