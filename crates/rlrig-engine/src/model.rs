@@ -105,24 +105,31 @@ adapter!(
     update
 );
 
-/// Answers a batch of an image role's requests: plain ones with `plain`, exploring ones
-/// (Flow-GRPO) with `explore`; a batch that mixes both is answered in its order.
-fn plain_or_explore<R: Clone>(
+/// Answers a batch of an image role's requests to `model`: plain ones with `plain`, exploring
+/// ones (Flow-GRPO) with `explore`; a batch that mixes both is answered in its order.
+fn plain_or_explore<M: ?Sized, R: Clone>(
+    model: &mut M,
     reqs: Vec<R>,
-    is_explore: impl Fn(&R) -> bool,
-    plain: impl FnOnce(&[R]) -> Result<Vec<Image>, RoleError>,
-    explore: impl FnOnce(&[R]) -> Result<Vec<SampledImage>, RoleError>,
+    is_explore: fn(&R) -> bool,
+    plain: fn(&mut M, &[R]) -> Result<Vec<Image>, RoleError>,
+    explore: fn(&mut M, &[R]) -> Result<Vec<SampledImage>, RoleError>,
 ) -> Result<Vec<Response>, RoleError> {
     // The usual batches are all of one kind: no copies of their images.
     if reqs.iter().all(|r| !is_explore(r)) {
-        return Ok(plain(&reqs)?.into_iter().map(Response::Image).collect());
+        return Ok(plain(model, &reqs)?
+            .into_iter()
+            .map(Response::Image)
+            .collect());
     }
-    if reqs.iter().all(&is_explore) {
-        return Ok(explore(&reqs)?.into_iter().map(Response::Sampled).collect());
+    if reqs.iter().all(is_explore) {
+        return Ok(explore(model, &reqs)?
+            .into_iter()
+            .map(Response::Sampled)
+            .collect());
     }
-    let (explored, plained): (Vec<R>, Vec<R>) = reqs.iter().cloned().partition(&is_explore);
-    let mut sampled = explore(&explored)?.into_iter();
-    let mut images = plain(&plained)?.into_iter();
+    let (explored, plained): (Vec<R>, Vec<R>) = reqs.iter().cloned().partition(is_explore);
+    let mut sampled = explore(model, &explored)?.into_iter();
+    let mut images = plain(model, &plained)?.into_iter();
     let short = || RoleError("the model answered fewer images than it was asked".into());
     reqs.iter()
         .map(|r| {
@@ -148,12 +155,12 @@ impl RoleModel for DiffuserModel {
                 other => Err(wrong(Role::Diffuser, &other)),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let d = std::cell::RefCell::new(&mut self.0);
         plain_or_explore(
+            &mut *self.0,
             reqs,
             |r| r.explore,
-            |b| d.borrow_mut().generate(b),
-            |b| d.borrow_mut().generate_explore(b),
+            |m, b| m.generate(b),
+            |m, b| m.generate_explore(b),
         )
     }
 
@@ -175,12 +182,12 @@ impl RoleModel for EditorModel {
                 other => Err(wrong(Role::Editor, &other)),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let e = std::cell::RefCell::new(&mut self.0);
         plain_or_explore(
+            &mut *self.0,
             reqs,
             |r| r.explore,
-            |b| e.borrow_mut().edit(b),
-            |b| e.borrow_mut().edit_explore(b),
+            |m, b| m.edit(b),
+            |m, b| m.edit_explore(b),
         )
     }
 
