@@ -1,7 +1,7 @@
 //! [`RulePolicy`]: the paper's *Actor* role as three fixed rules.
 
-use rlrig_contract::{EditPolicy, EditProposal, ProposeRequest, RoleError};
-use rlrig_world::{Edit, WorldGraph, reflect};
+use rlrig_contract::{CheckReport, EditPolicy, EditProposal, ProposeRequest, RoleError};
+use rlrig_world::{Edit, Object, Rel, WorldGraph, reflect};
 use serde::{Deserialize, Serialize};
 
 use crate::ConfigError;
@@ -14,11 +14,18 @@ pub struct RulePolicyConfig {
     /// relation that links the two (`add a red circle to the left of the blue square`); if
     /// false, or no such relation exists, it is a bare `add a red circle`. Default true.
     pub place_added: bool,
+    /// Whether a violated relation whose reverse holds in the Checker's scene graph (`a left
+    /// of b` asked, `b left of a` seen) is repaired by `swap the <a> and the <b>` instead of a
+    /// move. Needs a Checker that reports its graph; without one the rule moves. Default false.
+    pub swap_reversed: bool,
 }
 
 impl Default for RulePolicyConfig {
     fn default() -> Self {
-        RulePolicyConfig { place_added: true }
+        RulePolicyConfig {
+            place_added: true,
+            swap_reversed: false,
+        }
     }
 }
 
@@ -29,7 +36,8 @@ impl Default for RulePolicyConfig {
 /// 1. the first **missing** item → `add a <item>`, placed by the first prompt relation that
 ///    links it to a present item (`add a <item> <where> the <present item>`; the relation is
 ///    turned round when the missing item is its object), else without a placement;
-/// 2. the first **violated** relation → `move the <subject> <where> the <object>`;
+/// 2. the first **violated** relation → `move the <subject> <where> the <object>` (with
+///    `swap_reversed`, `swap the <subject> and the <object>` when the Checker sees it reversed);
 /// 3. nothing wrong → re-assert the first relation as a move, which the edit semantics make a
 ///    no-op (a moved object stays put when the relation already holds); a prompt without
 ///    relations gets `recolour the <first item> to <its own colour>`, also a no-op.
@@ -59,8 +67,30 @@ impl RulePolicy {
     fn decide(&self, request: &ProposeRequest) -> Result<Edit, String> {
         let graph = WorldGraph::from_scene_graph(&request.prompt).map_err(|e| e.to_string())?;
         let r = &request.report;
-        reflect::repair(&graph, &r.items, &r.relations, self.config.place_added)
+        let edit = reflect::repair(&graph, &r.items, &r.relations, self.config.place_added)?;
+        Ok(match edit {
+            Edit::Move {
+                object,
+                rel,
+                anchor,
+            } if self.config.swap_reversed && reversed_seen(r, object, rel, anchor) => Edit::Swap {
+                a: object,
+                b: anchor,
+            },
+            other => other,
+        })
     }
+}
+
+/// Whether the report's scene graph holds `anchor <rel> object`: the asked relation reversed.
+fn reversed_seen(report: &CheckReport, object: Object, rel: Rel, anchor: Object) -> bool {
+    report.graph.as_ref().is_some_and(|g| {
+        g.triples.iter().any(|t| {
+            t.subject == anchor.to_string()
+                && t.predicate == rel.word()
+                && t.object == object.to_string()
+        })
+    })
 }
 
 impl EditPolicy for RulePolicy {

@@ -113,7 +113,11 @@ fn the_policy_follows_its_three_rules() {
     let p = propose(&lone, &image, report(&[Present], &[]));
     assert_eq!(p.edit_prompt, "recolour the yellow square to yellow");
     // Without placements, adds are bare.
-    let mut bare = RulePolicy::new(RulePolicyConfig { place_added: false }).unwrap();
+    let mut bare = RulePolicy::new(RulePolicyConfig {
+        place_added: false,
+        ..Default::default()
+    })
+    .unwrap();
     let p = bare
         .propose(&[ProposeRequest {
             prompt: prompt.clone(),
@@ -123,6 +127,70 @@ fn the_policy_follows_its_three_rules() {
         }])
         .unwrap();
     assert_eq!(p[0].edit_prompt, "add a green triangle");
+}
+
+#[test]
+fn with_swap_reversed_the_policy_swaps_a_relation_the_checker_sees_reversed() {
+    let prompt = record(
+        &[("red", "circle"), ("blue", "square"), ("green", "triangle")],
+        &[(0, "left of", 1), (1, "above", 2)],
+    );
+    let image = canvas().draw(&[]);
+    let triple = |s: &str, p: &str, o: &str| rlrig_contract::sg::Triple {
+        subject: s.into(),
+        predicate: p.into(),
+        object: o.into(),
+    };
+    let seen = |triples: Vec<rlrig_contract::sg::Triple>| {
+        let mut r = report(&[Present, Present, Present], &[Violated, Holds]);
+        r.graph = Some(rlrig_contract::sg::Extraction {
+            triples,
+            ..Default::default()
+        });
+        r
+    };
+    let mut swapping = RulePolicy::new(RulePolicyConfig {
+        swap_reversed: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut ask = |r: CheckReport| {
+        swapping
+            .propose(&[ProposeRequest {
+                prompt: prompt.clone(),
+                image: image.clone(),
+                report: r,
+                seed: 0,
+            }])
+            .unwrap()
+            .remove(0)
+            .edit_prompt
+    };
+    // The square is seen left of the circle: the asked relation reversed, so a swap.
+    let reversed = seen(vec![
+        triple("blue square", "left of", "red circle"),
+        triple("blue square", "above", "green triangle"),
+    ]);
+    assert_eq!(
+        ask(reversed.clone()),
+        "swap the red circle and the blue square"
+    );
+    // Violated but not reversed (the circle is above the square): the rule's move.
+    let other = seen(vec![triple("red circle", "above", "blue square")]);
+    assert_eq!(
+        ask(other),
+        "move the red circle to the left of the blue square"
+    );
+    // No graph in the report: the rule's move.
+    assert_eq!(
+        ask(report(&[Present, Present, Present], &[Violated, Holds])),
+        "move the red circle to the left of the blue square"
+    );
+    // Without the option the reversed relation is moved too.
+    assert_eq!(
+        propose(&prompt, &image, reversed).edit_prompt,
+        "move the red circle to the left of the blue square"
+    );
 }
 
 #[test]

@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rlrig_models::grpo::{Group, Learner, LearnerConfig, Sample};
 use rlrig_models::vlm::{Decoding, PolicyNet};
-use rlrig_models::vlm_train::{Pool, policy_example, problem_scene};
+use rlrig_models::vlm_train::{Pool, Repairs, policy_example, problem_scene};
 use rlrig_world::Canvas;
 
 fn env(name: &str, default: usize) -> usize {
@@ -46,7 +46,7 @@ fn main() {
     let groups: Vec<Group> = (0..n_groups as u64)
         .map(|i| {
             let scene = problem_scene(&canvas, 77, i, &pool, 0.0);
-            let (input, _) = policy_example(&scene).expect("an example");
+            let (input, _) = policy_example(&scene, Repairs::Rule, 0).expect("an example");
             let inputs = vec![input.clone(); g];
             let mut rngs: Vec<ChaCha8Rng> = (0..g as u64)
                 .map(|k| ChaCha8Rng::seed_from_u64(i * 100 + k))

@@ -63,6 +63,23 @@ pub struct VlmData {
     pub editor: Option<PathBuf>,
     /// Guidance of the Diffuser's samples.
     pub guidance: f64,
+    /// The Policy only: which edit prompts it imitates.
+    pub repairs: Repairs,
+}
+
+/// The edit prompts the Policy imitates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Repairs {
+    /// The repair rule's one edit ([`rlrig_world::reflect::repair`]): add the first missing
+    /// item, else move the subject of the first violated relation.
+    #[default]
+    Rule,
+    /// A broad prior for Reflection-GRPO to narrow: as the rule, except that the first violated
+    /// relation `a <rel> b` is repaired by one of `move a <rel> b`, `move b <inverse> a` and
+    /// `swap a and b`, drawn uniformly per example. Which of them an Editor carries out best
+    /// is left for the reward to find.
+    Any,
 }
 
 impl Default for VlmData {
@@ -73,6 +90,7 @@ impl Default for VlmData {
             diffuser: PathBuf::from("weights/diffuser.safetensors"),
             editor: None,
             guidance: 3.0,
+            repairs: Repairs::Rule,
         }
     }
 }
@@ -545,10 +563,37 @@ pub fn policy_input(scene: &Scene, reflection: &str) -> Result<PolicyInput, Stri
 }
 
 /// The Policy's imitation example for a scene: its input (with the oracle's reflection) and
-/// the repair rule's edit prompt as tokens, `<eos>` last.
-pub fn policy_example(scene: &Scene) -> Result<(PolicyInput, Vec<u32>), String> {
+/// the edit prompt of `repairs` as tokens, `<eos>` last; `draw` picks among the alternatives of
+/// [`Repairs::Any`] (any value for [`Repairs::Rule`]).
+pub fn policy_example(
+    scene: &Scene,
+    repairs: Repairs,
+    draw: u64,
+) -> Result<(PolicyInput, Vec<u32>), String> {
     let f = oracle_findings(scene);
-    let edit = reflect::repair(&scene.graph, &f.items, &f.relations, true)?;
+    let rule = reflect::repair(&scene.graph, &f.items, &f.relations, true)?;
+    let edit = match (repairs, rule) {
+        (
+            Repairs::Any,
+            Edit::Move {
+                object,
+                rel,
+                anchor,
+            },
+        ) if f.relations.contains(&RelationVerdict::Violated) => match draw % 3 {
+            0 => rule,
+            1 => Edit::Move {
+                object: anchor,
+                rel: rel.inverse(),
+                anchor: object,
+            },
+            _ => Edit::Swap {
+                a: object,
+                b: anchor,
+            },
+        },
+        _ => rule,
+    };
     let input = policy_input(scene, &reflect::reflection(&scene.graph, &f))?;
     let mut target = Tokenizer::full(usize::MAX)
         .tokens(&edit.to_string())
@@ -605,8 +650,10 @@ pub fn policy_agreement(net: &PolicyNet, scenes: &[Scene]) -> Result<PolicyAgree
     let tok = Tokenizer::full(usize::MAX);
     let (mut parsed, mut exact, mut problems, mut addressed) = (0, 0, 0, 0);
     for chunk in scenes.chunks(64) {
-        let examples: Vec<(PolicyInput, Vec<u32>)> =
-            chunk.iter().map(policy_example).collect::<Result<_, _>>()?;
+        let examples: Vec<(PolicyInput, Vec<u32>)> = chunk
+            .iter()
+            .map(|s| policy_example(s, Repairs::Rule, 0))
+            .collect::<Result<_, _>>()?;
         let inputs: Vec<PolicyInput> = examples.iter().map(|e| e.0.clone()).collect();
         let mut rngs: Vec<ChaCha8Rng> = (0..inputs.len())
             .map(|i| ChaCha8Rng::seed_from_u64(i as u64))
@@ -773,8 +820,12 @@ impl Task for PolicyTask<'_> {
 
     fn loss(&self, model: &PolicyNet, step: u64) -> Result<Tensor<1>, TrainError> {
         let (mut inputs, mut targets) = (Vec::new(), Vec::new());
-        for scene in self.0.scenes(step) {
-            let (input, target) = policy_example(&scene).map_err(TrainError::Other)?;
+        let repairs = self.0.job.data.repairs;
+        let base = step * self.0.job.train.batch as u64;
+        for (i, scene) in self.0.scenes(step).iter().enumerate() {
+            let draw = mix(self.0.job.train.seed ^ 0x5EA1, base + i as u64);
+            let (input, target) =
+                policy_example(scene, repairs, draw).map_err(TrainError::Other)?;
             inputs.push(input);
             targets.push(target);
         }

@@ -10,7 +10,7 @@ use rlrig_models::checker::questions;
 use rlrig_models::pretrain::EVAL_SEED;
 use rlrig_models::text::{EOS, Tokenizer};
 use rlrig_models::vlm::{CheckerNet, Decoding, PolicyInput, PolicyNet, VlmConfig};
-use rlrig_models::vlm_train::{Pool, policy_example, problem_scene};
+use rlrig_models::vlm_train::{Pool, Repairs, policy_example, problem_scene};
 use rlrig_models::weights::{self, WeightsError};
 use rlrig_models::{CheckerSettings, NeuralChecker, NeuralPolicy, PolicySettings};
 use rlrig_world::Canvas;
@@ -91,13 +91,11 @@ fn questions_that_do_not_fit_one_row_go_to_the_next() {
 fn policy_inputs(n: u64) -> (Vec<PolicyInput>, Vec<Vec<u32>>) {
     (0..n)
         .map(|i| {
-            policy_example(&problem_scene(
-                &canvas(),
-                EVAL_SEED,
-                i,
-                &Pool::default(),
-                0.0,
-            ))
+            policy_example(
+                &problem_scene(&canvas(), EVAL_SEED, i, &Pool::default(), 0.0),
+                Repairs::Rule,
+                0,
+            )
             .unwrap()
         })
         .unzip()
@@ -546,4 +544,61 @@ fn scoring_fits_whatever_decoding_fitted() {
 
 fn input_token(inputs: &[PolicyInput]) -> u32 {
     inputs[0].prompt[0]
+}
+
+#[test]
+fn the_broad_prior_imitates_every_repair_of_a_violated_relation_and_the_rule_elsewhere() {
+    use rlrig_models::vlm_train::oracle_findings;
+    use rlrig_world::{Edit, reflect};
+    let tok = Tokenizer::full(usize::MAX);
+    let text = |t: &[u32]| tok.decode(&t[..t.len() - 1]).unwrap();
+    let mut kinds = [0usize; 3];
+    let mut violated_scenes = 0;
+    for i in 0..200 {
+        let scene = problem_scene(&canvas(), EVAL_SEED, i, &Pool::default(), 0.0);
+        let f = oracle_findings(&scene);
+        let rule = reflect::repair(&scene.graph, &f.items, &f.relations, true).unwrap();
+        let (_, ruled) = policy_example(&scene, Repairs::Rule, i).unwrap();
+        assert_eq!(text(&ruled), rule.to_string());
+        let broad: Vec<Edit> = (0..3)
+            .map(|draw| {
+                let (_, t) = policy_example(&scene, Repairs::Any, draw).unwrap();
+                Edit::parse(&text(&t)).unwrap()
+            })
+            .collect();
+        match rule {
+            Edit::Move {
+                object,
+                rel,
+                anchor,
+            } if f.relations.contains(&RelationVerdict::Violated) => {
+                violated_scenes += 1;
+                assert_eq!(broad[0], rule);
+                assert_eq!(
+                    broad[1],
+                    Edit::Move {
+                        object: anchor,
+                        rel: rel.inverse(),
+                        anchor: object
+                    }
+                );
+                assert_eq!(
+                    broad[2],
+                    Edit::Swap {
+                        a: object,
+                        b: anchor
+                    }
+                );
+                for (k, e) in broad.iter().enumerate() {
+                    kinds[k] += usize::from(*e != rule || k == 0);
+                }
+            }
+            _ => assert!(broad.iter().all(|e| *e == rule), "scene {i}: {broad:?}"),
+        }
+    }
+    assert!(
+        violated_scenes >= 40,
+        "{violated_scenes} scenes with a violated relation"
+    );
+    assert_eq!(kinds, [violated_scenes; 3]);
 }

@@ -68,7 +68,8 @@ pub struct PretrainSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub noise_mean: Option<f64>,
     /// Training images besides the procedural ones, for the Checker and the Policy:
-    /// `generated` (pool size), `generated_fraction`, `diffuser`, `editor`, `guidance`.
+    /// `generated` (pool size), `generated_fraction`, `diffuser`, `editor`, `guidance`; and
+    /// for the Policy `repairs`, the edit prompts it imitates (`"rule"` or `"any"`).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub data: serde_json::Map<String, serde_json::Value>,
     /// Steps between sample grids (evaluations).
