@@ -28,16 +28,21 @@ run diffuser-eval diffuser-eval flows/diffuser-eval.toml --set actors.diffuser.s
 run diffuser-eval-g5 diffuser-eval-g5 flows/diffuser-eval.toml --set actors.diffuser.settings.guidance=5
 python3 scripts/diffuser_errors.py runs/diffuser-eval >"$OUT/diffuser-errors.log"
 
-# The loop: untrained, phase-1 Policy, phase-2 Editor with either Policy; the baseline.
+# The loop with the repair-rule Policy (weights/policy.safetensors), the phase-1 Policy of
+# 10a45a3 (written out of git), the phase-2 Editor with either Policy; the baseline. The
+# phase-1 Policy trained from the broad prior is measured by the commands of RESULTS.md.
 P500=(--set prompts.count=500)
-run infer-500 infer-500 flows/infer.toml "${P500[@]}"
+RULE=(--set actors.policy.settings.weights=weights/policy.safetensors)
+OLD1=runs/policy-phase1-10a45a3.safetensors
+git show 10a45a3:weights/policy-phase1.safetensors >"$OLD1"
+run infer-500 infer-500 flows/infer.toml "${P500[@]}" "${RULE[@]}"
 python3 scripts/edit_gains.py runs/infer-500 >"$OUT/edit-gains.log"
 run infer-phase1 infer-phase1 flows/infer.toml "${P500[@]}" \
-    --set actors.policy.settings.weights=weights/policy-phase1.safetensors
+    --set actors.policy.settings.weights="$OLD1"
 run infer-phase2 infer-phase2 flows/infer.toml "${P500[@]}" \
-    --set actors.policy.settings.weights=weights/policy-phase1.safetensors \
+    --set actors.policy.settings.weights="$OLD1" \
     --set actors.editor.settings.weights=weights/editor-phase2.safetensors
-run infer-phase2-untrained infer-phase2-untrained flows/infer.toml "${P500[@]}" \
+run infer-phase2-untrained infer-phase2-untrained flows/infer.toml "${P500[@]}" "${RULE[@]}" \
     --set actors.editor.settings.weights=weights/editor-phase2.safetensors
 {
     "$RLRIG" compare runs/infer-500 runs/infer-phase1
