@@ -65,16 +65,21 @@ fn report(items: &[ItemVerdict], relations: &[RelationVerdict]) -> CheckReport {
     }
 }
 
+/// A prompt of three items and two relations, and a blank image.
+fn three_items() -> (SceneGraph, Image) {
+    let prompt = record(
+        &[("red", "circle"), ("blue", "square"), ("green", "triangle")],
+        &[(0, "left of", 1), (1, "above", 2)],
+    );
+    (prompt, canvas().draw(&[]))
+}
+
 use ItemVerdict::{Missing, Present};
 use RelationVerdict::{CannotTell, Holds, Violated};
 
 #[test]
 fn the_policy_follows_its_three_rules() {
-    let prompt = record(
-        &[("red", "circle"), ("blue", "square"), ("green", "triangle")],
-        &[(0, "left of", 1), (1, "above", 2)],
-    );
-    let image = canvas().draw(&[]);
+    let (prompt, image) = three_items();
     let cases = [
         // A missing item is added, placed by a relation to a present item (turned round when
         // the missing item is the relation's object).
@@ -131,11 +136,7 @@ fn the_policy_follows_its_three_rules() {
 
 #[test]
 fn with_swap_reversed_the_policy_swaps_a_relation_the_checker_sees_reversed() {
-    let prompt = record(
-        &[("red", "circle"), ("blue", "square"), ("green", "triangle")],
-        &[(0, "left of", 1), (1, "above", 2)],
-    );
-    let image = canvas().draw(&[]);
+    let (prompt, image) = three_items();
     let triple = |s: &str, p: &str, o: &str| rlrig_contract::sg::Triple {
         subject: s.into(),
         predicate: p.into(),
