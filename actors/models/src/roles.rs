@@ -442,6 +442,9 @@ pub struct PolicySettings {
     pub top_k: usize,
     /// The most tokens of an edit prompt, `<eos>` included.
     pub max_tokens: usize,
+    /// Greedy decoding writes only edit prompts of the edit-prompt language (the likeliest
+    /// token that keeps the prompt inside it; [`Decoding::grammar`]). Default true.
+    pub grammar: bool,
 }
 
 impl Default for PolicySettings {
@@ -453,6 +456,7 @@ impl Default for PolicySettings {
             temperature: d.temperature,
             top_k: d.top_k,
             max_tokens: d.max_tokens,
+            grammar: true,
         }
     }
 }
@@ -480,6 +484,7 @@ impl PolicySettings {
             temperature: self.temperature,
             top_k: self.top_k,
             max_tokens: self.max_tokens,
+            grammar: self.grammar,
         }
     }
 }

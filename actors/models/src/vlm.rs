@@ -497,6 +497,11 @@ pub struct Decoding {
     pub top_k: usize,
     /// The most tokens an edit prompt may have, `<eos>` included.
     pub max_tokens: usize,
+    /// Greedy decoding only: the likeliest token that keeps the edit prompt inside the
+    /// edit-prompt language ([`rlrig_world::edit`]), so every finished prompt parses. The
+    /// returned log-probs stay the network's own. Sampling ignores it: GRPO's ratios need the
+    /// network's own distribution.
+    pub grammar: bool,
 }
 
 impl Default for Decoding {
@@ -506,7 +511,29 @@ impl Default for Decoding {
             temperature: 1.0,
             top_k: 0,
             max_tokens: 16,
+            grammar: false,
         }
+    }
+}
+
+/// Whether `prefix` followed by `next` can still become an edit prompt of the edit-prompt
+/// language (`next` = `<eos>`: whether `prefix` is one).
+pub fn in_edit_language(prefix: &[u32], next: u32) -> bool {
+    use rlrig_world::edit::EditProblem;
+    let tok = crate::text::Tokenizer::full(usize::MAX);
+    if next == EOS {
+        return tok
+            .decode(prefix)
+            .is_ok_and(|t| rlrig_world::Edit::parse(&t).is_ok());
+    }
+    let mut ids = prefix.to_vec();
+    ids.push(next);
+    let Ok(text) = tok.decode(&ids) else {
+        return false;
+    };
+    match rlrig_world::Edit::parse(&text) {
+        Ok(_) => true,
+        Err(e) => matches!(e.problem, EditProblem::UnexpectedWord { found: None, .. }),
     }
 }
 
@@ -683,7 +710,10 @@ impl PolicyNet {
                 }
                 let at = input.prompt.len() + input.reflection.len() + out[r].tokens.len();
                 let row = &flat[(r * l + at) * v..(r * l + at + 1) * v];
-                let (token, logp) = pick(row, decoding, &mut rngs[r]);
+                let prefix = &out[r].tokens;
+                let allowed =
+                    |t: u32| !(decoding.grammar && decoding.greedy) || in_edit_language(prefix, t);
+                let (token, logp) = pick(row, decoding, &allowed, &mut rngs[r]);
                 out[r].tokens.push(token);
                 out[r].logprobs.push(logp);
                 done[r] = token == EOS;
@@ -705,8 +735,14 @@ pub fn writable(id: usize) -> bool {
 const MASKED: f32 = -1e9;
 
 /// Picks the next token from one row of logits; returns it and its log-probability under
-/// `softmax(logits / temperature)` over the [`writable`] ids.
-fn pick<R: Rng>(logits: &[f32], d: &Decoding, rng: &mut R) -> (u32, f32) {
+/// `softmax(logits / temperature)` over the [`writable`] ids. Greedy picks the likeliest token
+/// that `allowed` accepts (the likeliest of all when it accepts none).
+fn pick<R: Rng>(
+    logits: &[f32],
+    d: &Decoding,
+    allowed: &dyn Fn(u32) -> bool,
+    rng: &mut R,
+) -> (u32, f32) {
     let t = d.temperature.max(1e-6);
     let scaled: Vec<f64> = logits
         .iter()
@@ -724,7 +760,11 @@ fn pick<R: Rng>(logits: &[f32], d: &Decoding, rng: &mut R) -> (u32, f32) {
     let mut order: Vec<usize> = (0..scaled.len()).filter(|&i| writable(i)).collect();
     order.sort_by(|&a, &b| scaled[b].total_cmp(&scaled[a]));
     let token = if d.greedy {
-        order[0]
+        order
+            .iter()
+            .copied()
+            .find(|&i| allowed(i as u32))
+            .unwrap_or(order[0])
     } else {
         let k = if d.top_k == 0 {
             order.len()

@@ -113,6 +113,7 @@ fn the_policy_returns_the_log_probs_that_rescoring_gives() {
             temperature,
             top_k,
             max_tokens: 8,
+            grammar: greedy,
         };
         let mut rngs: Vec<ChaCha8Rng> = (0..4).map(ChaCha8Rng::seed_from_u64).collect();
         let decoded = net.decode(&inputs, &decoding, &mut rngs).unwrap();
@@ -601,4 +602,35 @@ fn the_broad_prior_imitates_every_repair_of_a_violated_relation_and_the_rule_els
         "{violated_scenes} scenes with a violated relation"
     );
     assert_eq!(kinds, [violated_scenes; 3]);
+}
+
+#[test]
+fn the_edit_language_check_accepts_prefixes_of_edit_prompts_only() {
+    use rlrig_models::vlm::in_edit_language;
+    let tok = Tokenizer::full(usize::MAX);
+    let ids = |t: &str| tok.tokens(t).unwrap();
+    let word = |w: &str| ids(w)[0];
+    // Every prefix of a valid edit prompt may go on with its next word, and it may end.
+    let full = ids("move the red circle to the left of the blue square");
+    for k in 0..full.len() {
+        assert!(in_edit_language(&full[..k], full[k]), "prefix of {k} words");
+    }
+    assert!(in_edit_language(&full, EOS));
+    assert!(
+        !in_edit_language(&full[..4], EOS),
+        "an unfinished prompt may not end"
+    );
+    // A word the grammar does not allow there, and a move that names one object twice.
+    assert!(!in_edit_language(
+        &ids("move the red circle to the left"),
+        word("the")
+    ));
+    assert!(!in_edit_language(&ids("swap the yellow square"), EOS));
+    assert!(!in_edit_language(
+        &ids("swap the yellow square and the yellow"),
+        word("square")
+    ));
+    // A bare add may end, or go on with a placement.
+    assert!(in_edit_language(&ids("add a red circle"), EOS));
+    assert!(in_edit_language(&ids("add a red circle"), word("above")));
 }
