@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use rlrig_contract::{Branch, Image, Outcome, Step, StepOutput, Trajectory};
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,11 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 pub const FORMAT: &str = "rlrig-trajectories";
 /// The schema version this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 2;
+
+/// How long [`TrajectoryStore::open`] waits for the database lock. sled releases a closed
+/// database's lock only when its background threads let go of it, a few milliseconds after the
+/// last handle drops, so a store closed and reopened at once must wait briefly.
+pub const LOCK_WAIT: Duration = Duration::from_secs(5);
 
 /// The `meta` key holding the next sequence number (u64 big-endian; absent means 0).
 const NEXT_SEQ: &str = "next_seq";
@@ -63,6 +69,17 @@ pub enum StoreError {
         id: u64,
         /// What failed.
         message: String,
+    },
+    /// Another handle, usually another process, holds the store's lock and kept it for the
+    /// whole wait.
+    #[error(
+        "trajectory store {path} is in use by another process (its lock was still held after {waited_ms} ms)"
+    )]
+    InUse {
+        /// The store's directory.
+        path: PathBuf,
+        /// How long `open` waited for the lock, in milliseconds.
+        waited_ms: u128,
     },
     /// A trajectory with this id is already stored; nothing was written.
     #[error("trajectory store {path}: trajectory {id} is already stored")]
@@ -119,6 +136,34 @@ struct StoredTrajectory {
     elapsed_ms: u64,
 }
 
+/// Opens the sled database at `path`, retrying while its lock is held, for at most `wait`.
+fn open_locked(path: &Path, wait: Duration) -> Result<sled::Db, StoreError> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match sled::open(path) {
+            Ok(db) => return Ok(db),
+            // sled 0.34 reports a held lock only as this message (config.rs).
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if start.elapsed() >= wait {
+                    return Err(StoreError::InUse {
+                        path: path.to_path_buf(),
+                        waited_ms: start.elapsed().as_millis(),
+                    });
+                }
+                std::thread::sleep(pause.min(wait.saturating_sub(start.elapsed())));
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            Err(source) => {
+                return Err(StoreError::Sled {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
 /// Why a `put` transaction aborted.
 enum Abort {
     Duplicate,
@@ -137,8 +182,14 @@ pub struct TrajectoryStore {
 
 impl TrajectoryStore {
     /// Opens the store at `path`, creating it if the directory does not exist. An existing
-    /// database must carry this format and schema version.
+    /// database must carry this format and schema version. A held lock is waited for up to
+    /// [`LOCK_WAIT`], then [`StoreError::InUse`].
     pub fn open(path: &Path) -> Result<TrajectoryStore, StoreError> {
+        TrajectoryStore::open_waiting(path, LOCK_WAIT)
+    }
+
+    /// [`TrajectoryStore::open`], waiting at most `wait` for the database lock.
+    pub fn open_waiting(path: &Path, wait: Duration) -> Result<TrajectoryStore, StoreError> {
         let sled_err = |source| StoreError::Sled {
             path: path.to_path_buf(),
             source,
@@ -147,7 +198,7 @@ impl TrajectoryStore {
             path: path.to_path_buf(),
             message,
         };
-        let db = sled::open(path).map_err(sled_err)?;
+        let db = open_locked(path, wait)?;
         let meta = db.open_tree("meta").map_err(sled_err)?;
         let format = meta.get("format").map_err(sled_err)?;
         let version = meta.get("schema_version").map_err(sled_err)?;

@@ -5,6 +5,8 @@ use rlrig_contract::{
     StepOutput, Trajectory,
 };
 use rlrig_sg::read_jsonl;
+use std::time::Duration;
+
 use rlrig_store::{FORMAT, SCHEMA_VERSION, StoreError, TrajectoryStore};
 
 fn trajectory(id: u64) -> Trajectory {
@@ -350,4 +352,31 @@ fn floats_round_trip_bit_exact() {
     };
     assert_eq!(r.score.to_bits(), scores[0].to_bits());
     assert_eq!(back, t);
+}
+
+#[test]
+fn a_held_store_is_waited_for_then_refused_as_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let held = TrajectoryStore::open(&path).unwrap();
+    let start = std::time::Instant::now();
+    let e = TrajectoryStore::open_waiting(&path, Duration::from_millis(300))
+        .err()
+        .unwrap();
+    assert!(matches!(e, StoreError::InUse { .. }), "{e}");
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    assert!(e.to_string().contains("in use by another process"), "{e}");
+    // The holder lost nothing and still writes.
+    held.put(&trajectory(7)).unwrap();
+    held.flush().unwrap();
+
+    // Released while another opener waits: that opener gets the store.
+    let waiter = std::thread::spawn({
+        let path = path.clone();
+        move || TrajectoryStore::open_waiting(&path, Duration::from_secs(10))
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    drop(held);
+    let store = waiter.join().unwrap().unwrap();
+    assert_eq!(store.ids().unwrap(), vec![7]);
 }
