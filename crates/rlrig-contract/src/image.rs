@@ -147,10 +147,26 @@ impl Image {
         Ok(out.into_inner())
     }
 
-    /// Decodes a PNG (any colour type; converted to 8-bit RGB, alpha dropped).
+    /// The largest width or height [`Image::from_png`] reads.
+    pub const MAX_PNG_SIDE: u32 = 4096;
+    /// The most memory [`Image::from_png`] lets the decoder take for the decoded pixels (64 MiB).
+    pub const MAX_PNG_DECODED_BYTES: u64 = 64 << 20;
+
+    /// Decodes a PNG (any colour type; converted to 8-bit RGB, alpha dropped). A PNG wider or
+    /// taller than [`Image::MAX_PNG_SIDE`], or whose pixels would take more than
+    /// [`Image::MAX_PNG_DECODED_BYTES`], is refused before its pixels are allocated: PNGs come
+    /// from other processes and nodes, and a few bytes can declare a gigapixel image.
     pub fn from_png(bytes: &[u8]) -> Result<Self, PngError> {
-        let img =
-            ::image::load_from_memory_with_format(bytes, ::image::ImageFormat::Png)?.into_rgb8();
+        let mut reader = ::image::ImageReader::with_format(
+            std::io::Cursor::new(bytes),
+            ::image::ImageFormat::Png,
+        );
+        let mut limits = ::image::Limits::default();
+        limits.max_image_width = Some(Self::MAX_PNG_SIDE);
+        limits.max_image_height = Some(Self::MAX_PNG_SIDE);
+        limits.max_alloc = Some(Self::MAX_PNG_DECODED_BYTES);
+        reader.limits(limits);
+        let img = reader.decode()?.into_rgb8();
         let (width, height) = img.dimensions();
         Ok(Image {
             width,
