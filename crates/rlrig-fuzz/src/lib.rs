@@ -163,6 +163,34 @@ pub fn mutated_text(seeds: &[&str], extra_tokens: &[&str]) -> impl Strategy<Valu
     mutated(seeds, extra_tokens).prop_map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
+/// Inputs made from one of `seeds` (texts of space-separated words) by one to three word-level
+/// changes: a word replaced by one of `words`, a word deleted, or one of `words` inserted. For
+/// small languages this reaches other valid sentences, which byte-level changes rarely do.
+pub fn words_changed(seeds: &[&str], words: &[&str]) -> impl Strategy<Value = String> {
+    assert!(!seeds.is_empty() && !words.is_empty());
+    let seeds: Vec<String> = seeds.iter().map(|s| (*s).to_owned()).collect();
+    let words: Vec<String> = words.iter().map(|s| (*s).to_owned()).collect();
+    let change = (0..3u8, any::<Index>(), proptest::sample::select(words));
+    (
+        proptest::sample::select(seeds),
+        proptest::collection::vec(change, 1..=3),
+    )
+        .prop_map(|(seed, changes)| {
+            let mut sentence: Vec<String> = seed.split(' ').map(str::to_owned).collect();
+            for (kind, at, word) in changes {
+                let n = sentence.len();
+                match kind {
+                    0 if n > 0 => sentence[at.index(n)] = word,
+                    1 if n > 0 => {
+                        sentence.remove(at.index(n));
+                    }
+                    _ => sentence.insert(at.index(n + 1), word),
+                }
+            }
+            sentence.join(" ")
+        })
+}
+
 thread_local! {
     static LARGEST: Cell<usize> = const { Cell::new(0) };
 }

@@ -2,7 +2,7 @@
 //! to an edit that writes back exactly the prompt, or refused with an error that names it.
 
 use proptest::prelude::*;
-use rlrig_fuzz::mutated_text;
+use rlrig_fuzz::{mutated_text, words_changed};
 use rlrig_world::Edit;
 
 const PROMPTS: &[&str] = &[
@@ -43,11 +43,16 @@ const WORDS: &[&str] = &[
     "to the right of",
 ];
 
+/// Byte-level damage, and word-level changes that often make other valid prompts.
+fn prompts() -> impl Strategy<Value = String> {
+    prop_oneof![mutated_text(PROMPTS, WORDS), words_changed(PROMPTS, WORDS)]
+}
+
 proptest! {
     #![proptest_config(rlrig_fuzz::config(5000))]
 
     #[test]
-    fn damaged_edit_prompts_parse_exactly_or_are_refused(text in mutated_text(PROMPTS, WORDS)) {
+    fn damaged_edit_prompts_parse_exactly_or_are_refused(text in prompts()) {
         match Edit::parse(&text) {
             Ok(edit) => prop_assert_eq!(edit.to_string(), text.trim()),
             Err(e) => {
@@ -57,4 +62,24 @@ proptest! {
             }
         }
     }
+}
+
+/// The generator reaches valid prompts other than the seeds, so the round trip above is
+/// exercised, not only the refusals.
+#[test]
+fn the_damaged_prompts_include_other_valid_prompts() {
+    use proptest::strategy::{Strategy, ValueTree};
+    let strategy = prompts();
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let texts: Vec<String> = (0..5000)
+        .map(|_| strategy.new_tree(&mut runner).unwrap().current())
+        .collect();
+    let new_valid = texts
+        .iter()
+        .filter(|t| !PROMPTS.contains(&t.trim()) && Edit::parse(t).is_ok())
+        .count();
+    assert!(
+        new_valid >= 20,
+        "only {new_valid} of 5000 are other valid prompts"
+    );
 }
