@@ -10,8 +10,8 @@
 //! * [`config`]: the shared proptest settings (how many cases each property gets in CI).
 //!
 //! A parser under these tests must turn every input into a value or an error: never a panic,
-//! never an allocation beyond what the test allows. Failing cases are saved by proptest under
-//! `proptest-regressions/` next to the test file and replayed first on every later run.
+//! never an allocation beyond what the test allows. Failing cases are saved by proptest next to
+//! the test file (`generated.regressions`) and replayed first on every later run.
 
 #![warn(missing_docs)]
 
@@ -20,7 +20,7 @@ use std::cell::Cell;
 
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::Config;
+use proptest::test_runner::{Config, FileFailurePersistence};
 
 /// Tokens that parsers of TOML, JSON and rlrig's text formats treat specially.
 pub const TOKENS: &[&str] = &[
@@ -65,8 +65,8 @@ pub const TOKENS: &[&str] = &[
 ];
 
 /// The proptest settings for generated-input tests: `cases` inputs per property (the
-/// `RLRIG_FUZZ_CASES` environment variable overrides it), failures saved under
-/// `proptest-regressions/`.
+/// `RLRIG_FUZZ_CASES` environment variable overrides it), failing inputs saved next to the
+/// test's source file as `<file>.regressions` and replayed first on every later run.
 pub fn config(cases: u32) -> Config {
     let cases = std::env::var("RLRIG_FUZZ_CASES")
         .ok()
@@ -74,6 +74,7 @@ pub fn config(cases: u32) -> Config {
         .unwrap_or(cases);
     Config {
         cases,
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("regressions"))),
         ..Config::default()
     }
 }
