@@ -31,6 +31,10 @@ const STDERR_GRACE: Duration = Duration::from_millis(500);
 const STDERR_TAIL: usize = 10;
 /// Characters of a bad line quoted in an error.
 const QUOTE_CHARS: usize = 200;
+/// Stdout lines read ahead of the actor; a process writing more waits on its pipe.
+const LINES_QUEUED: usize = 16;
+/// The longest stderr line kept; the rest of a longer one is skipped.
+const STDERR_LINE_BYTES: u64 = 64 << 10;
 /// What a reply line must look like.
 const REPLY_SHAPE: &str = r#"JSON {"id", "results"|"error"}"#;
 
@@ -59,6 +63,8 @@ enum State {
 /// What the stdout reader thread reports.
 enum Event {
     Line(String),
+    /// A line longer than `max_line_bytes`; the reader stopped.
+    TooLong,
     Eof,
     Failed(String),
 }
@@ -71,6 +77,8 @@ struct Process {
     stdout: Receiver<Event>,
     /// Lines read from stdout so far, blank ones included.
     lines_read: u64,
+    /// The longest stdout line read ([`ExternalConfig::max_line_bytes`]).
+    max_line_bytes: u64,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     /// Disconnects when the stderr thread has read everything.
     stderr_done: Receiver<()>,
@@ -81,6 +89,7 @@ enum NoLine {
     Eof,
     Timeout,
     Failed(String),
+    TooLong,
 }
 
 impl ExternalActor {
@@ -422,6 +431,9 @@ fn check_config(role: Role, config: &ExternalConfig) -> Result<(), ExternalError
     if config.timeout_ms == 0 || config.startup_timeout_ms == 0 {
         return bad("timeout_ms and startup_timeout_ms must be positive");
     }
+    if config.max_line_bytes == 0 {
+        return bad("max_line_bytes must be positive");
+    }
     if let Some(cwd) = &config.cwd
         && !cwd.is_dir()
     {
@@ -462,7 +474,7 @@ impl Process {
         );
         let threads = (|| {
             let stdin = spawn_writer(name, stdin)?;
-            let stdout = spawn_stdout_reader(name, stdout)?;
+            let stdout = spawn_stdout_reader(name, stdout, config.max_line_bytes)?;
             let (tail, done) = spawn_stderr_reader(name, stderr)?;
             Ok::<_, io::Error>((stdin, stdout, tail, done))
         })();
@@ -472,6 +484,7 @@ impl Process {
                 stdin: Some(stdin),
                 stdout,
                 lines_read: 0,
+                max_line_bytes: config.max_line_bytes,
                 stderr_tail,
                 stderr_done,
             }),
@@ -498,6 +511,10 @@ impl Process {
                 }
                 Ok(Event::Eof) | Err(RecvTimeoutError::Disconnected) => return Err(NoLine::Eof),
                 Ok(Event::Failed(e)) => return Err(NoLine::Failed(e)),
+                Ok(Event::TooLong) => {
+                    self.lines_read += 1;
+                    return Err(NoLine::TooLong);
+                }
                 Err(RecvTimeoutError::Timeout) => return Err(NoLine::Timeout),
             }
         }
@@ -511,6 +528,11 @@ impl Process {
                 timeout_ms,
             },
             NoLine::Failed(e) => ExternalErrorKind::Io(format!("reading its stdout failed: {e}")),
+            NoLine::TooLong => ExternalErrorKind::LineTooLong {
+                during: during.to_owned(),
+                line: self.lines_read,
+                limit: self.max_line_bytes,
+            },
             NoLine::Eof => {
                 let Some(status) = self.wait_for_exit(EXIT_GRACE) else {
                     self.kill();
@@ -601,8 +623,11 @@ fn spawn_writer(name: &str, mut stdin: impl Write + Send + 'static) -> io::Resul
 fn spawn_stdout_reader(
     name: &str,
     stdout: impl Read + Send + 'static,
+    max_line_bytes: u64,
 ) -> io::Result<Receiver<Event>> {
-    let (tx, rx) = mpsc::channel();
+    // Bounded: a process that writes lines faster than rlrig asks for them blocks on its pipe
+    // instead of filling rlrig's memory.
+    let (tx, rx) = mpsc::sync_channel(LINES_QUEUED);
     thread::Builder::new()
         .name(thread_name(name, "stdout"))
         .spawn(move || {
@@ -610,9 +635,12 @@ fn spawn_stdout_reader(
             let mut buf = Vec::new();
             loop {
                 buf.clear();
-                let event = match reader.read_until(b'\n', &mut buf) {
-                    Ok(0) => Event::Eof,
-                    Ok(_) => Event::Line(String::from_utf8_lossy(trim_newline(&buf)).into_owned()),
+                let event = match read_line_within(&mut reader, &mut buf, max_line_bytes) {
+                    Ok(Some(0)) => Event::Eof,
+                    Ok(Some(_)) => {
+                        Event::Line(String::from_utf8_lossy(trim_newline(&buf)).into_owned())
+                    }
+                    Ok(None) => Event::TooLong,
                     Err(e) => Event::Failed(e.to_string()),
                 };
                 let last = !matches!(event, Event::Line(_));
@@ -622,6 +650,21 @@ fn spawn_stdout_reader(
             }
         })?;
     Ok(rx)
+}
+
+/// Reads one line into `buf` (cleared by the caller), reading at most `limit` bytes before
+/// its newline: `Some(bytes read)` (0 at the end of input), or `None` for a longer line.
+fn read_line_within(
+    reader: &mut impl BufRead,
+    buf: &mut Vec<u8>,
+    limit: u64,
+) -> io::Result<Option<usize>> {
+    let n = reader
+        .by_ref()
+        .take(limit.saturating_add(1))
+        .read_until(b'\n', buf)?;
+    let complete = buf.last() == Some(&b'\n') || (n as u64) <= limit;
+    Ok(complete.then_some(n))
 }
 
 type StderrTail = (Arc<Mutex<VecDeque<String>>>, Receiver<()>);
@@ -636,8 +679,25 @@ fn spawn_stderr_reader(name: &str, stderr: impl Read + Send + 'static) -> io::Re
             let _done = done_tx;
             let mut reader = BufReader::new(stderr);
             let mut buf = Vec::new();
-            while matches!(reader.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
-                let line = String::from_utf8_lossy(trim_newline(&buf)).into_owned();
+            loop {
+                let (line, more) = match read_line_within(&mut reader, &mut buf, STDERR_LINE_BYTES)
+                {
+                    Ok(Some(n)) if n > 0 => (
+                        String::from_utf8_lossy(trim_newline(&buf)).into_owned(),
+                        true,
+                    ),
+                    // A longer stderr line: keep its start, skip the rest up to its newline.
+                    Ok(None) => {
+                        buf.truncate(STDERR_LINE_BYTES as usize);
+                        let start = String::from_utf8_lossy(&buf).into_owned();
+                        let more = skip_line(&mut reader);
+                        (
+                            format!("{start}... (cut at {STDERR_LINE_BYTES} bytes)"),
+                            more,
+                        )
+                    }
+                    _ => break,
+                };
                 // What a healthy process says goes to INFO; when the process dies, its last
                 // lines are quoted in the error.
                 tracing::info!(target: "rlrig_external::stderr", actor = %name, "{line}");
@@ -648,9 +708,29 @@ fn spawn_stderr_reader(name: &str, stderr: impl Read + Send + 'static) -> io::Re
                     tail.push_back(quote(&line));
                 }
                 buf.clear();
+                if !more {
+                    break;
+                }
             }
         })?;
     Ok((tail, done_rx))
+}
+
+/// Skips input up to and including the next newline; false at the end of input or on an error.
+fn skip_line(reader: &mut impl BufRead) -> bool {
+    loop {
+        let (found, used) = match reader.fill_buf() {
+            Ok([]) | Err(_) => return false,
+            Ok(chunk) => match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => (true, i + 1),
+                None => (false, chunk.len()),
+            },
+        };
+        reader.consume(used);
+        if found {
+            return true;
+        }
+    }
 }
 
 /// A thread name for one of an actor's pipes (thread names cannot hold NUL bytes).

@@ -52,6 +52,15 @@ pub enum ExternalErrorKind {
         /// The timeout that passed.
         timeout_ms: u64,
     },
+    /// A stdout line was longer than `max_line_bytes`; the process was killed.
+    LineTooLong {
+        /// What rlrig waited for: `the hello` or `the reply to batch N`.
+        during: String,
+        /// 1-based number of the line on the process's stdout.
+        line: u64,
+        /// The limit, `max_line_bytes`.
+        limit: u64,
+    },
     /// A line broke the protocol.
     Malformed {
         /// `hello` or `reply`.
@@ -152,6 +161,15 @@ impl fmt::Display for ExternalErrorKind {
             Timeout { during, timeout_ms } => write!(
                 f,
                 "timed out after {timeout_ms} ms waiting for {during}; the process was killed"
+            ),
+            LineTooLong {
+                during,
+                line,
+                limit,
+            } => write!(
+                f,
+                "line {line}, read while waiting for {during}, is longer than max_line_bytes \
+                 ({limit} bytes); the process was killed"
             ),
             Malformed {
                 what,

@@ -57,6 +57,14 @@ pub struct ExternalConfig {
     /// Variables added to the environment the process inherits from rlrig.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The longest stdout line rlrig reads, in bytes (default 64 MiB). A longer line stops the
+    /// actor with [`ExternalErrorKind::LineTooLong`] after reading at most this much of it.
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: u64,
+}
+
+fn default_max_line_bytes() -> u64 {
+    ExternalConfig::DEFAULT_MAX_LINE_BYTES
 }
 
 fn default_timeout_ms() -> u64 {
@@ -72,6 +80,9 @@ impl ExternalConfig {
     pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
     /// The default of [`ExternalConfig::startup_timeout_ms`].
     pub const DEFAULT_STARTUP_TIMEOUT_MS: u64 = 60_000;
+    /// The default of [`ExternalConfig::max_line_bytes`]: 64 MiB, room for a batch of 32
+    /// base64 PNGs of 1024 × 1024 pixels.
+    pub const DEFAULT_MAX_LINE_BYTES: u64 = 64 << 20;
 
     /// A config that runs `command` with every other setting at its default.
     pub fn new<S: Into<String>>(command: impl IntoIterator<Item = S>) -> ExternalConfig {
@@ -81,6 +92,7 @@ impl ExternalConfig {
             startup_timeout_ms: Self::DEFAULT_STARTUP_TIMEOUT_MS,
             cwd: None,
             env: BTreeMap::new(),
+            max_line_bytes: Self::DEFAULT_MAX_LINE_BYTES,
         }
     }
 
