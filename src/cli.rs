@@ -182,6 +182,9 @@ pub fn main(registry: Registry) -> i32 {
         Err(e) if is_broken_pipe(&e) => exit::OK,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if let Some(hint) = crate::outcome::hint(&e) {
+                eprintln!("hint: {hint}");
+            }
             exit_code(&e)
         }
     }

@@ -102,6 +102,23 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
     exit::ERROR
 }
 
+/// What to do about an error, where rlrig knows more than the error says: printed after it.
+pub fn hint(e: &anyhow::Error) -> Option<&'static str> {
+    e.chain().find_map(|c| match c.downcast_ref::<rlrig_store::StoreError>() {
+        Some(rlrig_store::StoreError::Damaged { .. }) => Some(
+            "a damaged store cannot be repaired in place. What a run wrote outside it is intact: \
+             each trajectory's image chain and chain.json under the run directory's \
+             trajectories/, and metrics.json, scores.jsonl and report.html. Run the flow again \
+             into a new directory (--set name=...) to rebuild a store.",
+        ),
+        Some(rlrig_store::StoreError::InUse { .. }) => Some(
+            "another rlrig (a run, a training or a command reading the run) has the store open; \
+             wait for it to end.",
+        ),
+        _ => None,
+    })
+}
+
 /// [`exit::OK`] when no trajectory failed, else the [`TrajectoriesFailed`] error.
 pub(crate) fn all_done(failed: usize, total: usize, dir: &std::path::Path) -> anyhow::Result<i32> {
     if failed == 0 {

@@ -2,7 +2,8 @@
 //! flow file (in a run directory's copy of it, to the original's), a start that fails leaves no
 //! run directory behind (inference and training flows), each failure is logged once and retries
 //! are counted, `rlrig validate` lists every problem and takes a run directory, and
-//! `metrics.json` names its keys as `eval.json` does.
+//! `metrics.json` names its keys as `eval.json` does, and a damaged store is named with what is
+//! left intact.
 //!
 //! `RLRIG_BLESS=1 cargo test --test cli_reliability` rewrites the `.expected` files of
 //! `tests/flows/invalid/all/` after a deliberate change of wording — review the diff.
@@ -538,4 +539,38 @@ fn metrics_json_and_eval_json_name_the_final_answer_alike() {
         let t = std::fs::read_to_string(dir.join(f)).unwrap();
         assert!(!t.contains("final_"), "{f} says final_");
     }
+}
+
+#[test]
+fn a_damaged_store_is_named_and_the_intact_files_are_pointed_at() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = rlrig(&[
+        "run",
+        "flows/infer-baseline.toml",
+        "--set",
+        "prompts.count=20",
+        "--set",
+        &format!("run_dir={}", tmp.path().display()),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let run = tmp.path().join("infer-baseline");
+    let db = run.join("store/db");
+    let f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+    f.set_len(4096).unwrap();
+    drop(f);
+    let o = rlrig(&["trajectories", "ls", run.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "trajectory store {} is damaged",
+            run.join("store").display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("\nhint: a damaged store cannot be repaired in place"),
+        "{err}"
+    );
+    assert!(run.join("trajectories/000000/chain.json").is_file());
 }

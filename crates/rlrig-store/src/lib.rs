@@ -37,6 +37,12 @@ pub const SCHEMA_VERSION: u32 = 2;
 /// last handle drops, so a store closed and reopened at once must wait briefly.
 pub const LOCK_WAIT: Duration = Duration::from_secs(5);
 
+/// The file beside sled's own, outside the database, that records how many trajectories were
+/// committed at the last [`TrajectoryStore::flush`] (decimal text). sled recovers damaged
+/// files by dropping everything after the damage, which leaves a consistent but shorter store;
+/// this count, kept where sled's recovery cannot roll it back, tells such a store from a whole one.
+const FLUSHED_FILE: &str = "rlrig-flushed";
+
 /// The `meta` key holding the next sequence number (u64 big-endian; absent means 0).
 const NEXT_SEQ: &str = "next_seq";
 
@@ -69,6 +75,15 @@ pub enum StoreError {
         id: u64,
         /// What failed.
         message: String,
+    },
+    /// sled found corrupt data in the store's files (truncated or overwritten); what they hold
+    /// cannot be read.
+    #[error("trajectory store {path} is damaged: {detail}")]
+    Damaged {
+        /// The store's directory.
+        path: PathBuf,
+        /// What sled found.
+        detail: String,
     },
     /// Another handle, usually another process, holds the store's lock and kept it for the
     /// whole wait.
@@ -136,6 +151,23 @@ struct StoredTrajectory {
     elapsed_ms: u64,
 }
 
+/// A sled error as a [`StoreError`]: corruption is [`StoreError::Damaged`].
+fn sled_error(path: &Path, source: sled::Error) -> StoreError {
+    match source {
+        sled::Error::Corruption { at, .. } => StoreError::Damaged {
+            path: path.to_path_buf(),
+            detail: match at {
+                Some(at) => format!("sled found corrupt data at {at}"),
+                None => "sled found corrupt data in its files".into(),
+            },
+        },
+        source => StoreError::Sled {
+            path: path.to_path_buf(),
+            source,
+        },
+    }
+}
+
 /// Opens the sled database at `path`, retrying while its lock is held, for at most `wait`.
 fn open_locked(path: &Path, wait: Duration) -> Result<sled::Db, StoreError> {
     let start = Instant::now();
@@ -154,12 +186,7 @@ fn open_locked(path: &Path, wait: Duration) -> Result<sled::Db, StoreError> {
                 std::thread::sleep(pause.min(wait.saturating_sub(start.elapsed())));
                 pause = (pause * 2).min(Duration::from_millis(100));
             }
-            Err(source) => {
-                return Err(StoreError::Sled {
-                    path: path.to_path_buf(),
-                    source,
-                });
-            }
+            Err(source) => return Err(sled_error(path, source)),
         }
     }
 }
@@ -178,22 +205,23 @@ pub struct TrajectoryStore {
     trajectories: sled::Tree,
     images: sled::Tree,
     log: sled::Tree,
+    /// Held while [`FLUSHED_FILE`] is written.
+    flushing: std::sync::Mutex<()>,
 }
 
 impl TrajectoryStore {
     /// Opens the store at `path`, creating it if the directory does not exist. An existing
     /// database must carry this format and schema version. A held lock is waited for up to
-    /// [`LOCK_WAIT`], then [`StoreError::InUse`].
+    /// [`LOCK_WAIT`], then [`StoreError::InUse`]. Damaged files are [`StoreError::Damaged`]:
+    /// sled's own checksums, a commit log that does not end at the sequence counter, or fewer
+    /// trajectories than the last [`TrajectoryStore::flush`] recorded.
     pub fn open(path: &Path) -> Result<TrajectoryStore, StoreError> {
         TrajectoryStore::open_waiting(path, LOCK_WAIT)
     }
 
     /// [`TrajectoryStore::open`], waiting at most `wait` for the database lock.
     pub fn open_waiting(path: &Path, wait: Duration) -> Result<TrajectoryStore, StoreError> {
-        let sled_err = |source| StoreError::Sled {
-            path: path.to_path_buf(),
-            source,
-        };
+        let sled_err = |source| sled_error(path, source);
         let incompatible = |message: String| StoreError::Incompatible {
             path: path.to_path_buf(),
             message,
@@ -240,14 +268,47 @@ impl TrajectoryStore {
         let trajectories = db.open_tree("trajectories").map_err(sled_err)?;
         let images = db.open_tree("images").map_err(sled_err)?;
         let log = db.open_tree("log").map_err(sled_err)?;
-        Ok(TrajectoryStore {
+        let store = TrajectoryStore {
             path: path.to_path_buf(),
             db,
             meta,
             trajectories,
             images,
             log,
-        })
+            flushing: std::sync::Mutex::new(()),
+        };
+        store.check_whole()?;
+        Ok(store)
+    }
+
+    /// Refuses a store that holds fewer trajectories than its last flush recorded, or whose
+    /// commit log does not end at its sequence counter.
+    fn check_whole(&self) -> Result<(), StoreError> {
+        let damaged = |detail: String| StoreError::Damaged {
+            path: self.path.clone(),
+            detail,
+        };
+        let next = self.next_seq()?;
+        let last = self.log.last().map_err(|source| self.sled(source))?;
+        let last = last.and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok());
+        if last.map(|k| u64::from_be_bytes(k) + 1).unwrap_or(0) != next {
+            return Err(damaged(format!(
+                "its commit log does not end at its counter of {next} trajectories"
+            )));
+        }
+        let flushed = match std::fs::read_to_string(self.path.join(FLUSHED_FILE)) {
+            Ok(text) => text.trim().parse::<u64>().ok(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(_) => None,
+        };
+        match flushed {
+            Some(flushed) if next >= flushed => Ok(()),
+            Some(flushed) => Err(damaged(format!(
+                "it holds {next} trajectories, but {flushed} were committed and flushed; sled \
+                 dropped the rest when it recovered its damaged files"
+            ))),
+            None => Err(damaged(format!("{FLUSHED_FILE} is unreadable"))),
+        }
     }
 
     /// The store's directory.
@@ -436,12 +497,22 @@ impl TrajectoryStore {
         self.images.len()
     }
 
-    /// Waits until everything written is on disk.
+    /// Waits until everything written is on disk, then records how many trajectories that is
+    /// outside the database (see [`TrajectoryStore::open`]'s check for damage).
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db
-            .flush()
-            .map(|_| ())
-            .map_err(|source| self.sled(source))
+        // Counted before flushing: a trajectory committed meanwhile may not be on disk yet.
+        let next = self.next_seq()?;
+        self.db.flush().map_err(|source| self.sled(source))?;
+        let _one_writer = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
+        let io = |e: std::io::Error| StoreError::Sled {
+            path: self.path.clone(),
+            source: sled::Error::Io(e),
+        };
+        let tmp = self.path.join(format!("{FLUSHED_FILE}.tmp"));
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        std::io::Write::write_all(&mut f, format!("{next}\n").as_bytes()).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, self.path.join(FLUSHED_FILE)).map_err(io)
     }
 
     fn damaged_counter(&self) -> StoreError {
@@ -452,10 +523,7 @@ impl TrajectoryStore {
     }
 
     fn sled(&self, source: sled::Error) -> StoreError {
-        StoreError::Sled {
-            path: self.path.clone(),
-            source,
-        }
+        sled_error(&self.path, source)
     }
 
     fn decode(&self, id: u64, bytes: &[u8]) -> Result<Trajectory, StoreError> {

@@ -380,3 +380,100 @@ fn a_held_store_is_waited_for_then_refused_as_in_use() {
     let store = waiter.join().unwrap().unwrap();
     assert_eq!(store.ids().unwrap(), vec![7]);
 }
+
+/// A store of `n` trajectories at `path`, closed.
+fn filled_store(path: &std::path::Path, n: u64) {
+    let store = TrajectoryStore::open(path).unwrap();
+    for id in 0..n {
+        store.put(&trajectory(id)).unwrap();
+    }
+    store.flush().unwrap();
+}
+
+/// Opens the store and reads every trajectory: what a command on a run does.
+fn read_everything(path: &std::path::Path) -> Result<usize, StoreError> {
+    let store = TrajectoryStore::open(path)?;
+    let ids = store.ids()?;
+    for id in &ids {
+        store.get(*id)?;
+    }
+    Ok(ids.len())
+}
+
+#[test]
+fn a_truncated_store_is_refused_as_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    filled_store(&path, 200);
+    let db = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path.join("db"))
+        .unwrap();
+    db.set_len(4096).unwrap();
+    drop(db);
+    let e = read_everything(&path).unwrap_err();
+    assert!(matches!(e, StoreError::Damaged { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("trajectory store {} is damaged: ", path.display())),
+        "{e}"
+    );
+}
+
+/// Overwrites at seeded random places of the store's files: every read ends in a value or an
+/// error naming the store, never a panic.
+#[test]
+fn overwritten_store_files_give_errors_never_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let clean = dir.path().join("clean");
+    filled_store(&clean, 200);
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir(&clean)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move |below: u64| {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1);
+        (state >> 33) % below.max(1)
+    };
+    let (mut ok, mut refused) = (0, 0);
+    for case in 0..40 {
+        let path = dir.path().join(format!("case{case}"));
+        std::fs::create_dir(&path).unwrap();
+        for f in &files {
+            std::fs::copy(f, path.join(f.file_name().unwrap())).unwrap();
+        }
+        let victim = path.join(
+            files[next(files.len() as u64) as usize]
+                .file_name()
+                .unwrap(),
+        );
+        let mut bytes = std::fs::read(&victim).unwrap();
+        let at = next(bytes.len() as u64) as usize;
+        let n = (1 + next(2000) as usize).min(bytes.len() - at);
+        for b in &mut bytes[at..at + n] {
+            *b = next(256) as u8;
+        }
+        std::fs::write(&victim, &bytes).unwrap();
+        let read = std::panic::catch_unwind(|| read_everything(&path));
+        match read {
+            Ok(Ok(count)) => {
+                assert_eq!(
+                    count, 200,
+                    "case {case}: a store that opens holds everything"
+                );
+                ok += 1;
+            }
+            Ok(Err(e)) => {
+                assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+                refused += 1;
+            }
+            Err(_) => panic!("case {case}: reading {} panicked", victim.display()),
+        }
+    }
+    eprintln!("{refused} of 40 damaged stores refused, {ok} read whole");
+    assert!(refused > 0, "no overwrite was noticed ({ok} read fine)");
+}
