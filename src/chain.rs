@@ -30,8 +30,9 @@ pub(crate) fn write_chain(
             StepOutput::Image(img) => {
                 let file = format!("step{i:02}-round{}-{}.png", s.round, s.actor);
                 if images == StoredImages::All || answer == Some(i) {
-                    std::fs::write(dir.join(&file), img.to_png()?)
-                        .with_context(|| format!("writing {file}"))?;
+                    let path = dir.join(&file);
+                    std::fs::write(&path, img.to_png()?)
+                        .with_context(|| format!("writing {}", path.display()))?;
                 }
                 serde_json::json!({"step": i, "round": s.round, "actor": s.actor, "role": s.role, "image": file})
             }
@@ -56,10 +57,9 @@ pub(crate) fn write_chain(
         "id": t.id, "prompt": t.prompt.prompt(), "scene_graph": t.prompt, "seed": t.seed,
         "outcome": t.outcome, "elapsed_ms": t.elapsed_ms, "steps": chain,
     });
-    std::fs::write(
-        dir.join("chain.json"),
-        serde_json::to_string_pretty(&doc)? + "\n",
-    )?;
+    let path = dir.join("chain.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&doc)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(doc)
 }
 

@@ -574,3 +574,62 @@ fn a_damaged_store_is_named_and_the_intact_files_are_pointed_at() {
     );
     assert!(run.join("trajectories/000000/chain.json").is_file());
 }
+
+/// The store's file cannot grow past a limit (`ulimit -f`, as a full disk would stop it): the
+/// run stops with an error naming the store and the cause, without an error per trajectory,
+/// and what the store holds afterwards is whole.
+#[test]
+fn a_store_that_cannot_grow_stops_the_run_with_its_path_and_cause() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = Command::new("bash")
+        .args([
+            "-c",
+            r#"ulimit -f 1024; exec "$0" "$@""#,
+            env!("CARGO_BIN_EXE_rlrig"),
+            "run",
+            "flows/infer-baseline.toml",
+            "--set",
+            "prompts.count=5000",
+            "--set",
+            &format!("run_dir={}", tmp.path().display()),
+        ])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let run = tmp.path().join("infer-baseline");
+    let store = run.join("store");
+    assert!(
+        err.contains(&format!("\nerror: trajectory store {}: ", store.display())),
+        "{err}"
+    );
+    assert!(err.contains("File too large"), "{err}");
+    assert!(
+        err.lines().filter(|l| l.contains("ERROR")).count() < 20,
+        "one failure, not one per trajectory: {err}"
+    );
+    // Without the limit the store opens; each trajectory it holds reads back whole and has
+    // its chain beside the store.
+    let o = rlrig(&["trajectories", "ls", run.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let listing = String::from_utf8_lossy(&o.stdout).into_owned();
+    let ids: Vec<u64> = listing
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert!(ids.len() > 10 && ids.len() < 5000, "{} stored", ids.len());
+    for id in [ids[0], ids[ids.len() / 2], ids[ids.len() - 1]] {
+        let o = rlrig(&[
+            "trajectories",
+            "show",
+            run.to_str().unwrap(),
+            &id.to_string(),
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        assert!(
+            run.join(format!("trajectories/{id:06}/chain.json"))
+                .is_file()
+        );
+    }
+}

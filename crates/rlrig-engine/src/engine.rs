@@ -68,8 +68,11 @@ pub struct RunSummary {
     pub done: usize,
     /// Trajectories recorded as failed.
     pub failed: usize,
-    /// Whether every prompt offered was started (false after a stop signal).
+    /// Whether every prompt offered was started (false after a stop signal, or once the sink
+    /// closed).
     pub all_started: bool,
+    /// Trajectories finished after the sink closed, so not delivered.
+    pub undelivered: usize,
 }
 
 /// A running flow: one router actor per flow actor, each supervising its replicas.
@@ -182,7 +185,9 @@ impl Engine {
 
     /// Runs every prompt through the cycle, at most `engine.max_in_flight` at a time, sending
     /// each finished trajectory (done or failed — never dropped) to `sink`. A full sink holds
-    /// the trajectory's credit, so a slow consumer slows the run instead of growing memory.
+    /// the trajectory's credit, so a slow consumer slows the run instead of growing memory. A
+    /// closed sink (its consumer failed, e.g. on a full disk) stops the run: no new prompt is
+    /// started, and the trajectories in flight are counted as undelivered.
     pub async fn run(
         &self,
         prompts: impl IntoIterator<Item = (u64, SceneGraph)>,
@@ -193,12 +198,14 @@ impl Engine {
         let mut tasks = tokio::task::JoinSet::new();
         let mut started = 0;
         let mut all_started = true;
+        let undelivered = Arc::new(AtomicUsize::new(0));
         for (id, prompt) in prompts {
             let permit = tokio::select! {
                 p = credits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
                 _ = stop.wait_for(|s| *s != StopSignal::Run) => { all_started = false; break; }
+                _ = sink.closed() => { all_started = false; break; }
             };
-            if *stop.borrow() != StopSignal::Run {
+            if *stop.borrow() != StopSignal::Run || sink.is_closed() {
                 all_started = false;
                 break;
             }
@@ -208,6 +215,7 @@ impl Engine {
                 routers: self.routers.clone(),
             };
             let (sink, stats, mut stop) = (sink.clone(), self.stats.clone(), stop.clone());
+            let undelivered = undelivered.clone();
             let n = stats.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             stats.in_flight_max.fetch_max(n, Ordering::SeqCst);
             tasks.spawn(async move {
@@ -220,14 +228,18 @@ impl Engine {
                     Outcome::Failed { .. } => stats.failed.fetch_add(1, Ordering::SeqCst),
                 };
                 if sink.send(t).await.is_err() {
-                    tracing::error!(
-                        trajectory = id,
-                        "the trajectory sink closed; trajectory not recorded"
-                    );
+                    tracing::debug!(trajectory = id, "the trajectory sink closed; not delivered");
+                    undelivered.fetch_add(1, Ordering::SeqCst);
                 }
                 stats.in_flight.fetch_sub(1, Ordering::SeqCst);
                 drop(permit);
             });
+        }
+        if sink.is_closed() {
+            tracing::warn!(
+                started,
+                "the trajectory sink closed: no new prompts are started"
+            );
         }
         while tasks.join_next().await.is_some() {}
         RunSummary {
@@ -235,6 +247,7 @@ impl Engine {
             done: self.stats.done.load(Ordering::SeqCst),
             failed: self.stats.failed.load(Ordering::SeqCst),
             all_started,
+            undelivered: undelivered.load(Ordering::SeqCst),
         }
     }
 

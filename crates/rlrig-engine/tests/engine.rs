@@ -453,6 +453,40 @@ async fn drain_stops_new_prompts_and_cancel_fails_those_in_flight() {
     );
 }
 
+/// The consumer fails (a full disk) and drops its end: the run stops starting prompts and
+/// returns, counting what it could not deliver, instead of running every prompt to no one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_sink_stops_the_run() {
+    let k = Arc::new(Knobs {
+        editor_ms: 5,
+        ..Default::default()
+    });
+    let engine = Engine::start(&flow("[engine]\nmax_in_flight = 4"), &registry(&k))
+        .await
+        .unwrap();
+    let (_tx, stop) = watch::channel(StopSignal::Run);
+    let (sink, mut rx) = mpsc::channel::<Trajectory>(1);
+    let consumer = tokio::spawn(async move {
+        for _ in 0..3 {
+            rx.recv().await.unwrap();
+        }
+        // Dropping `rx` closes the sink.
+    });
+    let summary = tokio::time::timeout(
+        Duration::from_secs(30),
+        engine.run(prompts(1000), sink, stop),
+    )
+    .await
+    .expect("the run returns once its sink is closed");
+    consumer.await.unwrap();
+    engine.shutdown().await;
+    assert!(!summary.all_started);
+    // Three received, at most one left in the channel, the rest in flight when it closed.
+    assert!(summary.started <= 3 + 1 + 4 + 1, "{}", summary.started);
+    assert!(summary.undelivered <= 4 + 1);
+    assert_eq!(summary.done + summary.failed, summary.started);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sampled_round_runs_as_branches_and_goes_on_from_the_best() {
     let k = Arc::new(Knobs {

@@ -49,14 +49,14 @@ const NEXT_SEQ: &str = "next_seq";
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// sled failed.
-    #[error("trajectory store {path}: {source}")]
+    /// sled failed, e.g. on a full disk. The cause is part of the message (not a `source()`),
+    /// so a printed error chain names it once.
+    #[error("trajectory store {path}: {cause}")]
     Sled {
         /// The store's directory.
         path: PathBuf,
         /// The sled error.
-        #[source]
-        source: sled::Error,
+        cause: sled::Error,
     },
     /// The database is not an rlrig trajectory store, or of another schema version.
     #[error("trajectory store {path}: {message}")]
@@ -161,9 +161,9 @@ fn sled_error(path: &Path, source: sled::Error) -> StoreError {
                 None => "sled found corrupt data in its files".into(),
             },
         },
-        source => StoreError::Sled {
+        cause => StoreError::Sled {
             path: path.to_path_buf(),
-            source,
+            cause,
         },
     }
 }
@@ -506,7 +506,7 @@ impl TrajectoryStore {
         let _one_writer = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
         let io = |e: std::io::Error| StoreError::Sled {
             path: self.path.clone(),
-            source: sled::Error::Io(e),
+            cause: sled::Error::Io(e),
         };
         let tmp = self.path.join(format!("{FLUSHED_FILE}.tmp"));
         let mut f = std::fs::File::create(&tmp).map_err(io)?;
