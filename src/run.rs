@@ -16,7 +16,7 @@
 //! started: a flow whose actors cannot start leaves nothing behind (and a run it would have
 //! overwritten as it was).
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -332,20 +332,34 @@ async fn drive(
     let max_rounds = loaded.flow.cycle.max_rounds;
     let images = loaded.flow.store.images;
     let out_dir = dir.join("trajectories");
+    let unsorted_scores = dir.join("scores.jsonl.unsorted");
     let consumer = {
         let progress = progress.clone();
+        let unsorted_scores = unsorted_scores.clone();
         tokio::task::spawn_blocking(move || -> Result<Collector> {
-            let mut c = Collector::new(max_rounds, judged);
+            let scores = if judged {
+                let f = std::fs::File::create(&unsorted_scores)
+                    .with_context(|| format!("creating {}", unsorted_scores.display()))?;
+                Some(std::io::BufWriter::new(f))
+            } else {
+                None
+            };
+            let mut c = Collector::new(max_rounds, scores);
             while let Some(t) = rx.blocking_recv() {
                 if let Some(store) = &store {
                     store.put(&t)?;
                 }
                 write_chain(&out_dir, &t, images)?;
-                c.add(&t);
+                c.add(&t)
+                    .with_context(|| format!("writing {}", unsorted_scores.display()))?;
                 progress.tick(&c);
             }
             if let Some(store) = &store {
                 store.flush()?;
+            }
+            if let Some(mut scores) = c.scores.take() {
+                std::io::Write::flush(&mut scores)
+                    .with_context(|| format!("writing {}", unsorted_scores.display()))?;
             }
             Ok(c)
         })
@@ -353,11 +367,9 @@ async fn drive(
     let summary = engine.run(prompts, tx, stop_rx).await;
     let restarts = engine.stats().restarts.load(Ordering::Relaxed);
     engine.shutdown().await;
-    let mut collector = consumer.await??;
+    let collector = consumer.await??;
     if judged {
-        collector.lines.sort_by_key(|l| l["id"].as_u64());
-        let text: String = collector.lines.iter().map(|l| format!("{l}\n")).collect();
-        std::fs::write(dir.join("scores.jsonl"), text).context("writing scores.jsonl")?;
+        sort_scores(&unsorted_scores, &dir.join("scores.jsonl"))?;
     }
     progress.finish();
     let mut metrics = collector.metrics(total as usize, summary.all_started, t0.elapsed());
@@ -376,26 +388,47 @@ struct Collector {
     rounds_run: u64,
     /// Retries of the recorded steps (attempts less one, summed).
     retries: u64,
-    /// One line per judged trajectory for `scores.jsonl`.
-    lines: Vec<serde_json::Value>,
+    /// Where a judged run's `scores.jsonl` lines go as trajectories arrive, unsorted (kept on
+    /// disk, not in memory, so a long run's memory stays flat); `None` when not judged.
+    scores: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+/// Writes the lines of `unsorted` to `sorted` in trajectory-id order, then removes `unsorted`.
+fn sort_scores(unsorted: &Path, sorted: &Path) -> Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: u64,
+    }
+    let text = std::fs::read_to_string(unsorted)
+        .with_context(|| format!("reading {}", unsorted.display()))?;
+    let mut lines = text
+        .lines()
+        .map(|l| Ok((serde_json::from_str::<Id>(l)?.id, l)))
+        .collect::<Result<Vec<_>>>()
+        .with_context(|| format!("reading {}", unsorted.display()))?;
+    lines.sort_by_key(|(id, _)| *id);
+    let out: String = lines.iter().map(|(_, l)| format!("{l}\n")).collect();
+    std::fs::write(sorted, out).with_context(|| format!("writing {}", sorted.display()))?;
+    std::fs::remove_file(unsorted).with_context(|| format!("removing {}", unsorted.display()))
 }
 
 impl Collector {
-    fn new(max_rounds: u32, judged: bool) -> Collector {
+    fn new(max_rounds: u32, scores: Option<std::io::BufWriter<std::fs::File>>) -> Collector {
         Collector {
             max_rounds,
-            judged,
+            judged: scores.is_some(),
             rounds: vec![Vec::new(); max_rounds as usize + 1],
             finals: Vec::new(),
             done: 0,
             failed: 0,
             rounds_run: 0,
             retries: 0,
-            lines: Vec::new(),
+            scores,
         }
     }
 
-    fn add(&mut self, t: &Trajectory) {
+    /// Counts and scores a trajectory; a judged one's line goes to `scores`.
+    fn add(&mut self, t: &Trajectory) -> std::io::Result<()> {
         self.retries += t
             .steps
             .iter()
@@ -403,18 +436,15 @@ impl Collector {
             .sum::<u64>();
         if let Outcome::Failed { error } = &t.outcome {
             self.failed += 1;
-            if self.judged {
-                self.lines.push(serde_json::json!({
-                    "id": t.id, "prompt": t.prompt.prompt(), "scene_graph": t.prompt,
-                    "outcome": "failed", "error": error, "rounds": [], "final": null,
-                }));
-            }
-            return;
+            return self.write_line(serde_json::json!({
+                "id": t.id, "prompt": t.prompt.prompt(), "scene_graph": t.prompt,
+                "outcome": "failed", "error": error, "rounds": [], "final": null,
+            }));
         }
         self.done += 1;
         self.rounds_run += t.steps.iter().map(|s| s.round as u64).max().unwrap_or(0);
         if !self.judged {
-            return;
+            return Ok(());
         }
         let score = |img| {
             judge(&t.prompt, img)
@@ -439,11 +469,18 @@ impl Collector {
             serde_json::json!({"sg_iou": s.0.sg_iou, "entity_iou": s.0.entity_iou,
                 "relation_iou": s.0.relation_iou, "relation_accuracy": s.1})
         };
-        self.lines.push(serde_json::json!({
+        self.write_line(serde_json::json!({
             "id": t.id, "prompt": t.prompt.prompt(), "scene_graph": t.prompt, "outcome": "done",
             "rounds": per_round.iter().map(line).collect::<Vec<_>>(),
             "final": final_.as_ref().map(line),
-        }));
+        }))
+    }
+
+    fn write_line(&mut self, line: serde_json::Value) -> std::io::Result<()> {
+        match &mut self.scores {
+            Some(out) => writeln!(out, "{line}"),
+            None => Ok(()),
+        }
     }
 
     fn metrics(&self, prompts: usize, all_started: bool, elapsed: Duration) -> RunMetrics {

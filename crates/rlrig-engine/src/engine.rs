@@ -200,6 +200,8 @@ impl Engine {
         let mut all_started = true;
         let undelivered = Arc::new(AtomicUsize::new(0));
         for (id, prompt) in prompts {
+            // Finished tasks are reaped as the run goes, so a long run holds only those in flight.
+            while tasks.try_join_next().is_some() {}
             let permit = tokio::select! {
                 p = credits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
                 _ = stop.wait_for(|s| *s != StopSignal::Run) => { all_started = false; break; }

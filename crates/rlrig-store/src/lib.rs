@@ -43,6 +43,11 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(5);
 /// this count, kept where sled's recovery cannot roll it back, tells such a store from a whole one.
 const FLUSHED_FILE: &str = "rlrig-flushed";
 
+/// sled's page cache, in bytes. sled's default (1 GiB) lets a long run's resident memory grow
+/// with every trajectory it stores; trajectories are written once and read rarely, so a small
+/// cache costs little.
+const CACHE_BYTES: u64 = 8 << 20;
+
 /// The `meta` key holding the next sequence number (u64 big-endian; absent means 0).
 const NEXT_SEQ: &str = "next_seq";
 
@@ -173,7 +178,11 @@ fn open_locked(path: &Path, wait: Duration) -> Result<sled::Db, StoreError> {
     let start = Instant::now();
     let mut pause = Duration::from_millis(2);
     loop {
-        match sled::open(path) {
+        match sled::Config::new()
+            .path(path)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+        {
             Ok(db) => return Ok(db),
             // sled 0.34 reports a held lock only as this message (config.rs).
             Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
