@@ -1,7 +1,7 @@
 //! A long run through the real binary: 20,000 prompts of `flows/infer-baseline.toml`, with the
 //! resident memory of the `rlrig` process sampled as trajectories are stored. After warm-up
 //! it may grow only by what a run must keep per trajectory (the scores behind the confidence
-//! intervals, sled's page table): under 1 KiB per trajectory. Keeping a trajectory's lines or
+//! intervals, sled's page table): under 1.5 KiB per trajectory. Keeping a trajectory's lines or
 //! images in memory (10 KiB and more each) fails it.
 
 mod common;
@@ -83,7 +83,7 @@ fn twenty_thousand_prompts_in_flat_memory_every_trajectory_accounted_for() {
     );
     assert!(samples.len() > 20, "{} samples", samples.len());
     assert!(
-        per_trajectory < 1024.0,
+        per_trajectory < 1536.0,
         "{per_trajectory:.0} bytes per trajectory"
     );
 }
