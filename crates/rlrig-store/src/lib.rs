@@ -90,6 +90,15 @@ pub enum StoreError {
         /// What sled found.
         detail: String,
     },
+    /// The committed count beside the database (see [`TrajectoryStore::flush`]) could not be
+    /// written. The cause is part of the message.
+    #[error("trajectory store {path}: recording the committed count: {cause}")]
+    Count {
+        /// The store's directory.
+        path: PathBuf,
+        /// What failed.
+        cause: rlrig_checkpoint::CheckpointError,
+    },
     /// Another handle, usually another process, holds the store's lock and kept it for the
     /// whole wait.
     #[error(
@@ -513,15 +522,14 @@ impl TrajectoryStore {
         let next = self.next_seq()?;
         self.db.flush().map_err(|source| self.sled(source))?;
         let _one_writer = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
-        let io = |e: std::io::Error| StoreError::Sled {
+        rlrig_checkpoint::write_atomic(
+            &self.path.join(FLUSHED_FILE),
+            format!("{next}\n").as_bytes(),
+        )
+        .map_err(|cause| StoreError::Count {
             path: self.path.clone(),
-            cause: sled::Error::Io(e),
-        };
-        let tmp = self.path.join(format!("{FLUSHED_FILE}.tmp"));
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        std::io::Write::write_all(&mut f, format!("{next}\n").as_bytes()).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, self.path.join(FLUSHED_FILE)).map_err(io)
+            cause,
+        })
     }
 
     fn damaged_counter(&self) -> StoreError {
