@@ -3,8 +3,9 @@
 //!
 //! 1. **Throughput**: `rlrig run flows/infer-baseline.toml` all local, versus the same flow
 //!    with the editor on a second `rlrig node` process (real processes, ractor_cluster over
-//!    TCP); then both again with an editor that costs 5 ms per batch of 8 (a stand-in for a
-//!    model), where the remote hop is small beside the compute. Medians of 3 runs each.
+//!    plain TCP, `transport = "plain"`); then both again with an editor that costs 5 ms per
+//!    batch of 8 (a stand-in for a model), where the remote hop is small beside the compute.
+//!    Medians of 3 runs each.
 //! 2. **Serialisation per trajectory**: every request and answer of a stored trajectory, as
 //!    the wire encodes them (MessagePack, images as byte strings), encoded and decoded;
 //!    against serde_json of the same values (images as arrays of numbers there).
@@ -76,6 +77,7 @@ fn throughput(tmp: &Path) {
             &format!("127.0.0.1:{port}"),
             "--name",
             "box",
+            "--plain-tcp",
         ])
         .env("RLRIG_CLUSTER_SECRET", SECRET)
         .stdout(Stdio::piped())
@@ -94,7 +96,9 @@ fn throughput(tmp: &Path) {
     std::fs::write(
         &placed,
         base.replace("[actors.editor]\n", "[actors.editor]\nnode = \"box\"\n")
-            + &format!("\n[nodes.box]\naddress = \"127.0.0.1:{port}\"\n"),
+            + &format!(
+                "\n[nodes.box]\naddress = \"127.0.0.1:{port}\"\n\n[cluster]\ntransport = \"plain\"\n"
+            ),
     )
     .unwrap();
     let no_store = "store.trajectories=false".to_string();

@@ -99,7 +99,8 @@ enum Command {
     /// Lists the actor kinds a flow may name.
     Kinds,
     /// Hosts actors for flows run on other machines (`node = "..."` in a flow), until
-    /// SIGINT/SIGTERM. The shared secret comes from --secret-file or $RLRIG_CLUSTER_SECRET.
+    /// SIGINT/SIGTERM. The shared secret comes from --secret-file or $RLRIG_CLUSTER_SECRET;
+    /// traffic is mutual TLS (--tls-cert, --tls-key, --tls-ca) unless --plain-tcp.
     Node(crate::node_cmd::NodeArgs),
     /// Measures a trained model against the oracle on held-out prompts (Editor: success per
     /// edit type and context preservation; Checker: agreement; Policy: parse and targeting).

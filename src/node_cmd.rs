@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use rlrig_engine::{Node, NodeOptions, Registry};
+use rlrig_engine::{Node, NodeOptions, Registry, Tls, TlsPaths};
+
+use crate::outcome::refused;
 
 /// Arguments of `rlrig node`.
 #[derive(clap::Args, Debug)]
@@ -22,6 +24,21 @@ pub struct NodeArgs {
     /// $RLRIG_CLUSTER_SECRET. (Never on the command line, where `ps` would show it.)
     #[arg(long)]
     secret_file: Option<PathBuf>,
+    /// This node's certificate chain (PEM), signed by --tls-ca; it must name the host that
+    /// coordinators use in the node's address (DNS name or IP address).
+    #[arg(long, requires_all = ["tls_key", "tls_ca"], conflicts_with = "plain_tcp")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires_all = ["tls_cert", "tls_ca"])]
+    tls_key: Option<PathBuf>,
+    /// The cluster's CA certificate (PEM): only coordinators with a certificate it signed are
+    /// let in.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
+    /// Accept connections in the clear instead of TLS: on a trusted network only (the secret
+    /// authenticates, but anyone on the path can read and alter the traffic).
+    #[arg(long)]
+    plain_tcp: bool,
 }
 
 /// Runs a node until SIGINT or SIGTERM.
@@ -35,6 +52,24 @@ pub fn run(registry: Registry, args: NodeArgs) -> anyhow::Result<i32> {
     };
     let secret = secret.trim().to_string();
     anyhow::ensure!(!secret.is_empty(), "the cluster secret is empty");
+    let tls = match (&args.tls_cert, &args.tls_key, &args.tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => Some(
+            Tls::load(&TlsPaths {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            })
+            .map_err(refused)?,
+        ),
+        _ if args.plain_tcp => None,
+        _ => {
+            return Err(refused(anyhow::anyhow!(
+                "rlrig node encrypts its traffic: give --tls-cert, --tls-key and --tls-ca (PEM \
+                 files; scripts/cluster-certs.sh makes a CA and certificates), or --plain-tcp to \
+                 accept connections in the clear on a trusted network"
+            )));
+        }
+    };
     let mut listen: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(&args.listen)
         .ok()
         .and_then(|mut a| a.next())
@@ -56,13 +91,19 @@ pub fn run(registry: Registry, args: NodeArgs) -> anyhow::Result<i32> {
             name: name.clone(),
             listen,
             secret,
+            tls: tls.clone(),
         };
         let node = Node::start(Arc::new(registry), opts)
             .await
             .map_err(anyhow::Error::msg)?;
         println!(
-            "rlrig node {name} listening on {listen} (cluster protocol {})",
-            rlrig_engine::wire::PROTOCOL_VERSION
+            "rlrig node {name} listening on {listen} (cluster protocol {}, {})",
+            rlrig_engine::wire::PROTOCOL_VERSION,
+            if tls.is_some() {
+                "mutual TLS"
+            } else {
+                "plain TCP"
+            }
         );
         std::io::stdout().flush()?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

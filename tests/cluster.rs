@@ -1,9 +1,11 @@
 //! Actors on other nodes: real `rlrig node` processes on loopback ports, a real `rlrig run`
 //! placing actors on them (ractor_cluster underneath), a real sled store to compare with.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rlrig_contract::{Outcome, StepOutput, Trajectory};
@@ -27,6 +29,71 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// How a node or a coordinator secures its traffic in a test.
+#[derive(Clone, Copy)]
+enum Wire<'a> {
+    /// Mutual TLS with `<own>/<name>.pem` and `.key`, trusting `<ca>/ca.pem`.
+    Tls { own: &'a Path, ca: &'a Path },
+    /// TCP in the clear, asked for by name.
+    Plain,
+}
+
+impl<'a> Wire<'a> {
+    /// TLS with the certificates and CA of one `cluster-certs.sh` directory.
+    fn tls(certs: &'a Path) -> Wire<'a> {
+        Wire::Tls {
+            own: certs,
+            ca: certs,
+        }
+    }
+
+    /// The `[cluster]` lines of a coordinator's flow.
+    fn cluster_section(self) -> String {
+        match self {
+            Wire::Tls { own, ca } => format!(
+                "\n[cluster]\ntls = {{ cert = \"{}\", key = \"{}\", ca = \"{}\" }}\n",
+                own.join("coordinator.pem").display(),
+                own.join("coordinator.key").display(),
+                ca.join("ca.pem").display()
+            ),
+            Wire::Plain => "\n[cluster]\ntransport = \"plain\"\n".into(),
+        }
+    }
+
+    /// The arguments of `rlrig node --name name`.
+    fn node_args(self, name: &str) -> Vec<String> {
+        match self {
+            Wire::Tls { own, ca } => vec![
+                "--tls-cert".into(),
+                own.join(format!("{name}.pem")).display().to_string(),
+                "--tls-key".into(),
+                own.join(format!("{name}.key")).display().to_string(),
+                "--tls-ca".into(),
+                ca.join("ca.pem").display().to_string(),
+            ],
+            Wire::Plain => vec!["--plain-tcp".into()],
+        }
+    }
+}
+
+/// A CA and certificates for the coordinator and nodes `box-a` and `box-b`, all naming
+/// 127.0.0.1, made by `scripts/cluster-certs.sh` in `<dir>/<sub>`.
+fn certs(dir: &Path, sub: &str) -> PathBuf {
+    let out = dir.join(sub);
+    let made = Command::new("bash")
+        .arg(root().join("scripts/cluster-certs.sh"))
+        .arg(&out)
+        .args([
+            "coordinator=127.0.0.1",
+            "box-a=127.0.0.1,localhost",
+            "box-b=127.0.0.1",
+        ])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", text(&made));
+    out
+}
+
 /// An `rlrig node` child process, killed when dropped.
 struct Node {
     child: Child,
@@ -35,12 +102,12 @@ struct Node {
 }
 
 impl Node {
-    fn start(name: &str, secret: &str, dir: &Path) -> Node {
-        Node::start_on(free_port(), name, secret, dir, "")
+    fn start(name: &str, secret: &str, dir: &Path, wire: Wire) -> Node {
+        Node::start_on(free_port(), name, secret, dir, "", wire)
     }
 
     /// A node on `port`, logging to `<dir>/<name><suffix>.log`.
-    fn start_on(port: u16, name: &str, secret: &str, dir: &Path, suffix: &str) -> Node {
+    fn start_on(port: u16, name: &str, secret: &str, dir: &Path, suffix: &str, wire: Wire) -> Node {
         let log = dir.join(format!("{name}{suffix}.log"));
         let mut child = Command::new(bin())
             .args([
@@ -50,6 +117,7 @@ impl Node {
                 "--name",
                 name,
             ])
+            .args(wire.node_args(name))
             .env("RLRIG_CLUSTER_SECRET", secret)
             .env("RUST_LOG", "info")
             .current_dir(root())
@@ -81,8 +149,14 @@ impl Drop for Node {
     }
 }
 
-/// flows/infer-baseline.toml with `[nodes]` and `node = …` lines added to actors.
-fn flow_on_nodes(dir: &Path, nodes: &[(&str, u16)], placements: &[(&str, &str)]) -> PathBuf {
+/// flows/infer-baseline.toml with `[nodes]`, `node = …` lines added to actors, and the
+/// coordinator's side of `wire`.
+fn flow_on_nodes(
+    dir: &Path,
+    nodes: &[(&str, u16)],
+    placements: &[(&str, &str)],
+    wire: Wire,
+) -> PathBuf {
     let mut text = std::fs::read_to_string(root().join("flows/infer-baseline.toml")).unwrap();
     for (actor, placement) in placements {
         let header = format!("[actors.{actor}]\n");
@@ -94,6 +168,7 @@ fn flow_on_nodes(dir: &Path, nodes: &[(&str, u16)], placements: &[(&str, &str)])
             "\n[nodes.{name}]\naddress = \"127.0.0.1:{port}\"\n"
         ));
     }
+    text.push_str(&wire.cluster_section());
     let path = dir.join("flow.toml");
     std::fs::write(&path, text).unwrap();
     path
@@ -157,8 +232,10 @@ fn results(t: &Trajectory) -> serde_json::Value {
 #[test]
 fn actors_on_two_nodes_give_the_all_local_results() {
     let tmp = tempfile::tempdir().unwrap();
-    let a = Node::start("box-a", SECRET, tmp.path());
-    let b = Node::start("box-b", SECRET, tmp.path());
+    let certs = certs(tmp.path(), "certs");
+    let wire = Wire::tls(&certs);
+    let a = Node::start("box-a", SECRET, tmp.path(), wire);
+    let b = Node::start("box-b", SECRET, tmp.path(), wire);
     let flow = flow_on_nodes(
         tmp.path(),
         &[("box-a", a.port), ("box-b", b.port)],
@@ -167,6 +244,7 @@ fn actors_on_two_nodes_give_the_all_local_results() {
             ("policy", "\"box-b\""),
             ("editor", "[\"box-a\", \"box-b\", \"local\"]\nreplicas = 3"),
         ],
+        wire,
     );
     let sets = ["prompts.count=40"];
     let placed = run(
@@ -213,12 +291,15 @@ fn actors_on_two_nodes_give_the_all_local_results() {
 #[test]
 fn a_node_killed_mid_run_loses_no_trajectory_and_can_rejoin() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut a = Node::start("box-a", SECRET, tmp.path());
-    let b = Node::start("box-b", SECRET, tmp.path());
+    let certs = certs(tmp.path(), "certs");
+    let wire = Wire::tls(&certs);
+    let mut a = Node::start("box-a", SECRET, tmp.path(), wire);
+    let b = Node::start("box-b", SECRET, tmp.path(), wire);
     let flow = flow_on_nodes(
         tmp.path(),
         &[("box-a", a.port), ("box-b", b.port)],
         &[("editor", "[\"box-a\", \"box-b\"]\nreplicas = 2")],
+        wire,
     );
     let count = 120;
     let sets = [
@@ -256,7 +337,7 @@ fn a_node_killed_mid_run_loses_no_trajectory_and_can_rejoin() {
         a.child.wait().unwrap();
         // A while later box-a comes back on its address; the run takes it in again.
         std::thread::sleep(Duration::from_millis(300));
-        let back = Node::start_on(port, "box-a", SECRET, tmp.path(), "-again");
+        let back = Node::start_on(port, "box-a", SECRET, tmp.path(), "-again", wire);
         let out = h.join().unwrap();
         (out, back)
     });
@@ -296,8 +377,15 @@ fn a_node_killed_mid_run_loses_no_trajectory_and_can_rejoin() {
 #[test]
 fn a_wrong_secret_is_refused_with_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
-    let a = Node::start("box-a", SECRET, tmp.path());
-    let flow = flow_on_nodes(tmp.path(), &[("box-a", a.port)], &[("editor", "\"box-a\"")]);
+    let certs = certs(tmp.path(), "certs");
+    let wire = Wire::tls(&certs);
+    let a = Node::start("box-a", SECRET, tmp.path(), wire);
+    let flow = flow_on_nodes(
+        tmp.path(),
+        &[("box-a", a.port)],
+        &[("editor", "\"box-a\"")],
+        wire,
+    );
     let t = Instant::now();
     let out = run(
         &flow,
@@ -337,6 +425,7 @@ fn an_unreachable_node_stops_the_run_before_it_starts() {
         tmp.path(),
         &[("gpu-box", port)],
         &[("diffuser", "\"gpu-box\"")],
+        Wire::Plain,
     );
     let out = run(
         &flow,
@@ -358,13 +447,18 @@ fn an_unreachable_node_stops_the_run_before_it_starts() {
 #[test]
 fn a_trained_policy_on_a_node_gets_every_new_version_by_message() {
     let tmp = tempfile::tempdir().unwrap();
-    let a = Node::start("box-a", SECRET, tmp.path());
+    let a = Node::start("box-a", SECRET, tmp.path(), Wire::Plain);
     let address = format!("nodes.box-a.address=127.0.0.1:{}", a.port);
     let out = run(
         &root().join("tests/flows/valid/train-tiny.toml"),
         tmp.path(),
         SECRET,
-        &[&address, "actors.policy.node=box-a", "train.eval_every=0"],
+        &[
+            &address,
+            "actors.policy.node=box-a",
+            "train.eval_every=0",
+            "cluster.transport=plain",
+        ],
         Duration::from_secs(300),
     );
     assert!(out.status.success(), "{}", text(&out));
@@ -393,6 +487,7 @@ fn evaluating_during_training_on_nodes_is_refused_up_front() {
         &[
             "nodes.box-a.address=127.0.0.1:1",
             "actors.policy.node=box-a",
+            "cluster.transport=plain",
         ],
         Duration::from_secs(60),
     );
@@ -403,4 +498,294 @@ fn evaluating_during_training_on_nodes_is_refused_up_front() {
         "{err}"
     );
     assert!(!tmp.path().join("train-tiny/store").exists());
+}
+
+/// A TCP relay between a coordinator and a node that keeps every byte it forwards, as anyone
+/// on the path could.
+struct Sniffer {
+    port: u16,
+    seen: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Sniffer {
+    fn start(to: u16) -> Sniffer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let keep = seen.clone();
+        std::thread::spawn(move || {
+            for inbound in listener.incoming() {
+                let Ok(inbound) = inbound else { break };
+                let Ok(outbound) = TcpStream::connect(("127.0.0.1", to)) else {
+                    continue;
+                };
+                let pairs = [
+                    (inbound.try_clone().unwrap(), outbound.try_clone().unwrap()),
+                    (outbound, inbound),
+                ];
+                for (mut from, mut into) in pairs {
+                    let keep = keep.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = vec![0u8; 1 << 16];
+                        loop {
+                            match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    keep.lock().unwrap().extend_from_slice(&buf[..n]);
+                                    if into.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        let _ = into.shutdown(Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Sniffer { port, seen }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn node_traffic_is_encrypted_a_relay_on_the_path_reads_no_edit_prompt_or_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = certs(tmp.path(), "certs");
+    // The same run with TLS and in the clear: in the clear the relay must find the edit
+    // prompts and images, which shows that it reads what crosses the wire.
+    for (wire, sub) in [(Wire::tls(&certs), "tls"), (Wire::Plain, "plain")] {
+        let dir = tmp.path().join(sub);
+        std::fs::create_dir_all(&dir).unwrap();
+        let node = Node::start("box-a", SECRET, &dir, wire);
+        let relay = Sniffer::start(node.port);
+        let flow = flow_on_nodes(
+            &dir,
+            &[("box-a", relay.port)],
+            &[("diffuser", "\"box-a\""), ("editor", "\"box-a\"")],
+            wire,
+        );
+        let out = run(
+            &flow,
+            &dir.join("runs"),
+            SECRET,
+            &["prompts.count=16"],
+            Duration::from_secs(120),
+        );
+        assert!(out.status.success(), "{sub}: {}", text(&out));
+        let seen = relay.bytes();
+        let ts = trajectories(&dir.join("runs/infer-baseline"));
+        assert_eq!(ts.len(), 16);
+        let mut edits = Vec::new();
+        let mut images = Vec::new();
+        for s in ts.iter().flat_map(|t| t.steps.iter()) {
+            match &s.output {
+                StepOutput::Edit(e) => edits.push(e.edit_prompt.clone()),
+                // 48 bytes (16 pixels) from the middle of each image.
+                StepOutput::Image(i) => {
+                    let p = i.pixels();
+                    images.push(p[p.len() / 2..p.len() / 2 + 48].to_vec());
+                }
+                StepOutput::Report(_) => {}
+            }
+        }
+        assert!(!edits.is_empty() && !images.is_empty());
+        let edit_seen = edits
+            .iter()
+            .filter(|e| contains(&seen, e.as_bytes()))
+            .count();
+        let image_seen = images.iter().filter(|i| contains(&seen, i)).count();
+        match wire {
+            Wire::Tls { .. } => {
+                assert!(seen.len() > 20_000, "the run's traffic passed the relay");
+                assert_eq!(
+                    (edit_seen, image_seen),
+                    (0, 0),
+                    "readable on the wire with TLS"
+                );
+            }
+            Wire::Plain => assert!(
+                edit_seen == edits.len() && image_seen > 0,
+                "in the clear the relay reads {edit_seen} of {} edit prompts and {image_seen} \
+                 of {} images",
+                edits.len(),
+                images.len()
+            ),
+        }
+        // The secret never crosses the wire, encrypted or not.
+        assert!(!contains(&seen, SECRET.as_bytes()));
+    }
+}
+
+#[test]
+fn a_peer_whose_certificate_another_ca_signed_is_refused_with_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = certs(tmp.path(), "cluster");
+    let other = certs(tmp.path(), "other");
+
+    // A node with a certificate from another CA: the coordinator refuses it.
+    let stranger = Node::start("box-a", SECRET, tmp.path(), Wire::tls(&other));
+    let flow = flow_on_nodes(
+        tmp.path(),
+        &[("box-a", stranger.port)],
+        &[("editor", "\"box-a\"")],
+        Wire::tls(&good),
+    );
+    let out = run(
+        &flow,
+        &tmp.path().join("runs"),
+        SECRET,
+        &["prompts.count=4"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`nodes.box-a`")
+            && err.contains("TLS handshake with node \"box-a\"")
+            && err.contains("certificate")
+            && err.contains("cluster.tls.ca"),
+        "{err}"
+    );
+    drop(stranger);
+
+    // A coordinator with a certificate from another CA (trusting the node's CA): the node
+    // refuses it, and both sides say why.
+    let node = Node::start("box-a", SECRET, tmp.path(), Wire::tls(&good));
+    let flow = flow_on_nodes(
+        tmp.path(),
+        &[("box-a", node.port)],
+        &[("editor", "\"box-a\"")],
+        Wire::Tls {
+            own: &other,
+            ca: &good,
+        },
+    );
+    let out = run(
+        &flow,
+        &tmp.path().join("runs"),
+        SECRET,
+        &["prompts.count=4"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`nodes.box-a`") && err.contains("does not trust this process's certificate"),
+        "{err}"
+    );
+    assert!(
+        node.log()
+            .contains("TLS certificate is not one of this cluster's"),
+        "{}",
+        node.log()
+    );
+    assert!(!tmp.path().join("runs/infer-baseline/store").exists());
+
+    // The node goes on serving its own cluster.
+    let flow = flow_on_nodes(
+        tmp.path(),
+        &[("box-a", node.port)],
+        &[("editor", "\"box-a\"")],
+        Wire::tls(&good),
+    );
+    let ok = run(
+        &flow,
+        &tmp.path().join("runs"),
+        SECRET,
+        &["prompts.count=4"],
+        Duration::from_secs(60),
+    );
+    assert!(ok.status.success(), "{}", text(&ok));
+}
+
+#[test]
+fn plain_tcp_is_used_only_when_asked_for_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A node without certificates and without --plain-tcp does not start.
+    let out = Command::new(bin())
+        .args(["node", "--listen", "127.0.0.1:0"])
+        .env("RLRIG_CLUSTER_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--plain-tcp"),
+        "{}",
+        text(&out)
+    );
+    // Nor does a flow that places actors on nodes without `cluster.tls` or
+    // `transport = "plain"`.
+    let mut flow = std::fs::read_to_string(root().join("flows/infer-baseline.toml")).unwrap();
+    flow = flow.replace("[actors.editor]\n", "[actors.editor]\nnode = \"box-a\"\n");
+    flow.push_str("\n[nodes.box-a]\naddress = \"127.0.0.1:1\"\n");
+    let path = tmp.path().join("flow.toml");
+    std::fs::write(&path, flow).unwrap();
+    let out = run(
+        &path,
+        &tmp.path().join("runs"),
+        SECRET,
+        &[],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`cluster.tls`") && err.contains("transport = \"plain\""),
+        "{err}"
+    );
+
+    // A TLS coordinator and a plain node (or the other way round) do not talk, and say so
+    // without hanging.
+    let certs = certs(tmp.path(), "certs");
+    let plain = Node::start("box-a", SECRET, tmp.path(), Wire::Plain);
+    let flow = flow_on_nodes(
+        tmp.path(),
+        &[("box-a", plain.port)],
+        &[("editor", "\"box-a\"")],
+        Wire::tls(&certs),
+    );
+    let t = Instant::now();
+    let out = run(
+        &flow,
+        &tmp.path().join("runs"),
+        SECRET,
+        &["prompts.count=4"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`nodes.box-a`") && err.contains("started with TLS"),
+        "{err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    drop(plain);
+    let tls = Node::start("box-a", SECRET, tmp.path(), Wire::tls(&certs));
+    let flow = flow_on_nodes(
+        tmp.path(),
+        &[("box-a", tls.port)],
+        &[("editor", "\"box-a\"")],
+        Wire::Plain,
+    );
+    let out = run(
+        &flow,
+        &tmp.path().join("runs"),
+        SECRET,
+        &["prompts.count=4"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`nodes.box-a`") && err.contains("expects TLS"),
+        "{err}"
+    );
 }

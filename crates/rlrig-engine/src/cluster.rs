@@ -16,10 +16,13 @@ use std::time::{Duration, Instant};
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, ActorStatus, pg};
 use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
-use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage};
-use rlrig_flow::{ClusterSettings, LoadedFlow, NodeSpec};
+use ractor_cluster::{
+    ClientConnectErr, IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage,
+};
+use rlrig_flow::{ClusterSettings, LoadedFlow, NodeSpec, Transport};
 
 use crate::messages::{BatchFailed, RouterMsg, WorkerMsg, spawn_err};
+use crate::tls::{self, Tls, TlsPaths};
 use crate::wire::{
     self, HOSTS_GROUP, Hello, HostMsg, MAX_FRAME_BYTES, NodeInfo, PROTOCOL_VERSION, REPLICAS_GROUP,
     ReplicaMsg, ReplicaSpec, Spawned,
@@ -70,6 +73,8 @@ pub(crate) struct Cluster {
     nodes: BTreeMap<String, NodeSpec>,
     sessions: Sessions,
     hosts: tokio::sync::Mutex<HashMap<String, ActorRef<HostMsg>>>,
+    /// Mutual TLS with every node; `None` with `transport = "plain"`.
+    tls: Option<Tls>,
 }
 
 impl Cluster {
@@ -81,6 +86,7 @@ impl Cluster {
         let settings = flow.cluster.clone();
         let at = |key: &str, msg: String| loaded.problem_at(key, msg).to_string();
         let secret = read_secret(loaded, &settings).map_err(|m| at("cluster", m))?;
+        let tls = load_tls(loaded, &settings).map_err(|m| at("cluster.tls", m))?;
         let listen: SocketAddr = tokio::net::lookup_host(&settings.listen)
             .await
             .ok()
@@ -98,7 +104,8 @@ impl Cluster {
             secret,
             name.clone(),
             host.clone(),
-            None,
+            tls.as_ref()
+                .map(|t| IncomingEncryptionMode::Tls(t.acceptor())),
             Some(NodeConnectionMode::Isolated),
         )
         .with_listen_addr(listen.ip())
@@ -123,6 +130,7 @@ impl Cluster {
             nodes: flow.nodes.clone(),
             sessions,
             hosts: Default::default(),
+            tls,
         };
         let used = rlrig_flow::used_nodes(flow);
         for node in used.keys() {
@@ -193,9 +201,36 @@ impl Cluster {
             .ok_or_else(|| format!("cannot resolve the address of {what}"))?;
         let peer = addr.to_string();
         let before: HashSet<u64> = self.sessions_for(&peer).into_iter().map(|x| x.0).collect();
-        ractor_cluster::client_connect(&self.server, addr)
-            .await
-            .map_err(|e| format!("cannot reach {what}: {e}"))?;
+        let connected = match &self.tls {
+            None => {
+                tokio::time::timeout(timeout, ractor_cluster::client_connect(&self.server, addr))
+                    .await
+            }
+            Some(tls) => {
+                let name = tls::server_name(&spec.address)
+                    .map_err(|e| format!("cannot check the TLS certificate of {what}: {e}"))?;
+                tokio::time::timeout(
+                    timeout,
+                    ractor_cluster::client_connect_enc(&self.server, addr, tls.connector(), name),
+                )
+                .await
+            }
+        };
+        match connected {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(self.connect_problem(&what, &spec.address, e)),
+            Err(_) => {
+                return Err(format!(
+                    "cannot reach {what}: no connection within {} ms{}",
+                    self.settings.connect_timeout_ms,
+                    if self.tls.is_some() {
+                        " (is the node started with TLS, `--tls-cert`?)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        }
         let deadline = Instant::now() + timeout;
         let host = loop {
             let newest = self
@@ -205,11 +240,22 @@ impl Cluster {
                 .max_by_key(|(id, _)| *id);
             if let Some((id, seen)) = newest {
                 if seen.disconnected && !seen.authenticated {
-                    return Err(format!(
-                        "{what} refused this process during authentication: the shared secrets \
-                         differ (this process reads cluster.secret_file, else ${})",
-                        self.settings.secret_env
-                    ));
+                    return Err(match self.tls {
+                        None => format!(
+                            "{what} refused this process during authentication: the shared \
+                             secrets differ (this process reads cluster.secret_file, else ${}), \
+                             or the node expects TLS",
+                            self.settings.secret_env
+                        ),
+                        Some(_) => format!(
+                            "{what} refused this process during authentication: the node does \
+                             not trust this process's certificate (cluster.tls.cert is not \
+                             signed by the CA the node was given), or the shared secrets differ \
+                             (this process reads cluster.secret_file, else ${}); the node's log \
+                             says which",
+                            self.settings.secret_env
+                        ),
+                    });
                 }
                 if seen.disconnected {
                     return Err(format!("{what} closed the connection"));
@@ -255,6 +301,33 @@ impl Cluster {
             ));
         }
         Ok((host, info))
+    }
+
+    /// Why connecting to a node failed, in words that point at the setting to fix.
+    fn connect_problem(&self, what: &str, address: &str, e: ClientConnectErr) -> String {
+        match e {
+            ClientConnectErr::Socket(e) => format!("cannot reach {what}: {e}"),
+            ClientConnectErr::Messaging(_) => {
+                format!("cannot reach {what}: this process's cluster endpoint stopped")
+            }
+            ClientConnectErr::Encryption(e) => {
+                let text = e.to_string();
+                let hint = if text.contains("certificate") {
+                    format!(
+                        ": the node's certificate must be signed by the CA of cluster.tls.ca \
+                         and name the host of its address {address:?}"
+                    )
+                } else if e.kind() == std::io::ErrorKind::UnexpectedEof
+                    || e.kind() == std::io::ErrorKind::ConnectionReset
+                    || text.contains("corrupt message")
+                {
+                    " (is the node started with TLS, `--tls-cert`?)".to_string()
+                } else {
+                    String::new()
+                };
+                format!("the TLS handshake with {what} failed: {text}{hint}")
+            }
+        }
     }
 
     fn sessions_for(&self, peer: &str) -> Vec<(u64, Seen)> {
@@ -349,6 +422,26 @@ fn read_secret(loaded: &LoadedFlow, settings: &ClusterSettings) -> Result<String
         return Err("the cluster secret is empty".into());
     }
     Ok(secret)
+}
+
+/// The TLS files of `cluster.tls` (relative to the flow file), for `transport = "tls"`.
+fn load_tls(loaded: &LoadedFlow, settings: &ClusterSettings) -> Result<Option<Tls>, String> {
+    match (settings.transport, &settings.tls) {
+        (Transport::Plain, _) => Ok(None),
+        (Transport::Tls, None) => Err("node traffic is encrypted unless asked otherwise: give \
+             `cluster.tls = { cert = ..., key = ..., ca = ... }`, or set \
+             `cluster.transport = \"plain\"`"
+            .into()),
+        (Transport::Tls, Some(files)) => {
+            let base = loaded.base_dir();
+            let paths = TlsPaths {
+                cert: base.join(&files.cert),
+                key: base.join(&files.key),
+                ca: base.join(&files.ca),
+            };
+            Tls::load(&paths).map(Some).map_err(|e| e.to_string())
+        }
+    }
 }
 
 pub(crate) struct RemoteArgs {

@@ -24,6 +24,7 @@ mod model;
 mod node;
 mod registry;
 mod router;
+mod tls;
 pub mod wire;
 mod worker;
 
@@ -36,3 +37,4 @@ pub use model::{
 };
 pub use node::{Node, NodeOptions};
 pub use registry::{ActorContext, LearnerError, LearnerProblem, Registry};
+pub use tls::{Tls, TlsError, TlsPaths};

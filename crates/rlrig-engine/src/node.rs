@@ -12,12 +12,15 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent, pg};
 use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
-use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage};
+use ractor_cluster::{
+    IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage,
+};
 use tokio::sync::oneshot;
 
 use crate::messages::{RouterMsg, spawn_err};
 use crate::registry::Registry;
 use crate::router::{Router, RouterArgs};
+use crate::tls::Tls;
 use crate::wire::{
     Answer, HOSTS_GROUP, HostMsg, MAX_FRAME_BYTES, NodeInfo, PROTOCOL_VERSION, REPLICAS_GROUP,
     ReplicaMsg, ReplicaSpec, Spawned,
@@ -32,6 +35,8 @@ pub struct NodeOptions {
     pub listen: SocketAddr,
     /// The cluster's shared secret.
     pub secret: String,
+    /// Mutual TLS for every connection; `None`: TCP in the clear.
+    pub tls: Option<Tls>,
 }
 
 impl std::fmt::Debug for NodeOptions {
@@ -41,6 +46,7 @@ impl std::fmt::Debug for NodeOptions {
             .field("name", &self.name)
             .field("listen", &self.listen)
             .field("secret", &"<hidden>")
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -60,7 +66,9 @@ impl Node {
             opts.secret.clone(),
             opts.name.clone(),
             opts.listen.ip().to_string(),
-            None,
+            opts.tls
+                .as_ref()
+                .map(|t| IncomingEncryptionMode::Tls(t.acceptor())),
             Some(NodeConnectionMode::Isolated),
         )
         .with_listen_addr(opts.listen.ip())

@@ -72,6 +72,35 @@ pub struct ClusterSettings {
     pub heartbeat_ms: u64,
     /// How often a replica on a lost node is tried again (the node may come back).
     pub rejoin_ms: u64,
+    /// How node traffic travels: `"tls"` (the default; needs `tls`) or `"plain"`.
+    pub transport: Transport,
+    /// This process's certificate and key and the cluster's CA, for `transport = "tls"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFiles>,
+}
+
+/// How node traffic travels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Mutual TLS: each side proves its certificate against the cluster's CA.
+    #[default]
+    Tls,
+    /// TCP in the clear, for a trusted network only: the shared secret authenticates, but
+    /// anyone on the path can read and alter images, prompts and weights.
+    Plain,
+}
+
+/// PEM files for mutual TLS between nodes, relative to the flow file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// This process's certificate chain (PEM), signed by `ca`.
+    pub cert: PathBuf,
+    /// The private key of `cert` (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// The cluster's CA certificate(s) (PEM): only peers whose certificates it signed are let in.
+    pub ca: PathBuf,
 }
 
 impl Default for ClusterSettings {
@@ -84,6 +113,8 @@ impl Default for ClusterSettings {
             call_timeout_ms: 600_000,
             heartbeat_ms: 1_000,
             rejoin_ms: 2_000,
+            transport: Transport::Tls,
+            tls: None,
         }
     }
 }

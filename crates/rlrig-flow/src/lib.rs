@@ -28,7 +28,7 @@ mod pretrain;
 mod train;
 mod validate;
 
-pub use cluster::{ClusterSettings, LOCAL, NodeSpec, Placement, used_nodes};
+pub use cluster::{ClusterSettings, LOCAL, NodeSpec, Placement, TlsFiles, Transport, used_nodes};
 pub use load::{
     Checked, CopyError, FlowError, FlowKind, FlowProblem, Loaded, LoadedFlow, base_dir_record,
     did_you_mean, flow_kind, load, load_as, load_str, parse_as, parse_str, settings_into,

@@ -2,7 +2,7 @@
 
 use rlrig_contract::Role;
 
-use crate::cluster::{valid_address, valid_node_name};
+use crate::cluster::{Transport, valid_address, valid_node_name};
 use crate::load::did_you_mean;
 use crate::{
     Answer, Checked, Flow, FlowProblem, LOCAL, Loaded, LoadedFlow, Placement, PromptSourceKind,
@@ -156,6 +156,23 @@ fn check(loaded: &LoadedFlow) -> Vec<FlowProblem> {
             "cluster.listen",
             format!("{:?} is not an address: expected `host:port`", c.listen),
         );
+    }
+    match (c.transport, &c.tls) {
+        (Transport::Tls, None) if !crate::used_nodes(flow).is_empty() => problem(
+            "cluster.tls",
+            "the flow places actors on nodes, and node traffic is encrypted unless asked \
+             otherwise: give `cluster.tls = { cert = ..., key = ..., ca = ... }` (PEM files, \
+             relative to the flow file), or set `cluster.transport = \"plain\"` to send it in \
+             the clear on a trusted network"
+                .into(),
+        ),
+        (Transport::Plain, Some(_)) => problem(
+            "cluster.tls",
+            "`cluster.transport = \"plain\"` sends traffic in the clear: remove `cluster.tls`, \
+             or the `transport` line to use it"
+                .into(),
+        ),
+        _ => {}
     }
 
     if flow.engine.max_in_flight == 0 {
