@@ -237,10 +237,17 @@ async fn drive(
     let _ = trainer.cast(TrainerMsg::Committed);
 
     let (stop_tx, stop_rx) = watch::channel(StopSignal::Run);
+    // Set when the rollouts are cancelled (the trainer took its last step or failed, or
+    // Ctrl-C): the rollouts still in flight then end as cancelled, or in an error while the
+    // actors shut down. Neither is stored: nothing learns from them, their prompts are still
+    // to do for `--resume`, and they have not failed the run.
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
         let stop_tx = stop_tx.clone();
+        let stopping = stopping.clone();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
+                stopping.store(true, std::sync::atomic::Ordering::SeqCst);
                 crate::run::note_interrupted();
                 eprintln!(
                     "\ninterrupted: cancelling the rollouts in flight; continue with --resume"
@@ -252,17 +259,12 @@ async fn drive(
     let (tx, mut rx) = mpsc::channel::<Trajectory>(loaded.flow.engine.max_in_flight);
     let images = loaded.flow.store.images;
     let out_dir = dir.join("trajectories");
-    // Set once the trainer has taken its last step: the rollouts still in flight are then
-    // cancelled because nothing needs them, and one that ends in an error while the actors
-    // shut down has not failed the run either; neither is stored (the trainer is done with
-    // the store).
-    let trained = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let consumer = {
-        let (store, trainer, trained) = (store.clone(), trainer.clone(), trained.clone());
+        let (store, trainer, stopping) = (store.clone(), trainer.clone(), stopping.clone());
         tokio::task::spawn_blocking(move || -> Result<u64> {
             let mut n = 0;
             while let Some(t) = rx.blocking_recv() {
-                if trained.load(std::sync::atomic::Ordering::SeqCst)
+                if stopping.load(std::sync::atomic::Ordering::SeqCst)
                     && matches!(t.outcome, rlrig_contract::Outcome::Failed { .. })
                 {
                     continue;
@@ -283,9 +285,7 @@ async fn drive(
         tokio::select! {
             _ = &mut rollout => {}
             r = &mut done_rx => {
-                if matches!(&r, Ok(Ok(s)) if s.complete) {
-                    trained.store(true, std::sync::atomic::Ordering::SeqCst);
-                }
+                stopping.store(true, std::sync::atomic::Ordering::SeqCst);
                 result = Some(r);
                 let _ = stop_tx.send(StopSignal::Cancel);
                 rollout.await;
@@ -294,7 +294,9 @@ async fn drive(
     }
     // Every trajectory reaches the store before the trainer is told that no more will come,
     // and the trainer finishes (publishing to the trained actor's replicas) before the engine stops.
-    let committed = consumer.await??;
+    // A store that failed (a full disk) ended the rollouts; the trainer and the engine are
+    // still stopped in order before its error is returned.
+    let committed = consumer.await?;
     let result = match result {
         Some(r) => r,
         None => {
@@ -304,6 +306,7 @@ async fn drive(
     };
     let _ = trainer_handle.await;
     engine.shutdown().await;
+    let committed = committed?;
     let summary = result
         .map_err(|_| anyhow::anyhow!("the trainer stopped without a word"))?
         .map_err(|e| anyhow::anyhow!("training failed: {e}"))?;

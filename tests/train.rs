@@ -297,6 +297,88 @@ fn sigkill_at_random_points_then_resume_uses_every_trajectory_exactly_once() {
     assert_eq!(summary["steps"], 6);
 }
 
+/// `rlrig run FLOW` into `run_dir` under a file-size limit of `limit_kib` (a full disk, as the
+/// process sees it), with a deadline: a run that hangs fails the test.
+fn run_with_file_limit(run_dir: &Path, limit_kib: u64, sets: &[&str]) -> Output {
+    let mut args = vec![
+        "-c".to_string(),
+        format!(r#"ulimit -f {limit_kib}; exec "$0" "$@""#),
+        env!("CARGO_BIN_EXE_rlrig").into(),
+        "run".into(),
+        FLOW.into(),
+        "--set".into(),
+        format!("run_dir={}", run_dir.display()),
+        "--set".into(),
+        "train.steps=6".into(),
+        "--set".into(),
+        "train.eval_every=0".into(),
+    ];
+    for s in sets {
+        args.extend(["--set".to_string(), s.to_string()]);
+    }
+    let child = Command::new("bash")
+        .args(&args)
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(240)) {
+        Ok(o) => o.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("training on a full disk did not stop: it hangs");
+        }
+    }
+}
+
+#[test]
+fn a_full_disk_stops_training_with_the_path_and_cause_and_resume_finishes_it() {
+    // The store fills up first (no checkpoint until the end), or the first checkpoint does.
+    for (case, limit_kib, sets, names) in [
+        ("store", 64, &["train.checkpoint_every=1000"][..], "store"),
+        ("checkpoint", 1024, &[][..], "checkpoint"),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("train-tiny");
+        let o = run_with_file_limit(tmp.path(), limit_kib, sets);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(1), "{case}: {err}");
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("error: ")
+                && last.contains(&dir.join(names).display().to_string())
+                && last.contains("File too large"),
+            "{case}: the last line names the path and the cause: {err}"
+        );
+        assert!(
+            err.lines().filter(|l| l.contains("ERROR")).count() < 20,
+            "{case}: one failure, not one per trajectory: {err}"
+        );
+        // With room again, --resume finishes the run: every step once, every trajectory
+        // stored once, none failed.
+        run_ok(&["run".into(), dir.display().to_string(), "--resume".into()]);
+        check_metrics(&dir, 6);
+        let store = TrajectoryStore::open(&dir.join("store")).unwrap();
+        let all = store.committed_after(None, usize::MAX).unwrap();
+        assert_eq!(all.len(), store.len(), "{case}");
+        let mut ids: Vec<u64> = all.iter().map(|(_, t)| t.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), all.len(), "{case}: every trajectory stored once");
+        assert!(
+            all.iter()
+                .all(|(_, t)| matches!(t.outcome, rlrig_contract::Outcome::Done { .. })),
+            "{case}: the rollouts cancelled by the stop are not stored as failures"
+        );
+    }
+}
+
 #[test]
 fn resume_refuses_a_changed_flow() {
     let tmp = tempfile::tempdir().unwrap();
