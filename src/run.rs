@@ -25,7 +25,7 @@ use anyhow::{Context, Result};
 use rlrig_contract::{Outcome, SceneGraph, Trajectory};
 use rlrig_engine::{Engine, Registry, RunSummary, StopSignal};
 use rlrig_flow::{LoadedFlow, PromptSourceKind};
-use rlrig_sg::{IouScores, MeanScores};
+use rlrig_sg::{IouScores, MeanScores, ScoreSums};
 use rlrig_store::TrajectoryStore;
 use rlrig_world::{Canvas, WorldGraph, judge, sample};
 use serde::Serialize;
@@ -381,8 +381,9 @@ async fn drive(
 struct Collector {
     max_rounds: u32,
     judged: bool,
-    rounds: Vec<Vec<(IouScores, Option<f64>)>>,
-    finals: Vec<(IouScores, Option<f64>)>,
+    /// Per round, then the answers: sums, not every image's scores, so that memory stays flat.
+    rounds: Vec<ScoreSums>,
+    finals: ScoreSums,
     done: usize,
     failed: usize,
     rounds_run: u64,
@@ -417,8 +418,8 @@ impl Collector {
         Collector {
             max_rounds,
             judged: scores.is_some(),
-            rounds: vec![Vec::new(); max_rounds as usize + 1],
-            finals: Vec::new(),
+            rounds: vec![ScoreSums::default(); max_rounds as usize + 1],
+            finals: ScoreSums::default(),
             done: 0,
             failed: 0,
             rounds_run: 0,
@@ -457,13 +458,13 @@ impl Collector {
             if let Some((_, _, img)) = images.iter().rev().find(|(_, round, _)| *round <= r)
                 && let Some(s) = score(img)
             {
-                self.rounds[r as usize].push(s);
+                self.rounds[r as usize].add(s);
                 per_round.push(s);
             }
         }
         let final_ = t.answer().and_then(score);
         if let Some(s) = final_ {
-            self.finals.push(s);
+            self.finals.add(s);
         }
         let line = |s: &(IouScores, Option<f64>)| {
             serde_json::json!({"sg_iou": s.0.sg_iou, "entity_iou": s.0.entity_iou,
@@ -496,17 +497,15 @@ impl Collector {
                 self.rounds
                     .iter()
                     .enumerate()
-                    .map(|(r, v)| RoundMetrics {
+                    .map(|(r, sums)| RoundMetrics {
                         round: r as u32,
-                        scores: MeanScores::from_images(v.iter().copied()),
+                        scores: sums.mean(),
                     })
                     .collect()
             } else {
                 Vec::new()
             },
-            final_: self
-                .judged
-                .then(|| MeanScores::from_images(self.finals.iter().copied())),
+            final_: self.judged.then(|| self.finals.mean()),
             mean_rounds: self.rounds_run as f64 / self.done.max(1) as f64,
             seconds: elapsed.as_secs_f64(),
         }

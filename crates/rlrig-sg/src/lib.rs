@@ -13,5 +13,5 @@ pub mod metrics;
 mod record;
 
 pub use io::{ReadError, read_json, read_jsonl, read_records, write_json, write_jsonl};
-pub use metrics::{Extraction, IouScores, MeanScores, iou, relation_accuracy, score};
+pub use metrics::{Extraction, IouScores, MeanScores, ScoreSums, iou, relation_accuracy, score};
 pub use record::{Item, Relation, SceneGraph, Triple, ValidationError};

@@ -132,26 +132,47 @@ pub struct MeanScores {
 impl MeanScores {
     /// Means of per-image `(scores, relation accuracy)` pairs.
     pub fn from_images(images: impl IntoIterator<Item = (IouScores, Option<f64>)>) -> Self {
-        let (mut n, mut sum, mut acc_n, mut acc_sum) = (0usize, IouScores::default(), 0usize, 0.0);
-        for (s, acc) in images {
-            n += 1;
-            sum.sg_iou += s.sg_iou;
-            sum.entity_iou += s.entity_iou;
-            sum.relation_iou += s.relation_iou;
-            if let Some(a) = acc {
-                acc_n += 1;
-                acc_sum += a;
-            }
+        let mut sums = ScoreSums::default();
+        images.into_iter().for_each(|i| sums.add(i));
+        sums.mean()
+    }
+}
+
+/// The running sums behind a [`MeanScores`], for images scored one at a time: a long run
+/// keeps these, not every image's scores.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ScoreSums {
+    n: usize,
+    sum: IouScores,
+    accuracy_n: usize,
+    accuracy_sum: f64,
+}
+
+impl ScoreSums {
+    /// Adds one image's `(scores, relation accuracy)`.
+    pub fn add(&mut self, (s, accuracy): (IouScores, Option<f64>)) {
+        self.n += 1;
+        self.sum.sg_iou += s.sg_iou;
+        self.sum.entity_iou += s.entity_iou;
+        self.sum.relation_iou += s.relation_iou;
+        if let Some(a) = accuracy {
+            self.accuracy_n += 1;
+            self.accuracy_sum += a;
         }
-        let d = n.max(1) as f64;
+    }
+
+    /// The means of the images added so far.
+    pub fn mean(&self) -> MeanScores {
+        let d = self.n.max(1) as f64;
         MeanScores {
-            n,
+            n: self.n,
             mean: IouScores {
-                sg_iou: sum.sg_iou / d,
-                entity_iou: sum.entity_iou / d,
-                relation_iou: sum.relation_iou / d,
+                sg_iou: self.sum.sg_iou / d,
+                entity_iou: self.sum.entity_iou / d,
+                relation_iou: self.sum.relation_iou / d,
             },
-            relation_accuracy: (acc_n > 0).then(|| acc_sum / acc_n as f64),
+            relation_accuracy: (self.accuracy_n > 0)
+                .then(|| self.accuracy_sum / self.accuracy_n as f64),
         }
     }
 }
