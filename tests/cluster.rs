@@ -789,3 +789,89 @@ fn plain_tcp_is_used_only_when_asked_for_by_name() {
         "{err}"
     );
 }
+
+#[test]
+fn the_secret_and_the_private_key_are_in_no_log_and_no_run_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = certs(tmp.path(), "certs");
+    let secret = "a-secret-that-must-not-leak-7f3a9c";
+    let key = std::fs::read_to_string(certs.join("coordinator.key")).unwrap();
+    let key_lines: Vec<&str> = key.lines().filter(|l| l.len() >= 40).collect();
+    assert!(!key_lines.is_empty());
+    // The node logs everything it can (trace), the coordinator too.
+    let node_log = tmp.path().join("node.log");
+    let mut node = Command::new(bin())
+        .args(["node", "--listen", "127.0.0.1:0", "--name", "box-a"])
+        .args(Wire::tls(&certs).node_args("box-a"))
+        .env("RLRIG_CLUSTER_SECRET", secret)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&node_log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(node.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line
+        .split("listening on 127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    let flow = flow_on_nodes(
+        tmp.path(),
+        &[("box-a", port)],
+        &[("diffuser", "\"box-a\""), ("editor", "\"box-a\"")],
+        Wire::tls(&certs),
+    );
+    // The secret comes from a file beside the flow, as `cluster.secret_file` says.
+    std::fs::write(tmp.path().join("cluster.secret"), secret).unwrap();
+    let text_of_flow = std::fs::read_to_string(&flow).unwrap().replace(
+        "[cluster]\n",
+        "[cluster]\nsecret_file = \"cluster.secret\"\n",
+    );
+    std::fs::write(&flow, text_of_flow).unwrap();
+    let runs = tmp.path().join("runs");
+    let out = Command::new(bin())
+        .args(["run", flow.to_str().unwrap()])
+        .args(["--set", &format!("run_dir={}", runs.display())])
+        .args(["--set", "prompts.count=8"])
+        .env("RUST_LOG", "trace")
+        .env_remove("RLRIG_CLUSTER_SECRET")
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let _ = node.kill();
+    let _ = node.wait();
+    let mut looked = vec![("rlrig run's output".to_string(), text(&out).into_bytes())];
+    looked.push(("the node's log".into(), std::fs::read(&node_log).unwrap()));
+    let mut stack = vec![runs.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                looked.push((p.display().to_string(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    assert!(looked.len() > 10, "{} files", looked.len());
+    assert!(
+        looked[0].1.len() + looked[1].1.len() > 10_000,
+        "trace logging was on"
+    );
+    for (what, bytes) in &looked {
+        assert!(
+            !contains(bytes, secret.as_bytes()),
+            "the secret is in {what}"
+        );
+        for l in &key_lines {
+            assert!(
+                !contains(bytes, l.as_bytes()),
+                "the private key is in {what}"
+            );
+        }
+    }
+}
