@@ -3,7 +3,7 @@
 //!
 //! 1. **Throughput**: `rlrig run flows/infer-baseline.toml` all local, versus the same flow
 //!    with the editor on a second `rlrig node` process (real processes, ractor_cluster over
-//!    plain TCP, `transport = "plain"`); then both again with an editor that costs 5 ms per
+//!    plain TCP, then over mutual TLS); then all again with an editor that costs 5 ms per
 //!    batch of 8 (a stand-in for a model), where the remote hop is small beside the compute.
 //!    Medians of 3 runs each.
 //! 2. **Serialisation per trajectory**: every request and answer of a stored trajectory, as
@@ -68,7 +68,8 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn throughput(tmp: &Path) {
+/// An `rlrig node` named `box` on a free port, with `args` (its transport).
+fn start_node(args: &[String]) -> (std::process::Child, u16) {
     let port = free_port();
     let mut node = Command::new(bin())
         .args([
@@ -77,8 +78,8 @@ fn throughput(tmp: &Path) {
             &format!("127.0.0.1:{port}"),
             "--name",
             "box",
-            "--plain-tcp",
         ])
+        .args(args)
         .env("RLRIG_CLUSTER_SECRET", SECRET)
         .stdout(Stdio::piped())
         .spawn()
@@ -88,26 +89,62 @@ fn throughput(tmp: &Path) {
         .read_line(&mut line)
         .unwrap();
     assert!(line.contains("listening"), "{line}");
+    (node, port)
+}
+
+fn throughput(tmp: &Path) {
+    let certs = tmp.join("certs");
+    let made = Command::new("bash")
+        .arg(root().join("scripts/cluster-certs.sh"))
+        .arg(&certs)
+        .args(["coordinator=127.0.0.1", "box=127.0.0.1"])
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let file = |f: &str| certs.join(f).display().to_string();
+    let (mut plain_node, plain_port) = start_node(&["--plain-tcp".into()]);
+    let (mut tls_node, tls_port) = start_node(&[
+        "--tls-cert".into(),
+        file("box.pem"),
+        "--tls-key".into(),
+        file("box.key"),
+        "--tls-ca".into(),
+        file("ca.pem"),
+    ]);
 
     let base = std::fs::read_to_string(root().join("flows/infer-baseline.toml")).unwrap();
     let local = tmp.join("local.toml");
     std::fs::write(&local, &base).unwrap();
-    let placed = tmp.join("placed.toml");
-    std::fs::write(
-        &placed,
-        base.replace("[actors.editor]\n", "[actors.editor]\nnode = \"box\"\n")
-            + &format!(
-                "\n[nodes.box]\naddress = \"127.0.0.1:{port}\"\n\n[cluster]\ntransport = \"plain\"\n"
-            ),
-    )
-    .unwrap();
+    let on_node = |name: &str, port: u16, cluster: String| {
+        let path = tmp.join(name);
+        std::fs::write(
+            &path,
+            base.replace("[actors.editor]\n", "[actors.editor]\nnode = \"box\"\n")
+                + &format!(
+                    "\n[nodes.box]\naddress = \"127.0.0.1:{port}\"\n\n[cluster]\n{cluster}\n"
+                ),
+        )
+        .unwrap();
+        path
+    };
+    let plain = on_node("plain.toml", plain_port, "transport = \"plain\"".into());
+    let tls = on_node(
+        "tls.toml",
+        tls_port,
+        format!(
+            "tls = {{ cert = \"{}\", key = \"{}\", ca = \"{}\" }}",
+            file("coordinator.pem"),
+            file("coordinator.key"),
+            file("ca.pem")
+        ),
+    );
     let no_store = "store.trajectories=false".to_string();
     println!(
         "\n{PROMPTS} prompts of flows/infer-baseline.toml (no store), median of 3 runs, wall time of `rlrig run`:"
     );
     println!(
-        "{:<38} {:>10} {:>12} {:>10}",
-        "editor", "local", "on a node", "ratio"
+        "{:<38} {:>10} {:>12} {:>8} {:>12} {:>8}",
+        "editor", "local", "node, plain", "ratio", "node, TLS", "ratio"
     );
     for (label, extra) in [
         ("baseline (no simulated compute)", vec![]),
@@ -117,22 +154,27 @@ fn throughput(tmp: &Path) {
         ),
     ] {
         let sets: Vec<String> = std::iter::once(no_store.clone()).chain(extra).collect();
-        let mut l = Vec::new();
-        let mut p = Vec::new();
+        let (mut l, mut p, mut t) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..3 {
             l.push(run(&local, &tmp.join("runs"), &sets));
-            p.push(run(&placed, &tmp.join("runs"), &sets));
+            p.push(run(&plain, &tmp.join("runs"), &sets));
+            t.push(run(&tls, &tmp.join("runs"), &sets));
         }
-        let (l, p) = (median(l), median(p));
+        let (l, p, t) = (median(l), median(p), median(t));
+        let rate = |d: Duration| PROMPTS as f64 / d.as_secs_f64();
         println!(
-            "{label:<38} {:>8.0}/s {:>10.0}/s {:>9.2}×",
-            PROMPTS as f64 / l.as_secs_f64(),
-            PROMPTS as f64 / p.as_secs_f64(),
-            p.as_secs_f64() / l.as_secs_f64()
+            "{label:<38} {:>8.0}/s {:>10.0}/s {:>7.2}× {:>10.0}/s {:>7.2}×",
+            rate(l),
+            rate(p),
+            p.as_secs_f64() / l.as_secs_f64(),
+            rate(t),
+            t.as_secs_f64() / l.as_secs_f64()
         );
     }
-    let _ = node.kill();
-    let _ = node.wait();
+    for node in [&mut plain_node, &mut tls_node] {
+        let _ = node.kill();
+        let _ = node.wait();
+    }
 }
 
 /// Every request and answer of a trajectory, as they cross to the actors.

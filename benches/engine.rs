@@ -245,7 +245,7 @@ fn main() {
 
     // 2. The infer flow's baseline actors.
     let flow =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("flows/infer.toml"))
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("flows/infer-baseline.toml"))
             .unwrap();
     let n = 2_000;
     let prompts: Vec<(u64, SceneGraph)> = (0..n)
