@@ -244,9 +244,10 @@ fn main() {
     row("zero-cost actors (5 steps/traj)", n, eng, seq);
 
     // 2. The infer flow's baseline actors.
-    let flow =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("flows/infer-baseline.toml"))
-            .unwrap();
+    let flow = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("flows/infer-baseline.toml"),
+    )
+    .unwrap();
     let n = 2_000;
     let prompts: Vec<(u64, SceneGraph)> = (0..n)
         .map(|i| (i as u64, sample(&canvas, 1000, i as u64).graph))

@@ -235,7 +235,7 @@ fn validate(registry: &Registry, flow: &std::path::Path, sets: &[String]) -> any
         .map_err(|e| refused(anyhow::anyhow!("{}: {e}", flow.display())))?;
     if rlrig_flow::flow_kind(&text) == rlrig_flow::FlowKind::Pretrain {
         let loaded = rlrig_flow::load_as::<rlrig_flow::PretrainFlow>(flow, &text, sets)?;
-        let job = crate::pretrain_cmd::job_of(&loaded)?;
+        let job = rlrig_models::jobs::Job::from_flow(&loaded)?;
         println!("{}: ok — {}", flow.display(), job.describe());
         return Ok(0);
     }

@@ -3,13 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use rlrig_contract::{Diffuser, GenerateRequest};
-use rlrig_models::pretrain::EVAL_SEED;
-use rlrig_models::quality::{self, EditorQuality};
-use rlrig_models::vlm::{CheckerNet, PolicyNet};
-use rlrig_models::vlm_train::{self, VlmData};
-use rlrig_models::{NeuralDiffuser, NeuralEditor, NeuralSettings, weights};
-use rlrig_world::{Canvas, sample};
+use rlrig_models::quality::{self, EditorQuality, QualityInputs};
 
 /// Which model to measure.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -70,65 +64,36 @@ fn editor_table(name: &str, q: &EditorQuality) {
 
 /// Runs `rlrig quality`.
 pub fn run(args: QualityArgs) -> Result<i32> {
-    let canvas = Canvas::new(32)?;
-    let diffuser_settings = NeuralSettings {
+    let inputs = QualityInputs {
+        n: args.n,
+        device: args.device.clone(),
+        diffuser: args.diffuser.clone(),
         guidance: args.guidance,
-        ..NeuralSettings::with_weights(&args.diffuser)
+        editor: args.editor.clone(),
+        checker: args.checker.clone(),
+        policy: args.policy.clone(),
     };
     let started = std::time::Instant::now();
     let value = match args.which {
         Which::Editor => {
-            let mut editor =
-                NeuralEditor::new(&NeuralSettings::with_weights(&args.editor), &args.device)
-                    .map_err(anyhow::Error::msg)?;
-            let clean = quality::clean_renders(&canvas, args.n);
-            let mut diffuser = NeuralDiffuser::new(&diffuser_settings, &args.device)
-                .map_err(anyhow::Error::msg)?;
-            let requests: Vec<GenerateRequest> = (0..args.n as u64)
-                .map(|i| GenerateRequest {
-                    prompt: sample(&canvas, EVAL_SEED, i).graph,
-                    seed: i,
-                    explore: false,
-                })
-                .collect();
-            let mut generated = Vec::new();
-            for chunk in requests.chunks(64) {
-                generated.extend(diffuser.generate(chunk).map_err(|e| anyhow::anyhow!(e.0))?);
-            }
-            let on_clean = quality::editor_quality(&mut editor, &clean, &canvas)
-                .map_err(anyhow::Error::msg)?;
-            let on_generated = quality::editor_quality(&mut editor, &generated, &canvas)
-                .map_err(anyhow::Error::msg)?;
-            editor_table("Editor on clean renders", &on_clean);
-            editor_table("Editor on the Diffuser's images", &on_generated);
-            serde_json::json!({ "clean": on_clean, "generated": on_generated })
+            let r = quality::measure_editor(&inputs).map_err(anyhow::Error::msg)?;
+            editor_table("Editor on clean renders", &r.clean);
+            editor_table("Editor on the Diffuser's images", &r.generated);
+            serde_json::to_value(&r)?
         }
         Which::Checker | Which::Policy => {
-            let data = VlmData {
-                diffuser: args.diffuser.clone(),
-                editor: args.editor.is_file().then(|| args.editor.clone()),
-                guidance: args.guidance,
-                ..VlmData::default()
-            };
             eprintln!(
                 "generating {} test images ({}{})…",
                 args.n,
                 args.diffuser.display(),
-                data.editor.as_ref().map_or(String::new(), |e| format!(
-                    ", half edited by {}",
-                    e.display()
-                ))
+                if args.editor.is_file() {
+                    format!(", half edited by {}", args.editor.display())
+                } else {
+                    String::new()
+                }
             );
-            let pool = vlm_train::generate_pool(&data, args.n, EVAL_SEED, &canvas, &args.device)
-                .map_err(anyhow::Error::msg)?;
-            let device = rlrig_models::device::select(&args.device)?;
-            let checker = || {
-                weights::load_model::<CheckerNet>(&args.checker, &device)
-                    .with_context(|| "loading the Checker")
-            };
             if let Which::Checker = args.which {
-                let a = vlm_train::checker_agreement(&checker()?, pool.scenes())
-                    .map_err(anyhow::Error::msg)?;
+                let a = quality::measure_checker(&inputs).map_err(anyhow::Error::msg)?;
                 println!("Checker vs the oracle on {} generated images:", a.scenes);
                 println!("  item verdict accuracy      {:.3}", a.item_accuracy);
                 println!("  relation verdict accuracy  {:.3}", a.relation_accuracy);
@@ -153,18 +118,8 @@ pub fn run(args: QualityArgs) -> Result<i32> {
                 );
                 serde_json::to_value(&a)?
             } else {
-                let policy = weights::load_model::<PolicyNet>(&args.policy, &device)
-                    .with_context(|| "loading the Policy")?;
-                let with_oracle = quality::policy_quality(&policy, None, pool.scenes())
-                    .map_err(anyhow::Error::msg)?;
-                let with_checker = if args.checker.is_file() {
-                    Some(
-                        quality::policy_quality(&policy, Some(&checker()?), pool.scenes())
-                            .map_err(anyhow::Error::msg)?,
-                    )
-                } else {
-                    None
-                };
+                let r = quality::measure_policy(&inputs).map_err(anyhow::Error::msg)?;
+                let with_oracle = &r.oracle_reflection;
                 println!(
                     "Policy on {} generated images ({} with a problem, {} with only violated relations):",
                     with_oracle.scenes, with_oracle.with_problem, with_oracle.with_violation_only
@@ -174,8 +129,8 @@ pub fn run(args: QualityArgs) -> Result<i32> {
                     "reflection from", "parses", "targets problem", "targets violated"
                 );
                 for (name, q) in [
-                    ("the oracle", Some(&with_oracle)),
-                    ("the Checker", with_checker.as_ref()),
+                    ("the oracle", Some(with_oracle)),
+                    ("the Checker", r.checker_reflection.as_ref()),
                 ] {
                     if let Some(q) = q {
                         println!(
@@ -184,7 +139,7 @@ pub fn run(args: QualityArgs) -> Result<i32> {
                         );
                     }
                 }
-                serde_json::json!({ "oracle_reflection": with_oracle, "checker_reflection": with_checker })
+                serde_json::to_value(&r)?
             }
         }
     };

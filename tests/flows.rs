@@ -28,7 +28,7 @@ fn check(path: &Path, sets: &[String]) -> Result<(), String> {
     if rlrig_flow::flow_kind(&text) == rlrig_flow::FlowKind::Pretrain {
         let loaded = rlrig_flow::load_as::<rlrig_flow::PretrainFlow>(rel, &text, sets)
             .map_err(|e| e.to_string())?;
-        return rlrig::pretrain_cmd::job_of(&loaded)
+        return rlrig_models::jobs::Job::from_flow(&loaded)
             .map(drop)
             .map_err(|e| e.to_string());
     }

@@ -56,6 +56,7 @@ pub mod flow;
 pub mod flow_grpo;
 pub mod grpo;
 pub mod image;
+pub mod jobs;
 pub mod kinds;
 mod layers;
 pub mod pretrain;

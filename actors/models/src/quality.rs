@@ -372,3 +372,122 @@ pub fn policy_quality(
     q.targets_violated_relation_rate = ratio(addressed_violation, with_violation);
     Ok(q)
 }
+
+/// What `rlrig quality` measures with: the weights files, the number of held-out prompts and
+/// the device.
+#[derive(Clone, Debug)]
+pub struct QualityInputs {
+    /// Held-out prompts (seed [`EVAL_SEED`]).
+    pub n: usize,
+    /// `cpu`, `wgpu`, `wgpu:N`.
+    pub device: String,
+    /// The Diffuser's weights: its images are the generated test set.
+    pub diffuser: std::path::PathBuf,
+    /// Guidance of the Diffuser's images.
+    pub guidance: f64,
+    /// The Editor's weights (measured; for the Checker and Policy, it edits half of the test
+    /// images when the file exists).
+    pub editor: std::path::PathBuf,
+    /// The Checker's weights.
+    pub checker: std::path::PathBuf,
+    /// The Policy's weights.
+    pub policy: std::path::PathBuf,
+}
+
+/// The Editor on clean renders and on the Diffuser's images of the same prompts.
+#[derive(Clone, Debug, Serialize)]
+pub struct EditorReport {
+    /// On clean renders.
+    pub clean: EditorQuality,
+    /// On the Diffuser's images.
+    pub generated: EditorQuality,
+}
+
+/// The Policy with the oracle's reflection and, when the Checker's weights exist, with the
+/// Checker's.
+#[derive(Clone, Debug, Serialize)]
+pub struct PolicyReport {
+    /// With the oracle's reflection.
+    pub oracle_reflection: PolicyQuality,
+    /// With the Checker's reflection.
+    pub checker_reflection: Option<PolicyQuality>,
+}
+
+/// Measures the Editor of `inputs.editor` ([`editor_quality`]).
+pub fn measure_editor(inputs: &QualityInputs) -> Result<EditorReport, String> {
+    use crate::roles::{NeuralDiffuser, NeuralEditor, NeuralSettings};
+    use rlrig_contract::{Diffuser, GenerateRequest};
+    let canvas = Canvas::new(32).map_err(|e| e.to_string())?;
+    let mut editor = NeuralEditor::new(
+        &NeuralSettings::with_weights(&inputs.editor),
+        &inputs.device,
+    )?;
+    let clean = clean_renders(&canvas, inputs.n);
+    let settings = NeuralSettings {
+        guidance: inputs.guidance,
+        ..NeuralSettings::with_weights(&inputs.diffuser)
+    };
+    let mut diffuser = NeuralDiffuser::new(&settings, &inputs.device)?;
+    let requests: Vec<GenerateRequest> = (0..inputs.n as u64)
+        .map(|i| GenerateRequest {
+            prompt: sample(&canvas, EVAL_SEED, i).graph,
+            seed: i,
+            explore: false,
+        })
+        .collect();
+    let mut generated = Vec::new();
+    for chunk in requests.chunks(64) {
+        generated.extend(diffuser.generate(chunk).map_err(|e| e.0)?);
+    }
+    Ok(EditorReport {
+        clean: editor_quality(&mut editor, &clean, &canvas)?,
+        generated: editor_quality(&mut editor, &generated, &canvas)?,
+    })
+}
+
+/// The generated test images of the Checker and the Policy: the Diffuser's images of the
+/// held-out prompts, half of them edited by the Editor when its weights exist.
+fn test_images(inputs: &QualityInputs) -> Result<crate::vlm_train::Pool, String> {
+    let data = crate::vlm_train::VlmData {
+        diffuser: inputs.diffuser.clone(),
+        editor: inputs.editor.is_file().then(|| inputs.editor.clone()),
+        guidance: inputs.guidance,
+        ..crate::vlm_train::VlmData::default()
+    };
+    let canvas = Canvas::new(32).map_err(|e| e.to_string())?;
+    crate::vlm_train::generate_pool(&data, inputs.n, EVAL_SEED, &canvas, &inputs.device)
+}
+
+fn load<M: crate::weights::Architecture>(
+    path: &std::path::Path,
+    device: &str,
+    what: &str,
+) -> Result<M, String> {
+    let device = crate::device::select(device).map_err(|e| e.to_string())?;
+    crate::weights::load_model::<M>(path, &device).map_err(|e| format!("loading the {what}: {e}"))
+}
+
+/// Measures the Checker of `inputs.checker` ([`crate::vlm_train::checker_agreement`]).
+pub fn measure_checker(
+    inputs: &QualityInputs,
+) -> Result<crate::vlm_train::CheckerAgreement, String> {
+    let pool = test_images(inputs)?;
+    let checker: CheckerNet = load(&inputs.checker, &inputs.device, "Checker")?;
+    crate::vlm_train::checker_agreement(&checker, pool.scenes())
+}
+
+/// Measures the Policy of `inputs.policy` ([`policy_quality`]).
+pub fn measure_policy(inputs: &QualityInputs) -> Result<PolicyReport, String> {
+    let pool = test_images(inputs)?;
+    let policy: PolicyNet = load(&inputs.policy, &inputs.device, "Policy")?;
+    let checker_reflection = if inputs.checker.is_file() {
+        let checker: CheckerNet = load(&inputs.checker, &inputs.device, "Checker")?;
+        Some(policy_quality(&policy, Some(&checker), pool.scenes())?)
+    } else {
+        None
+    };
+    Ok(PolicyReport {
+        oracle_reflection: policy_quality(&policy, None, pool.scenes())?,
+        checker_reflection,
+    })
+}
