@@ -10,7 +10,8 @@ use crate::DitConfig;
 use crate::pretrain::{self, ModelKind, PretrainJob};
 use crate::train::{TrainError, TrainOutcome, TrainSettings};
 use crate::vlm::VlmConfig;
-use crate::vlm_train::{self, VlmData, VlmJob, VlmRole};
+use crate::vlm_data::VlmData;
+use crate::vlm_train::{self, VlmJob, VlmRole};
 
 /// What a pre-training flow trains.
 #[derive(Clone, Debug)]

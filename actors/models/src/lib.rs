@@ -65,6 +65,7 @@ pub mod roles;
 pub mod text;
 pub mod train;
 pub mod vlm;
+pub mod vlm_data;
 pub mod vlm_train;
 pub mod weights;
 

@@ -33,7 +33,8 @@ use crate::pretrain::EVAL_SEED;
 use crate::text::{EOS, Tokenizer};
 use crate::train::mix;
 use crate::vlm::{CheckerNet, Decoding, PolicyNet};
-use crate::vlm_train::{Scene, addresses_problem, oracle_findings, policy_input};
+use crate::vlm_data::{Scene, oracle_findings};
+use crate::vlm_train::{addresses_problem, policy_input};
 
 /// The edit types, in the order the evaluation cycles through them.
 pub const EDIT_TYPES: [&str; 5] = ["move", "recolour", "add", "remove", "swap"];
@@ -447,15 +448,15 @@ pub fn measure_editor(inputs: &QualityInputs) -> Result<EditorReport, String> {
 
 /// The generated test images of the Checker and the Policy: the Diffuser's images of the
 /// held-out prompts, half of them edited by the Editor when its weights exist.
-fn test_images(inputs: &QualityInputs) -> Result<crate::vlm_train::Pool, String> {
-    let data = crate::vlm_train::VlmData {
+fn test_images(inputs: &QualityInputs) -> Result<crate::vlm_data::Pool, String> {
+    let data = crate::vlm_data::VlmData {
         diffuser: inputs.diffuser.clone(),
         editor: inputs.editor.is_file().then(|| inputs.editor.clone()),
         guidance: inputs.guidance,
-        ..crate::vlm_train::VlmData::default()
+        ..crate::vlm_data::VlmData::default()
     };
     let canvas = Canvas::new(32).map_err(|e| e.to_string())?;
-    crate::vlm_train::generate_pool(&data, inputs.n, EVAL_SEED, &canvas, &inputs.device)
+    crate::vlm_data::generate_pool(&data, inputs.n, EVAL_SEED, &canvas, &inputs.device)
 }
 
 fn load<M: crate::weights::Architecture>(

@@ -2,7 +2,7 @@
 //! reflection.
 
 use rlrig_models::text::{BOS, EOS, PROMPT_VOCAB_SIZE, TextError, Tokenizer, VOCAB};
-use rlrig_models::vlm_train::{Pool, oracle_findings, problem_scene};
+use rlrig_models::vlm_data::{Pool, oracle_findings, problem_scene};
 use rlrig_world::{Canvas, Colour, Edit, Object, Rel, reflect, sample};
 
 fn objects() -> Vec<Object> {

@@ -10,7 +10,8 @@ use rlrig_models::checker::questions;
 use rlrig_models::pretrain::EVAL_SEED;
 use rlrig_models::text::{EOS, Tokenizer};
 use rlrig_models::vlm::{CheckerNet, Decoding, PolicyInput, PolicyNet, VlmConfig};
-use rlrig_models::vlm_train::{Pool, Repairs, policy_example, problem_scene};
+use rlrig_models::vlm_data::{Pool, Repairs, problem_scene};
+use rlrig_models::vlm_train::policy_example;
 use rlrig_models::weights::{self, WeightsError};
 use rlrig_models::{CheckerSettings, NeuralChecker, NeuralPolicy, PolicySettings};
 use rlrig_world::Canvas;
@@ -396,7 +397,8 @@ fn the_learner_steps_filters_equal_groups_and_advances_versions() {
 #[test]
 fn vlm_jobs_train_resume_and_export_loadable_weights() {
     use rlrig_models::train::TrainSettings;
-    use rlrig_models::vlm_train::{self, VlmData, VlmJob, VlmRole};
+    use rlrig_models::vlm_data::VlmData;
+    use rlrig_models::vlm_train::{self, VlmJob, VlmRole};
 
     let dir = tempfile::tempdir().unwrap();
     for (role, base) in [
@@ -549,7 +551,7 @@ fn input_token(inputs: &[PolicyInput]) -> u32 {
 
 #[test]
 fn the_broad_prior_imitates_every_repair_of_a_violated_relation_and_the_rule_elsewhere() {
-    use rlrig_models::vlm_train::oracle_findings;
+    use rlrig_models::vlm_data::oracle_findings;
     use rlrig_world::{Edit, reflect};
     let tok = Tokenizer::full(usize::MAX);
     let text = |t: &[u32]| tok.decode(&t[..t.len() - 1]).unwrap();
