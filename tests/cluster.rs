@@ -875,3 +875,31 @@ fn the_secret_and_the_private_key_are_in_no_log_and_no_run_file() {
         }
     }
 }
+
+#[test]
+fn a_peer_that_connects_and_says_nothing_does_not_shut_coordinators_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = certs(tmp.path(), "certs");
+    let node = Node::start("box-a", SECRET, tmp.path(), Wire::tls(&certs));
+    // Three idle connections (a port scanner, a stuck client) held open through the run.
+    let idle: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(("127.0.0.1", node.port)).unwrap())
+        .collect();
+    let flow = flow_on_nodes(
+        tmp.path(),
+        &[("box-a", node.port)],
+        &[("editor", "\"box-a\"")],
+        Wire::tls(&certs),
+    );
+    let t = Instant::now();
+    let out = run(
+        &flow,
+        &tmp.path().join("runs"),
+        SECRET,
+        &["prompts.count=4"],
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    drop(idle);
+}

@@ -13,7 +13,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent, pg};
 use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
 use ractor_cluster::{
-    IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage,
+    IncomingEncryptionMode, NetworkStream, NodeEventSubscription, NodeServer, NodeServerMessage,
 };
 use tokio::sync::oneshot;
 
@@ -56,13 +56,33 @@ pub struct Node {
     server: ActorRef<NodeServerMessage>,
     host: ActorRef<HostMsg>,
     host_done: tokio::task::JoinHandle<()>,
+    /// rlrig's own accept loop, with TLS.
+    accepting: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Node {
     /// Starts listening and hosting. Fails if the address cannot be bound.
+    ///
+    /// With TLS, rlrig accepts connections itself and runs each handshake in a task of its own
+    /// with a deadline ([`TLS_HANDSHAKE_TIMEOUT`]) before handing the session to
+    /// ractor_cluster: its listener awaits each handshake in turn, so one peer that connects
+    /// and says nothing would shut every coordinator out. ractor_cluster's own listener then
+    /// serves loopback only, on a port nobody is told.
     pub async fn start(registry: Arc<Registry>, opts: NodeOptions) -> Result<Node, String> {
+        let own_listener = match &opts.tls {
+            Some(_) => Some(
+                tokio::net::TcpListener::bind(opts.listen)
+                    .await
+                    .map_err(|e| format!("cannot listen on {}: {e}", opts.listen))?,
+            ),
+            None => None,
+        };
+        let internal = match opts.tls {
+            Some(_) => SocketAddr::from(([127, 0, 0, 1], 0)),
+            None => opts.listen,
+        };
         let server = NodeServer::new(
-            opts.listen.port(),
+            internal.port(),
             opts.secret.clone(),
             opts.name.clone(),
             opts.listen.ip().to_string(),
@@ -71,11 +91,19 @@ impl Node {
                 .map(|t| IncomingEncryptionMode::Tls(t.acceptor())),
             Some(NodeConnectionMode::Isolated),
         )
-        .with_listen_addr(opts.listen.ip())
+        .with_listen_addr(internal.ip())
         .with_max_inbound_frame_size(MAX_FRAME_BYTES);
         let (server, _) = Actor::spawn(None, server, ())
             .await
             .map_err(|e| format!("cannot listen on {}: {}", opts.listen, spawn_err(&e)))?;
+        let accepting = match (own_listener, &opts.tls) {
+            (Some(listener), Some(tls)) => Some(tokio::spawn(accept_tls(
+                listener,
+                tls.acceptor(),
+                server.clone(),
+            ))),
+            _ => None,
+        };
         let host_args = HostArgs {
             registry,
             name: opts.name.clone(),
@@ -83,6 +111,9 @@ impl Node {
         let (host, host_done) = match Actor::spawn(None, Host, host_args).await {
             Ok(x) => x,
             Err(e) => {
+                if let Some(a) = &accepting {
+                    a.abort();
+                }
                 server.stop(None);
                 return Err(format!("cannot start the host actor: {}", spawn_err(&e)));
             }
@@ -98,14 +129,72 @@ impl Node {
             server,
             host,
             host_done,
+            accepting,
         })
     }
 
     /// Stops hosting (every replica) and listening.
     pub async fn stop(self) {
+        if let Some(a) = &self.accepting {
+            a.abort();
+        }
         self.host.stop(None);
         let _ = self.host_done.await;
         self.server.stop(None);
+    }
+}
+
+/// How long a peer may take over its TLS handshake before a node drops the connection.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts connections on `listener`, each handshake in a task of its own with
+/// [`TLS_HANDSHAKE_TIMEOUT`], and hands every encrypted session to ractor_cluster's `server`.
+async fn accept_tls(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    server: ActorRef<NodeServerMessage>,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: wait, then go on accepting.
+                tracing::warn!("accepting a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (acceptor, server) = (acceptor.clone(), server.clone());
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let Ok(local) = stream.local_addr() else {
+                return;
+            };
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    let _ = server.cast(NodeServerMessage::ConnectionOpened {
+                        stream: Box::new(NetworkStream::TlsServer {
+                            peer_addr: peer,
+                            local_addr: local,
+                            stream,
+                        }),
+                        is_server: true,
+                    });
+                }
+                Ok(Err(e)) if e.to_string().contains("certificate") => tracing::warn!(
+                    "refused a connection from {peer}: its TLS certificate is not one of this \
+                     cluster's (not signed by the CA this node trusts): {e}"
+                ),
+                Ok(Err(e)) => tracing::warn!(
+                    "refused a connection from {peer}: TLS handshake failed ({e}); does it \
+                     run with TLS?"
+                ),
+                Err(_) => tracing::warn!(
+                    "dropped a connection from {peer}: no TLS handshake within {} s",
+                    TLS_HANDSHAKE_TIMEOUT.as_secs()
+                ),
+            }
+        });
     }
 }
 
