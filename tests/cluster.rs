@@ -174,6 +174,19 @@ fn flow_on_nodes(
     path
 }
 
+/// A 4-prompt run of flows/infer-baseline.toml in `dir` with the editor on the node `box-a`
+/// at `port`, the coordinator's side of `wire`, killed after `limit_s`.
+fn editor_on_node(dir: &Path, port: u16, wire: Wire, limit_s: u64) -> Output {
+    let flow = flow_on_nodes(dir, &[("box-a", port)], &[("editor", "\"box-a\"")], wire);
+    run(
+        &flow,
+        &dir.join("runs"),
+        SECRET,
+        &["prompts.count=4"],
+        Duration::from_secs(limit_s),
+    )
+}
+
 /// `rlrig run FLOW` into `run_dir` with the secret set, killed after `limit`.
 fn run(flow: &Path, run_dir: &Path, secret: &str, sets: &[&str], limit: Duration) -> Output {
     let mut cmd = Command::new(bin());
@@ -632,19 +645,7 @@ fn a_peer_whose_certificate_another_ca_signed_is_refused_with_a_clear_error() {
 
     // A node with a certificate from another CA: the coordinator refuses it.
     let stranger = Node::start("box-a", SECRET, tmp.path(), Wire::tls(&other));
-    let flow = flow_on_nodes(
-        tmp.path(),
-        &[("box-a", stranger.port)],
-        &[("editor", "\"box-a\"")],
-        Wire::tls(&good),
-    );
-    let out = run(
-        &flow,
-        &tmp.path().join("runs"),
-        SECRET,
-        &["prompts.count=4"],
-        Duration::from_secs(30),
-    );
+    let out = editor_on_node(tmp.path(), stranger.port, Wire::tls(&good), 30);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -659,21 +660,14 @@ fn a_peer_whose_certificate_another_ca_signed_is_refused_with_a_clear_error() {
     // A coordinator with a certificate from another CA (trusting the node's CA): the node
     // refuses it, and both sides say why.
     let node = Node::start("box-a", SECRET, tmp.path(), Wire::tls(&good));
-    let flow = flow_on_nodes(
+    let out = editor_on_node(
         tmp.path(),
-        &[("box-a", node.port)],
-        &[("editor", "\"box-a\"")],
+        node.port,
         Wire::Tls {
             own: &other,
             ca: &good,
         },
-    );
-    let out = run(
-        &flow,
-        &tmp.path().join("runs"),
-        SECRET,
-        &["prompts.count=4"],
-        Duration::from_secs(30),
+        30,
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -690,19 +684,7 @@ fn a_peer_whose_certificate_another_ca_signed_is_refused_with_a_clear_error() {
     assert!(!tmp.path().join("runs/infer-baseline/store").exists());
 
     // The node goes on serving its own cluster.
-    let flow = flow_on_nodes(
-        tmp.path(),
-        &[("box-a", node.port)],
-        &[("editor", "\"box-a\"")],
-        Wire::tls(&good),
-    );
-    let ok = run(
-        &flow,
-        &tmp.path().join("runs"),
-        SECRET,
-        &["prompts.count=4"],
-        Duration::from_secs(60),
-    );
+    let ok = editor_on_node(tmp.path(), node.port, Wire::tls(&good), 60);
     assert!(ok.status.success(), "{}", text(&ok));
 }
 
@@ -746,20 +728,8 @@ fn plain_tcp_is_used_only_when_asked_for_by_name() {
     // without hanging.
     let certs = certs(tmp.path(), "certs");
     let plain = Node::start("box-a", SECRET, tmp.path(), Wire::Plain);
-    let flow = flow_on_nodes(
-        tmp.path(),
-        &[("box-a", plain.port)],
-        &[("editor", "\"box-a\"")],
-        Wire::tls(&certs),
-    );
     let t = Instant::now();
-    let out = run(
-        &flow,
-        &tmp.path().join("runs"),
-        SECRET,
-        &["prompts.count=4"],
-        Duration::from_secs(30),
-    );
+    let out = editor_on_node(tmp.path(), plain.port, Wire::tls(&certs), 30);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -769,19 +739,7 @@ fn plain_tcp_is_used_only_when_asked_for_by_name() {
     assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
     drop(plain);
     let tls = Node::start("box-a", SECRET, tmp.path(), Wire::tls(&certs));
-    let flow = flow_on_nodes(
-        tmp.path(),
-        &[("box-a", tls.port)],
-        &[("editor", "\"box-a\"")],
-        Wire::Plain,
-    );
-    let out = run(
-        &flow,
-        &tmp.path().join("runs"),
-        SECRET,
-        &["prompts.count=4"],
-        Duration::from_secs(30),
-    );
+    let out = editor_on_node(tmp.path(), tls.port, Wire::Plain, 30);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -885,20 +843,8 @@ fn a_peer_that_connects_and_says_nothing_does_not_shut_coordinators_out() {
     let idle: Vec<TcpStream> = (0..3)
         .map(|_| TcpStream::connect(("127.0.0.1", node.port)).unwrap())
         .collect();
-    let flow = flow_on_nodes(
-        tmp.path(),
-        &[("box-a", node.port)],
-        &[("editor", "\"box-a\"")],
-        Wire::tls(&certs),
-    );
     let t = Instant::now();
-    let out = run(
-        &flow,
-        &tmp.path().join("runs"),
-        SECRET,
-        &["prompts.count=4"],
-        Duration::from_secs(60),
-    );
+    let out = editor_on_node(tmp.path(), node.port, Wire::tls(&certs), 60);
     assert!(out.status.success(), "{}", text(&out));
     assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
     drop(idle);
