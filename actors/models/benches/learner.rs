@@ -12,8 +12,8 @@ use std::time::Instant;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rlrig_models::grpo::{Group, Learner, LearnerConfig, Sample};
-use rlrig_models::vlm::{Decoding, PolicyNet};
 use rlrig_models::vlm_data::{Pool, Repairs, problem_scene};
+use rlrig_models::vlm_policy::{Decoding, PolicyNet};
 use rlrig_models::vlm_train::policy_example;
 use rlrig_world::Canvas;
 

@@ -22,7 +22,7 @@ use burn::tensor::{Tensor, TensorData};
 use rlrig_contract::{GrpoGroup, GrpoLearner, RoleError, WeightsUpdate};
 use serde::{Deserialize, Serialize};
 
-use crate::vlm::{PolicyInput, PolicyNet};
+use crate::vlm_policy::{PolicyInput, PolicyNet};
 
 /// How per-token losses become one number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,7 +14,7 @@ use rlrig_flow::TrainSettings;
 
 use crate::flow_grpo::{FlowLearner, FlowLearnerConfig};
 use crate::grpo::{GrpoConfig, Learner, LearnerConfig, LossType};
-use crate::vlm::PolicyNet;
+use crate::vlm_policy::PolicyNet;
 use crate::{
     CheckerSettings, NeuralChecker, NeuralDiffuser, NeuralEditor, NeuralPolicy, NeuralSettings,
     PolicySettings,

@@ -66,6 +66,7 @@ pub mod text;
 pub mod train;
 pub mod vlm;
 pub mod vlm_data;
+pub mod vlm_policy;
 pub mod vlm_train;
 pub mod weights;
 

@@ -32,8 +32,9 @@ use crate::checker::checker_findings;
 use crate::pretrain::EVAL_SEED;
 use crate::text::{EOS, Tokenizer};
 use crate::train::mix;
-use crate::vlm::{CheckerNet, Decoding, PolicyNet};
+use crate::vlm::CheckerNet;
 use crate::vlm_data::{Scene, oracle_findings};
+use crate::vlm_policy::{Decoding, PolicyNet};
 use crate::vlm_train::{addresses_problem, policy_input};
 
 /// The edit types, in the order the evaluation cycles through them.

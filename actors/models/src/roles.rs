@@ -18,7 +18,8 @@ use crate::checker::{checker_findings, checker_graphs};
 use crate::flow::{self, SamplerConfig};
 use crate::image::{images_to_tensor, tensor_to_images};
 use crate::text::{EOS, Tokenizer};
-use crate::vlm::{CheckerNet, Decoding, PolicyInput, PolicyNet};
+use crate::vlm::CheckerNet;
+use crate::vlm_policy::{Decoding, PolicyInput, PolicyNet};
 use crate::{Dit, weights};
 
 /// Settings of the neural Diffuser and Editor kinds, as flows give them.

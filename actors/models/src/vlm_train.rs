@@ -29,11 +29,12 @@ use crate::checker::{Question, checker_findings, checker_graphs, questions};
 use crate::pretrain::EVAL_SEED;
 use crate::text::{EOS, Tokenizer};
 use crate::train::{self, Task, TrainError, TrainOutcome, TrainSettings, io, mix, other};
-use crate::vlm::{CheckerNet, PolicyInput, PolicyNet, VlmConfig};
+use crate::vlm::{CheckerNet, VlmConfig};
 use crate::vlm_data::{
     POOL_STREAM, Pool, Repairs, Scene, VlmData, generate_pool, load_pool, oracle_findings,
     problem_scene, save_pool,
 };
+use crate::vlm_policy::{PolicyInput, PolicyNet};
 
 /// Which VLM a job trains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -329,7 +330,7 @@ pub fn policy_agreement(net: &PolicyNet, scenes: &[Scene]) -> Result<PolicyAgree
         let mut rngs: Vec<ChaCha8Rng> = (0..inputs.len())
             .map(|i| ChaCha8Rng::seed_from_u64(i as u64))
             .collect();
-        let decoded = net.decode(&inputs, &crate::vlm::Decoding::default(), &mut rngs)?;
+        let decoded = net.decode(&inputs, &crate::vlm_policy::Decoding::default(), &mut rngs)?;
         for ((s, (_, target)), d) in chunk.iter().zip(&examples).zip(decoded) {
             exact += usize::from(d.tokens == *target);
             let words: Vec<u32> = d.tokens.iter().copied().filter(|&t| t != EOS).collect();

@@ -9,8 +9,9 @@ use rlrig_contract::{
 use rlrig_models::checker::questions;
 use rlrig_models::pretrain::EVAL_SEED;
 use rlrig_models::text::{EOS, Tokenizer};
-use rlrig_models::vlm::{CheckerNet, Decoding, PolicyInput, PolicyNet, VlmConfig};
+use rlrig_models::vlm::{CheckerNet, VlmConfig};
 use rlrig_models::vlm_data::{Pool, Repairs, problem_scene};
+use rlrig_models::vlm_policy::{Decoding, PolicyInput, PolicyNet};
 use rlrig_models::vlm_train::policy_example;
 use rlrig_models::weights::{self, WeightsError};
 use rlrig_models::{CheckerSettings, NeuralChecker, NeuralPolicy, PolicySettings};
@@ -608,7 +609,7 @@ fn the_broad_prior_imitates_every_repair_of_a_violated_relation_and_the_rule_els
 
 #[test]
 fn the_edit_language_check_accepts_prefixes_of_edit_prompts_only() {
-    use rlrig_models::vlm::in_edit_language;
+    use rlrig_models::vlm_policy::in_edit_language;
     let tok = Tokenizer::full(usize::MAX);
     let ids = |t: &str| tok.tokens(t).unwrap();
     let word = |w: &str| ids(w)[0];
