@@ -59,6 +59,56 @@ fn check(loaded: &LoadedFlow) -> Vec<FlowProblem> {
         }
     }
 
+    check_actors(flow, &mut problem);
+    check_nodes(flow, &mut problem);
+
+    if flow.engine.max_in_flight == 0 {
+        problem("engine.max_in_flight", "must be at least 1".into());
+    }
+    if flow.engine.max_attempts == 0 {
+        problem("engine.max_attempts", "must be at least 1".into());
+    }
+    if let Some(s) = flow.cycle.stop_score
+        && !(0.0..=1.0).contains(&s)
+    {
+        problem(
+            "cycle.stop_score",
+            format!("{s} is not a score: expected a number in [0, 1]"),
+        );
+    }
+    if flow.cycle.reward_funcs.is_empty() {
+        problem(
+            "cycle.reward_funcs",
+            "must name at least one reward function (`score`, `sg_iou`, `entity_iou`, `relation_iou`)"
+                .into(),
+        );
+    }
+    if let Some(w) = &flow.cycle.reward_weights {
+        if w.len() != flow.cycle.reward_funcs.len() {
+            problem(
+                "cycle.reward_weights",
+                format!(
+                    "{} weights for {} reward functions: give one weight per entry of `reward_funcs`",
+                    w.len(),
+                    flow.cycle.reward_funcs.len()
+                ),
+            );
+        } else if w.iter().any(|x| !x.is_finite() || *x < 0.0) || w.iter().all(|x| *x == 0.0) {
+            problem(
+                "cycle.reward_weights",
+                format!("{w:?}: weights must be finite numbers ≥ 0, not all 0"),
+            );
+        }
+    }
+    if let Some(t) = &flow.train {
+        check_train(flow, t, &mut problem);
+    }
+    out.extend(check_cycle(loaded));
+    out
+}
+
+/// Each actor's name, batch, replicas, device and kind, and its placement on nodes.
+fn check_actors(flow: &Flow, problem: &mut dyn FnMut(&str, String)) {
     for (name, a) in &flow.actors {
         let key = format!("actors.{name}");
         if !name
@@ -122,7 +172,10 @@ fn check(loaded: &LoadedFlow) -> Vec<FlowProblem> {
             }
         }
     }
+}
 
+/// The nodes' names and addresses, and how this process reaches them (`[cluster]`).
+fn check_nodes(flow: &Flow, problem: &mut dyn FnMut(&str, String)) {
     for (name, n) in &flow.nodes {
         let key = format!("nodes.{name}");
         if name == LOCAL || !valid_node_name(name) {
@@ -174,50 +227,6 @@ fn check(loaded: &LoadedFlow) -> Vec<FlowProblem> {
         ),
         _ => {}
     }
-
-    if flow.engine.max_in_flight == 0 {
-        problem("engine.max_in_flight", "must be at least 1".into());
-    }
-    if flow.engine.max_attempts == 0 {
-        problem("engine.max_attempts", "must be at least 1".into());
-    }
-    if let Some(s) = flow.cycle.stop_score
-        && !(0.0..=1.0).contains(&s)
-    {
-        problem(
-            "cycle.stop_score",
-            format!("{s} is not a score: expected a number in [0, 1]"),
-        );
-    }
-    if flow.cycle.reward_funcs.is_empty() {
-        problem(
-            "cycle.reward_funcs",
-            "must name at least one reward function (`score`, `sg_iou`, `entity_iou`, `relation_iou`)"
-                .into(),
-        );
-    }
-    if let Some(w) = &flow.cycle.reward_weights {
-        if w.len() != flow.cycle.reward_funcs.len() {
-            problem(
-                "cycle.reward_weights",
-                format!(
-                    "{} weights for {} reward functions: give one weight per entry of `reward_funcs`",
-                    w.len(),
-                    flow.cycle.reward_funcs.len()
-                ),
-            );
-        } else if w.iter().any(|x| !x.is_finite() || *x < 0.0) || w.iter().all(|x| *x == 0.0) {
-            problem(
-                "cycle.reward_weights",
-                format!("{w:?}: weights must be finite numbers ≥ 0, not all 0"),
-            );
-        }
-    }
-    if let Some(t) = &flow.train {
-        check_train(flow, t, &mut problem);
-    }
-    out.extend(check_cycle(loaded));
-    out
 }
 
 fn check_train(
