@@ -35,6 +35,6 @@ pub use model::{
     Request, Response, RoleModel, any_role_model, checker_model, diffuser_model, editor_model,
     policy_model,
 };
-pub use node::{Node, NodeOptions};
+pub use node::{Node, NodeOptions, TLS_HANDSHAKE_TIMEOUT};
 pub use registry::{ActorContext, LearnerError, LearnerProblem, Registry};
 pub use tls::{Tls, TlsError, TlsPaths};
