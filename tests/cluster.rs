@@ -108,6 +108,23 @@ impl Node {
 
     /// A node on `port`, logging to `<dir>/<name><suffix>.log`.
     fn start_on(port: u16, name: &str, secret: &str, dir: &Path, suffix: &str, wire: Wire) -> Node {
+        Node::spawn(port, name, secret, dir, suffix, wire, "info")
+    }
+
+    /// A node logging everything it can (`RUST_LOG=trace`).
+    fn start_tracing(name: &str, secret: &str, dir: &Path, wire: Wire) -> Node {
+        Node::spawn(free_port(), name, secret, dir, "", wire, "trace")
+    }
+
+    fn spawn(
+        port: u16,
+        name: &str,
+        secret: &str,
+        dir: &Path,
+        suffix: &str,
+        wire: Wire,
+        log_level: &str,
+    ) -> Node {
         let log = dir.join(format!("{name}{suffix}.log"));
         let mut child = Command::new(bin())
             .args([
@@ -119,7 +136,7 @@ impl Node {
             ])
             .args(wire.node_args(name))
             .env("RLRIG_CLUSTER_SECRET", secret)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", log_level)
             .current_dir(root())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -757,25 +774,8 @@ fn the_secret_and_the_private_key_are_in_no_log_and_no_run_file() {
     let key_lines: Vec<&str> = key.lines().filter(|l| l.len() >= 40).collect();
     assert!(!key_lines.is_empty());
     // The node logs everything it can (trace), the coordinator too.
-    let node_log = tmp.path().join("node.log");
-    let mut node = Command::new(bin())
-        .args(["node", "--listen", "127.0.0.1:0", "--name", "box-a"])
-        .args(Wire::tls(&certs).node_args("box-a"))
-        .env("RLRIG_CLUSTER_SECRET", secret)
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&node_log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(node.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port: u16 = line
-        .split("listening on 127.0.0.1:")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("{line}"));
+    let mut node = Node::start_tracing("box-a", secret, tmp.path(), Wire::tls(&certs));
+    let port = node.port;
     let flow = flow_on_nodes(
         tmp.path(),
         &[("box-a", port)],
@@ -800,10 +800,10 @@ fn the_secret_and_the_private_key_are_in_no_log_and_no_run_file() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    let _ = node.kill();
-    let _ = node.wait();
+    let _ = node.child.kill();
+    let _ = node.child.wait();
     let mut looked = vec![("rlrig run's output".to_string(), text(&out).into_bytes())];
-    looked.push(("the node's log".into(), std::fs::read(&node_log).unwrap()));
+    looked.push(("the node's log".into(), std::fs::read(&node.log).unwrap()));
     let mut stack = vec![runs.clone()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).unwrap() {
