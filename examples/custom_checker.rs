@@ -54,12 +54,11 @@ fn main() {
             if (0.0..=1.0).contains(&c.pass_at) {
                 Ok(())
             } else {
-                Err(format!("`pass_at` = {}: must be in [0, 1]", c.pass_at))
+                Err(format!("`pass_at` = {}: must be in [0, 1]", c.pass_at).into())
             }
         },
         |c, _ctx| {
-            let oracle =
-                OracleChecker::new(OracleCheckerConfig::default()).map_err(|e| e.to_string())?;
+            let oracle = OracleChecker::new(OracleCheckerConfig::default())?;
             Ok(Box::new(StrictChecker {
                 oracle,
                 pass_at: c.pass_at,

@@ -31,49 +31,49 @@ pub fn builtin_registry() -> Registry {
     r.add_diffuser(
         "baseline.renderer",
         "baseline: draws the prompt with the world's solver, then makes a spatial mistake at `mistake_rate`",
-        |c: &MistakenRendererConfig| MistakenRenderer::new(c.clone()).map(drop).map_err(|e| e.to_string()),
-        |c, _| Ok(Box::new(MistakenRenderer::new(c).map_err(|e| e.to_string())?)),
+        |c: &MistakenRendererConfig| Ok(MistakenRenderer::new(c.clone()).map(drop)?),
+        |c, _| Ok(Box::new(MistakenRenderer::new(c)?)),
     );
     r.add_checker(
         "oracle.checker",
         "baseline and test instrument: the world's oracle parser as a checker; never a training reward",
-        |c: &OracleCheckerConfig| OracleChecker::new(c.clone()).map(drop).map_err(|e| e.to_string()),
-        |c, _| Ok(Box::new(OracleChecker::new(c).map_err(|e| e.to_string())?)),
+        |c: &OracleCheckerConfig| Ok(OracleChecker::new(c.clone()).map(drop)?),
+        |c, _| Ok(Box::new(OracleChecker::new(c)?)),
     );
     r.add_policy(
         "rules.policy",
         "baseline: the paper's Actor as fixed rules (add the first missing item, else move the first violated relation)",
-        |c: &RulePolicyConfig| RulePolicy::new(c.clone()).map(drop).map_err(|e| e.to_string()),
-        |c, _| Ok(Box::new(RulePolicy::new(c).map_err(|e| e.to_string())?)),
+        |c: &RulePolicyConfig| Ok(RulePolicy::new(c.clone()).map(drop)?),
+        |c, _| Ok(Box::new(RulePolicy::new(c)?)),
     );
     r.add_editor(
         "baseline.editor",
         "baseline: applies the edit prompt to the oracle-parsed scene and redraws, losing context at `context_loss`",
-        |c: &SceneEditorConfig| SceneEditor::new(c.clone()).map(drop).map_err(|e| e.to_string()),
-        |c, _| Ok(Box::new(SceneEditor::new(c).map_err(|e| e.to_string())?)),
+        |c: &SceneEditorConfig| Ok(SceneEditor::new(c.clone()).map(drop)?),
+        |c, _| Ok(Box::new(SceneEditor::new(c)?)),
     );
     r.add_diffuser(
         "diffuser.sd",
         "Stable Diffusion (1.x / 2.x) from a diffusers directory: `path`, `steps`, `guidance`, `negative_prompt`, `variant`",
-        |c: &SdSettings| c.check(),
+        |c: &SdSettings| Ok(c.check()?),
         |c, ctx| {
-            let device = rlrig_models::device::select(&ctx.device).map_err(|e| e.to_string())?;
+            let device = rlrig_models::device::select(&ctx.device)?;
             Ok(Box::new(SdDiffuser::new(&c, &ctx.base_dir, &device)?))
         },
     );
     r.add_editor(
         "editor.instruct-pix2pix",
         "InstructPix2Pix from a diffusers directory: `path` (or `unet`, `scheduler` beside it), `steps`, `guidance`, `image_guidance`",
-        |c: &SdSettings| c.check(),
+        |c: &SdSettings| Ok(c.check()?),
         |c, ctx| {
-            let device = rlrig_models::device::select(&ctx.device).map_err(|e| e.to_string())?;
+            let device = rlrig_models::device::select(&ctx.device)?;
             Ok(Box::new(Ip2pEditor::new(&c, &ctx.base_dir, &device)?))
         },
     );
     r.add_checker(
         "judge.checker",
         "a VLM judge over an OpenAI-compatible chat-completions endpoint (LAION-SG's extraction): `base_url`, `model`, `api_key_env`, `timeout_ms`, `max_attempts`, `backoff_ms`",
-        |c: &rlrig_judge::JudgeSettings| c.check(),
+        |c: &rlrig_judge::JudgeSettings| Ok(c.check()?),
         |c, _| Ok(Box::new(rlrig_judge::JudgeChecker::new(c)?)),
     );
     r.add_any_role(
@@ -85,10 +85,10 @@ pub fn builtin_registry() -> Registry {
             // and `cwd`; the process still runs in rlrig's working directory by default.
             let mut c = c.relative_to(&ctx.base_dir);
             if c.cwd.is_none() {
-                c.cwd = Some(std::env::current_dir().map_err(|e| e.to_string())?);
+                c.cwd = Some(std::env::current_dir()?);
             }
-            let actor = ExternalActor::spawn(&ctx.name, ctx.role, &c).map_err(|e| e.to_string())?;
-            any_role_model(ctx.role, actor).ok_or_else(|| format!("the {} role cannot be external", ctx.role))
+            let actor = ExternalActor::spawn(&ctx.name, ctx.role, &c)?;
+            any_role_model(ctx.role, actor).ok_or_else(|| format!("the {} role cannot be external", ctx.role).into())
         },
     );
     r

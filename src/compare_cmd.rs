@@ -274,23 +274,7 @@ pub fn bootstrap_ci(d: &[f64], resamples: usize, seed: u64) -> (f64, f64, f64) {
 pub fn run(args: CompareArgs) -> Result<i32> {
     let (a, b) = (Scores::read(&args.a)?, Scores::read(&args.b)?);
     if let Some(k) = args.round {
-        for (name, s) in [("A", &a), ("B", &b)] {
-            match s.last_round() {
-                Some(last) if k <= last => {}
-                Some(last) => {
-                    return Err(refused(anyhow::anyhow!(
-                        "--round {k}: run {name} ({}) has rounds 0 to {last} only",
-                        s.dir.display()
-                    )));
-                }
-                None => {
-                    return Err(refused(anyhow::anyhow!(
-                        "--round {k}: run {name} ({}) records no per-round scores",
-                        s.dir.display()
-                    )));
-                }
-            }
-        }
+        check_round(&a, &b, k)?;
     }
     let differing = check_prompts(&a, &b, args.pair_by_id)?;
     if differing > 0 {
@@ -320,33 +304,7 @@ pub fn run(args: CompareArgs) -> Result<i32> {
         )));
     }
     let resamples = args.resamples.max(100);
-    let mut rows = Vec::new();
-    for m in METRICS {
-        let pairs: Vec<(f64, f64)> = ids
-            .iter()
-            .filter_map(|id| {
-                let x = a.lines[id].scores(args.round)?[m].as_f64()?;
-                let y = b.lines[id].scores(args.round)?[m].as_f64()?;
-                Some((x, y))
-            })
-            .collect();
-        if pairs.is_empty() {
-            continue;
-        }
-        let d: Vec<f64> = pairs.iter().map(|(x, y)| y - x).collect();
-        let (diff, lo, hi) = bootstrap_ci(&d, resamples, SEED);
-        let (xs, ys): (Vec<f64>, Vec<f64>) = pairs.iter().copied().unzip();
-        let ((ma, la, ha), (mb, lb, hb)) = (
-            bootstrap_ci(&xs, resamples, SEED),
-            bootstrap_ci(&ys, resamples, SEED),
-        );
-        rows.push(serde_json::json!({
-            "metric": m, "n": pairs.len(),
-            "a": ma, "a_ci95": [la, ha],
-            "b": mb, "b_ci95": [lb, hb],
-            "diff": diff, "ci95": [lo, hi],
-        }));
-    }
+    let rows = metric_rows(&a, &b, &ids, args.round, resamples);
     let what = match args.round {
         None => "final".to_string(),
         Some(k) => format!("round {k}"),
@@ -380,6 +338,72 @@ pub fn run(args: CompareArgs) -> Result<i32> {
             " (the same prompt in both)"
         },
     );
+    print_table(&rows, &what);
+    Ok(crate::outcome::exit::OK)
+}
+
+/// Refuses `--round k` when a run has no scores for round k.
+fn check_round(a: &Scores, b: &Scores, k: usize) -> Result<()> {
+    for (name, s) in [("A", &a), ("B", &b)] {
+        match s.last_round() {
+            Some(last) if k <= last => {}
+            Some(last) => {
+                return Err(refused(anyhow::anyhow!(
+                    "--round {k}: run {name} ({}) has rounds 0 to {last} only",
+                    s.dir.display()
+                )));
+            }
+            None => {
+                return Err(refused(anyhow::anyhow!(
+                    "--round {k}: run {name} ({}) records no per-round scores",
+                    s.dir.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Per metric: both runs' means and the paired difference, each with its bootstrap interval.
+fn metric_rows(
+    a: &Scores,
+    b: &Scores,
+    ids: &[u64],
+    round: Option<usize>,
+    resamples: usize,
+) -> Vec<serde_json::Value> {
+    let mut rows = Vec::new();
+    for m in METRICS {
+        let pairs: Vec<(f64, f64)> = ids
+            .iter()
+            .filter_map(|id| {
+                let x = a.lines[id].scores(round)?[m].as_f64()?;
+                let y = b.lines[id].scores(round)?[m].as_f64()?;
+                Some((x, y))
+            })
+            .collect();
+        if pairs.is_empty() {
+            continue;
+        }
+        let d: Vec<f64> = pairs.iter().map(|(x, y)| y - x).collect();
+        let (diff, lo, hi) = bootstrap_ci(&d, resamples, SEED);
+        let (xs, ys): (Vec<f64>, Vec<f64>) = pairs.iter().copied().unzip();
+        let ((ma, la, ha), (mb, lb, hb)) = (
+            bootstrap_ci(&xs, resamples, SEED),
+            bootstrap_ci(&ys, resamples, SEED),
+        );
+        rows.push(serde_json::json!({
+            "metric": m, "n": pairs.len(),
+            "a": ma, "a_ci95": [la, ha],
+            "b": mb, "b_ci95": [lb, hb],
+            "diff": diff, "ci95": [lo, hi],
+        }));
+    }
+    rows
+}
+
+/// The human-readable table of [`metric_rows`].
+fn print_table(rows: &[serde_json::Value], what: &str) {
     let ci = |v: &serde_json::Value| {
         format!(
             "[{:.4}, {:.4}]",
@@ -397,7 +421,7 @@ pub fn run(args: CompareArgs) -> Result<i32> {
         "B − A",
         "95 % CI of B − A"
     );
-    for r in &rows {
+    for r in rows {
         println!(
             "{:<18} {:>8.4} {:>18} {:>8.4} {:>18} {:>+9.4} {:>22}",
             r["metric"].as_str().unwrap_or(""),
@@ -413,7 +437,6 @@ pub fn run(args: CompareArgs) -> Result<i32> {
             ),
         );
     }
-    Ok(crate::outcome::exit::OK)
 }
 
 #[cfg(test)]

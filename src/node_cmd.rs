@@ -93,9 +93,7 @@ pub fn run(registry: Registry, args: NodeArgs) -> anyhow::Result<i32> {
             secret,
             tls: tls.clone(),
         };
-        let node = Node::start(Arc::new(registry), opts)
-            .await
-            .map_err(anyhow::Error::msg)?;
+        let node = Node::start(Arc::new(registry), opts).await?;
         println!(
             "rlrig node {name} listening on {listen} (cluster protocol {}, {})",
             rlrig_engine::wire::PROTOCOL_VERSION,

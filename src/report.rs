@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use base64::Engine as _;
-use rlrig_contract::{CheckReport, RelationVerdict, StepOutput};
+use rlrig_contract::{CheckReport, RelationVerdict, StepOutput, Trajectory};
 use rlrig_sg::{Extraction, SceneGraph, Triple};
 use rlrig_store::TrajectoryStore;
 
@@ -218,6 +218,37 @@ pub fn write(dir: &Path) -> Result<PathBuf> {
     {
         eval_table(&mut out, &e);
     }
+    training_section(&mut out, dir);
+    let store_dir = dir.join("store");
+    if store_dir.is_dir() {
+        let store = TrajectoryStore::open(&store_dir)?;
+        // Only the trajectories shown are read: a long run's report needs no more memory.
+        let stored = store.next_seq()?;
+        let shown = store.committed_after(None, SHOWN)?;
+        let _ = write!(out, "<h2>Trajectories</h2><p>{stored} stored");
+        if stored > SHOWN as u64 {
+            let _ = write!(out, "; the first {SHOWN} are shown");
+        }
+        out.push_str(". Branches the trajectory did not go on from are left out.</p>");
+        for (_, t) in shown.iter() {
+            trajectory_section(&mut out, t)?;
+        }
+    }
+    // Says in the title whether every image decoded (what the report test reads).
+    out.push_str(
+        "<script>window.addEventListener('load',function(){var i=Array.prototype.slice.call(document.images);\
+         var ok=i.filter(function(x){return x.complete&&x.naturalWidth>0;}).length;\
+         document.title+=' ['+ok+'/'+i.length+' images]';});</script></body></html>\n",
+    );
+    let path = dir.join("report.html");
+    let tmp = dir.join("report.html.tmp");
+    std::fs::write(&tmp, out).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// The training curves and the held-out SG-IoU by weights version, when the run has them.
+fn training_section(out: &mut String, dir: &Path) {
     if let Ok(m) = rlrig_train::read_metrics(&dir.join("metrics.jsonl"))
         && !m.is_empty()
     {
@@ -250,83 +281,63 @@ pub fn write(dir: &Path) -> Result<PathBuf> {
             }
         }
     }
-    let store_dir = dir.join("store");
-    if store_dir.is_dir() {
-        let store = TrajectoryStore::open(&store_dir)?;
-        // Only the trajectories shown are read: a long run's report needs no more memory.
-        let stored = store.next_seq()?;
-        let shown = store.committed_after(None, SHOWN)?;
-        let _ = write!(out, "<h2>Trajectories</h2><p>{stored} stored");
-        if stored > SHOWN as u64 {
-            let _ = write!(out, "; the first {SHOWN} are shown");
-        }
-        out.push_str(". Branches the trajectory did not go on from are left out.</p>");
-        for (_, t) in shown.iter() {
-            let _ = write!(
-                out,
-                "<section><h3>#{} — {}</h3><p>{}</p><div class=\"chain\">",
-                t.id,
-                esc(&t.prompt.prompt()),
-                esc(&crate::chain::outcome_text(t))
-            );
-            let triples = prompt_triples(&t.prompt);
-            let mut image = None;
-            let mut cell = String::new();
-            for s in t.steps.iter().filter(|s| s.on_line()) {
-                match &s.output {
-                    StepOutput::Image(img) => {
-                        image = Some(img);
-                        if !cell.is_empty() {
-                            let _ = write!(out, "<div class=\"step\">{cell}</div>");
-                        }
-                        cell = format!(
-                            "<img alt=\"round {} {}\" src=\"{}\"><br>round {} · {}",
-                            s.round,
-                            esc(&s.actor),
-                            png(img)?,
-                            s.round,
-                            esc(&s.actor)
-                        );
-                    }
-                    StepOutput::Report(r) => {
-                        let _ = write!(
-                            cell,
-                            "<div class=\"refl\">score {:.2}: {}</div>",
-                            r.score,
-                            esc(&r.reflection)
-                        );
-                        // The oracle's judgement, as src/run.rs scores the image: the parsed
-                        // scene graph narrowed to what a judge given the prompt could answer.
-                        let oracle = image
-                            .and_then(|img| rlrig_world::oracle::judge(&t.prompt, img).ok())
-                            .map(|j| Extraction::from(&j.parsed).as_judged_against(&t.prompt));
-                        relation_table(&mut cell, &triples, r, oracle.as_ref());
-                    }
-                    StepOutput::Edit(e) => {
-                        let _ = write!(
-                            cell,
-                            "<div class=\"edit\">→ “{}” (v{})</div>",
-                            esc(&e.edit_prompt),
-                            e.policy_version
-                        );
-                    }
+}
+
+/// One trajectory: its prompt, outcome and the chain of images, reports and edits on its line.
+fn trajectory_section(out: &mut String, t: &Trajectory) -> Result<()> {
+    let _ = write!(
+        out,
+        "<section><h3>#{} — {}</h3><p>{}</p><div class=\"chain\">",
+        t.id,
+        esc(&t.prompt.prompt()),
+        esc(&crate::chain::outcome_text(t))
+    );
+    let triples = prompt_triples(&t.prompt);
+    let mut image = None;
+    let mut cell = String::new();
+    for s in t.steps.iter().filter(|s| s.on_line()) {
+        match &s.output {
+            StepOutput::Image(img) => {
+                image = Some(img);
+                if !cell.is_empty() {
+                    let _ = write!(out, "<div class=\"step\">{cell}</div>");
                 }
+                cell = format!(
+                    "<img alt=\"round {} {}\" src=\"{}\"><br>round {} · {}",
+                    s.round,
+                    esc(&s.actor),
+                    png(img)?,
+                    s.round,
+                    esc(&s.actor)
+                );
             }
-            if !cell.is_empty() {
-                let _ = write!(out, "<div class=\"step\">{cell}</div>");
+            StepOutput::Report(r) => {
+                let _ = write!(
+                    cell,
+                    "<div class=\"refl\">score {:.2}: {}</div>",
+                    r.score,
+                    esc(&r.reflection)
+                );
+                // The oracle's judgement, as src/run.rs scores the image: the parsed
+                // scene graph narrowed to what a judge given the prompt could answer.
+                let oracle = image
+                    .and_then(|img| rlrig_world::oracle::judge(&t.prompt, img).ok())
+                    .map(|j| Extraction::from(&j.parsed).as_judged_against(&t.prompt));
+                relation_table(&mut cell, &triples, r, oracle.as_ref());
             }
-            out.push_str("</div></section>");
+            StepOutput::Edit(e) => {
+                let _ = write!(
+                    cell,
+                    "<div class=\"edit\">→ “{}” (v{})</div>",
+                    esc(&e.edit_prompt),
+                    e.policy_version
+                );
+            }
         }
     }
-    // Says in the title whether every image decoded (what the report test reads).
-    out.push_str(
-        "<script>window.addEventListener('load',function(){var i=Array.prototype.slice.call(document.images);\
-         var ok=i.filter(function(x){return x.complete&&x.naturalWidth>0;}).length;\
-         document.title+=' ['+ok+'/'+i.length+' images]';});</script></body></html>\n",
-    );
-    let path = dir.join("report.html");
-    let tmp = dir.join("report.html.tmp");
-    std::fs::write(&tmp, out).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
+    if !cell.is_empty() {
+        let _ = write!(out, "<div class=\"step\">{cell}</div>");
+    }
+    out.push_str("</div></section>");
+    Ok(())
 }

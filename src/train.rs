@@ -200,17 +200,7 @@ async fn drive(
         .weights_updater(&t.actor)
         .context("the trained actor is not running")?;
     let latest: Arc<Mutex<Option<WeightsUpdate>>> = Arc::default();
-    let publish = {
-        let (latest, eval, every) = (latest.clone(), eval.clone(), t.eval_every);
-        Box::new(move |u: WeightsUpdate| {
-            updater.send(u.clone())?;
-            if every > 0 && u.version > 0 && u.version.is_multiple_of(every) {
-                let _ = eval.send(u.clone());
-            }
-            *latest.lock().expect("not poisoned") = Some(u);
-            Ok(())
-        })
-    };
+    let publish = publisher(updater, latest.clone(), eval.clone(), t.eval_every);
     let (done_tx, mut done_rx) = oneshot::channel();
     let (trainer, trainer_handle) = Actor::spawn(
         None,
@@ -242,20 +232,7 @@ async fn drive(
     // actors shut down. Neither is stored: nothing learns from them, their prompts are still
     // to do for `--resume`, and they have not failed the run.
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    {
-        let stop_tx = stop_tx.clone();
-        let stopping = stopping.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                stopping.store(true, std::sync::atomic::Ordering::SeqCst);
-                crate::run::note_interrupted();
-                eprintln!(
-                    "\ninterrupted: cancelling the rollouts in flight; continue with --resume"
-                );
-                let _ = stop_tx.send(StopSignal::Cancel);
-            }
-        });
-    }
+    cancel_on_ctrl_c(stop_tx.clone(), stopping.clone());
     let (tx, mut rx) = mpsc::channel::<Trajectory>(loaded.flow.engine.max_in_flight);
     let images = loaded.flow.store.images;
     let out_dir = dir.join("trajectories");
@@ -323,6 +300,40 @@ async fn drive(
     Ok(summary)
 }
 
+/// Sends each new version to the trained actor's replicas, every `every`-th to the evaluation
+/// (0: none), and keeps the latest in `latest` (written as the run's weights at the end).
+fn publisher(
+    updater: rlrig_engine::WeightsUpdater,
+    latest: Arc<Mutex<Option<WeightsUpdate>>>,
+    eval: std::sync::mpsc::Sender<WeightsUpdate>,
+    every: u64,
+) -> rlrig_train::Publish {
+    Box::new(move |u: WeightsUpdate| {
+        updater.send(u.clone())?;
+        if every > 0 && u.version > 0 && u.version.is_multiple_of(every) {
+            let _ = eval.send(u.clone());
+        }
+        *latest.lock().expect("not poisoned") = Some(u);
+        Ok(())
+    })
+}
+
+/// On Ctrl-C, marks the run as stopping and cancels the rollouts in flight (a training run
+/// continues with `--resume`, so nothing is drained).
+fn cancel_on_ctrl_c(
+    stop_tx: watch::Sender<StopSignal>,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+) {
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+            crate::run::note_interrupted();
+            eprintln!("\ninterrupted: cancelling the rollouts in flight; continue with --resume");
+            let _ = stop_tx.send(StopSignal::Cancel);
+        }
+    });
+}
+
 /// Writes a weights file beside its place and renames it there, so that a reader never sees
 /// half of one.
 pub(crate) fn write_weights(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -379,8 +390,7 @@ fn evaluate_versions(
             Some(p) => p,
             None => {
                 std::fs::create_dir_all(&eval_dir)?;
-                let text = rlrig_flow::without_table(&loaded.text, "train")
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let text = rlrig_flow::without_table(&loaded.text, "train")?;
                 // Its flow-relative paths are the training flow's.
                 let p = eval_dir.join("flow.toml");
                 rlrig_flow::write_copy(&p, &text, loaded.base_dir())?;

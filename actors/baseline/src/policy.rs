@@ -67,7 +67,8 @@ impl RulePolicy {
     fn decide(&self, request: &ProposeRequest) -> Result<Edit, String> {
         let graph = WorldGraph::from_scene_graph(&request.prompt).map_err(|e| e.to_string())?;
         let r = &request.report;
-        let edit = reflect::repair(&graph, &r.items, &r.relations, self.config.place_added)?;
+        let edit = reflect::repair(&graph, &r.items, &r.relations, self.config.place_added)
+            .map_err(|e| e.to_string())?;
         Ok(match edit {
             Edit::Move {
                 object,

@@ -72,18 +72,22 @@ impl Default for JudgeSettings {
 
 impl JudgeSettings {
     /// Checks the values.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), JudgeError> {
         if !(self.base_url.starts_with("http://") || self.base_url.starts_with("https://")) {
-            return Err(format!(
+            return Err(JudgeError::Settings(format!(
                 "`base_url` {:?} must start with http:// or https://",
                 self.base_url
-            ));
+            )));
         }
         if self.max_attempts == 0 {
-            return Err("`max_attempts` must be at least 1".into());
+            return Err(JudgeError::Settings(
+                "`max_attempts` must be at least 1".into(),
+            ));
         }
         if self.model.is_empty() {
-            return Err("`model` must name the server's model".into());
+            return Err(JudgeError::Settings(
+                "`model` must name the server's model".into(),
+            ));
         }
         Ok(())
     }
@@ -104,6 +108,12 @@ pub enum JudgeError {
     /// The image could not be encoded.
     #[error("encoding the image: {0}")]
     Image(String),
+    /// The settings are refused (the message names the setting).
+    #[error("{0}")]
+    Settings(String),
+    /// An answer holds no extraction rlrig can read (the message quotes it).
+    #[error("{0}")]
+    Answer(String),
 }
 
 fn exhausted(attempts: &[String]) -> String {
@@ -157,15 +167,21 @@ pub fn extraction_prompt(truth: &SceneGraph) -> String {
 /// Reads a judge's answer: the first JSON object in it (inside code fences or prose), its
 /// `objects` and `relations` (triples as `[s, p, o]` arrays or `{"subject", "predicate",
 /// "object"}` objects), de-duplicated and restricted to what `truth` offered.
-pub fn parse_answer(answer: &str, truth: &SceneGraph) -> Result<Extraction, String> {
-    let value = first_json_object(answer)
-        .ok_or_else(|| format!("no JSON object in the answer {:?}", clip(answer)))?;
+pub fn parse_answer(answer: &str, truth: &SceneGraph) -> Result<Extraction, JudgeError> {
+    let value = first_json_object(answer).ok_or_else(|| {
+        JudgeError::Answer(format!("no JSON object in the answer {:?}", clip(answer)))
+    })?;
     let strings = |v: &serde_json::Value| v.as_str().map(|s| s.trim().to_lowercase());
     let objects: Vec<String> = value
         .get("objects")
         .or_else(|| value.get("entities"))
         .and_then(|v| v.as_array())
-        .ok_or_else(|| format!("the answer has no \"objects\" list: {}", clip(answer)))?
+        .ok_or_else(|| {
+            JudgeError::Answer(format!(
+                "the answer has no \"objects\" list: {}",
+                clip(answer)
+            ))
+        })?
         .iter()
         .filter_map(strings)
         .collect();
@@ -290,7 +306,7 @@ fn first_json_object(text: &str) -> Option<serde_json::Value> {
 
 impl JudgeClient {
     /// A client; reads the API key from the environment now.
-    pub fn new(settings: JudgeSettings) -> Result<Self, String> {
+    pub fn new(settings: JudgeSettings) -> Result<Self, JudgeError> {
         settings.check()?;
         let agent = ureq::AgentBuilder::new()
             .timeout(Duration::from_millis(settings.timeout_ms))
@@ -470,7 +486,7 @@ pub struct JudgeChecker(JudgeClient);
 
 impl JudgeChecker {
     /// A checker over a client.
-    pub fn new(settings: JudgeSettings) -> Result<Self, String> {
+    pub fn new(settings: JudgeSettings) -> Result<Self, JudgeError> {
         JudgeClient::new(settings).map(JudgeChecker)
     }
 

@@ -2,6 +2,7 @@
 //! built from, and the metadata key the config is stored under). The networks implement it next
 //! to their definitions; [`crate::weights`] saves and loads any of them.
 
+use crate::ModelError;
 use std::fmt;
 
 use burn::module::Module;
@@ -23,5 +24,5 @@ pub trait Architecture: Module + Sized {
     /// The device of its parameters.
     fn device(&self) -> Device;
     /// A freshly initialised network of an architecture; an invalid config is an error.
-    fn build(config: &Self::Config, device: &Device) -> Result<Self, String>;
+    fn build(config: &Self::Config, device: &Device) -> Result<Self, ModelError>;
 }

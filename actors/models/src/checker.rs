@@ -2,6 +2,7 @@
 //! the Checker's answers give. [`crate::roles`]'s Checker and the evaluation of
 //! [`crate::vlm_train`] and [`crate::quality`] share it.
 
+use crate::ModelError;
 use rlrig_contract::sg::{Extraction, Triple};
 use rlrig_contract::{Image, ItemVerdict, RelationVerdict};
 use rlrig_world::reflect::Findings;
@@ -45,7 +46,7 @@ pub fn questions(graph: &WorldGraph) -> Vec<(Question, Vec<u32>)> {
 pub fn checker_findings(
     net: &CheckerNet,
     scenes: &[(&WorldGraph, &Image)],
-) -> Result<Vec<Findings>, String> {
+) -> Result<Vec<Findings>, ModelError> {
     let mut out: Vec<Findings> = scenes
         .iter()
         .map(|(g, _)| Findings {
@@ -118,7 +119,7 @@ pub fn checker_graphs(
     net: &CheckerNet,
     scenes: &[(&WorldGraph, &Image)],
     findings: &[Findings],
-) -> Result<Vec<Extraction>, String> {
+) -> Result<Vec<Extraction>, ModelError> {
     // Per scene: the triples asked about, and their question words.
     let asked: Vec<Vec<(Triple, Vec<u32>)>> = scenes
         .iter()
@@ -178,7 +179,7 @@ fn present_words(g: &WorldGraph, f: &Findings) -> Vec<String> {
 
 /// The triples a scene's graph question asks about: every ordered pair of distinct present
 /// items (by their words) and every predicate of the prompt.
-fn pair_questions(g: &WorldGraph, f: &Findings) -> Result<Vec<(Triple, Vec<u32>)>, String> {
+fn pair_questions(g: &WorldGraph, f: &Findings) -> Result<Vec<(Triple, Vec<u32>)>, ModelError> {
     let tok = Tokenizer::full(usize::MAX);
     let mut preds: Vec<Rel> = g.relations.iter().map(|&(_, r, _)| r).collect();
     preds.sort_by_key(|r| r.word());

@@ -30,6 +30,7 @@ use burn::tensor::module::layer_norm;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::ModelError;
 use crate::architecture::Architecture;
 use crate::layers::{Attention, Block, gelu_tanh, linear, sincos_2d, sincos_text, xavier, zeros};
 use crate::text::PROMPT_VOCAB_SIZE;
@@ -514,7 +515,7 @@ impl Architecture for Dit {
     fn device(&self) -> Device {
         Dit::device(self)
     }
-    fn build(config: &DitConfig, device: &Device) -> Result<Self, String> {
-        Dit::new(config, device).map_err(|e| e.to_string())
+    fn build(config: &DitConfig, device: &Device) -> Result<Self, ModelError> {
+        Ok(Dit::new(config, device)?)
     }
 }

@@ -21,6 +21,7 @@
 //! One AdamW step per learner step, gradient clipping by norm; the version advances when the
 //! weights change.
 
+use crate::ModelError;
 use std::path::Path;
 
 use burn::module::Module;
@@ -124,7 +125,7 @@ impl FlowLearner {
     /// The per-step log-probabilities of the stored chains under the current weights,
     /// `(B, K)` with a gradient, the step means' KL to the reference `(B, K)` (when `beta >
     /// 0`), for the edits in order.
-    fn log_probs(&self, edits: &[Edit]) -> Result<(Tensor<2>, Option<Tensor<2>>), String> {
+    fn log_probs(&self, edits: &[Edit]) -> Result<(Tensor<2>, Option<Tensor<2>>), ModelError> {
         same_sampler(edits)?;
         let first = edits[0].chain;
         let (steps, schedule) = (first.steps(), first.schedule_steps());
@@ -136,18 +137,18 @@ impl FlowLearner {
             config.image_size as u32,
         ];
         if let Some(e) = edits.iter().find(|e| e.chain.shape != want) {
-            return Err(format!(
+            return Err(ModelError::Invalid(format!(
                 "a chain of {:?} states does not fit this network's {want:?}",
                 e.chain.shape
-            ));
+            )));
         }
         let editor = config.cond_channels() > 0;
         if let Some(e) = edits.iter().find(|e| e.source.is_some() != editor) {
-            return Err(format!(
+            return Err(ModelError::Invalid(format!(
                 "a sample {} a source image but the trained network is {}",
                 if e.source.is_some() { "has" } else { "lacks" },
                 if editor { "an editor" } else { "a diffuser" }
-            ));
+            )));
         }
         let sampler = SamplerConfig {
             steps: schedule,
@@ -160,15 +161,12 @@ impl FlowLearner {
         let prompts: Vec<&str> = edits.iter().map(|e| e.prompt.as_str()).collect();
         let sources: Vec<rlrig_contract::Image> =
             edits.iter().filter_map(|e| e.source.cloned()).collect();
-        let inputs = |device: &Device| -> Result<(TextBatch, Option<Tensor<4>>), String> {
+        let inputs = |device: &Device| -> Result<(TextBatch, Option<Tensor<4>>), ModelError> {
             Ok((
-                self.tok
-                    .batch(&prompts, device)
-                    .map_err(|e| e.to_string())?,
+                self.tok.batch(&prompts, device)?,
                 editor
                     .then(|| images_to_tensor(&sources, device))
-                    .transpose()
-                    .map_err(|e| e.to_string())?,
+                    .transpose()?,
             ))
         };
         let (text, cond) = inputs(&device)?;
@@ -224,7 +222,7 @@ impl FlowLearner {
     }
 
     /// One Flow-GRPO step on a batch of groups.
-    pub fn step(&mut self, groups: &[GrpoGroup]) -> Result<LearnStats, String> {
+    pub fn step(&mut self, groups: &[GrpoGroup]) -> Result<LearnStats, ModelError> {
         let rewards: Vec<f64> = groups
             .iter()
             .flat_map(|g| g.samples.iter().map(|s| s.reward))
@@ -258,10 +256,10 @@ impl FlowLearner {
                     (Some(image), Some(p)) => (Some(image), p.edit_prompt.clone()),
                     (None, None) => (None, g.prompt.prompt()),
                     _ => {
-                        return Err(format!(
+                        return Err(ModelError::Invalid(format!(
                             "trajectory {} round {}: a sample with a source image but no edit prompt, or the other way round",
                             g.trajectory, g.round
-                        ));
+                        )));
                     }
                 };
                 edits.push(Edit {
@@ -312,7 +310,7 @@ impl FlowLearner {
 
 /// Refuses a batch whose chains were sampled with different samplers (steps, schedule, noise
 /// scale or guidance): their transitions could not be scored with one set of coefficients.
-fn same_sampler(edits: &[Edit]) -> Result<(), String> {
+fn same_sampler(edits: &[Edit]) -> Result<(), ModelError> {
     let first = edits[0].chain;
     let (steps, schedule) = (first.steps(), first.schedule_steps());
     for e in edits {
@@ -322,7 +320,7 @@ fn same_sampler(edits: &[Edit]) -> Result<(), String> {
             || c.noise_scale != first.noise_scale
             || c.guidance != first.guidance
         {
-            return Err(format!(
+            return Err(ModelError::Invalid(format!(
                 "chains sampled with different samplers in one batch ({} of {} steps, a = {}, guidance {} vs {} of {} steps, a = {}, guidance {})",
                 c.steps(),
                 c.schedule_steps(),
@@ -332,7 +330,7 @@ fn same_sampler(edits: &[Edit]) -> Result<(), String> {
                 schedule,
                 first.noise_scale,
                 first.guidance
-            ));
+            )));
         }
     }
     Ok(())
@@ -348,7 +346,7 @@ struct LearnerState {
 
 impl GrpoLearner for FlowLearner {
     fn step(&mut self, groups: &[GrpoGroup]) -> Result<LearnStats, RoleError> {
-        FlowLearner::step(self, groups).map_err(RoleError)
+        FlowLearner::step(self, groups).map_err(|e| RoleError(e.to_string()))
     }
 
     fn version(&self) -> u64 {

@@ -22,6 +22,7 @@ use burn::tensor::{Tensor, TensorData};
 use rlrig_contract::{GrpoGroup, GrpoLearner, RoleError, WeightsUpdate};
 use serde::{Deserialize, Serialize};
 
+use crate::ModelError;
 use crate::vlm_policy::{PolicyInput, PolicyNet};
 
 /// How per-token losses become one number.
@@ -391,7 +392,7 @@ impl Learner {
     }
 
     /// One GRPO step on a batch of groups.
-    pub fn step(&mut self, groups: &[Group]) -> Result<StepStats, String> {
+    pub fn step(&mut self, groups: &[Group]) -> Result<StepStats, ModelError> {
         let rewards: Vec<f64> = groups
             .iter()
             .flat_map(|g| g.samples.iter().map(|s| s.reward))
@@ -415,11 +416,11 @@ impl Learner {
             };
             for (s, a) in g.samples.iter().zip(adv) {
                 if s.tokens.len() != s.logprobs.len() {
-                    return Err(format!(
+                    return Err(ModelError::Invalid(format!(
                         "a sample has {} tokens but {} log-probs",
                         s.tokens.len(),
                         s.logprobs.len()
-                    ));
+                    )));
                 }
                 inputs.push(g.input.clone());
                 tokens.push(s.tokens.clone());
@@ -512,7 +513,7 @@ impl Learner {
 impl GrpoLearner for Learner {
     fn step(&mut self, groups: &[GrpoGroup]) -> Result<StepStats, RoleError> {
         let groups = Self::groups(groups).map_err(RoleError)?;
-        Learner::step(self, &groups).map_err(RoleError)
+        Learner::step(self, &groups).map_err(|e| RoleError(e.to_string()))
     }
 
     fn version(&self) -> u64 {

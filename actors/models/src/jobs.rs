@@ -2,6 +2,7 @@
 //! architecture with the flow's settings over it, checked, and run into a directory. The
 //! command line names no network: it builds a [`Job`] and runs it.
 
+use crate::ModelError;
 use std::path::Path;
 
 use rlrig_flow::{FlowError, Loaded, PretrainFlow, PretrainModel};
@@ -100,7 +101,7 @@ fn job_of(loaded: &Loaded<PretrainFlow>) -> Result<Job, FlowError> {
         let config: VlmConfig = over(loaded, "architecture", &base, arch)?;
         config
             .validate()
-            .map_err(|e| loaded.error_at("pretrain.architecture", e))?;
+            .map_err(|e| loaded.error_at("pretrain.architecture", e.to_string()))?;
         let data: VlmData = over(loaded, "data", &VlmData::default(), &p.data)?;
         if !(0.0..=1.0).contains(&data.generated_fraction) {
             return Err(loaded.error_at(
@@ -143,10 +144,9 @@ fn train_settings(p: &rlrig_flow::PretrainSettings) -> TrainSettings {
 
 impl Job {
     /// Checks that the job's device can be used (`cpu`, `wgpu`, `wgpu:N`, …).
-    pub fn check_device(&self) -> Result<(), String> {
-        crate::device::select(&self.train().device)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+    pub fn check_device(&self) -> Result<(), ModelError> {
+        crate::device::select(&self.train().device)?;
+        Ok(())
     }
 
     /// Trains into `dir` (checkpoints, sample grids, `loss.jsonl`, the exported weights);

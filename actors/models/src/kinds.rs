@@ -26,25 +26,25 @@ pub fn register(r: &mut Registry) {
     r.add_diffuser(
         "neural.diffuser",
         "the trained text-to-image DiT (rectified flow, Euler sampler); `weights` names its safetensors file",
-        |c: &NeuralSettings| c.check(),
+        |c: &NeuralSettings| Ok(c.check()?),
         |c, ctx| Ok(Box::new(NeuralDiffuser::new(&c, &ctx.device)?)),
     );
     r.add_editor(
         "neural.editor",
         "the trained image editor (DiT conditioned on the source image and the edit prompt)",
-        |c: &EditorSettings| c.0.check(),
+        |c: &EditorSettings| Ok(c.0.check()?),
         |c, ctx| Ok(Box::new(NeuralEditor::new(&c.0, &ctx.device)?)),
     );
     r.add_checker(
         "neural.checker",
         "the trained Checker VLM: verdicts per prompt item and relation, score and reflection; `weights` (default weights/checker.safetensors)",
-        |c: &CheckerSettings| c.check(),
+        |c: &CheckerSettings| Ok(c.check()?),
         |c, ctx| Ok(Box::new(NeuralChecker::new(&c, &ctx.device)?)),
     );
     r.add_policy(
         "neural.policy",
         "the trained Policy VLM (the paper's Actor): writes the edit prompt token by token; `weights`, `greedy`, `temperature`, `top_k`, `max_tokens`",
-        |c: &PolicySettings| c.check(),
+        |c: &PolicySettings| Ok(c.check()?),
         |c, ctx| Ok(Box::new(NeuralPolicy::new(&c, &ctx.device)?)),
     );
     r.add_learner("neural.policy", check_policy_learner, policy_learner);

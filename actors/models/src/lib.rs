@@ -22,6 +22,7 @@
 //! * [`roles`]: the four neural roles (the `neural.*` kinds).
 //! * [`kinds`]: [`register`] adds the `neural.*` kinds and the learners of `neural.policy` and
 //!   `neural.editor` to the engine's registry.
+//! * [`ModelError`]: why a public function of this crate failed.
 //! * [`device`]: a flow's device name (`cpu`, `wgpu:N`, `cuda:N`) as a burn device.
 //!
 //! Everything is device-agnostic: burn 0.22 tensors carry their backend in their
@@ -52,6 +53,7 @@ mod architecture;
 pub mod checker;
 pub mod device;
 pub mod dit;
+mod error;
 pub mod flow;
 pub mod flow_grpo;
 pub mod grpo;
@@ -71,6 +73,7 @@ pub mod vlm_train;
 pub mod weights;
 
 pub use dit::{Dit, DitConfig, DitConfigError, Prediction};
+pub use error::ModelError;
 pub use kinds::register;
 pub use roles::{
     CheckerSettings, NeuralChecker, NeuralDiffuser, NeuralEditor, NeuralPolicy, NeuralSettings,

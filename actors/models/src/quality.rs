@@ -15,6 +15,7 @@
 //! * **Policy**: parse rate and how often the edit prompt addresses a real problem, with the
 //!   oracle's reflection and with the Checker's.
 
+use crate::ModelError;
 use std::collections::BTreeMap;
 
 use rand::SeedableRng;
@@ -227,7 +228,7 @@ pub fn editor_quality(
     editor: &mut dyn Editor,
     sources: &[Image],
     canvas: &Canvas,
-) -> Result<EditorQuality, String> {
+) -> Result<EditorQuality, ModelError> {
     let half_cell = f64::from(canvas.cell_size()) / 2.0;
     let mut cases = Vec::new();
     for (i, image) in sources.iter().enumerate() {
@@ -313,7 +314,7 @@ pub fn policy_quality(
     policy: &PolicyNet,
     checker: Option<&CheckerNet>,
     scenes: &[Scene],
-) -> Result<PolicyQuality, String> {
+) -> Result<PolicyQuality, ModelError> {
     let tok = Tokenizer::full(usize::MAX);
     let mut q = PolicyQuality {
         scenes: scenes.len(),
@@ -416,10 +417,10 @@ pub struct PolicyReport {
 }
 
 /// Measures the Editor of `inputs.editor` ([`editor_quality`]).
-pub fn measure_editor(inputs: &QualityInputs) -> Result<EditorReport, String> {
+pub fn measure_editor(inputs: &QualityInputs) -> Result<EditorReport, ModelError> {
     use crate::roles::{NeuralDiffuser, NeuralEditor, NeuralSettings};
     use rlrig_contract::{Diffuser, GenerateRequest};
-    let canvas = Canvas::new(32).map_err(|e| e.to_string())?;
+    let canvas = Canvas::new(32).map_err(|e| ModelError::Invalid(e.to_string()))?;
     let mut editor = NeuralEditor::new(
         &NeuralSettings::with_weights(&inputs.editor),
         &inputs.device,
@@ -449,14 +450,14 @@ pub fn measure_editor(inputs: &QualityInputs) -> Result<EditorReport, String> {
 
 /// The generated test images of the Checker and the Policy: the Diffuser's images of the
 /// held-out prompts, half of them edited by the Editor when its weights exist.
-fn test_images(inputs: &QualityInputs) -> Result<crate::vlm_data::Pool, String> {
+fn test_images(inputs: &QualityInputs) -> Result<crate::vlm_data::Pool, ModelError> {
     let data = crate::vlm_data::VlmData {
         diffuser: inputs.diffuser.clone(),
         editor: inputs.editor.is_file().then(|| inputs.editor.clone()),
         guidance: inputs.guidance,
         ..crate::vlm_data::VlmData::default()
     };
-    let canvas = Canvas::new(32).map_err(|e| e.to_string())?;
+    let canvas = Canvas::new(32).map_err(|e| ModelError::Invalid(e.to_string()))?;
     crate::vlm_data::generate_pool(&data, inputs.n, EVAL_SEED, &canvas, &inputs.device)
 }
 
@@ -464,22 +465,23 @@ fn load<M: crate::weights::Architecture>(
     path: &std::path::Path,
     device: &str,
     what: &str,
-) -> Result<M, String> {
-    let device = crate::device::select(device).map_err(|e| e.to_string())?;
-    crate::weights::load_model::<M>(path, &device).map_err(|e| format!("loading the {what}: {e}"))
+) -> Result<M, ModelError> {
+    let device = crate::device::select(device)?;
+    crate::weights::load_model::<M>(path, &device)
+        .map_err(|e| ModelError::Invalid(format!("loading the {what}: {e}")))
 }
 
 /// Measures the Checker of `inputs.checker` ([`crate::vlm_train::checker_agreement`]).
 pub fn measure_checker(
     inputs: &QualityInputs,
-) -> Result<crate::vlm_train::CheckerAgreement, String> {
+) -> Result<crate::vlm_train::CheckerAgreement, ModelError> {
     let pool = test_images(inputs)?;
     let checker: CheckerNet = load(&inputs.checker, &inputs.device, "Checker")?;
     crate::vlm_train::checker_agreement(&checker, pool.scenes())
 }
 
 /// Measures the Policy of `inputs.policy` ([`policy_quality`]).
-pub fn measure_policy(inputs: &QualityInputs) -> Result<PolicyReport, String> {
+pub fn measure_policy(inputs: &QualityInputs) -> Result<PolicyReport, ModelError> {
     let pool = test_images(inputs)?;
     let policy: PolicyNet = load(&inputs.policy, &inputs.device, "Policy")?;
     let checker_reflection = if inputs.checker.is_file() {

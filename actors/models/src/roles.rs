@@ -1,6 +1,7 @@
 //! The roles played by the trained networks: Diffuser, Editor, Checker and Policy (the
 //! paper's Actor).
 
+use crate::ModelError;
 use std::path::PathBuf;
 
 use burn::tensor::{Device, Tensor};
@@ -59,38 +60,40 @@ impl NeuralSettings {
     }
 
     /// Checks the values, and that the weights file exists (its contents are checked on load).
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), ModelError> {
         if !self.weights.is_file() {
-            return Err(format!(
+            return Err(ModelError::Settings(format!(
                 "weights file {} does not exist (train it with a pre-training flow, or point `weights` at one)",
                 self.weights.display()
-            ));
+            )));
         }
         if self.steps == 0 {
-            return Err("`steps` must be at least 1".into());
+            return Err(ModelError::Settings("`steps` must be at least 1".into()));
         }
         if self.explore_steps == 0 {
-            return Err("`explore_steps` must be at least 1".into());
+            return Err(ModelError::Settings(
+                "`explore_steps` must be at least 1".into(),
+            ));
         }
         if let Some(w) = self.sde_window
             && !(1..=self.explore_steps).contains(&w)
         {
-            return Err(format!(
+            return Err(ModelError::Settings(format!(
                 "`sde_window` = {w}: must be between 1 and `explore_steps` ({})",
                 self.explore_steps
-            ));
+            )));
         }
         if !self.noise_scale.is_finite() || self.noise_scale <= 0.0 {
-            return Err(format!(
+            return Err(ModelError::Settings(format!(
                 "`noise_scale` = {}: must be a number > 0",
                 self.noise_scale
-            ));
+            )));
         }
         if !self.guidance.is_finite() || self.guidance < 0.0 {
-            return Err(format!(
+            return Err(ModelError::Settings(format!(
                 "`guidance` = {}: must be a number ≥ 0",
                 self.guidance
-            ));
+            )));
         }
         Ok(())
     }
@@ -130,13 +133,13 @@ struct Loaded {
     version: u64,
 }
 
-fn load(settings: &NeuralSettings, device: &str, want_cond: bool) -> Result<Loaded, String> {
+fn load(settings: &NeuralSettings, device: &str, want_cond: bool) -> Result<Loaded, ModelError> {
     settings.check()?;
-    let device = crate::device::select(device).map_err(|e| e.to_string())?;
-    let model = weights::load(&settings.weights, &device).map_err(|e| e.to_string())?;
+    let device = crate::device::select(device)?;
+    let model = weights::load(&settings.weights, &device)?;
     let has_cond = model.config().cond_channels() > 0;
     if has_cond != want_cond {
-        return Err(format!(
+        return Err(ModelError::Invalid(format!(
             "{}: holds {} but this kind needs {}",
             settings.weights.display(),
             if has_cond {
@@ -145,7 +148,7 @@ fn load(settings: &NeuralSettings, device: &str, want_cond: bool) -> Result<Load
                 "a diffuser"
             },
             if want_cond { "an editor" } else { "a diffuser" }
-        ));
+        )));
     }
     let tok = Tokenizer::new(model.config().text_len);
     let sampler = SamplerConfig {
@@ -173,7 +176,7 @@ pub struct NeuralDiffuser(Loaded);
 
 impl NeuralDiffuser {
     /// Loads the weights named by the settings onto `device` (`cpu`, `wgpu:N`, …).
-    pub fn new(settings: &NeuralSettings, device: &str) -> Result<Self, String> {
+    pub fn new(settings: &NeuralSettings, device: &str) -> Result<Self, ModelError> {
         load(settings, device, false).map(NeuralDiffuser)
     }
 }
@@ -209,16 +212,12 @@ impl Loaded {
         prompts: &[S],
         seeds: &[u64],
         cond: Option<&[Image]>,
-    ) -> Result<Vec<SampledImage>, String> {
+    ) -> Result<Vec<SampledImage>, ModelError> {
         let device = self.model.device();
-        let text = self
-            .tok
-            .batch(prompts, &device)
-            .map_err(|e| e.to_string())?;
+        let text = self.tok.batch(prompts, &device)?;
         let cond = cond
             .map(|images| images_to_tensor(images, &device))
-            .transpose()
-            .map_err(|e| e.to_string())?;
+            .transpose()?;
         let out = flow::sample_sde_window(
             &self.model,
             &text,
@@ -227,7 +226,7 @@ impl Loaded {
             self.sde_window,
             seeds,
         );
-        let images = tensor_to_images(out.images).map_err(|e| e.to_string())?;
+        let images = tensor_to_images(out.images)?;
         let c = self.model.config();
         let shape = [
             c.out_channels as u32,
@@ -247,7 +246,7 @@ impl Loaded {
                     log_probs,
                 )
                 .and_then(|chain| chain.within_schedule(self.explore.steps))
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| ModelError::Invalid(e.to_string()))?;
                 Ok(SampledImage { image, chain })
             })
             .collect()
@@ -255,7 +254,7 @@ impl Loaded {
 
     /// Loads the weights (a safetensors file's bytes of the same architecture) and takes the
     /// update's version.
-    fn update(&mut self, update: &WeightsUpdate, role: &str) -> Result<(), String> {
+    fn update(&mut self, update: &WeightsUpdate, role: &str) -> Result<(), ModelError> {
         let origin =
             std::path::PathBuf::from(format!("<{role} weights version {}>", update.version));
         let device = self.model.device();
@@ -264,8 +263,7 @@ impl Loaded {
             &origin,
             Some(self.model.config()),
             &device,
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         self.version = update.version;
         Ok(())
     }
@@ -305,7 +303,7 @@ pub struct NeuralEditor(Loaded);
 
 impl NeuralEditor {
     /// Loads the weights named by the settings onto `device` (`cpu`, `wgpu:N`, …).
-    pub fn new(settings: &NeuralSettings, device: &str) -> Result<Self, String> {
+    pub fn new(settings: &NeuralSettings, device: &str) -> Result<Self, ModelError> {
         load(settings, device, true).map(NeuralEditor)
     }
 }
@@ -355,20 +353,20 @@ impl Default for CheckerSettings {
     }
 }
 
-fn weights_exist(weights: &std::path::Path) -> Result<(), String> {
+fn weights_exist(weights: &std::path::Path) -> Result<(), ModelError> {
     if weights.is_file() {
         Ok(())
     } else {
-        Err(format!(
+        Err(ModelError::Settings(format!(
             "weights file {} does not exist (train it with a pre-training flow, or point `weights` at one)",
             weights.display()
-        ))
+        )))
     }
 }
 
 impl CheckerSettings {
     /// Checks that the weights file exists (its contents are checked on load).
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), ModelError> {
         weights_exist(&self.weights)
     }
 }
@@ -382,11 +380,10 @@ pub struct NeuralChecker {
 
 impl NeuralChecker {
     /// Loads the weights onto `device` (`cpu`, `wgpu:N`, …).
-    pub fn new(settings: &CheckerSettings, device: &str) -> Result<Self, String> {
+    pub fn new(settings: &CheckerSettings, device: &str) -> Result<Self, ModelError> {
         settings.check()?;
-        let device = crate::device::select(device).map_err(|e| e.to_string())?;
-        let net = weights::load_model::<CheckerNet>(&settings.weights, &device)
-            .map_err(|e| e.to_string())?;
+        let device = crate::device::select(device)?;
+        let net = weights::load_model::<CheckerNet>(&settings.weights, &device)?;
         Ok(NeuralChecker { net })
     }
 
@@ -464,16 +461,18 @@ impl Default for PolicySettings {
 
 impl PolicySettings {
     /// Checks the values, and that the weights file exists.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), ModelError> {
         weights_exist(&self.weights)?;
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
-            return Err(format!(
+            return Err(ModelError::Settings(format!(
                 "`temperature` = {}: must be above 0",
                 self.temperature
-            ));
+            )));
         }
         if self.max_tokens == 0 {
-            return Err("`max_tokens` must be at least 1".into());
+            return Err(ModelError::Settings(
+                "`max_tokens` must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -501,11 +500,10 @@ pub struct NeuralPolicy {
 
 impl NeuralPolicy {
     /// Loads the weights onto `device` (`cpu`, `wgpu:N`, …).
-    pub fn new(settings: &PolicySettings, device: &str) -> Result<Self, String> {
+    pub fn new(settings: &PolicySettings, device: &str) -> Result<Self, ModelError> {
         settings.check()?;
-        let device = crate::device::select(device).map_err(|e| e.to_string())?;
-        let net = weights::load_model::<PolicyNet>(&settings.weights, &device)
-            .map_err(|e| e.to_string())?;
+        let device = crate::device::select(device)?;
+        let net = weights::load_model::<PolicyNet>(&settings.weights, &device)?;
         Ok(NeuralPolicy {
             net,
             decoding: settings.decoding(),
@@ -519,7 +517,7 @@ impl NeuralPolicy {
     }
 
     /// The Policy's input for a request: the image, the prompt's and the reflection's tokens.
-    pub fn input(request: &ProposeRequest) -> Result<PolicyInput, String> {
+    pub fn input(request: &ProposeRequest) -> Result<PolicyInput, ModelError> {
         PolicyInput::new(
             request.image.clone(),
             &request.prompt.prompt(),

@@ -86,6 +86,9 @@ pub enum TrainError {
     /// A checkpoint could not be swapped in, or the loss log rewritten.
     #[error(transparent)]
     Files(#[from] rlrig_checkpoint::CheckpointError),
+    /// A model could not be built or fed.
+    #[error(transparent)]
+    Model(#[from] crate::ModelError),
     /// Anything else, with its context.
     #[error("{0}")]
     Other(String),
@@ -264,7 +267,7 @@ pub fn training_device(settings: &TrainSettings) -> Result<Device, TrainError> {
 /// weights.
 pub fn run<T: Task>(
     task: &T,
-    mut model: T::Model,
+    model: T::Model,
     dir: &Path,
     resume: bool,
     mut log: impl FnMut(&str),
@@ -272,77 +275,14 @@ pub fn run<T: Task>(
     let job = task.settings();
     let t_invocation = Instant::now();
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let device = model.device();
     let ckpt = dir.join("checkpoint");
-    let mut optim = crate::flow::adamw().init();
-    let (mut step, mut seconds) = (0u64, 0.0f64);
-    // The checkpoint a resume reads: `checkpoint/`, or `checkpoint.old/` after a crash mid-swap.
-    let found = checkpoint_to_resume(dir).unwrap_or_else(|| ckpt.clone());
-    if resume {
-        if found != ckpt {
-            log(&format!(
-                "{} is missing (a crash came while it was replaced): resuming from {}",
-                ckpt.display(),
-                found.display()
-            ));
-        }
-        let state_path = found.join(STATE);
-        let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
-        let state: CheckpointState =
-            serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
-                path: found.clone(),
-                message: e.to_string(),
-            })?;
-        if !same_identity(&state.job, &task.identity()) {
-            return Err(TrainError::Checkpoint {
-                path: found,
-                message:
-                    "it was written by a different job (model, architecture, seed or batch differ)"
-                        .into(),
-            });
-        }
-        load_burnpack(&mut model, &found.join("model.bpk"), "model")?;
-        optim = optim
-            .load(found.join("optim.bpk"))
-            .map_err(|e| TrainError::Checkpoint {
-                path: found.clone(),
-                message: format!("optimiser: {e}"),
-            })?;
-        step = state.step;
-        seconds = state.seconds;
-        log(&format!("resumed at step {step} ({seconds:.0} s trained)"));
-    } else if let Some(init) = job
-        .init
-        .as_ref()
-        .filter(|_| !rlrig_checkpoint::exists(&ckpt))
-    {
-        if job.init_extend {
-            let (grown, new) = weights::load_extending(init, model)?;
-            model = grown;
-            log(&format!(
-                "starting from the weights in {}, {} new tensors fresh: {}",
-                init.display(),
-                new.len(),
-                new.join(", ")
-            ));
-        } else {
-            model = weights::load_model_expecting::<T::Model>(init, task.config(), &device)?;
-            log(&format!("starting from the weights in {}", init.display()));
-        }
-    } else if rlrig_checkpoint::exists(&ckpt) {
-        return Err(TrainError::Other(format!(
-            "{} already holds a checkpoint: resume it (--resume) or start a new run",
-            ckpt.display()
-        )));
-    }
-
-    // The average: from the checkpoint when it has one (older checkpoints do not: it starts
-    // from the current weights then), else a copy of the fresh model.
-    let mut ema = Module::valid(&model);
-    let ema_path = found.join("ema.bpk");
-    if resume && ema_path.exists() {
-        load_burnpack(&mut ema, &ema_path, "average")?;
-    }
+    let Start {
+        mut model,
+        mut ema,
+        mut optim,
+        mut step,
+        mut seconds,
+    } = start(task, model, dir, resume, &mut log)?;
 
     let loss_path = dir.join("loss.jsonl");
     if resume {
@@ -392,11 +332,7 @@ pub fn run<T: Task>(
             lr,
             seconds,
         };
-        // One write per line, so that a kill leaves at most one torn line (dropped on resume).
-        let text = serde_json::to_string(&line).expect("serialises") + "\n";
-        loss_file
-            .write_all(text.as_bytes())
-            .map_err(io(&loss_path))?;
+        append_line(&mut loss_file, &loss_path, &line)?;
         let out_of_time = budget.is_some_and(|b| t_invocation.elapsed().as_secs_f64() >= b);
         if step % job.sample_every == 0 || step == job.steps {
             let (summary, record) = task.evaluate(&ema, step, dir)?;
@@ -440,6 +376,133 @@ pub fn run<T: Task>(
         recent_loss: recent.iter().sum::<f64>() / recent.len().max(1) as f64,
         last_eval,
     })
+}
+
+/// Where a run starts: the fresh model, `init`'s weights, or the checkpoint's (`resume`).
+struct Start<M> {
+    model: M,
+    /// The weight average.
+    ema: M,
+    optim: burn::optim::ModuleOptimizer,
+    step: u64,
+    seconds: f64,
+}
+
+/// Reads what the run starts from (see [`Start`]); refuses a new run over a checkpoint.
+fn start<T: Task>(
+    task: &T,
+    mut model: T::Model,
+    dir: &Path,
+    resume: bool,
+    log: &mut impl FnMut(&str),
+) -> Result<Start<T::Model>, TrainError> {
+    let job = task.settings();
+    let ckpt = dir.join("checkpoint");
+    let mut optim = crate::flow::adamw().init();
+    let (mut step, mut seconds) = (0u64, 0.0f64);
+    // The checkpoint a resume reads: `checkpoint/`, or `checkpoint.old/` after a crash mid-swap.
+    let found = checkpoint_to_resume(dir).unwrap_or_else(|| ckpt.clone());
+    if resume {
+        if found != ckpt {
+            log(&format!(
+                "{} is missing (a crash came while it was replaced): resuming from {}",
+                ckpt.display(),
+                found.display()
+            ));
+        }
+        let state = checkpoint_state(&found, &task.identity())?;
+        load_burnpack(&mut model, &found.join("model.bpk"), "model")?;
+        optim = optim
+            .load(found.join("optim.bpk"))
+            .map_err(|e| TrainError::Checkpoint {
+                path: found.clone(),
+                message: format!("optimiser: {e}"),
+            })?;
+        step = state.step;
+        seconds = state.seconds;
+        log(&format!("resumed at step {step} ({seconds:.0} s trained)"));
+    } else if let Some(init) = job
+        .init
+        .as_ref()
+        .filter(|_| !rlrig_checkpoint::exists(&ckpt))
+    {
+        model = initial_weights(task, model, init, log)?;
+    } else if rlrig_checkpoint::exists(&ckpt) {
+        return Err(TrainError::Other(format!(
+            "{} already holds a checkpoint: resume it (--resume) or start a new run",
+            ckpt.display()
+        )));
+    }
+
+    // The average: from the checkpoint when it has one (older checkpoints do not: it starts
+    // from the current weights then), else a copy of the fresh model.
+    let mut ema = Module::valid(&model);
+    let ema_path = found.join("ema.bpk");
+    if resume && ema_path.exists() {
+        load_burnpack(&mut ema, &ema_path, "average")?;
+    }
+    Ok(Start {
+        model,
+        ema,
+        optim,
+        step,
+        seconds,
+    })
+}
+
+/// The state of the checkpoint in `found`, refused when another job wrote it.
+fn checkpoint_state(
+    found: &Path,
+    identity: &serde_json::Value,
+) -> Result<CheckpointState, TrainError> {
+    let state_path = found.join(STATE);
+    let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
+    let state: CheckpointState =
+        serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
+            path: found.to_owned(),
+            message: e.to_string(),
+        })?;
+    if !same_identity(&state.job, identity) {
+        return Err(TrainError::Checkpoint {
+            path: found.to_owned(),
+            message:
+                "it was written by a different job (model, architecture, seed or batch differ)"
+                    .into(),
+        });
+    }
+    Ok(state)
+}
+
+/// The weights a new run starts from: `init`'s, extended by fresh tensors for what it lacks
+/// when the job says `init_extend`.
+fn initial_weights<T: Task>(
+    task: &T,
+    model: T::Model,
+    init: &Path,
+    log: &mut impl FnMut(&str),
+) -> Result<T::Model, TrainError> {
+    if task.settings().init_extend {
+        let (grown, new) = weights::load_extending(init, model)?;
+        log(&format!(
+            "starting from the weights in {}, {} new tensors fresh: {}",
+            init.display(),
+            new.len(),
+            new.join(", ")
+        ));
+        Ok(grown)
+    } else {
+        let device = model.device();
+        let model = weights::load_model_expecting::<T::Model>(init, task.config(), &device)?;
+        log(&format!("starting from the weights in {}", init.display()));
+        Ok(model)
+    }
+}
+
+/// Appends one loss line with one write, so that a kill leaves at most one torn line (dropped
+/// on resume).
+fn append_line(file: &mut std::fs::File, path: &Path, line: &LossLine) -> Result<(), TrainError> {
+    let text = serde_json::to_string(line).expect("serialises") + "\n";
+    file.write_all(text.as_bytes()).map_err(io(path))
 }
 
 /// Whether a stored identity is this job's: every field of this job's identity is stored with

@@ -18,6 +18,7 @@
 //!   and scores given edit prompts (for GRPO's ratios and replay); it writes only words of the
 //!   edit-prompt vocabulary ([`writable`](crate::vlm_policy::writable)).
 
+use crate::ModelError;
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::sigmoid;
@@ -85,8 +86,8 @@ impl VlmConfig {
     }
 
     /// Checks that the numbers describe a network.
-    pub fn validate(&self) -> Result<(), String> {
-        let fail = |m: String| Err(m);
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let fail = |m: String| Err(ModelError::Invalid(m));
         if self.patch == 0 || !self.image_size.is_multiple_of(self.patch) {
             return fail(format!(
                 "patch {} must divide image_size {}",
@@ -147,7 +148,7 @@ impl Vlm {
         self.img_pos.device()
     }
 
-    pub(crate) fn new(config: &VlmConfig, device: &Device) -> Result<Self, String> {
+    pub(crate) fn new(config: &VlmConfig, device: &Device) -> Result<Self, ModelError> {
         config.validate()?;
         let c = config;
         let d = c.width;
@@ -314,7 +315,7 @@ macro_rules! architecture {
             fn device(&self) -> Device {
                 self.vlm.device()
             }
-            fn build(config: &VlmConfig, device: &Device) -> Result<Self, String> {
+            fn build(config: &VlmConfig, device: &Device) -> Result<Self, ModelError> {
                 <$net>::new(config, device)
             }
         }
@@ -342,7 +343,7 @@ pub const VERDICTS: usize = 3;
 
 impl CheckerNet {
     /// A freshly initialised network.
-    pub fn new(config: &VlmConfig, device: &Device) -> Result<Self, String> {
+    pub fn new(config: &VlmConfig, device: &Device) -> Result<Self, ModelError> {
         Ok(CheckerNet {
             vlm: Vlm::new(config, device)?,
             verdict: xavier(config.width, VERDICTS, device),
@@ -401,14 +402,14 @@ impl CheckerNet {
         &self,
         images: &[Image],
         questions: &[Vec<Vec<u32>>],
-    ) -> Result<(Tensor<2>, Tensor<2>), String> {
+    ) -> Result<(Tensor<2>, Tensor<2>), ModelError> {
         let device = self.vlm.img_pos.device();
         let n = self.vlm.config.num_patches();
         let mut rows = TextRows::default();
         let mut row_images = Vec::new();
         let mut at_all = Vec::new();
         for (image, qs) in images.iter().zip(questions) {
-            let (r, at) = self.pack(qs).map_err(|e| e.to_string())?;
+            let (r, at) = self.pack(qs)?;
             let base = rows.ids.len();
             at_all.extend(at.into_iter().map(|(row, p)| (base + row, p)));
             row_images.extend(std::iter::repeat_n(image.clone(), r.ids.len()));
@@ -426,7 +427,7 @@ impl CheckerNet {
             .iter()
             .map(|&(row, p)| (row * (n + l) + n + p) as i64)
             .collect();
-        let x = images_to_tensor(&row_images, &device).map_err(|e| e.to_string())?;
+        let x = images_to_tensor(&row_images, &device)?;
         let z = self.vlm.forward(x, &rows);
         let [b, t, d] = z.dims();
         let q = cls.len();
@@ -441,7 +442,7 @@ impl CheckerNet {
         &self,
         images: &[Image],
         questions: &[Vec<Vec<u32>>],
-    ) -> Result<Vec<Answer>, String> {
+    ) -> Result<Vec<Answer>, ModelError> {
         let (v, p) = self.forward(images, questions)?;
         let q = v.dims()[0];
         let v = burn::tensor::activation::softmax(v, 1)

@@ -2,6 +2,7 @@
 //! image that gets it partly wrong), the pool of the trained Diffuser's (and Editor's)
 //! images, and the oracle's labels. Training itself is in [`crate::vlm_train`].
 
+use crate::ModelError;
 use std::path::{Path, PathBuf};
 
 use rand::seq::{IndexedRandom, SliceRandom};
@@ -119,7 +120,7 @@ pub fn generate_pool(
     seed: u64,
     canvas: &Canvas,
     device: &str,
-) -> Result<Pool, String> {
+) -> Result<Pool, ModelError> {
     if n == 0 {
         return Ok(Pool::default());
     }

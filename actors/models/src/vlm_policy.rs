@@ -2,6 +2,7 @@
 //! prefix language model over `[image; prompt; reflection]` that samples, decodes greedily and
 //! scores edit prompts, writing only words of the edit-prompt vocabulary ([`writable`]).
 
+use crate::ModelError;
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::activation::log_softmax;
@@ -39,7 +40,7 @@ pub struct PolicyInput {
 impl PolicyInput {
     /// The input for an image, a prompt and a reflection, tokenized with the whole vocabulary;
     /// a word outside it is an error naming it (and which text it is in).
-    pub fn new(image: Image, prompt: &str, reflection: &str) -> Result<Self, String> {
+    pub fn new(image: Image, prompt: &str, reflection: &str) -> Result<Self, ModelError> {
         let tok = crate::text::Tokenizer::full(usize::MAX);
         Ok(PolicyInput {
             image,
@@ -116,7 +117,7 @@ pub struct Decoded {
 
 impl PolicyNet {
     /// A freshly initialised network.
-    pub fn new(config: &VlmConfig, device: &Device) -> Result<Self, String> {
+    pub fn new(config: &VlmConfig, device: &Device) -> Result<Self, ModelError> {
         Ok(PolicyNet {
             vlm: Vlm::new(config, device)?,
             head: xavier(config.width, config.vocab_size, device),
@@ -124,16 +125,16 @@ impl PolicyNet {
     }
 
     /// The text row of an input and a target prefix (`<bos>` then `target`).
-    fn row(&self, input: &PolicyInput, target: &[u32]) -> Result<(Vec<u32>, Vec<u32>), String> {
+    fn row(&self, input: &PolicyInput, target: &[u32]) -> Result<(Vec<u32>, Vec<u32>), ModelError> {
         let len = self.vlm.config().text_len;
         let used = input.prompt.len() + input.reflection.len() + 1 + target.len();
         if used > len {
-            return Err(format!(
+            return Err(ModelError::Invalid(format!(
                 "prompt ({} tokens), reflection ({}) and edit prompt ({}) do not fit the Policy's {len} text tokens",
                 input.prompt.len(),
                 input.reflection.len(),
                 target.len() + 1
-            ));
+            )));
         }
         let mut ids = Vec::with_capacity(len);
         let mut segs = Vec::with_capacity(len);
@@ -153,7 +154,11 @@ impl PolicyNet {
     }
 
     /// Next-token logits at every text position, `(B, L, V)`.
-    fn logits(&self, inputs: &[PolicyInput], targets: &[Vec<u32>]) -> Result<Tensor<3>, String> {
+    fn logits(
+        &self,
+        inputs: &[PolicyInput],
+        targets: &[Vec<u32>],
+    ) -> Result<Tensor<3>, ModelError> {
         let device = self.vlm.device();
         let mut rows = TextRows::default();
         for (input, target) in inputs.iter().zip(targets) {
@@ -165,7 +170,7 @@ impl PolicyNet {
             rows.segments.push(segs);
         }
         let images: Vec<Image> = inputs.iter().map(|i| i.image.clone()).collect();
-        let images = images_to_tensor(&images, &device).map_err(|e| e.to_string())?;
+        let images = images_to_tensor(&images, &device)?;
         let n = self.vlm.config().num_patches();
         let rows = rows.trimmed();
         let l = rows.len();
@@ -181,7 +186,7 @@ impl PolicyNet {
         inputs: &[PolicyInput],
         targets: &[Vec<u32>],
         temperature: f64,
-    ) -> Result<(Tensor<2>, Tensor<2>), String> {
+    ) -> Result<(Tensor<2>, Tensor<2>), ModelError> {
         let device = self.vlm.device();
         // A target's last token is predicted, never read: the rows hold `<bos>` and all but
         // it, as decoding's last step did (so whatever decoding fits, scoring fits).
@@ -230,7 +235,7 @@ impl PolicyNet {
         inputs: &[PolicyInput],
         targets: &[Vec<u32>],
         temperature: f64,
-    ) -> Result<Vec<Vec<f32>>, String> {
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         let (logp, _) = self.target_logprobs(inputs, targets, temperature)?;
         let width = logp.dims()[1];
         let flat = logp
@@ -250,7 +255,7 @@ impl PolicyNet {
         inputs: &[PolicyInput],
         decoding: &Decoding,
         rngs: &mut [R],
-    ) -> Result<Vec<Decoded>, String> {
+    ) -> Result<Vec<Decoded>, ModelError> {
         let mut out: Vec<Decoded> = inputs
             .iter()
             .map(|_| Decoded {

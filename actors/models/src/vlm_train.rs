@@ -14,6 +14,7 @@
 //! **Evaluation** during training uses procedural held-out scenes (seed [`EVAL_SEED`]); the
 //! quality numbers on generated images come from `rlrig quality`.
 
+use crate::ModelError;
 use std::path::Path;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -124,7 +125,10 @@ pub struct CheckerAgreement {
 }
 
 /// The Checker's agreement with the oracle on `scenes`.
-pub fn checker_agreement(net: &CheckerNet, scenes: &[Scene]) -> Result<CheckerAgreement, String> {
+pub fn checker_agreement(
+    net: &CheckerNet,
+    scenes: &[Scene],
+) -> Result<CheckerAgreement, ModelError> {
     let pairs: Vec<(&WorldGraph, &Image)> = scenes.iter().map(|s| (&s.graph, &s.image)).collect();
     let mut mine = Vec::new();
     let mut seen = Vec::new();
@@ -230,7 +234,7 @@ pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
 }
 
 /// The Policy's input for a scene and a reflection.
-pub fn policy_input(scene: &Scene, reflection: &str) -> Result<PolicyInput, String> {
+pub fn policy_input(scene: &Scene, reflection: &str) -> Result<PolicyInput, ModelError> {
     PolicyInput::new(scene.image.clone(), &scene.prompt.prompt(), reflection)
 }
 
@@ -241,7 +245,7 @@ pub fn policy_example(
     scene: &Scene,
     repairs: Repairs,
     draw: u64,
-) -> Result<(PolicyInput, Vec<u32>), String> {
+) -> Result<(PolicyInput, Vec<u32>), ModelError> {
     let f = oracle_findings(scene);
     let rule = reflect::repair(&scene.graph, &f.items, &f.relations, true)?;
     let edit = match (repairs, rule) {
@@ -267,9 +271,7 @@ pub fn policy_example(
         _ => rule,
     };
     let input = policy_input(scene, &reflect::reflection(&scene.graph, &f))?;
-    let mut target = Tokenizer::full(usize::MAX)
-        .tokens(&edit.to_string())
-        .map_err(|e| e.to_string())?;
+    let mut target = Tokenizer::full(usize::MAX).tokens(&edit.to_string())?;
     target.push(EOS);
     Ok((input, target))
 }
@@ -318,7 +320,7 @@ pub fn addresses_problem(edit: &Edit, graph: &WorldGraph, f: &Findings) -> bool 
 }
 
 /// The Policy's agreement with the repair rule on `scenes`.
-pub fn policy_agreement(net: &PolicyNet, scenes: &[Scene]) -> Result<PolicyAgreement, String> {
+pub fn policy_agreement(net: &PolicyNet, scenes: &[Scene]) -> Result<PolicyAgreement, ModelError> {
     let tok = Tokenizer::full(usize::MAX);
     let (mut parsed, mut exact, mut problems, mut addressed) = (0, 0, 0, 0);
     for chunk in scenes.chunks(64) {
@@ -441,7 +443,7 @@ impl Task for CheckerTask<'_> {
         }
         let n = classes.len();
         let d = &self.device;
-        let (v, p) = model.forward(&images, &rows).map_err(TrainError::Other)?;
+        let (v, p) = model.forward(&images, &rows)?;
         let classes = Tensor::<1, Int>::from_data(TensorData::new(classes, [n]), d);
         let logp = burn::tensor::activation::log_softmax(v, 1);
         let ce = logp.gather(1, classes.unsqueeze_dim::<2>(1)).neg().mean();
@@ -460,7 +462,7 @@ impl Task for CheckerTask<'_> {
         _step: u64,
         _dir: &Path,
     ) -> Result<(String, serde_json::Value), TrainError> {
-        let a = checker_agreement(model, &self.ex.eval).map_err(TrainError::Other)?;
+        let a = checker_agreement(model, &self.ex.eval)?;
         Ok((
             format!(
                 "held-out items {:.3}, relations {:.3}, violated recall {:.3}, reflections exact {:.3}, score corr. {:.3}",
@@ -496,14 +498,11 @@ impl Task for PolicyTask<'_> {
         let base = step * self.0.job.train.batch as u64;
         for (i, scene) in self.0.scenes(step).iter().enumerate() {
             let draw = mix(self.0.job.train.seed ^ 0x5EA1, base + i as u64);
-            let (input, target) =
-                policy_example(scene, repairs, draw).map_err(TrainError::Other)?;
+            let (input, target) = policy_example(scene, repairs, draw)?;
             inputs.push(input);
             targets.push(target);
         }
-        let (logp, w) = model
-            .target_logprobs(&inputs, &targets, 1.0)
-            .map_err(TrainError::Other)?;
+        let (logp, w) = model.target_logprobs(&inputs, &targets, 1.0)?;
         // Token-mean negative log-likelihood.
         Ok(logp.sum().neg() / w.sum())
     }
@@ -514,7 +513,7 @@ impl Task for PolicyTask<'_> {
         _step: u64,
         _dir: &Path,
     ) -> Result<(String, serde_json::Value), TrainError> {
-        let a = policy_agreement(model, &self.0.eval).map_err(TrainError::Other)?;
+        let a = policy_agreement(model, &self.0.eval)?;
         Ok((
             format!(
                 "held-out parse {:.3}, exact {:.3}, targets a problem {:.3}",
@@ -552,15 +551,14 @@ pub fn run(
             mix(job.train.seed, POOL_STREAM),
             &canvas,
             &job.train.device,
-        )
-        .map_err(TrainError::Other)?;
+        )?;
         save_pool(&pool, &pool_dir)?;
         pool
     };
     device.seed(job.train.seed);
     match job.model {
         VlmRole::Checker => {
-            let model = CheckerNet::new(&job.config, &device).map_err(TrainError::Other)?;
+            let model = CheckerNet::new(&job.config, &device)?;
             let task = CheckerTask {
                 ex: Examples {
                     job,
@@ -573,7 +571,7 @@ pub fn run(
             train::run(&task, model, dir, resume, log)
         }
         VlmRole::Policy => {
-            let model = PolicyNet::new(&job.config, &device).map_err(TrainError::Other)?;
+            let model = PolicyNet::new(&job.config, &device)?;
             let task = PolicyTask(Examples {
                 job,
                 canvas,

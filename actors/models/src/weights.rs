@@ -346,9 +346,9 @@ fn load_bytes<M: Architecture>(
             differences: config_diff(expected, &config),
         });
     }
-    let model = M::build(&config, device).map_err(|message| WeightsError::InvalidConfig {
+    let model = M::build(&config, device).map_err(|e| WeightsError::InvalidConfig {
         path: path.to_owned(),
-        message,
+        message: e.to_string(),
     })?;
     Ok(apply(path, bytes, &stored, model, false)?.0)
 }

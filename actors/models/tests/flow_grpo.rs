@@ -302,10 +302,13 @@ fn a_diffusers_groups_are_learned_from_the_prompt_alone() {
     assert!(after > before, "objective {before} → {after}");
     // An Editor's learner refuses a Diffuser's group, and the other way round.
     let mut editor_learner = learner(editor(22), 0.0, 1e-4);
-    let err = editor_learner.step(std::slice::from_ref(&g)).unwrap_err();
+    let err = editor_learner
+        .step(std::slice::from_ref(&g))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("lacks a source image"), "{err}");
     let edits = group(&editor(22).valid(), &rewards, 24);
-    let err = l.step(&[edits]).unwrap_err();
+    let err = l.step(&[edits]).unwrap_err().to_string();
     assert!(err.contains("has a source image"), "{err}");
 }
 
@@ -410,7 +413,7 @@ fn equal_rewards_are_filtered_and_chainless_samples_refused() {
     );
     let mut g = group(&model, &[1.0, 0.0], 9);
     g.samples[1].chain = None;
-    let err = l.step(&[g]).unwrap_err();
+    let err = l.step(&[g]).unwrap_err().to_string();
     assert!(err.contains("no denoising chain"), "{err}");
 }
 

@@ -245,7 +245,8 @@ fn the_neural_roles_load_their_weights_and_keep_their_contracts() {
         "cpu",
     )
     .err()
-    .unwrap();
+    .unwrap()
+    .to_string();
     assert!(
         err.contains("rlrig.policy_config") && err.contains("Policy"),
         "{err}"
@@ -260,7 +261,8 @@ fn the_neural_roles_load_their_weights_and_keep_their_contracts() {
         "cpu",
     )
     .err()
-    .unwrap();
+    .unwrap()
+    .to_string();
     assert!(err.contains("does not exist"), "{err}");
 
     // A prompt outside the world's vocabulary is refused with the offending word.
@@ -392,7 +394,13 @@ fn the_learner_steps_filters_equal_groups_and_advances_versions() {
     // A sample whose log-probs do not match its tokens is refused.
     let mut bad = rewarded;
     bad.samples[0].logprobs.pop();
-    assert!(learner.step(&[bad]).unwrap_err().contains("log-probs"));
+    assert!(
+        learner
+            .step(&[bad])
+            .unwrap_err()
+            .to_string()
+            .contains("log-probs")
+    );
 }
 
 #[test]

@@ -150,8 +150,8 @@ pub struct ClipTextModel {
 
 impl ClipTextModel {
     /// A model of `config` with freshly initialised weights.
-    pub fn new(config: &ClipTextConfig, device: &Device) -> Result<Self, String> {
-        config.check()?;
+    pub fn new(config: &ClipTextConfig, device: &Device) -> Result<Self, SdError> {
+        config.check().map_err(SdError::Unsupported)?;
         let d = config.hidden_size;
         let ln = || {
             LayerNormConfig::new(d)
@@ -193,9 +193,9 @@ impl ClipTextModel {
         let dir = dir.as_ref();
         let config_path = dir.join("config.json");
         let config: ClipTextConfig = crate::read_json(&config_path)?;
-        let mut model = ClipTextModel::new(&config, device).map_err(|message| SdError::Config {
+        let mut model = ClipTextModel::new(&config, device).map_err(|e| SdError::Config {
             path: config_path,
-            message,
+            message: e.to_string(),
         })?;
         let weights = dir.join("model.safetensors");
         crate::load::pytorch_weights(

@@ -10,6 +10,7 @@ use rand_chacha::ChaCha8Rng;
 use rlrig_contract::{Diffuser, EditRequest, Editor, GenerateRequest, Image, RoleError};
 use serde::{Deserialize, Serialize};
 
+use crate::SdError;
 use crate::clip::ClipTextModel;
 use crate::pipeline::Pipeline;
 use crate::scheduler::Scheduler;
@@ -59,18 +60,20 @@ fn image_guidance() -> f64 {
 
 impl SdSettings {
     /// Checks the numbers (what `rlrig validate` can check without the flow's directory).
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), SdError> {
         if self.steps == 0 {
-            return Err("`steps` must be at least 1".into());
+            return Err(SdError::Settings("`steps` must be at least 1".into()));
         }
         if self.guidance < 0.0 || self.image_guidance < 0.0 {
-            return Err("guidance scales must not be negative".into());
+            return Err(SdError::Settings(
+                "guidance scales must not be negative".into(),
+            ));
         }
         Ok(())
     }
 
     /// Checks that the directories exist (`base`: the flow file's directory).
-    pub fn check_paths(&self, base: &Path) -> Result<(), String> {
+    pub fn check_paths(&self, base: &Path) -> Result<(), SdError> {
         for (key, p) in [
             ("path", Some(&self.path)),
             ("unet", self.unet.as_ref()),
@@ -79,16 +82,16 @@ impl SdSettings {
             if let Some(p) = p
                 && !base.join(p).is_dir()
             {
-                return Err(format!(
+                return Err(SdError::Settings(format!(
                     "`{key}`: {} is not a directory",
                     base.join(p).display()
-                ));
+                )));
             }
         }
         Ok(())
     }
 
-    fn load(&self, base: &Path, device: &Device) -> Result<Pipeline, String> {
+    fn load(&self, base: &Path, device: &Device) -> Result<Pipeline, SdError> {
         let root = base.join(&self.path);
         let unet_dir = self
             .unet
@@ -98,13 +101,12 @@ impl SdSettings {
             .scheduler
             .as_ref()
             .map_or_else(|| root.join("scheduler"), |s| base.join(s));
-        let e = |e: crate::SdError| e.to_string();
         Ok(Pipeline {
-            tokenizer: ClipTokenizer::from_dir(root.join("tokenizer")).map_err(e)?,
-            text_encoder: ClipTextModel::from_dir(root.join("text_encoder"), device).map_err(e)?,
-            unet: UNet::from_dir(unet_dir, self.variant.as_deref(), device).map_err(e)?,
-            vae: Vae::from_dir(root.join("vae"), device).map_err(e)?,
-            scheduler: Scheduler::from_file(sched_dir.join("scheduler_config.json")).map_err(e)?,
+            tokenizer: ClipTokenizer::from_dir(root.join("tokenizer"))?,
+            text_encoder: ClipTextModel::from_dir(root.join("text_encoder"), device)?,
+            unet: UNet::from_dir(unet_dir, self.variant.as_deref(), device)?,
+            vae: Vae::from_dir(root.join("vae"), device)?,
+            scheduler: Scheduler::from_file(sched_dir.join("scheduler_config.json"))?,
         })
     }
 }
@@ -161,7 +163,7 @@ fn from_image(img: &Image, device: &Device) -> Tensor<4> {
     Tensor::from_data(TensorData::new(v, [1, 3, h, w]), device)
 }
 
-fn role_err(e: crate::SdError) -> RoleError {
+fn role_err(e: SdError) -> RoleError {
     RoleError(e.to_string())
 }
 
@@ -182,15 +184,15 @@ impl Loaded {
         settings: &SdSettings,
         base: &Path,
         device: &Device,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SdError> {
         settings.check()?;
         settings.check_paths(base)?;
         let pipeline = settings.load(base, device)?;
         let got = pipeline.unet.in_channels();
         if got != channels {
-            return Err(format!(
+            return Err(SdError::Settings(format!(
                 "{kind}: the UNet takes {got} channels, not {channels} ({hint})"
-            ));
+            )));
         }
         Ok(Loaded {
             pipeline,
@@ -205,7 +207,7 @@ pub struct SdDiffuser(Loaded);
 
 impl SdDiffuser {
     /// Loads the pipeline (`base`: the flow file's directory).
-    pub fn new(settings: &SdSettings, base: &Path, device: &Device) -> Result<Self, String> {
+    pub fn new(settings: &SdSettings, base: &Path, device: &Device) -> Result<Self, SdError> {
         let hint = "an InstructPix2Pix UNet? use editor.instruct-pix2pix";
         Loaded::new("diffuser.sd", 4, hint, settings, base, device).map(SdDiffuser)
     }
@@ -244,7 +246,7 @@ pub struct Ip2pEditor(Loaded);
 
 impl Ip2pEditor {
     /// Loads the pipeline (`base`: the flow file's directory); its UNet must take 8 channels.
-    pub fn new(settings: &SdSettings, base: &Path, device: &Device) -> Result<Self, String> {
+    pub fn new(settings: &SdSettings, base: &Path, device: &Device) -> Result<Self, SdError> {
         let hint = "noisy and source latents";
         Loaded::new("editor.instruct-pix2pix", 8, hint, settings, base, device).map(Ip2pEditor)
     }

@@ -57,6 +57,12 @@ pub enum SdError {
     /// The tokenizer failed on a text.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A configuration asks for a model this crate does not build (the key is named).
+    #[error("{0}")]
+    Unsupported(String),
+    /// A kind's settings are refused, or name a model that does not fit the kind.
+    #[error("{0}")]
+    Settings(String),
 }
 
 /// Reads a JSON config, naming the file and the key on error.

@@ -255,14 +255,15 @@ pub struct UNet {
 
 impl UNet {
     /// A UNet of `config` with freshly initialised weights.
-    pub fn new(config: &UNetConfig, device: &Device) -> Result<Self, String> {
-        config.check()?;
+    pub fn new(config: &UNetConfig, device: &Device) -> Result<Self, SdError> {
+        config.check().map_err(SdError::Unsupported)?;
         let c = &config.block_out_channels;
         let n = c.len();
-        let heads = config.heads()?;
+        let heads = config.heads().map_err(SdError::Unsupported)?;
         let depth = config
             .transformer_layers_per_block
-            .expand(n, "transformer_layers_per_block")?;
+            .expand(n, "transformer_layers_per_block")
+            .map_err(SdError::Unsupported)?;
         let (g, eps, ctx) = (
             config.norm_num_groups,
             config.norm_eps,
@@ -367,9 +368,9 @@ impl UNet {
         let dir = dir.as_ref();
         let config_path = dir.join("config.json");
         let config: UNetConfig = crate::read_json(&config_path)?;
-        let mut unet = UNet::new(&config, device).map_err(|message| SdError::Config {
+        let mut unet = UNet::new(&config, device).map_err(|e| SdError::Config {
             path: config_path,
-            message,
+            message: e.to_string(),
         })?;
         let file = match variant {
             Some(v) => format!("diffusion_pytorch_model.{v}.safetensors"),

@@ -184,8 +184,8 @@ pub struct Posterior {
 
 impl Vae {
     /// A VAE of `config` with freshly initialised weights.
-    pub fn new(config: &VaeConfig, device: &Device) -> Result<Self, String> {
-        config.check()?;
+    pub fn new(config: &VaeConfig, device: &Device) -> Result<Self, SdError> {
+        config.check().map_err(SdError::Unsupported)?;
         let ch = &config.block_out_channels;
         let (g, n, lat) = (
             config.norm_num_groups,
@@ -263,9 +263,9 @@ impl Vae {
         let dir = dir.as_ref();
         let config_path = dir.join("config.json");
         let config: VaeConfig = crate::read_json(&config_path)?;
-        let mut vae = Vae::new(&config, device).map_err(|message| SdError::Config {
+        let mut vae = Vae::new(&config, device).map_err(|e| SdError::Config {
             path: config_path,
-            message,
+            message: e.to_string(),
         })?;
         crate::load::pytorch_weights(
             &mut vae,

@@ -421,11 +421,13 @@ fn each_kind_refuses_the_other_kinds_unet() {
     let base = Path::new("/");
     let e = SdDiffuser::new(&settings("tiny-ip2p/unet"), base, &device)
         .err()
-        .unwrap();
+        .unwrap()
+        .to_string();
     assert!(e.contains("takes 8 channels, not 4"), "{e}");
     let e = Ip2pEditor::new(&settings("tiny-sd/unet"), base, &device)
         .err()
-        .unwrap();
+        .unwrap()
+        .to_string();
     assert!(e.contains("takes 4 channels, not 8"), "{e}");
     assert!(SdDiffuser::new(&settings("tiny-sd/unet"), base, &device).is_ok());
 }

@@ -278,12 +278,17 @@ pub struct WeightsUpdater {
 
 impl WeightsUpdater {
     /// Sends `update` to every replica; fails only if the actor has stopped.
-    pub fn send(&self, update: WeightsUpdate) -> Result<(), String> {
+    pub fn send(&self, update: WeightsUpdate) -> Result<(), NotRunning> {
         self.router
             .cast(RouterMsg::Update(Box::new(update)))
-            .map_err(|_| format!("actor {:?} is not running", self.actor))
+            .map_err(|_| NotRunning(self.actor.clone()))
     }
 }
+
+/// A message for an actor that has stopped (the actor's name).
+#[derive(Debug, thiserror::Error)]
+#[error("actor {0:?} is not running")]
+pub struct NotRunning(pub String);
 
 fn now_ms() -> u64 {
     SystemTime::now()

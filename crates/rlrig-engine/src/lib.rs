@@ -29,12 +29,12 @@ pub mod wire;
 mod worker;
 
 pub use engine::{
-    Engine, EngineError, EngineStats, RunSummary, StopSignal, WeightsUpdater, mix_seed,
+    Engine, EngineError, EngineStats, NotRunning, RunSummary, StopSignal, WeightsUpdater, mix_seed,
 };
 pub use model::{
     Request, Response, RoleModel, any_role_model, checker_model, diffuser_model, editor_model,
     policy_model,
 };
-pub use node::{Node, NodeOptions, TLS_HANDSHAKE_TIMEOUT};
-pub use registry::{ActorContext, LearnerError, LearnerProblem, Registry};
+pub use node::{Node, NodeError, NodeOptions, TLS_HANDSHAKE_TIMEOUT};
+pub use registry::{ActorContext, KindError, LearnerError, LearnerProblem, Registry};
 pub use tls::{Tls, TlsError, TlsPaths};

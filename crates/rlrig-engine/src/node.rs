@@ -51,6 +51,25 @@ impl std::fmt::Debug for NodeOptions {
     }
 }
 
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The address cannot be bound.
+    #[error("cannot listen on {address}: {message}")]
+    Listen {
+        /// The address asked for.
+        address: SocketAddr,
+        /// Why.
+        message: String,
+    },
+    /// The actor that hosts replicas did not start.
+    #[error("cannot start the host actor: {0}")]
+    Host(String),
+    /// The cluster server stopped while the node started.
+    #[error("the node server stopped: {0}")]
+    Stopped(String),
+}
+
 /// A running node.
 pub struct Node {
     server: ActorRef<NodeServerMessage>,
@@ -68,12 +87,16 @@ impl Node {
     /// ractor_cluster: its listener awaits each handshake in turn, so one peer that connects
     /// and says nothing would shut every coordinator out. ractor_cluster's own listener then
     /// serves loopback only, on a port nobody is told.
-    pub async fn start(registry: Arc<Registry>, opts: NodeOptions) -> Result<Node, String> {
+    pub async fn start(registry: Arc<Registry>, opts: NodeOptions) -> Result<Node, NodeError> {
+        let listen_err = |message: String| NodeError::Listen {
+            address: opts.listen,
+            message,
+        };
         let own_listener = match &opts.tls {
             Some(_) => Some(
                 tokio::net::TcpListener::bind(opts.listen)
                     .await
-                    .map_err(|e| format!("cannot listen on {}: {e}", opts.listen))?,
+                    .map_err(|e| listen_err(e.to_string()))?,
             ),
             None => None,
         };
@@ -95,7 +118,7 @@ impl Node {
         .with_max_inbound_frame_size(MAX_FRAME_BYTES);
         let (server, _) = Actor::spawn(None, server, ())
             .await
-            .map_err(|e| format!("cannot listen on {}: {}", opts.listen, spawn_err(&e)))?;
+            .map_err(|e| listen_err(spawn_err(&e)))?;
         let accepting = match (own_listener, &opts.tls) {
             (Some(listener), Some(tls)) => Some(tokio::spawn(accept_tls(
                 listener,
@@ -115,7 +138,7 @@ impl Node {
                     a.abort();
                 }
                 server.stop(None);
-                return Err(format!("cannot start the host actor: {}", spawn_err(&e)));
+                return Err(NodeError::Host(spawn_err(&e)));
             }
         };
         server
@@ -123,7 +146,7 @@ impl Node {
                 id: "rlrig.host".into(),
                 subscription: Box::new(PeerWatch(host.clone())),
             })
-            .map_err(|e| format!("the node server stopped: {e}"))?;
+            .map_err(|e| NodeError::Stopped(e.to_string()))?;
         tracing::info!(node = %opts.name, listen = %opts.listen, "node up");
         Ok(Node {
             server,

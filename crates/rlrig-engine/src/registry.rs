@@ -36,10 +36,15 @@ pub struct ActorContext {
     pub node: Option<String>,
 }
 
+/// The error a kind's `check` or `build` returns: any error type (a kind's own typed error, an
+/// I/O error, …), or a message (`String` and `&str` convert with `?` and `.into()`). The engine
+/// reports it with the actor's name; it never inspects it.
+pub type KindError = Box<dyn std::error::Error + Send + Sync>;
+
 type Validate = Arc<dyn Fn(&ActorContext) -> Result<(), (String, String)> + Send + Sync>;
 /// Builds a model for an actor.
 pub(crate) type Build =
-    Arc<dyn Fn(&ActorContext) -> Result<Box<dyn RoleModel>, String> + Send + Sync>;
+    Arc<dyn Fn(&ActorContext) -> Result<Box<dyn RoleModel>, KindError> + Send + Sync>;
 
 struct Kind {
     role: Option<Role>,
@@ -93,25 +98,26 @@ pub struct Registry {
 }
 
 fn typed<C, T, F>(
-    check: impl Fn(&C) -> Result<(), String> + Send + Sync + 'static,
+    check: impl Fn(&C) -> Result<(), KindError> + Send + Sync + 'static,
     build: F,
     wrap: fn(Box<T>) -> Box<dyn RoleModel>,
 ) -> (Validate, Build)
 where
     C: DeserializeOwned + 'static,
     T: ?Sized + 'static,
-    F: Fn(C, &ActorContext) -> Result<Box<T>, String> + Send + Sync + 'static,
+    F: Fn(C, &ActorContext) -> Result<Box<T>, KindError> + Send + Sync + 'static,
 {
     let check = Arc::new(check);
     let validate: Validate = {
         let check = check.clone();
         Arc::new(move |ctx: &ActorContext| {
             let c: C = settings_into(&ctx.settings)?;
-            check(&c).map_err(|m| (String::new(), m))
+            check(&c).map_err(|e| (String::new(), e.to_string()))
         })
     };
     let build: Build = Arc::new(move |ctx: &ActorContext| {
-        let c: C = settings_into(&ctx.settings).map_err(|(k, m)| format!("settings.{k}: {m}"))?;
+        let c: C = settings_into(&ctx.settings)
+            .map_err(|(k, m)| KindError::from(format!("settings.{k}: {m}")))?;
         check(&c)?;
         build(c, ctx).map(wrap)
     });
@@ -143,13 +149,14 @@ impl Registry {
     }
 
     /// Registers a diffuser kind: settings deserialise into `C`, `check` vets them (it runs at
-    /// validation, before any model starts), `build` makes the diffuser.
+    /// validation, before any model starts), `build` makes the diffuser. Both may fail with
+    /// any error ([`KindError`]), so a kind's typed errors pass through `?` unchanged.
     pub fn add_diffuser<C: DeserializeOwned + 'static>(
         &mut self,
         kind: &str,
         about: &str,
-        check: impl Fn(&C) -> Result<(), String> + Send + Sync + 'static,
-        build: impl Fn(C, &ActorContext) -> Result<Box<dyn Diffuser>, String> + Send + Sync + 'static,
+        check: impl Fn(&C) -> Result<(), KindError> + Send + Sync + 'static,
+        build: impl Fn(C, &ActorContext) -> Result<Box<dyn Diffuser>, KindError> + Send + Sync + 'static,
     ) {
         self.insert(
             kind,
@@ -164,8 +171,8 @@ impl Registry {
         &mut self,
         kind: &str,
         about: &str,
-        check: impl Fn(&C) -> Result<(), String> + Send + Sync + 'static,
-        build: impl Fn(C, &ActorContext) -> Result<Box<dyn Checker>, String> + Send + Sync + 'static,
+        check: impl Fn(&C) -> Result<(), KindError> + Send + Sync + 'static,
+        build: impl Fn(C, &ActorContext) -> Result<Box<dyn Checker>, KindError> + Send + Sync + 'static,
     ) {
         self.insert(
             kind,
@@ -180,8 +187,11 @@ impl Registry {
         &mut self,
         kind: &str,
         about: &str,
-        check: impl Fn(&C) -> Result<(), String> + Send + Sync + 'static,
-        build: impl Fn(C, &ActorContext) -> Result<Box<dyn EditPolicy>, String> + Send + Sync + 'static,
+        check: impl Fn(&C) -> Result<(), KindError> + Send + Sync + 'static,
+        build: impl Fn(C, &ActorContext) -> Result<Box<dyn EditPolicy>, KindError>
+        + Send
+        + Sync
+        + 'static,
     ) {
         self.insert(
             kind,
@@ -196,8 +206,8 @@ impl Registry {
         &mut self,
         kind: &str,
         about: &str,
-        check: impl Fn(&C) -> Result<(), String> + Send + Sync + 'static,
-        build: impl Fn(C, &ActorContext) -> Result<Box<dyn Editor>, String> + Send + Sync + 'static,
+        check: impl Fn(&C) -> Result<(), KindError> + Send + Sync + 'static,
+        build: impl Fn(C, &ActorContext) -> Result<Box<dyn Editor>, KindError> + Send + Sync + 'static,
     ) {
         self.insert(
             kind,
@@ -213,8 +223,11 @@ impl Registry {
         &mut self,
         kind: &str,
         about: &str,
-        check: impl Fn(&C) -> Result<(), String> + Send + Sync + 'static,
-        build: impl Fn(C, &ActorContext) -> Result<Box<dyn RoleModel>, String> + Send + Sync + 'static,
+        check: impl Fn(&C) -> Result<(), KindError> + Send + Sync + 'static,
+        build: impl Fn(C, &ActorContext) -> Result<Box<dyn RoleModel>, KindError>
+        + Send
+        + Sync
+        + 'static,
     ) {
         self.insert(kind, None, about, typed(check, build, |b| b));
     }

@@ -46,7 +46,7 @@ impl Actor for Worker {
         // Building may load weights: off the async executor.
         let (build, ctx, update) = (args.build.clone(), args.ctx.clone(), args.update);
         let model = tokio::task::spawn_blocking(move || {
-            let mut model = build(&ctx)?;
+            let mut model = build(&ctx).map_err(|e| e.to_string())?;
             if let Some(u) = update {
                 model
                     .update(&u)

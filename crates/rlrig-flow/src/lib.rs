@@ -71,10 +71,8 @@ pub struct Flow {
 
 /// The flow text without one top-level table (e.g. `train`, for the inference variant of a
 /// training flow); the rest is kept as written.
-pub fn without_table(text: &str, table: &str) -> Result<String, String> {
-    let mut doc: toml_edit::DocumentMut = text
-        .parse()
-        .map_err(|e: toml_edit::TomlError| e.to_string())?;
+pub fn without_table(text: &str, table: &str) -> Result<String, toml_edit::TomlError> {
+    let mut doc: toml_edit::DocumentMut = text.parse()?;
     doc.remove(table);
     Ok(doc.to_string())
 }

@@ -229,6 +229,8 @@ fn check_nodes(flow: &Flow, problem: &mut dyn FnMut(&str, String)) {
     }
 }
 
+/// `[train]`: the trained actor, the cycle it needs around it (a checker after its last image,
+/// at least one round) and, through [`check_train_numbers`], the learner's numbers.
 fn check_train(
     flow: &crate::Flow,
     t: &crate::TrainSettings,
@@ -313,6 +315,15 @@ fn check_train(
             );
         }
     }
+    check_train_numbers(flow, t, problem);
+}
+
+/// `[train]`'s numbers and device, each against its range.
+fn check_train_numbers(
+    flow: &crate::Flow,
+    t: &crate::TrainSettings,
+    problem: &mut dyn FnMut(&str, String),
+) {
     if t.num_generations < 2 {
         problem(
             "train.num_generations",
@@ -397,13 +408,9 @@ struct State {
     edit: bool,
 }
 
-fn check_cycle(loaded: &LoadedFlow) -> Vec<FlowProblem> {
-    let flow = &loaded.flow;
+/// Reports each step of the cycle that names no actor; true when there was one.
+fn check_step_names(flow: &crate::Flow, problem: &mut dyn FnMut(String, String)) -> bool {
     let c = &flow.cycle;
-    let mut out = Vec::new();
-    let mut problem = |key: String, message: String| out.push(loaded.problem_at(&key, message));
-
-    // References first: a step naming no actor stops the order check.
     let mut unresolved = false;
     for (list, steps) in [("start", &c.start), ("round", &c.round)] {
         for (i, name) in steps.iter().enumerate() {
@@ -417,6 +424,17 @@ fn check_cycle(loaded: &LoadedFlow) -> Vec<FlowProblem> {
             }
         }
     }
+    unresolved
+}
+
+fn check_cycle(loaded: &LoadedFlow) -> Vec<FlowProblem> {
+    let flow = &loaded.flow;
+    let c = &flow.cycle;
+    let mut out = Vec::new();
+    let mut problem = |key: String, message: String| out.push(loaded.problem_at(&key, message));
+
+    // References first: a step naming no actor stops the order check.
+    let unresolved = check_step_names(flow, &mut problem);
     if c.start.is_empty() {
         problem(
             "cycle.start".into(),

@@ -49,8 +49,34 @@ pub struct TrainerConfig {
     pub reward: Reward,
 }
 
-/// Sends new weights to the Policy actors.
-pub type Publish = Box<dyn Fn(WeightsUpdate) -> Result<(), String> + Send + Sync>;
+/// Sends new weights to the trained actor's replicas; fails with any error (e.g. the actor
+/// stopped), which stops the trainer.
+pub type Publish = Box<
+    dyn Fn(WeightsUpdate) -> Result<(), Box<dyn std::error::Error + Send + Sync>> + Send + Sync,
+>;
+
+/// Why `metrics.jsonl` could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The file cannot be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A line is not a step's metrics.
+    #[error("{path}:{line}: {source}")]
+    Line {
+        /// The file.
+        path: PathBuf,
+        /// The line number, from 1.
+        line: usize,
+        /// Why.
+        source: serde_json::Error,
+    },
+}
 
 /// What the trainer is started with.
 pub struct TrainerArgs {
@@ -347,7 +373,7 @@ impl TrainerActorState {
         let (mut stats, update) = result.map_err(|e| format!("learner step: {e}"))?;
         stats.filtered_groups += equal;
         if stats.version != version {
-            (self.publish)(update)?;
+            (self.publish)(update).map_err(|e| e.to_string())?;
         }
         self.state.step += 1;
         self.state.cursor = Some(last_seq);
@@ -490,13 +516,20 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<(), String> {
 }
 
 /// Reads `metrics.jsonl`.
-pub fn read_metrics(path: &Path) -> Result<Vec<StepMetrics>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+pub fn read_metrics(path: &Path) -> Result<Vec<StepMetrics>, MetricsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| MetricsError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))
+            serde_json::from_str(l).map_err(|source| MetricsError::Line {
+                path: path.to_owned(),
+                line: i + 1,
+                source,
+            })
         })
         .collect()
 }

@@ -133,6 +133,28 @@ pub fn report(graph: &WorldGraph, f: Findings) -> CheckReport {
     )
 }
 
+/// Why [`repair`] found no edit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RepairError {
+    /// The report's verdicts do not match the prompt.
+    #[error(
+        "the report has {items} item and {relations} relation verdicts, the prompt {prompt_items} items and {prompt_relations} relations"
+    )]
+    Mismatch {
+        /// Item verdicts in the report.
+        items: usize,
+        /// Relation verdicts in the report.
+        relations: usize,
+        /// Items of the prompt.
+        prompt_items: usize,
+        /// Relations of the prompt.
+        prompt_relations: usize,
+    },
+    /// The prompt has no items.
+    #[error("the prompt has no items: there is nothing to edit")]
+    NoItems,
+}
+
 /// The edit that repairs the first problem of a report, by three rules (the baseline Actor's,
 /// and the target the learned Actor imitates before RL):
 ///
@@ -149,18 +171,17 @@ pub fn repair(
     items: &[ItemVerdict],
     relations: &[RelationVerdict],
     place_added: bool,
-) -> Result<Edit, String> {
+) -> Result<Edit, RepairError> {
     if items.len() != graph.objects.len() || relations.len() != graph.relations.len() {
-        return Err(format!(
-            "the report has {} item and {} relation verdicts, the prompt {} items and {} relations",
-            items.len(),
-            relations.len(),
-            graph.objects.len(),
-            graph.relations.len()
-        ));
+        return Err(RepairError::Mismatch {
+            items: items.len(),
+            relations: relations.len(),
+            prompt_items: graph.objects.len(),
+            prompt_relations: graph.relations.len(),
+        });
     }
     let Some(&first) = graph.objects.first() else {
-        return Err("the prompt has no items: there is nothing to edit".into());
+        return Err(RepairError::NoItems);
     };
     let present = |i: usize| items[i] == ItemVerdict::Present;
     let distinct = |a: usize, b: usize| graph.objects[a] != graph.objects[b];
