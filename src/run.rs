@@ -56,6 +56,30 @@ pub fn was_interrupted() -> bool {
     INTERRUPTED.load(Ordering::Relaxed)
 }
 
+/// Ctrl-C during a run or a training run: the first press is noted for the exit code, says
+/// `first_message`, calls `on_first` and sends `first` to the engine; when `first` only
+/// drains, a second press cancels the trajectories in flight.
+pub(crate) fn stop_on_ctrl_c(
+    stop_tx: watch::Sender<StopSignal>,
+    first: StopSignal,
+    first_message: &'static str,
+    on_first: impl FnOnce() + Send + 'static,
+) {
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_err() {
+            return;
+        }
+        on_first();
+        note_interrupted();
+        eprintln!("\ninterrupted: {first_message}");
+        let _ = stop_tx.send(first);
+        if first == StopSignal::Drain && tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\ncancelling the trajectories in flight");
+            let _ = stop_tx.send(StopSignal::Cancel);
+        }
+    });
+}
+
 /// Options of `rlrig run` that do not change what runs.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Reporting {
@@ -313,19 +337,12 @@ async fn drive(
     t0: Instant,
 ) -> Result<(RunMetrics, RunSummary)> {
     let (stop_tx, stop_rx) = watch::channel(StopSignal::Run);
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            note_interrupted();
-            eprintln!(
-                "\ninterrupted: taking no new prompts, finishing those in flight (Ctrl-C again to cancel them)"
-            );
-            let _ = stop_tx.send(StopSignal::Drain);
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("\ncancelling the trajectories in flight");
-                let _ = stop_tx.send(StopSignal::Cancel);
-            }
-        }
-    });
+    stop_on_ctrl_c(
+        stop_tx,
+        StopSignal::Drain,
+        "taking no new prompts, finishing those in flight (Ctrl-C again to cancel them)",
+        || {},
+    );
     let total = prompts.len() as u64;
     let progress = Progress::new(total);
     let (tx, mut rx) = mpsc::channel::<Trajectory>(loaded.flow.engine.max_in_flight);

@@ -232,7 +232,15 @@ async fn drive(
     // actors shut down. Neither is stored: nothing learns from them, their prompts are still
     // to do for `--resume`, and they have not failed the run.
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    cancel_on_ctrl_c(stop_tx.clone(), stopping.clone());
+    {
+        let stopping = stopping.clone();
+        crate::run::stop_on_ctrl_c(
+            stop_tx.clone(),
+            StopSignal::Cancel,
+            "cancelling the rollouts in flight; continue with --resume",
+            move || stopping.store(true, std::sync::atomic::Ordering::SeqCst),
+        );
+    }
     let (tx, mut rx) = mpsc::channel::<Trajectory>(loaded.flow.engine.max_in_flight);
     let images = loaded.flow.store.images;
     let out_dir = dir.join("trajectories");
@@ -316,22 +324,6 @@ fn publisher(
         *latest.lock().expect("not poisoned") = Some(u);
         Ok(())
     })
-}
-
-/// On Ctrl-C, marks the run as stopping and cancels the rollouts in flight (a training run
-/// continues with `--resume`, so nothing is drained).
-fn cancel_on_ctrl_c(
-    stop_tx: watch::Sender<StopSignal>,
-    stopping: Arc<std::sync::atomic::AtomicBool>,
-) {
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            stopping.store(true, std::sync::atomic::Ordering::SeqCst);
-            crate::run::note_interrupted();
-            eprintln!("\ninterrupted: cancelling the rollouts in flight; continue with --resume");
-            let _ = stop_tx.send(StopSignal::Cancel);
-        }
-    });
 }
 
 /// Writes a weights file beside its place and renames it there, so that a reader never sees
