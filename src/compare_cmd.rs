@@ -17,6 +17,7 @@ use anyhow::{Context, Result};
 use rand::{Rng, SeedableRng};
 
 use crate::outcome::refused;
+use crate::scores::{Judgement, LineOutcome, METRICS, ScoreLine, Scores};
 
 /// Options of `rlrig compare`.
 #[derive(clap::Args)]
@@ -41,8 +42,6 @@ pub struct CompareArgs {
     pub pair_by_id: bool,
 }
 
-const METRICS: [&str; 4] = ["sg_iou", "entity_iou", "relation_iou", "relation_accuracy"];
-
 /// The bootstrap's seed: fixed, and the same for A, B and B − A.
 const SEED: u64 = 0;
 
@@ -56,31 +55,30 @@ struct Line {
     /// Whether the trajectory failed.
     failed: bool,
     /// The oracle scores of the final answer, when judged.
-    final_: Option<serde_json::Value>,
+    final_: Option<Scores>,
     /// The oracle scores after each round.
-    rounds: Vec<serde_json::Value>,
+    rounds: Vec<Option<Scores>>,
 }
 
 impl Line {
     /// The scores compared: the final answer's, or round `k`'s (the last image for a
     /// trajectory that stopped earlier).
-    fn scores(&self, round: Option<usize>) -> Option<&serde_json::Value> {
-        let s = match round {
-            None => self.final_.as_ref()?,
-            Some(k) => self.rounds.get(k).or(self.rounds.last())?,
-        };
-        s.is_object().then_some(s)
+    fn scores(&self, round: Option<usize>) -> Option<&Scores> {
+        match round {
+            None => self.final_.as_ref(),
+            Some(k) => self.rounds.get(k).or(self.rounds.last())?.as_ref(),
+        }
     }
 }
 
 /// A run's `scores.jsonl`, by trajectory id.
-struct Scores {
+struct RunScores {
     dir: PathBuf,
     lines: BTreeMap<u64, Line>,
 }
 
-impl Scores {
-    fn read(dir: &Path) -> Result<Scores> {
+impl RunScores {
+    fn read(dir: &Path) -> Result<RunScores> {
         let path = dir.join("scores.jsonl");
         let text = std::fs::read_to_string(&path).map_err(|e| {
             refused(anyhow::anyhow!(
@@ -94,33 +92,27 @@ impl Scores {
                 continue;
             }
             let at = || format!("{}:{}", path.display(), i + 1);
-            let v: serde_json::Value = serde_json::from_str(l).with_context(at).map_err(refused)?;
-            let id = v["id"]
-                .as_u64()
-                .with_context(|| format!("{}: no \"id\"", at()))
-                .map_err(refused)?;
-            let sg = &v["scene_graph"];
-            let key = if sg.is_object() {
-                Some(
-                    serde_json::json!({
-                        "items": sg["items"],
-                        "relations": sg.get("relations").cloned().unwrap_or_else(|| serde_json::json!([])),
-                    })
-                    .to_string(),
-                )
-            } else {
-                v["prompt"].as_str().map(str::to_string)
+            let l: ScoreLine = serde_json::from_str(l).with_context(at).map_err(refused)?;
+            // A prompt is its scene graph's items and relations (or its text, in files that
+            // do not record the graph).
+            let key = match &l.scene_graph {
+                Some(sg) => Some(serde_json::to_string(&(&sg.items, &sg.relations))?),
+                None => l.prompt.clone(),
             };
-            let line = Line {
-                key,
-                prompt: v["prompt"].as_str().map(str::to_string),
-                failed: v["outcome"] == "failed",
-                final_: Some(v["final"].clone()).filter(|f| f.is_object()),
-                rounds: v["rounds"].as_array().cloned().unwrap_or_default(),
-            };
+            let scores = |j: &Judgement| j.scores().copied();
+            let (id, line) = (
+                l.id,
+                Line {
+                    key,
+                    prompt: l.prompt,
+                    failed: l.outcome == LineOutcome::Failed,
+                    final_: l.final_.as_ref().and_then(scores),
+                    rounds: l.rounds.iter().map(scores).collect(),
+                },
+            );
             lines.insert(id, line);
         }
-        Ok(Scores {
+        Ok(RunScores {
             dir: dir.to_path_buf(),
             lines,
         })
@@ -154,7 +146,7 @@ struct SideReport {
 }
 
 impl SideReport {
-    fn new(me: &Scores, other: &Scores, round: Option<usize>) -> SideReport {
+    fn new(me: &RunScores, other: &RunScores, round: Option<usize>) -> SideReport {
         let failed: Vec<u64> = ids(me, |l| l.failed);
         SideReport {
             run: me.dir.clone(),
@@ -189,7 +181,7 @@ impl SideReport {
     }
 }
 
-fn ids(s: &Scores, pick: impl Fn(&Line) -> bool) -> Vec<u64> {
+fn ids(s: &RunScores, pick: impl Fn(&Line) -> bool) -> Vec<u64> {
     s.lines
         .iter()
         .filter(|(_, l)| pick(l))
@@ -211,7 +203,7 @@ fn list_ids(ids: &[u64]) -> String {
 
 /// Refuses pairs of trajectories with different prompts, and runs that do not record their
 /// prompts, unless `pair_by_id`; returns the number of shared ids whose prompts differ.
-fn check_prompts(a: &Scores, b: &Scores, pair_by_id: bool) -> Result<usize> {
+fn check_prompts(a: &RunScores, b: &RunScores, pair_by_id: bool) -> Result<usize> {
     let mut differ = Vec::new();
     let mut unknown = Vec::new();
     for (id, la) in &a.lines {
@@ -226,7 +218,7 @@ fn check_prompts(a: &Scores, b: &Scores, pair_by_id: bool) -> Result<usize> {
         return Ok(differ.len());
     }
     if let Some(id) = differ.first() {
-        let text = |s: &Scores| {
+        let text = |s: &RunScores| {
             s.lines[id]
                 .prompt
                 .clone()
@@ -272,7 +264,7 @@ pub fn bootstrap_ci(d: &[f64], resamples: usize, seed: u64) -> (f64, f64, f64) {
 
 /// Runs the command.
 pub fn run(args: CompareArgs) -> Result<i32> {
-    let (a, b) = (Scores::read(&args.a)?, Scores::read(&args.b)?);
+    let (a, b) = (RunScores::read(&args.a)?, RunScores::read(&args.b)?);
     if let Some(k) = args.round {
         check_round(&a, &b, k)?;
     }
@@ -343,7 +335,7 @@ pub fn run(args: CompareArgs) -> Result<i32> {
 }
 
 /// Refuses `--round k` when a run has no scores for round k.
-fn check_round(a: &Scores, b: &Scores, k: usize) -> Result<()> {
+fn check_round(a: &RunScores, b: &RunScores, k: usize) -> Result<()> {
     for (name, s) in [("A", &a), ("B", &b)] {
         match s.last_round() {
             Some(last) if k <= last => {}
@@ -366,8 +358,8 @@ fn check_round(a: &Scores, b: &Scores, k: usize) -> Result<()> {
 
 /// Per metric: both runs' means and the paired difference, each with its bootstrap interval.
 fn metric_rows(
-    a: &Scores,
-    b: &Scores,
+    a: &RunScores,
+    b: &RunScores,
     ids: &[u64],
     round: Option<usize>,
     resamples: usize,
@@ -377,8 +369,8 @@ fn metric_rows(
         let pairs: Vec<(f64, f64)> = ids
             .iter()
             .filter_map(|id| {
-                let x = a.lines[id].scores(round)?[m].as_f64()?;
-                let y = b.lines[id].scores(round)?[m].as_f64()?;
+                let x = a.lines[id].scores(round)?.metric(m)?;
+                let y = b.lines[id].scores(round)?.metric(m)?;
                 Some((x, y))
             })
             .collect();

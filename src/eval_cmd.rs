@@ -31,6 +31,7 @@ use crate::compare_cmd::bootstrap_ci;
 use crate::outcome::{exit, refused};
 use crate::overrides::set_string;
 use crate::run::Reporting;
+use crate::scores::{Judgement, LineOutcome, METRICS, ScoreLine, Scores};
 
 /// Options of `rlrig eval`.
 #[derive(clap::Args)]
@@ -76,8 +77,6 @@ pub struct EvalArgs {
     pub judge_backoff_ms: u64,
 }
 
-const METRICS: [&str; 4] = ["sg_iou", "entity_iou", "relation_iou", "relation_accuracy"];
-
 /// Images judged and images whose judgement failed.
 type Counts = (usize, usize);
 
@@ -91,7 +90,7 @@ struct Judged {
     records: usize,
     done: usize,
     failed: usize,
-    lines: Vec<serde_json::Value>,
+    lines: Vec<ScoreLine>,
     rounds: usize,
     /// Distinct images the VLM judge scored, and those it could not (`None`: the oracle).
     images: Option<Counts>,
@@ -248,11 +247,7 @@ fn stored(args: &EvalArgs, judge: Option<&rlrig_judge::JudgeClient>) -> Result<J
                 )));
             }
             let lines = read_scores(dir)?;
-            let rounds = lines
-                .iter()
-                .filter_map(|l| l["rounds"].as_array().map(Vec::len))
-                .max()
-                .unwrap_or(0);
+            let rounds = lines.iter().map(|l| l.rounds.len()).max().unwrap_or(0);
             (lines, rounds, None)
         }
     };
@@ -279,33 +274,25 @@ fn stored_max_round(store: &Path) -> Result<u32> {
         .unwrap_or(0))
 }
 
-fn read_scores(dir: &Path) -> Result<Vec<serde_json::Value>> {
-    let path = dir.join("scores.jsonl");
-    std::fs::read_to_string(&path)
-        .with_context(|| path.display().to_string())?
-        .lines()
-        .map(|l| serde_json::from_str(l).with_context(|| path.display().to_string()))
-        .collect()
+fn read_scores(dir: &Path) -> Result<Vec<ScoreLine>> {
+    crate::scores::read(&dir.join("scores.jsonl"))
 }
 
 /// Means with confidence intervals of the scores `pick` finds in each line, and how many
 /// judgements it found and how many of them failed.
 fn summarise(
-    lines: &[serde_json::Value],
+    lines: &[ScoreLine],
     resamples: usize,
-    pick: &dyn Fn(&serde_json::Value) -> Option<serde_json::Value>,
+    pick: &dyn Fn(&ScoreLine) -> Option<&Judgement>,
 ) -> serde_json::Value {
-    let picked: Vec<serde_json::Value> = lines
-        .iter()
-        .filter_map(pick)
-        .filter(|s| s.is_object())
-        .collect();
-    let failed = picked.iter().filter(|s| s.get("error").is_some()).count();
+    let picked: Vec<&Judgement> = lines.iter().filter_map(pick).collect();
+    let scored: Vec<&Scores> = picked.iter().filter_map(|j| j.scores()).collect();
+    let failed = picked.len() - scored.len();
     let mut out = serde_json::Map::new();
-    out.insert("judged".into(), (picked.len() - failed).into());
+    out.insert("judged".into(), scored.len().into());
     out.insert("failed".into(), failed.into());
     for m in METRICS {
-        let v: Vec<f64> = picked.iter().filter_map(|s| s[m].as_f64()).collect();
+        let v: Vec<f64> = scored.iter().filter_map(|s| s.metric(m)).collect();
         if v.is_empty() {
             continue;
         }
@@ -322,9 +309,9 @@ fn summarise(
 /// and says how the command exits.
 fn report(args: &EvalArgs, j: &Judged) -> Result<i32> {
     let per_round: Vec<serde_json::Value> = (0..j.rounds)
-        .map(|r| summarise(&j.lines, args.resamples, &|l| l["rounds"].get(r).cloned()))
+        .map(|r| summarise(&j.lines, args.resamples, &|l| l.rounds.get(r)))
         .collect();
-    let final_ = summarise(&j.lines, args.resamples, &|l| Some(l["final"].clone()));
+    let final_ = summarise(&j.lines, args.resamples, &|l| l.final_.as_ref());
     let judge = args.judge_url.as_ref().map_or("oracle".to_string(), |u| {
         format!("{} at {u}", args.judge_model)
     });
@@ -429,32 +416,37 @@ fn judge_run(
     judge: &rlrig_judge::JudgeClient,
     dir: &Path,
     max_rounds: u32,
-) -> Result<(Vec<serde_json::Value>, usize, Option<Counts>)> {
+) -> Result<(Vec<ScoreLine>, usize, Option<Counts>)> {
     let store = rlrig_store::TrajectoryStore::open(&dir.join("store"))
         .context("judging needs the run's trajectory store (store.trajectories = true)")?;
     let score = |img: &rlrig_contract::Image, truth: &rlrig_sg::SceneGraph| match judge
         .extract(img, truth)
     {
-        Ok(x) => {
-            let s = rlrig_sg::score(truth, &x);
-            serde_json::json!({"sg_iou": s.sg_iou, "entity_iou": s.entity_iou,
-                "relation_iou": s.relation_iou,
-                "relation_accuracy": rlrig_sg::relation_accuracy(truth, &x)})
-        }
-        Err(e) => serde_json::json!({"error": e.to_string()}),
+        Ok(x) => Judgement::Scored(Scores::new(
+            &rlrig_sg::score(truth, &x),
+            rlrig_sg::relation_accuracy(truth, &x),
+        )),
+        Err(e) => Judgement::Failed {
+            error: e.to_string(),
+        },
     };
     let mut lines = Vec::new();
     let mut counted = Vec::new();
     for (_, t) in store.committed_after(None, usize::MAX)? {
         let Some(answer) = t.answer() else {
-            lines.push(serde_json::json!({
-                "id": t.id, "prompt": t.prompt.prompt(), "outcome": "failed",
-                "rounds": [], "final": null,
-            }));
+            lines.push(ScoreLine {
+                id: t.id,
+                prompt: Some(t.prompt.prompt()),
+                scene_graph: None,
+                outcome: LineOutcome::Failed,
+                error: None,
+                rounds: Vec::new(),
+                final_: None,
+            });
             continue;
         };
         let images: Vec<_> = t.images().collect();
-        let mut judged: HashMap<usize, serde_json::Value> = HashMap::new();
+        let mut judged: HashMap<usize, Judgement> = HashMap::new();
         let mut per_round = Vec::new();
         for r in 0..=max_rounds {
             if let Some((step, _, img)) = images.iter().rev().find(|(_, round, _)| *round <= r) {
@@ -473,13 +465,21 @@ fn judge_run(
             }
         };
         counted.extend(judged.into_values());
-        lines.push(serde_json::json!({
-            "id": t.id, "prompt": t.prompt.prompt(), "outcome": "done",
-            "rounds": per_round, "final": final_,
-        }));
+        lines.push(ScoreLine {
+            id: t.id,
+            prompt: Some(t.prompt.prompt()),
+            scene_graph: None,
+            outcome: LineOutcome::Done,
+            error: None,
+            rounds: per_round,
+            final_: Some(final_),
+        });
     }
-    let failed = counted.iter().filter(|s| s.get("error").is_some()).count();
-    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let failed = counted.iter().filter(|s| s.scores().is_none()).count();
+    let mut text = Vec::new();
+    for l in &lines {
+        crate::scores::write_line(&mut text, l)?;
+    }
     std::fs::write(dir.join("judge_scores.jsonl"), text)?;
     Ok((
         lines,

@@ -30,6 +30,7 @@ mod quality_cmd;
 pub mod replay;
 pub mod report;
 pub mod run;
+pub mod scores;
 pub mod train;
 mod trajectories_cmd;
 mod world_cmd;

@@ -16,7 +16,7 @@
 //! started: a flow whose actors cannot start leaves nothing behind (and a run it would have
 //! overwritten as it was).
 
-use std::io::{IsTerminal, Write as _};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -32,6 +32,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
 use crate::chain::write_chain;
+use crate::scores::{self, Judgement, LineOutcome, ScoreLine, Scores};
 
 /// Options of `rlrig run`.
 pub struct RunOptions {
@@ -454,10 +455,15 @@ impl Collector {
             .sum::<u64>();
         if let Outcome::Failed { error } = &t.outcome {
             self.failed += 1;
-            return self.write_line(serde_json::json!({
-                "id": t.id, "prompt": t.prompt.prompt(), "scene_graph": t.prompt,
-                "outcome": "failed", "error": error, "rounds": [], "final": null,
-            }));
+            return self.write_line(&ScoreLine {
+                id: t.id,
+                prompt: Some(t.prompt.prompt()),
+                scene_graph: Some(t.prompt.clone()),
+                outcome: LineOutcome::Failed,
+                error: Some(error.clone()),
+                rounds: Vec::new(),
+                final_: None,
+            });
         }
         self.done += 1;
         self.rounds_run += t.steps.iter().map(|s| s.round as u64).max().unwrap_or(0);
@@ -483,20 +489,21 @@ impl Collector {
         if let Some(s) = final_ {
             self.finals.add(s);
         }
-        let line = |s: &(IouScores, Option<f64>)| {
-            serde_json::json!({"sg_iou": s.0.sg_iou, "entity_iou": s.0.entity_iou,
-                "relation_iou": s.0.relation_iou, "relation_accuracy": s.1})
-        };
-        self.write_line(serde_json::json!({
-            "id": t.id, "prompt": t.prompt.prompt(), "scene_graph": t.prompt, "outcome": "done",
-            "rounds": per_round.iter().map(line).collect::<Vec<_>>(),
-            "final": final_.as_ref().map(line),
-        }))
+        let judged = |s: &(IouScores, Option<f64>)| Judgement::Scored(Scores::new(&s.0, s.1));
+        self.write_line(&ScoreLine {
+            id: t.id,
+            prompt: Some(t.prompt.prompt()),
+            scene_graph: Some(t.prompt.clone()),
+            outcome: LineOutcome::Done,
+            error: None,
+            rounds: per_round.iter().map(judged).collect(),
+            final_: final_.as_ref().map(judged),
+        })
     }
 
-    fn write_line(&mut self, line: serde_json::Value) -> std::io::Result<()> {
+    fn write_line(&mut self, line: &ScoreLine) -> std::io::Result<()> {
         match &mut self.scores {
-            Some(out) => writeln!(out, "{line}"),
+            Some(out) => scores::write_line(out, line),
             None => Ok(()),
         }
     }
