@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use rlrig_contract::{
     CheckRequest, EditRequest, GenerateRequest, Image, ProposeRequest, StepOutput, Trajectory,
 };
-use rlrig_engine::wire::{Answer, Job, decode, encode};
+use rlrig_engine::wire::{Job, JobReply, decode, encode};
 use rlrig_engine::{Request, Response};
 use rlrig_store::TrajectoryStore;
 
@@ -251,10 +251,10 @@ fn serialisation(tmp: &Path) {
     for _ in 0..reps {
         for m in msgs.iter().flatten() {
             let a = encode(&Job(Box::new(m.0.clone())));
-            let b = encode(&Answer(Ok(m.1.clone())));
+            let b = encode(&JobReply(Ok(m.1.clone())));
             bytes += a.len() + b.len();
             let _: Job = decode(&a).unwrap();
-            let _: Answer = decode(&b).unwrap();
+            let _: JobReply = decode(&b).unwrap();
         }
     }
     let wire = t.elapsed() / reps;

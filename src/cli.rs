@@ -209,13 +209,14 @@ fn run_any(
     // Loaded and checked once, here; the run takes it as it is.
     let loaded = crate::run::load_checked_str(registry, &flow, &text, &sets)?;
     if loaded.flow.train.is_some() {
-        let (_, dir) = crate::train::run(registry, &loaded, overwrite, resume).map_err(|e| {
-            if crate::run::was_interrupted() && !e.chain().any(|c| c.is::<Interrupted>()) {
-                e.context(Interrupted("interrupted".into()))
-            } else {
-                e
-            }
-        })?;
+        let (_, dir) =
+            crate::train_cmd::run(registry, &loaded, overwrite, resume).map_err(|e| {
+                if crate::run::was_interrupted() && !e.chain().any(|c| c.is::<Interrupted>()) {
+                    e.context(Interrupted("interrupted".into()))
+                } else {
+                    e
+                }
+            })?;
         let (done, failed) = crate::run::count_outcomes(&dir.join("store"))?;
         return all_done(failed, done + failed, &dir);
     }

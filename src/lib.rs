@@ -31,7 +31,7 @@ pub mod replay;
 pub mod report;
 pub mod run;
 pub mod scores;
-pub mod train;
+pub mod train_cmd;
 mod trajectories_cmd;
 mod world_cmd;
 

@@ -100,7 +100,7 @@ pub fn run(
     }
     crate::run::prepare_run_dir(&dir, overwrite)?;
     loaded.write_copy(&dir.join("flow.toml"))?;
-    let mut learner = crate::train::learner_for(registry, &loaded)?;
+    let mut learner = crate::train_cmd::learner_for(registry, &loaded)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(loaded.flow.engine.seed);
     let mut order: Vec<usize> = Vec::new();
     let mut epochs = 0;
@@ -148,8 +148,8 @@ pub fn run(
         eprintln!("warning: metrics.svg: {e}");
     }
     let update = learner.update().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let weights_file = crate::train::weights_file(&loaded, &t);
-    crate::train::write_weights(&dir.join(weights_file), &update.weights)?;
+    let weights_file = crate::train_cmd::weights_file(&loaded, &t);
+    crate::train_cmd::write_weights(&dir.join(weights_file), &update.weights)?;
     let summary = ReplaySummary {
         source: source.to_path_buf(),
         trajectories,

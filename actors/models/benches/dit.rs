@@ -15,7 +15,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rlrig_models::flow::{self, SamplerConfig};
+use rlrig_models::rectified_flow::{self, SamplerConfig};
 use rlrig_models::text::{PAD, PROMPT_VOCAB_SIZE, TextBatch};
 use rlrig_models::{Dit, DitConfig};
 
@@ -67,14 +67,15 @@ fn bench(patch: usize, text_layers: usize, runs: usize) {
     let train_device = Device::flex().autodiff();
     train_device.seed(0);
     let mut model = Some(Dit::new(&config, &train_device).expect("valid config"));
-    let mut optim = flow::adamw().init();
-    let x0 = flow::normal_tensor([BATCH, 3, 32, 32], &mut rng, &train_device).clamp(-1.0, 1.0);
+    let mut optim = rectified_flow::adamw().init();
+    let x0 =
+        rectified_flow::normal_tensor([BATCH, 3, 32, 32], &mut rng, &train_device).clamp(-1.0, 1.0);
     let text = random_text(&config, &mut rng, &train_device);
     let train = median_ms(runs, || {
         let current = model.take().expect("the model is put back after each step");
-        let loss = flow::training_loss(&current, x0.clone(), None, &text, &mut rng);
+        let loss = rectified_flow::training_loss(&current, x0.clone(), None, &text, &mut rng);
         let grads = GradientsParams::from_grads(loss.backward(), &current);
-        model = Some(optim.step(flow::LEARNING_RATE, current, grads));
+        model = Some(optim.step(rectified_flow::LEARNING_RATE, current, grads));
         // Reading the loss waits for the step on a lazy backend.
         let _ = loss.into_data();
     });
@@ -90,7 +91,7 @@ fn bench(patch: usize, text_layers: usize, runs: usize) {
     let mut seed = 0;
     let sample = median_ms(runs, || {
         seed += 1;
-        let x: Tensor<4> = flow::sample_ode(&model, &text, None, &sampler, seed);
+        let x: Tensor<4> = rectified_flow::sample_ode(&model, &text, None, &sampler, seed);
         let _ = x.into_data();
     });
     let label = if text_layers > 0 {

@@ -1,5 +1,5 @@
 //! Phase 2's costs on the flex CPU backend, shaped like `flows/train-editor.toml`: the shipped
-//! Editor sampling GROUPS × 8 edits with the 10-step SDE sampler (`flow::sample_sde_chains`),
+//! Editor sampling GROUPS × 8 edits with the 10-step SDE sampler (`rectified_flow::sample_sde_chains`),
 //! and one Flow-GRPO learner step (`FlowLearner::step`: the chains' per-step log-probs with
 //! autodiff, the frozen reference's step means for the KL, backward, clipped AdamW) on them.
 //! Median of RUNS after one warm-up. The PyTorch reference of the same work is
@@ -11,10 +11,10 @@ use std::time::Instant;
 
 use burn::tensor::Device;
 use rlrig_contract::{CheckReport, DenoisingChain, EditProposal, GroupSample, GrpoGroup};
-use rlrig_models::flow::{self, SamplerConfig};
 use rlrig_models::flow_grpo::{FlowLearner, FlowLearnerConfig};
 use rlrig_models::grpo::GrpoConfig;
 use rlrig_models::image::images_to_tensor;
+use rlrig_models::rectified_flow::{self, SamplerConfig};
 use rlrig_models::text::Tokenizer;
 use rlrig_world::{Canvas, sample};
 
@@ -63,7 +63,8 @@ fn main() {
         .expect("prompt");
     let cond = images_to_tensor(&sources, &device).expect("images");
     let seeds: Vec<u64> = (0..b as u64).collect();
-    let sample_once = || flow::sample_sde_chains(&model, &text, Some(&cond), &sampler, &seeds);
+    let sample_once =
+        || rectified_flow::sample_sde_chains(&model, &text, Some(&cond), &sampler, &seeds);
     let mut out = sample_once();
     let mut sampling = Vec::new();
     for _ in 0..runs {

@@ -2,14 +2,14 @@
 //! (Reflection-GRPO's phase 2) and the Diffuser (the RL-tuned generator).
 //!
 //! An Editor's group is `G` edits of one (source image, edit prompt), a Diffuser's `G` images of
-//! one prompt, each sampled by the role's SDE sampler ([`crate::flow::sample_sde_window`]) and
+//! one prompt, each sampled by the role's SDE sampler ([`crate::rectified_flow::sample_sde_window`]) and
 //! stored with its denoising chain: the `K + 1` states and each step's log-probability under
 //! the weights that sampled it. A sample's reward is the Checker's verdict on its image; its
 //! advantage (group-normalised,
 //! clipped to `±adv_clip`) is shared by its `K` steps. Per step:
 //!
 //! * `ρ = exp(logp − logp_old)`, with `logp` the Gaussian log-density of the stored transition
-//!   under the current weights ([`crate::flow::transition_log_prob`]; a pixel mean, as the
+//!   under the current weights ([`crate::rectified_flow::transition_log_prob`]; a pixel mean, as the
 //!   sampler records it);
 //! * loss `−min(ρ·A, clip(ρ, 1 − ε, 1 + ε_high)·A) + β·KL`, where `KL` is the exact Gaussian
 //!   KL between the step's transition under the current and the frozen reference weights (the
@@ -33,9 +33,9 @@ use rlrig_contract::{
 use serde::{Deserialize, Serialize};
 
 use crate::Dit;
-use crate::flow::{self, SamplerConfig, SdeStep};
 use crate::grpo::{GrpoConfig, group_advantages, loss_with_kl, restore_learner, save_learner};
 use crate::image::images_to_tensor;
+use crate::rectified_flow::{self, SamplerConfig, SdeStep};
 use crate::text::{TextBatch, Tokenizer};
 
 /// The Flow-GRPO learner's settings.
@@ -95,7 +95,7 @@ impl FlowLearner {
     /// at version 0.
     pub fn new(model: Dit, config: FlowLearnerConfig) -> Self {
         let reference = model.valid();
-        let optim = flow::adamw()
+        let optim = rectified_flow::adamw()
             .with_grad_clipping(Some(
                 burn::optim::grad_clipping::GradientClippingConfig::Norm(config.max_grad_norm),
             ))
@@ -185,7 +185,7 @@ impl FlowLearner {
         for k in 0..steps {
             let coef = SdeStep::new(k, schedule, sampler.noise_scale);
             let (x, x_next) = (state(k, &device), state(k + 1, &device));
-            let v = flow::velocity(
+            let v = rectified_flow::velocity(
                 model,
                 x.clone(),
                 coef.s,
@@ -194,10 +194,14 @@ impl FlowLearner {
                 sampler.guidance,
             );
             let mean = coef.mean(x, v);
-            logps.push(flow::gaussian_log_prob(x_next, mean.clone(), coef.std));
+            logps.push(rectified_flow::gaussian_log_prob(
+                x_next,
+                mean.clone(),
+                coef.std,
+            ));
             if let Some((ref_text, ref_cond)) = &reference_inputs {
                 let x_ref = state(k, &ref_device);
-                let v_ref = flow::velocity(
+                let v_ref = rectified_flow::velocity(
                     &self.reference,
                     x_ref.clone(),
                     coef.s,

@@ -361,7 +361,7 @@ impl Learner {
     /// A learner starting from `policy` (built on an autodiff device), at version 0.
     pub fn new(policy: PolicyNet, config: LearnerConfig) -> Self {
         let reference = burn::module::Module::valid(&policy);
-        let optim = crate::flow::adamw()
+        let optim = crate::rectified_flow::adamw()
             .with_grad_clipping(Some(
                 burn::optim::grad_clipping::GradientClippingConfig::Norm(config.max_grad_norm),
             ))
@@ -585,10 +585,11 @@ pub(crate) fn restore_learner<M: Module, S: serde::de::DeserializeOwned>(
     let text = std::fs::read_to_string(dir.join("learner.json")).map_err(|e| bad(e.to_string()))?;
     let state: S = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     let mut m = model.take().expect("held between calls");
-    let loaded = crate::train::load_burnpack(&mut m, &dir.join(format!("{name}.bpk")), name);
+    let loaded =
+        crate::training_loop::load_burnpack(&mut m, &dir.join(format!("{name}.bpk")), name);
     *model = Some(m);
     loaded.map_err(|e| bad(e.to_string()))?;
-    let old = std::mem::replace(optim, crate::flow::adamw().init());
+    let old = std::mem::replace(optim, crate::rectified_flow::adamw().init());
     *optim = old
         .load(dir.join("optim.bpk"))
         .map_err(|e| bad(format!("optimiser: {e}")))?;

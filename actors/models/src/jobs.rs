@@ -9,7 +9,7 @@ use rlrig_flow::{FlowError, Loaded, PretrainFlow, PretrainModel};
 
 use crate::DitConfig;
 use crate::pretrain::{self, ModelKind, PretrainJob};
-use crate::train::{TrainError, TrainOutcome, TrainSettings};
+use crate::training_loop::{LoopSettings, TrainError, TrainOutcome};
 use crate::vlm::VlmConfig;
 use crate::vlm_data::VlmData;
 use crate::vlm_train::{self, VlmJob, VlmRole};
@@ -30,7 +30,7 @@ impl Job {
     }
 
     /// The shared settings.
-    pub fn train(&self) -> &TrainSettings {
+    pub fn train(&self) -> &LoopSettings {
         match self {
             Job::Dit(j) => &j.train,
             Job::Vlm(j) => &j.train,
@@ -125,8 +125,8 @@ fn job_of(loaded: &Loaded<PretrainFlow>) -> Result<Job, FlowError> {
 }
 
 /// The settings every training job shares, from a flow's `[pretrain]` table.
-fn train_settings(p: &rlrig_flow::PretrainSettings) -> TrainSettings {
-    TrainSettings {
+fn train_settings(p: &rlrig_flow::PretrainSettings) -> LoopSettings {
+    LoopSettings {
         steps: p.steps,
         batch: p.batch,
         lr: p.lr,
@@ -166,5 +166,5 @@ impl Job {
 
 /// Whether `dir` holds a pre-training checkpoint that `--resume` can continue.
 pub fn can_resume(dir: &Path) -> bool {
-    crate::train::checkpoint_to_resume(dir).is_some()
+    crate::training_loop::checkpoint_to_resume(dir).is_some()
 }

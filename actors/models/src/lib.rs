@@ -4,14 +4,14 @@
 //!
 //! * [`text`]: the closed-vocabulary tokenizer of scene-graph and edit prompts.
 //! * [`dit`]: [`DitConfig`] and the network [`Dit`] (`v_θ(x_s, s, text)`).
-//! * [`flow`]: the training loss, the Euler ODE sampler with classifier-free guidance, and
+//! * [`rectified_flow`]: the training loss, the Euler ODE sampler with classifier-free guidance, and
 //!   Flow-GRPO's SDE sampler with per-step log-probabilities.
 //! * [`vlm`]: the Checker's and the Policy's small vision-language models.
 //! * [`checker`]: the Checker's inference (its questions, findings and scene graphs).
 //! * [`image`]: [`rlrig_contract::Image`] ↔ tensors in `[−1, 1]`.
 //! * [`weights`]: one self-describing safetensors file per model ([`weights::Architecture`]:
 //!   what each network tells its file).
-//! * [`train`]: the training loop every model shares (EMA, checkpoints, resume, budget).
+//! * [`training_loop`]: the training loop every model shares (EMA, checkpoints, resume, budget).
 //! * [`pretrain`]: pre-training the Diffuser and the Editor on data the world generates.
 //! * [`vlm_train`]: pre-training the Checker and the Policy (imperfect images, oracle labels)
 //!   and their evaluation.
@@ -32,14 +32,14 @@
 //!
 //! ```no_run
 //! use rlrig_models::burn::tensor::Device;
-//! use rlrig_models::flow::{self, SamplerConfig};
+//! use rlrig_models::rectified_flow::{self, SamplerConfig};
 //! use rlrig_models::text::Tokenizer;
 //! use rlrig_models::{Dit, DitConfig, image};
 //!
 //! let device = Device::flex();
 //! let model = Dit::new(&DitConfig::diffuser(), &device)?;
 //! let text = Tokenizer::default().batch(&["red circle left of blue square"], &device)?;
-//! let x = flow::sample_ode(&model, &text, None, &SamplerConfig::default(), 42);
+//! let x = rectified_flow::sample_ode(&model, &text, None, &SamplerConfig::default(), 42);
 //! let images = image::tensor_to_images(x)?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -54,7 +54,6 @@ pub mod checker;
 pub mod device;
 pub mod dit;
 mod error;
-pub mod flow;
 pub mod flow_grpo;
 pub mod grpo;
 pub mod image;
@@ -63,9 +62,10 @@ pub mod kinds;
 mod layers;
 pub mod pretrain;
 pub mod quality;
+pub mod rectified_flow;
 pub mod roles;
 pub mod text;
-pub mod train;
+pub mod training_loop;
 pub mod vlm;
 pub mod vlm_data;
 pub mod vlm_policy;

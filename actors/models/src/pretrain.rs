@@ -17,11 +17,11 @@ use rlrig_world::sample::sample_rng;
 use rlrig_world::{Canvas, Colour, Object, Rel, judge, sample};
 use serde::{Deserialize, Serialize};
 
-use crate::flow::{self, SamplerConfig};
 use crate::image::{images_to_tensor, tensor_to_images};
+use crate::rectified_flow::{self, SamplerConfig};
 use crate::text::{TextBatch, Tokenizer};
-use crate::train::{self, Task, TrainError, TrainSettings, io, mix, other};
-pub use crate::train::{TrainError as PretrainError, TrainOutcome as PretrainOutcome};
+use crate::training_loop::{self, LoopSettings, Task, TrainError, io, mix, other};
+pub use crate::training_loop::{TrainError as PretrainError, TrainOutcome as PretrainOutcome};
 use crate::{Dit, DitConfig};
 
 /// Which model a job trains.
@@ -41,17 +41,17 @@ pub struct PretrainJob {
     pub model: ModelKind,
     /// The architecture.
     pub config: DitConfig,
-    /// The Editor's weight on the pixels an edit changes ([`flow::training_loss_weighted`];
+    /// The Editor's weight on the pixels an edit changes ([`rectified_flow::training_loss_weighted`];
     /// 0: a plain mean).
     #[serde(default)]
     pub edit_weight: f64,
-    /// The mean of the logit-normal noise levels ([`flow::training_loss_weighted`]; 0: the
+    /// The mean of the logit-normal noise levels ([`rectified_flow::training_loss_weighted`]; 0: the
     /// standard `sigmoid(N(0, 1))`).
     #[serde(default)]
     pub noise_mean: f64,
     /// Steps, batch, learning rate, budget, device, …
     #[serde(flatten)]
-    pub train: TrainSettings,
+    pub train: LoopSettings,
 }
 
 /// The oracle's view of a sample grid.
@@ -199,7 +199,7 @@ struct DitTask<'a> {
 impl Task for DitTask<'_> {
     type Model = Dit;
 
-    fn settings(&self) -> &TrainSettings {
+    fn settings(&self) -> &LoopSettings {
         &self.job.train
     }
 
@@ -219,7 +219,7 @@ impl Task for DitTask<'_> {
     fn loss(&self, model: &Dit, step: u64) -> Result<Tensor<1>, TrainError> {
         let (x0, cond, text) = batch(self.job, &self.canvas, &self.tok, step, &self.device)?;
         let mut rng = ChaCha8Rng::seed_from_u64(mix(self.job.train.seed ^ 0x5EED, step));
-        Ok(flow::training_loss_weighted(
+        Ok(rectified_flow::training_loss_weighted(
             model,
             x0,
             cond.as_ref(),
@@ -256,7 +256,7 @@ pub fn run(
     log: impl FnMut(&str),
 ) -> Result<PretrainOutcome, PretrainError> {
     std::fs::create_dir_all(dir.join("samples")).map_err(io(dir))?;
-    let device = train::training_device(&job.train)?;
+    let device = training_loop::training_device(&job.train)?;
     let canvas = Canvas::new(job.config.image_size as u32).map_err(|e| other(&e))?;
     // Seeded initialisation: a run is a function of its job (a resume loads the weights anyway).
     device.seed(job.train.seed);
@@ -267,7 +267,7 @@ pub fn run(
         tok: Tokenizer::new(job.config.text_len),
         device,
     };
-    train::run(&task, model, dir, resume, log)
+    training_loop::run(&task, model, dir, resume, log)
 }
 
 /// Samples the held-out evaluation prompts, writes the grid and the oracle's scores.
@@ -292,7 +292,7 @@ fn evaluate(
                 .collect();
             let prompts: Vec<String> = samples.iter().map(|s| s.graph.prompt()).collect();
             let text = tok.batch(&prompts, &device).map_err(|e| other(&e))?;
-            let x = flow::sample_ode(model, &text, None, &sampler, EVAL_SEED);
+            let x = rectified_flow::sample_ode(model, &text, None, &sampler, EVAL_SEED);
             let graphs = samples.into_iter().map(|s| s.graph).collect::<Vec<_>>();
             (tensor_to_images(x).map_err(|e| other(&e))?, prompts, graphs)
         }
@@ -304,7 +304,7 @@ fn evaluate(
             let text = tok.batch(&prompts, &device).map_err(|e| other(&e))?;
             let before: Vec<Image> = ex.iter().map(|e| e.before.clone()).collect();
             let cond = images_to_tensor(&before, &device).map_err(|e| other(&e))?;
-            let x = flow::sample_ode(model, &text, Some(&cond), &sampler, EVAL_SEED);
+            let x = rectified_flow::sample_ode(model, &text, Some(&cond), &sampler, EVAL_SEED);
             // Judge the edit by the scene it should produce.
             let graphs = ex
                 .iter()

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::checker::checker_findings;
 use crate::pretrain::EVAL_SEED;
 use crate::text::{EOS, Tokenizer};
-use crate::train::mix;
+use crate::training_loop::mix;
 use crate::vlm::CheckerNet;
 use crate::vlm_data::{Scene, oracle_findings};
 use crate::vlm_policy::{Decoding, PolicyNet};

@@ -16,8 +16,8 @@ use rlrig_world::{WorldGraph, reflect};
 use serde::{Deserialize, Serialize};
 
 use crate::checker::{checker_findings, checker_graphs};
-use crate::flow::{self, SamplerConfig};
 use crate::image::{images_to_tensor, tensor_to_images};
+use crate::rectified_flow::{self, SamplerConfig};
 use crate::text::{EOS, Tokenizer};
 use crate::vlm::CheckerNet;
 use crate::vlm_policy::{Decoding, PolicyInput, PolicyNet};
@@ -54,7 +54,7 @@ impl NeuralSettings {
             steps: 20,
             guidance: 1.0,
             explore_steps: 10,
-            noise_scale: flow::SDE_NOISE_SCALE,
+            noise_scale: rectified_flow::SDE_NOISE_SCALE,
             sde_window: None,
         }
     }
@@ -111,7 +111,7 @@ fn noise(seeds: &[u64], c: usize, size: usize, device: &Device) -> Tensor<4> {
     let parts: Vec<Tensor<4>> = seeds
         .iter()
         .map(|&s| {
-            flow::normal_tensor(
+            rectified_flow::normal_tensor(
                 [1, c, size, size],
                 &mut ChaCha8Rng::seed_from_u64(s),
                 device,
@@ -121,7 +121,7 @@ fn noise(seeds: &[u64], c: usize, size: usize, device: &Device) -> Tensor<4> {
     Tensor::cat(parts, 0)
 }
 
-struct Loaded {
+struct LoadedDit {
     model: Dit,
     tok: Tokenizer,
     sampler: SamplerConfig,
@@ -133,7 +133,7 @@ struct Loaded {
     version: u64,
 }
 
-fn load(settings: &NeuralSettings, device: &str, want_cond: bool) -> Result<Loaded, ModelError> {
+fn load(settings: &NeuralSettings, device: &str, want_cond: bool) -> Result<LoadedDit, ModelError> {
     settings.check()?;
     let device = crate::device::select(device)?;
     let model = weights::load(&settings.weights, &device)?;
@@ -161,7 +161,7 @@ fn load(settings: &NeuralSettings, device: &str, want_cond: bool) -> Result<Load
         noise_scale: settings.noise_scale,
         ..sampler
     };
-    Ok(Loaded {
+    Ok(LoadedDit {
         model,
         tok,
         sampler,
@@ -172,7 +172,7 @@ fn load(settings: &NeuralSettings, device: &str, want_cond: bool) -> Result<Load
 }
 
 /// The trained text → image Diffuser (a rectified-flow DiT sampled with the Euler ODE sampler).
-pub struct NeuralDiffuser(Loaded);
+pub struct NeuralDiffuser(LoadedDit);
 
 impl NeuralDiffuser {
     /// Loads the weights named by the settings onto `device` (`cpu`, `wgpu:N`, …).
@@ -181,7 +181,7 @@ impl NeuralDiffuser {
     }
 }
 
-impl Loaded {
+impl LoadedDit {
     /// One image per prompt, each from its own seed's noise.
     fn sample<S: AsRef<str>>(
         &self,
@@ -198,14 +198,20 @@ impl Loaded {
             .map_err(|e| err(&e))?;
         let c = self.model.config();
         let start = noise(seeds, c.out_channels, c.image_size, &device);
-        let x = flow::sample_ode_from(&self.model, start, &text, cond.as_ref(), &self.sampler);
+        let x = rectified_flow::sample_ode_from(
+            &self.model,
+            start,
+            &text,
+            cond.as_ref(),
+            &self.sampler,
+        );
         tensor_to_images(x).map_err(|e| err(&e))
     }
 }
 
-impl Loaded {
+impl LoadedDit {
     /// Flow-GRPO's SDE sampler with `explore_steps` steps, noise scale `noise_scale` and SDE
-    /// noise in the first `sde_window` of them ([`flow::sample_sde_window`]): one image and
+    /// noise in the first `sde_window` of them ([`rectified_flow::sample_sde_window`]): one image and
     /// its denoising chain per prompt, each chain carrying the weights' version.
     fn explore<S: AsRef<str>>(
         &self,
@@ -218,7 +224,7 @@ impl Loaded {
         let cond = cond
             .map(|images| images_to_tensor(images, &device))
             .transpose()?;
-        let out = flow::sample_sde_window(
+        let out = rectified_flow::sample_sde_window(
             &self.model,
             &text,
             cond.as_ref(),
@@ -299,7 +305,7 @@ impl Diffuser for NeuralDiffuser {
 
 /// The trained Editor (the paper's Inverse Diffuser): the same DiT family conditioned on the
 /// source image (channel-concatenated) and the edit prompt.
-pub struct NeuralEditor(Loaded);
+pub struct NeuralEditor(LoadedDit);
 
 impl NeuralEditor {
     /// Loads the weights named by the settings onto `device` (`cpu`, `wgpu:N`, …).
@@ -317,7 +323,7 @@ impl Editor for NeuralEditor {
     }
 
     /// Flow-GRPO's SDE sampler with `explore_steps` steps, noise scale `noise_scale` and SDE
-    /// noise in the first `sde_window` of them ([`flow::sample_sde_window`]); each chain
+    /// noise in the first `sde_window` of them ([`rectified_flow::sample_sde_window`]); each chain
     /// carries the weights' version.
     fn edit_explore(&mut self, batch: &[EditRequest]) -> Result<Vec<SampledImage>, RoleError> {
         let prompts: Vec<&str> = batch.iter().map(|r| r.edit_prompt.as_str()).collect();

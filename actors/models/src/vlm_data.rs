@@ -17,7 +17,7 @@ use rlrig_world::{Canvas, Colour, Edit, Object, Rel, Shape, WorldGraph, sample};
 use serde::{Deserialize, Serialize};
 
 use crate::roles::{NeuralDiffuser, NeuralEditor, NeuralSettings};
-use crate::train::{TrainError, io, mix, other};
+use crate::training_loop::{TrainError, io, mix, other};
 
 /// Where a VLM's training images come from besides the procedural ones.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::checker::{Question, checker_findings, checker_graphs, questions};
 use crate::pretrain::EVAL_SEED;
 use crate::text::{EOS, Tokenizer};
-use crate::train::{self, Task, TrainError, TrainOutcome, TrainSettings, io, mix, other};
+use crate::training_loop::{self, LoopSettings, Task, TrainError, TrainOutcome, io, mix, other};
 use crate::vlm::{CheckerNet, VlmConfig};
 use crate::vlm_data::{
     POOL_STREAM, Pool, Repairs, Scene, VlmData, generate_pool, load_pool, oracle_findings,
@@ -58,7 +58,7 @@ pub struct VlmJob {
     pub data: VlmData,
     /// Steps, batch, learning rate, budget, device, …
     #[serde(flatten)]
-    pub train: TrainSettings,
+    pub train: LoopSettings,
 }
 
 /// The verdict class of a label: 0 yes, 1 no, 2 cannot tell.
@@ -414,7 +414,7 @@ struct PolicyTask<'a>(Examples<'a>);
 impl Task for CheckerTask<'_> {
     type Model = CheckerNet;
 
-    fn settings(&self) -> &TrainSettings {
+    fn settings(&self) -> &LoopSettings {
         &self.ex.job.train
     }
 
@@ -480,7 +480,7 @@ impl Task for CheckerTask<'_> {
 impl Task for PolicyTask<'_> {
     type Model = PolicyNet;
 
-    fn settings(&self) -> &TrainSettings {
+    fn settings(&self) -> &LoopSettings {
         &self.0.job.train
     }
 
@@ -532,7 +532,7 @@ pub fn run(
     mut log: impl FnMut(&str),
 ) -> Result<TrainOutcome, TrainError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let device = train::training_device(&job.train)?;
+    let device = training_loop::training_device(&job.train)?;
     let canvas = Canvas::new(job.config.image_size as u32).map_err(|e| other(&e))?;
     let pool_dir = dir.join("pool");
     let pool = if job.data.generated == 0 {
@@ -568,7 +568,7 @@ pub fn run(
                 },
                 device,
             };
-            train::run(&task, model, dir, resume, log)
+            training_loop::run(&task, model, dir, resume, log)
         }
         VlmRole::Policy => {
             let model = PolicyNet::new(&job.config, &device)?;
@@ -578,7 +578,7 @@ pub fn run(
                 pool,
                 eval: held_out(&canvas, 128),
             });
-            train::run(&task, model, dir, resume, log)
+            training_loop::run(&task, model, dir, resume, log)
         }
     }
 }

@@ -12,10 +12,10 @@ use rlrig_contract::{
     CheckReport, DenoisingChain, EditProposal, GroupSample, GrpoGroup, GrpoLearner,
 };
 use rlrig_models::Dit;
-use rlrig_models::flow::{self, SamplerConfig};
 use rlrig_models::flow_grpo::{FlowLearner, FlowLearnerConfig};
 use rlrig_models::grpo::{GrpoConfig, group_advantages};
 use rlrig_models::image::images_to_tensor;
+use rlrig_models::rectified_flow::{self, SamplerConfig};
 use rlrig_models::text::Tokenizer;
 use rlrig_world::{Canvas, sample};
 
@@ -71,7 +71,8 @@ fn group_window(model: &Dit, rewards: &[f64], seed: u64, window: usize) -> GrpoG
         .unwrap();
     let cond = images_to_tensor(&vec![scene.image.clone(); g], &device).unwrap();
     let seeds: Vec<u64> = (0..g as u64).map(|i| seed * 100 + i).collect();
-    let out = flow::sample_sde_window(model, &text, Some(&cond), &sampler(), window, &seeds);
+    let out =
+        rectified_flow::sample_sde_window(model, &text, Some(&cond), &sampler(), window, &seeds);
     let samples = (0..g)
         .map(|i| GroupSample {
             proposal: Some(EditProposal {
@@ -123,7 +124,7 @@ fn generated_group(model: &Dit, rewards: &[f64], seed: u64) -> GrpoGroup {
         .batch(&vec![caption.as_str(); g], &device)
         .unwrap();
     let seeds: Vec<u64> = (0..g as u64).map(|i| seed * 100 + i).collect();
-    let out = flow::sample_sde_window(model, &text, None, &sampler(), 2, &seeds);
+    let out = rectified_flow::sample_sde_window(model, &text, None, &sampler(), 2, &seeds);
     let samples = (0..g)
         .map(|i| GroupSample {
             proposal: None,
@@ -184,7 +185,7 @@ fn chain_log_probs(model: &Dit, g: &GrpoGroup) -> Vec<f64> {
     };
     let mut total = vec![0.0; n];
     for k in 0..g.samples[0].chain.as_ref().unwrap().steps() {
-        let lp = flow::transition_log_prob(
+        let lp = rectified_flow::transition_log_prob(
             model,
             state(k),
             state(k + 1),

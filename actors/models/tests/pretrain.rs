@@ -2,7 +2,7 @@
 
 use rlrig_models::DitConfig;
 use rlrig_models::pretrain::{ModelKind, PretrainJob, edit_example, run};
-use rlrig_models::train::TrainSettings;
+use rlrig_models::training_loop::LoopSettings;
 use rlrig_world::edit::Edit;
 use rlrig_world::{Canvas, parse};
 
@@ -22,7 +22,7 @@ fn tiny(model: ModelKind, steps: u64) -> PretrainJob {
         },
         edit_weight: 0.0,
         noise_mean: 0.0,
-        train: TrainSettings {
+        train: LoopSettings {
             steps,
             batch: 2,
             lr: 1e-3,

@@ -299,7 +299,7 @@ fn a_grpo_step_makes_the_rewarded_edit_prompt_likelier() {
     let old = logp.clone().detach();
     let out = grpo::loss(logp, old, None, &advantages, mask, &GrpoConfig::default());
     let grads = GradientsParams::from_grads(out.loss.backward(), &net);
-    let mut optim = rlrig_models::flow::adamw().init();
+    let mut optim = rlrig_models::rectified_flow::adamw().init();
     let net = optim.step(1e-3, net, grads);
     let after = burn::module::Module::valid(&net)
         .score(&group, &tokens, 1.0)
@@ -405,7 +405,7 @@ fn the_learner_steps_filters_equal_groups_and_advances_versions() {
 
 #[test]
 fn vlm_jobs_train_resume_and_export_loadable_weights() {
-    use rlrig_models::train::TrainSettings;
+    use rlrig_models::training_loop::LoopSettings;
     use rlrig_models::vlm_data::VlmData;
     use rlrig_models::vlm_train::{self, VlmJob, VlmRole};
 
@@ -423,7 +423,7 @@ fn vlm_jobs_train_resume_and_export_loadable_weights() {
                 ..tiny(base.clone())
             },
             data: VlmData::default(),
-            train: TrainSettings {
+            train: LoopSettings {
                 steps,
                 batch: 2,
                 lr: 1e-3,

@@ -168,13 +168,13 @@ fn role_err(e: SdError) -> RoleError {
 }
 
 /// A pipeline loaded for one of the kinds, with its settings and device.
-struct Loaded {
+struct LoadedPipeline {
     pipeline: Pipeline,
     settings: SdSettings,
     device: Device,
 }
 
-impl Loaded {
+impl LoadedPipeline {
     /// Checks the settings, loads the pipeline (`base`: the flow file's directory) and
     /// refuses a UNet that does not take `channels` input channels.
     fn new(
@@ -194,7 +194,7 @@ impl Loaded {
                 "{kind}: the UNet takes {got} channels, not {channels} ({hint})"
             )));
         }
-        Ok(Loaded {
+        Ok(LoadedPipeline {
             pipeline,
             settings: settings.clone(),
             device: device.clone(),
@@ -203,13 +203,13 @@ impl Loaded {
 }
 
 /// `diffuser.sd`: Stable Diffusion text to image at the UNet's `sample_size`.
-pub struct SdDiffuser(Loaded);
+pub struct SdDiffuser(LoadedPipeline);
 
 impl SdDiffuser {
     /// Loads the pipeline (`base`: the flow file's directory).
     pub fn new(settings: &SdSettings, base: &Path, device: &Device) -> Result<Self, SdError> {
         let hint = "an InstructPix2Pix UNet? use editor.instruct-pix2pix";
-        Loaded::new("diffuser.sd", 4, hint, settings, base, device).map(SdDiffuser)
+        LoadedPipeline::new("diffuser.sd", 4, hint, settings, base, device).map(SdDiffuser)
     }
 }
 
@@ -242,13 +242,14 @@ impl Diffuser for SdDiffuser {
 }
 
 /// `editor.instruct-pix2pix`: InstructPix2Pix image editing.
-pub struct Ip2pEditor(Loaded);
+pub struct Ip2pEditor(LoadedPipeline);
 
 impl Ip2pEditor {
     /// Loads the pipeline (`base`: the flow file's directory); its UNet must take 8 channels.
     pub fn new(settings: &SdSettings, base: &Path, device: &Device) -> Result<Self, SdError> {
         let hint = "noisy and source latents";
-        Loaded::new("editor.instruct-pix2pix", 8, hint, settings, base, device).map(Ip2pEditor)
+        LoadedPipeline::new("editor.instruct-pix2pix", 8, hint, settings, base, device)
+            .map(Ip2pEditor)
     }
 }
 

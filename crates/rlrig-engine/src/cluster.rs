@@ -528,10 +528,10 @@ impl Actor for RemoteReplica {
                     // A failed send: the router or this proxy stopped; the router re-dispatches
                     // what a lost proxy held.
                     match r {
-                        Ok(CallResult::Success(wire::Answer(Ok(response)))) => {
+                        Ok(CallResult::Success(wire::JobReply(Ok(response)))) => {
                             let _ = router.cast(RouterMsg::Done { job_id, response });
                         }
-                        Ok(CallResult::Success(wire::Answer(Err(error)))) => {
+                        Ok(CallResult::Success(wire::JobReply(Err(error)))) => {
                             let _ = router.cast(RouterMsg::Failed {
                                 job_id,
                                 error: format!("{error} (on node {node:?})"),

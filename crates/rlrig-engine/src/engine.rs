@@ -326,7 +326,7 @@ struct Driver {
 
 /// The state of a trajectory between steps.
 #[derive(Clone)]
-struct Progress {
+struct TrajectoryState {
     image: Option<Image>,
     reports: Vec<CheckReport>,
     edit: Option<String>,
@@ -338,7 +338,7 @@ impl Driver {
         let started_unix_ms = now_ms();
         let seed = mix_seed(self.flow.engine.seed ^ mix_seed(id));
         let mut steps = Vec::new();
-        let mut p = Progress {
+        let mut p = TrajectoryState {
             image: None,
             reports: Vec::new(),
             edit: None,
@@ -369,7 +369,7 @@ impl Driver {
         }
     }
 
-    fn satisfied(&self, p: &Progress) -> bool {
+    fn satisfied(&self, p: &TrajectoryState) -> bool {
         match (self.flow.cycle.stop_score, CheckReport::combine(&p.reports)) {
             (Some(t), Some(r)) => r.score >= t,
             _ => false,
@@ -386,7 +386,7 @@ impl Driver {
         round: u32,
         prompt: &SceneGraph,
         seed: u64,
-        p: &mut Progress,
+        p: &mut TrajectoryState,
         steps: &mut Vec<Step>,
         branch: Option<u32>,
     ) -> Result<(), String> {
@@ -491,7 +491,7 @@ impl Driver {
         round: u32,
         prompt: &SceneGraph,
         seed: u64,
-        p: &mut Progress,
+        p: &mut TrajectoryState,
         steps: &mut Vec<Step>,
     ) -> Result<(), String> {
         let g = self.flow.num_generations();
@@ -584,10 +584,10 @@ impl Driver {
         round: u32,
         prompt: &SceneGraph,
         seed: u64,
-        mut bp: Progress,
+        mut bp: TrajectoryState,
         mut bsteps: Vec<Step>,
         b: u32,
-    ) -> (Result<(), String>, Progress, Vec<Step>) {
+    ) -> (Result<(), String>, TrajectoryState, Vec<Step>) {
         let r = Box::pin(self.run_steps(names, round, prompt, seed, &mut bp, &mut bsteps, Some(b)))
             .await;
         (r, bp, bsteps)

@@ -11,7 +11,7 @@ use crate::model::{Request, Response};
 
 /// The answer to a submitted request.
 #[derive(Debug)]
-pub(crate) struct Answer {
+pub(crate) struct Served {
     pub response: Response,
     pub attempts: u32,
 }
@@ -19,7 +19,7 @@ pub(crate) struct Answer {
 /// Messages to a router.
 pub(crate) enum RouterMsg {
     /// Answer this request; the reply says how it went.
-    Submit(Request, oneshot::Sender<Result<Answer, String>>),
+    Submit(Request, oneshot::Sender<Result<Served, String>>),
     /// A replica answered a job.
     Done { job_id: u64, response: Response },
     /// A remote replica gave up on a job (after the node's own retries).

@@ -22,7 +22,7 @@ use crate::registry::Registry;
 use crate::router::{Router, RouterArgs};
 use crate::tls::Tls;
 use crate::wire::{
-    Answer, HOSTS_GROUP, HostMsg, MAX_FRAME_BYTES, NodeInfo, PROTOCOL_VERSION, REPLICAS_GROUP,
+    HOSTS_GROUP, HostMsg, JobReply, MAX_FRAME_BYTES, NodeInfo, PROTOCOL_VERSION, REPLICAS_GROUP,
     ReplicaMsg, ReplicaSpec, Spawned,
 };
 
@@ -411,7 +411,7 @@ impl Actor for NodeReplica {
                         Ok(Err(e)) => Err(e),
                         Err(_) => Err("the replica stopped".into()),
                     };
-                    let _ = reply.send(Answer(answer));
+                    let _ = reply.send(JobReply(answer));
                 });
             }
             ReplicaMsg::Update(u) => st.router.cast(RouterMsg::Update(Box::new(u.0)))?,

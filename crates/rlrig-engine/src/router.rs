@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use rlrig_contract::WeightsUpdate;
 
 use crate::cluster::{Cluster, RemoteArgs, RemoteReplica};
-use crate::messages::{Answer, BatchFailed, Job, RouterMsg, WorkerMsg, spawn_err};
+use crate::messages::{BatchFailed, Job, RouterMsg, Served, WorkerMsg, spawn_err};
 use crate::registry::{ActorContext, Build};
 use crate::wire::ReplicaSpec;
 use crate::worker::{Worker, WorkerArgs};
@@ -51,7 +51,7 @@ struct Slot {
 pub(crate) struct RouterState {
     name: String,
     slots: Vec<Slot>,
-    waiting: HashMap<u64, oneshot::Sender<Result<Answer, String>>>,
+    waiting: HashMap<u64, oneshot::Sender<Result<Served, String>>>,
     next_id: u64,
     spawner: Spawner,
     max_attempts: u32,
@@ -142,7 +142,7 @@ impl Actor for Router {
                     }
                 }
                 if let Some(reply) = st.waiting.remove(&job_id) {
-                    let _ = reply.send(Ok(Answer { response, attempts }));
+                    let _ = reply.send(Ok(Served { response, attempts }));
                 }
             }
             RouterMsg::Failed { job_id, error } => {

@@ -127,13 +127,13 @@ pub struct Job(pub Box<Request>);
 
 /// A remote replica's answer: the response, or the error after the node's own retries.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Answer(pub Result<Response, String>);
+pub struct JobReply(pub Result<Response, String>);
 
 /// New weights for a remote replica.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Update(pub WeightsUpdate);
 
-wire!(Hello, NodeInfo, ReplicaSpec, Spawned, Job, Answer, Update);
+wire!(Hello, NodeInfo, ReplicaSpec, Spawned, Job, JobReply, Update);
 
 /// Messages to a node's host actor.
 #[derive(RactorClusterMessage)]
@@ -154,7 +154,7 @@ pub enum HostMsg {
 pub enum ReplicaMsg {
     /// Answer one request.
     #[rpc]
-    Run(Job, RpcReplyPort<Answer>),
+    Run(Job, RpcReplyPort<JobReply>),
     /// Take new weights before the next batch.
     Update(Update),
     /// Liveness: answers its argument at once, whatever the model is doing.
@@ -188,11 +188,14 @@ mod tests {
         let back = Job::from_bytes(bytes);
         assert_eq!(back.0, job.0);
 
-        let answer = Answer(Ok(Response::Image(image())));
-        let back = Answer::from_bytes(answer.clone().into_bytes());
+        let answer = JobReply(Ok(Response::Image(image())));
+        let back = JobReply::from_bytes(answer.clone().into_bytes());
         assert_eq!(back.0, answer.0);
-        let failed = Answer(Err("the editor failed".into()));
-        assert_eq!(Answer::from_bytes(failed.clone().into_bytes()).0, failed.0);
+        let failed = JobReply(Err("the editor failed".into()));
+        assert_eq!(
+            JobReply::from_bytes(failed.clone().into_bytes()).0,
+            failed.0
+        );
     }
 
     #[test]

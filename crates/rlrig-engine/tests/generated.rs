@@ -10,7 +10,7 @@ use rlrig_contract::{
     RelationVerdict, Role, WeightsUpdate,
 };
 use rlrig_engine::wire::{
-    Answer, Hello, Job, NodeInfo, PROTOCOL_VERSION, ReplicaSpec, Spawned, Update, decode, encode,
+    Hello, Job, JobReply, NodeInfo, PROTOCOL_VERSION, ReplicaSpec, Spawned, Update, decode, encode,
 };
 use rlrig_engine::{Request, Response};
 use rlrig_fuzz::{largest_allocation, mutated};
@@ -81,15 +81,15 @@ fn seeds() -> Vec<Vec<u8>> {
             seed: 4,
             explore: true,
         })))),
-        encode(&Answer(Ok(Response::Image(image)))),
-        encode(&Answer(Ok(Response::Report(report())))),
-        encode(&Answer(Ok(Response::Proposal(EditProposal {
+        encode(&JobReply(Ok(Response::Image(image)))),
+        encode(&JobReply(Ok(Response::Report(report())))),
+        encode(&JobReply(Ok(Response::Proposal(EditProposal {
             edit_prompt: "remove the red circle".into(),
             token_ids: vec![4, 9, 2],
             logprobs: vec![-0.1, -0.5, -0.01],
             policy_version: 2,
         })))),
-        encode(&Answer(Err("out of memory".into()))),
+        encode(&JobReply(Err("out of memory".into()))),
         encode(&Update(WeightsUpdate {
             version: 3,
             weights: vec![7; 300],
@@ -105,7 +105,7 @@ fn decode_all(bytes: &[u8]) -> usize {
         decode::<ReplicaSpec>(bytes).is_ok(),
         decode::<Spawned>(bytes).is_ok(),
         decode::<Job>(bytes).is_ok(),
-        decode::<Answer>(bytes).is_ok(),
+        decode::<JobReply>(bytes).is_ok(),
         decode::<Update>(bytes).is_ok(),
     ];
     oks.into_iter().filter(|ok| *ok).count()

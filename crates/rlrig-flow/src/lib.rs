@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 mod cluster;
 mod load;
 mod pretrain;
-mod train;
+mod train_settings;
 mod validate;
 
 pub use cluster::{ClusterSettings, LOCAL, NodeSpec, Placement, TlsFiles, Transport, used_nodes};
@@ -35,7 +35,7 @@ pub use load::{
     write_copy,
 };
 pub use pretrain::{PretrainFlow, PretrainModel, PretrainSettings};
-pub use train::TrainSettings;
+pub use train_settings::TrainSettings;
 
 /// A whole flow file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -6,7 +6,7 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rlrig_models::flow::normal_tensor;
+use rlrig_models::rectified_flow::normal_tensor;
 use rlrig_models::{Dit, DitConfig};
 
 /// A small DiT that runs in milliseconds: 32×32, width 32, depth 2, 2 heads.

@@ -23,9 +23,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::weights::{self, Architecture};
 
-/// The settings every training job shares.
+/// The training loop's settings, shared by every pre-training job.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TrainSettings {
+pub struct LoopSettings {
     /// Optimiser steps in all.
     pub steps: u64,
     /// Examples per step.
@@ -113,7 +113,7 @@ pub trait Task {
     type Model: Architecture;
 
     /// The shared settings.
-    fn settings(&self) -> &TrainSettings;
+    fn settings(&self) -> &LoopSettings;
 
     /// What must be equal for a checkpoint to belong to this job (model, architecture, seed,
     /// batch, …); stored in the checkpoint and compared on resume.
@@ -255,7 +255,7 @@ pub(crate) fn load_burnpack<M: Module>(
 }
 
 /// The training device of a job: its named device, prepared for autodiff.
-pub fn training_device(settings: &TrainSettings) -> Result<Device, TrainError> {
+pub fn training_device(settings: &LoopSettings) -> Result<Device, TrainError> {
     Ok(crate::device::select(&settings.device)
         .map_err(|e| other(&e))?
         .autodiff())
@@ -398,7 +398,7 @@ fn start<T: Task>(
 ) -> Result<Start<T::Model>, TrainError> {
     let job = task.settings();
     let ckpt = dir.join("checkpoint");
-    let mut optim = crate::flow::adamw().init();
+    let mut optim = crate::rectified_flow::adamw().init();
     let (mut step, mut seconds) = (0u64, 0.0f64);
     // The checkpoint a resume reads: `checkpoint/`, or `checkpoint.old/` after a crash mid-swap.
     let found = checkpoint_to_resume(dir).unwrap_or_else(|| ckpt.clone());

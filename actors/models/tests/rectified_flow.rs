@@ -10,8 +10,8 @@ use common::{max_diff, model, perturb, tiny, values};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rlrig_models::Dit;
-use rlrig_models::flow::{self, SamplerConfig};
 use rlrig_models::image::images_to_tensor;
+use rlrig_models::rectified_flow::{self, SamplerConfig};
 use rlrig_models::text::{TextBatch, Tokenizer};
 use rlrig_world::{Canvas, sample};
 
@@ -33,7 +33,7 @@ fn eval_loss(model: &Dit, x0: &Tensor<4>, text: &TextBatch) -> f32 {
     (0..4)
         .map(|seed| {
             let mut rng = ChaCha8Rng::seed_from_u64(1000 + seed);
-            values(flow::training_loss(
+            values(rectified_flow::training_loss(
                 &model,
                 x0.clone(),
                 None,
@@ -54,13 +54,13 @@ fn adamw_steps_on_a_fixed_batch_reduce_the_loss() {
     let before = eval_loss(&model, &x0, &text);
     assert!(before.is_finite() && before > 0.1, "initial loss {before}");
 
-    let mut optim = flow::adamw().init();
+    let mut optim = rectified_flow::adamw().init();
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     for _ in 0..40 {
-        let loss = flow::training_loss(&model, x0.clone(), None, &text, &mut rng);
+        let loss = rectified_flow::training_loss(&model, x0.clone(), None, &text, &mut rng);
         assert!(values(loss.clone())[0].is_finite());
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(flow::LEARNING_RATE, model, grads);
+        model = optim.step(rectified_flow::LEARNING_RATE, model, grads);
     }
     let after = eval_loss(&model, &x0, &text);
     assert!(after < 0.7 * before, "loss {before} → {after}");
@@ -74,7 +74,7 @@ fn the_loss_is_deterministic_for_a_generator_state() {
     let cond = x0.clone().flip([3]);
     let loss = |seed| {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        values(flow::training_loss(
+        values(rectified_flow::training_loss(
             &model,
             x0.clone(),
             Some(&cond),
@@ -102,9 +102,11 @@ fn ode_sampling_is_bit_identical_for_a_seed() {
             guidance,
             ..SamplerConfig::default()
         };
-        let a = values(flow::sample_ode(&model, &text, None, &sampler, 9));
-        let b = values(flow::sample_ode(&model, &text, None, &sampler, 9));
-        let c = values(flow::sample_ode(&model, &text, None, &sampler, 10));
+        let a = values(rectified_flow::sample_ode(&model, &text, None, &sampler, 9));
+        let b = values(rectified_flow::sample_ode(&model, &text, None, &sampler, 9));
+        let c = values(rectified_flow::sample_ode(
+            &model, &text, None, &sampler, 10,
+        ));
         assert_eq!(a.len(), 2 * 3 * 32 * 32);
         assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
         assert!(a.iter().zip(&c).any(|(x, y)| x != y));
@@ -128,10 +130,10 @@ fn guidance_mixes_the_conditional_and_unconditional_velocities() {
     );
     let v_u = model.forward(input, s, uncond.ids().clone(), uncond.mask().clone());
 
-    let guided = flow::velocity(&model, x.clone(), 0.6, &text, Some(&cond), 2.5);
+    let guided = rectified_flow::velocity(&model, x.clone(), 0.6, &text, Some(&cond), 2.5);
     let expected = v_u.clone() + (v_c.clone() - v_u).mul_scalar(2.5);
     assert!(max_diff(guided, expected) < 1e-4);
-    let plain = flow::velocity(&model, x, 0.6, &text, Some(&cond), 1.0);
+    let plain = rectified_flow::velocity(&model, x, 0.6, &text, Some(&cond), 1.0);
     assert!(max_diff(plain, v_c) < 1e-6);
 }
 
@@ -172,7 +174,7 @@ fn sde_log_probs_are_the_gaussian_densities_of_the_steps() {
         guidance: 1.0,
         noise_scale: 0.7,
     };
-    let out = flow::sample_sde(&model, &text, None, &sampler, 21);
+    let out = rectified_flow::sample_sde(&model, &text, None, &sampler, 21);
     assert_eq!(out.log_probs.len(), 3);
     assert_eq!(out.trajectory.len(), 4);
     assert_eq!(
@@ -186,7 +188,7 @@ fn sde_log_probs_are_the_gaussian_densities_of_the_steps() {
             out.trajectory[step + 1].clone(),
         );
         let s = 1.0 - step as f64 / 3.0;
-        let v = flow::velocity(&model, x.clone(), s, &text, None, 1.0);
+        let v = rectified_flow::velocity(&model, x.clone(), s, &text, None, 1.0);
         assert!(
             values(v.clone()).iter().any(|&v| v.abs() > 1e-3),
             "v is not trivial"
@@ -204,15 +206,16 @@ fn sde_log_probs_are_the_gaussian_densities_of_the_steps() {
             (got - expected).abs() < 1e-4 * expected.abs().max(1.0),
             "step {step}: sampler {got}, by hand {expected}"
         );
-        let again = flow::transition_log_prob(&model, x, x_next, step, &text, None, &sampler);
+        let again =
+            rectified_flow::transition_log_prob(&model, x, x_next, step, &text, None, &sampler);
         let again = f64::from(values(again)[0]);
         assert!((again - expected).abs() < 1e-4 * expected.abs().max(1.0));
     }
 
     // Deterministic for a seed, different for another.
-    let same = flow::sample_sde(&model, &text, None, &sampler, 21);
+    let same = rectified_flow::sample_sde(&model, &text, None, &sampler, 21);
     assert_eq!(values(same.images), values(out.images.clone()));
-    let other = flow::sample_sde(&model, &text, None, &sampler, 22);
+    let other = rectified_flow::sample_sde(&model, &text, None, &sampler, 22);
     assert_ne!(values(other.images), values(out.images));
 }
 
@@ -227,9 +230,9 @@ fn a_transition_far_from_the_mean_is_less_likely() {
         steps: 5,
         ..SamplerConfig::default()
     };
-    let out = flow::sample_sde(&model, &text, None, &sampler, 3);
+    let out = rectified_flow::sample_sde(&model, &text, None, &sampler, 3);
     let (x, x_next) = (out.trajectory[2].clone(), out.trajectory[3].clone());
-    let near = values(flow::transition_log_prob(
+    let near = values(rectified_flow::transition_log_prob(
         &model,
         x.clone(),
         x_next.clone(),
@@ -238,7 +241,7 @@ fn a_transition_far_from_the_mean_is_less_likely() {
         None,
         &sampler,
     ));
-    let far = values(flow::transition_log_prob(
+    let far = values(rectified_flow::transition_log_prob(
         &model,
         x,
         x_next.add_scalar(0.5),
@@ -264,14 +267,14 @@ fn clean_image_prediction_turns_into_the_velocity_that_reaches_it() {
     let text = Tokenizer::new(config.text_len)
         .batch(&["red circle", "blue square"], &device)
         .unwrap();
-    let x = flow::normal_tensor(
+    let x = rectified_flow::normal_tensor(
         [2, 3, config.image_size, config.image_size],
         &mut ChaCha8Rng::seed_from_u64(1),
         &device,
     );
     for guidance in [1.0, 2.5] {
         let s = 0.3;
-        let v = flow::velocity(&model, x.clone(), s, &text, None, guidance);
+        let v = rectified_flow::velocity(&model, x.clone(), s, &text, None, guidance);
         // A fresh network outputs exactly zero: the clean image it predicts is 0, so the
         // velocity is x / s and one Euler step to s = 0 lands on it.
         let landed = x.clone() - v.clone().mul_scalar(s);
@@ -282,8 +285,9 @@ fn clean_image_prediction_turns_into_the_velocity_that_reaches_it() {
     let (x0, text) = world_batch(2, &device);
     let expected: f32 =
         values(x0.clone()).iter().map(|v| v * v).sum::<f32>() / (2 * 3 * 32 * 32) as f32;
-    let loss: f32 = flow::training_loss(&model, x0, None, &text, &mut ChaCha8Rng::seed_from_u64(2))
-        .into_scalar();
+    let loss: f32 =
+        rectified_flow::training_loss(&model, x0, None, &text, &mut ChaCha8Rng::seed_from_u64(2))
+            .into_scalar();
     assert!((loss - expected).abs() < 1e-5, "{loss} vs {expected}");
 }
 
@@ -294,7 +298,7 @@ fn the_edit_weighted_loss_only_reweighs_changed_pixels() {
     let (x0, text) = world_batch(4, &device);
     let loss = |cond: &Tensor<4>, w: f64| {
         let mut rng = ChaCha8Rng::seed_from_u64(11);
-        values(flow::training_loss_weighted(
+        values(rectified_flow::training_loss_weighted(
             &editor,
             x0.clone(),
             Some(cond),
@@ -306,7 +310,7 @@ fn the_edit_weighted_loss_only_reweighs_changed_pixels() {
     };
     let plain = |cond: &Tensor<4>| {
         let mut rng = ChaCha8Rng::seed_from_u64(11);
-        values(flow::training_loss(
+        values(rectified_flow::training_loss(
             &editor,
             x0.clone(),
             Some(cond),
@@ -330,7 +334,7 @@ fn noise_mean_shifts_the_drawn_noise_levels_as_documented() {
     let model = perturb(model(8, 3, 4), 0.05, 9);
     let (x0, text) = world_batch(3, &device);
     let shifted = |m: f64| {
-        values(flow::training_loss_weighted(
+        values(rectified_flow::training_loss_weighted(
             &model,
             x0.clone(),
             None,
@@ -344,14 +348,14 @@ fn noise_mean_shifts_the_drawn_noise_levels_as_documented() {
     // uniforms, the noise; then the velocity loss.
     let m = 1.5;
     let mut rng = ChaCha8Rng::seed_from_u64(17);
-    let s: Vec<f32> = flow::standard_normals(3, &mut rng)
+    let s: Vec<f32> = rectified_flow::standard_normals(3, &mut rng)
         .into_iter()
         .map(|n| (1.0 / (1.0 + (-(m + f64::from(n))).exp())) as f32)
         .collect();
     let drop: Vec<bool> = (0..3)
-        .map(|_| rng.random::<f64>() < flow::UNCOND_PROB)
+        .map(|_| rng.random::<f64>() < rectified_flow::UNCOND_PROB)
         .collect();
-    let eps = flow::normal_tensor(x0.dims(), &mut rng, &device);
+    let eps = rectified_flow::normal_tensor(x0.dims(), &mut rng, &device);
     let sb = Tensor::<1>::from_floats(s.as_slice(), &device).reshape([3, 1, 1, 1]);
     let xs = x0.clone() * (sb.clone().neg() + 1.0) + eps.clone() * sb;
     let dropped = text.drop_rows(&drop);
@@ -368,7 +372,7 @@ fn noise_mean_shifts_the_drawn_noise_levels_as_documented() {
         shifted(m)
     );
     // Mean 0 is the plain loss, and the mean changes what is drawn.
-    let plain = values(flow::training_loss(
+    let plain = values(rectified_flow::training_loss(
         &model,
         x0.clone(),
         None,
@@ -398,8 +402,8 @@ fn an_sde_window_samples_its_steps_then_finishes_with_the_ode() {
         noise_scale: 0.7,
     };
     let seeds = [5, 6];
-    let window = flow::sample_sde_window(&model, &text, None, &sampler, 2, &seeds);
-    let whole = flow::sample_sde_chains(&model, &text, None, &sampler, &seeds);
+    let window = rectified_flow::sample_sde_window(&model, &text, None, &sampler, 2, &seeds);
+    let whole = rectified_flow::sample_sde_chains(&model, &text, None, &sampler, &seeds);
     let c = model.config();
     assert_eq!((c.out_channels, c.image_size), (3, 32));
     let per_state = 3 * 32 * 32;
@@ -420,7 +424,7 @@ fn an_sde_window_samples_its_steps_then_finishes_with_the_ode() {
         &device,
     );
     for (s, s_next) in [(0.5, 0.25), (0.25, 0.0)] {
-        let v = flow::velocity(&model, x.clone(), s, &text, None, 1.0);
+        let v = rectified_flow::velocity(&model, x.clone(), s, &text, None, 1.0);
         x = x + v.mul_scalar(s_next - s);
     }
     assert!(max_diff(x, window.images.clone()) < 1e-5);
@@ -440,7 +444,7 @@ fn an_sde_window_samples_its_steps_then_finishes_with_the_ode() {
         )
     };
     for k in 0..2 {
-        let lp = values(flow::transition_log_prob(
+        let lp = values(rectified_flow::transition_log_prob(
             &model,
             state(k),
             state(k + 1),
