@@ -31,6 +31,7 @@ pub mod replay;
 pub mod report;
 pub mod run;
 pub mod scores;
+mod sink;
 pub mod train_cmd;
 mod trajectories_cmd;
 mod world_cmd;

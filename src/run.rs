@@ -31,8 +31,8 @@ use rlrig_world::{Canvas, WorldGraph, judge, sample};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
-use crate::chain::write_chain;
 use crate::scores::{self, Judgement, LineOutcome, ScoreLine, Scores};
+use crate::sink::take_trajectories;
 
 /// Options of `rlrig run`.
 pub struct RunOptions {
@@ -346,7 +346,7 @@ async fn drive(
     );
     let total = prompts.len() as u64;
     let progress = Progress::new(total);
-    let (tx, mut rx) = mpsc::channel::<Trajectory>(loaded.flow.engine.max_in_flight);
+    let (tx, rx) = mpsc::channel::<Trajectory>(loaded.flow.engine.max_in_flight);
     let max_rounds = loaded.flow.cycle.max_rounds;
     let images = loaded.flow.store.images;
     let out_dir = dir.join("trajectories");
@@ -363,18 +363,19 @@ async fn drive(
                 None
             };
             let mut c = Collector::new(max_rounds, scores);
-            while let Some(t) = rx.blocking_recv() {
-                if let Some(store) = &store {
-                    store.put(&t)?;
-                }
-                write_chain(&out_dir, &t, images)?;
-                c.add(&t)
-                    .with_context(|| format!("writing {}", unsorted_scores.display()))?;
-                progress.tick(&c);
-            }
-            if let Some(store) = &store {
-                store.flush()?;
-            }
+            take_trajectories(
+                rx,
+                store.as_ref(),
+                &out_dir,
+                images,
+                |_| true,
+                |t| {
+                    c.add(t)
+                        .with_context(|| format!("writing {}", unsorted_scores.display()))?;
+                    progress.tick(&c);
+                    Ok(())
+                },
+            )?;
             if let Some(mut scores) = c.scores.take() {
                 std::io::Write::flush(&mut scores)
                     .with_context(|| format!("writing {}", unsorted_scores.display()))?;

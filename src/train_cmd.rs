@@ -37,9 +37,9 @@ use rlrig_store::TrajectoryStore;
 use rlrig_train::{TrainSummary, Trainer, TrainerArgs, TrainerConfig, TrainerMsg};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::chain::write_chain;
 use crate::overrides::set_string;
 use crate::run::{RunOptions, prompts_of};
+use crate::sink::take_trajectories;
 
 /// The file the trained weights are written to in the run directory, after the trained actor's
 /// role: `policy.safetensors` (phase 1), `editor.safetensors` (phase 2) or
@@ -241,26 +241,26 @@ async fn drive(
             move || stopping.store(true, std::sync::atomic::Ordering::SeqCst),
         );
     }
-    let (tx, mut rx) = mpsc::channel::<Trajectory>(loaded.flow.engine.max_in_flight);
+    let (tx, rx) = mpsc::channel::<Trajectory>(loaded.flow.engine.max_in_flight);
     let images = loaded.flow.store.images;
     let out_dir = dir.join("trajectories");
     let consumer = {
         let (store, trainer, stopping) = (store.clone(), trainer.clone(), stopping.clone());
         tokio::task::spawn_blocking(move || -> Result<u64> {
-            let mut n = 0;
-            while let Some(t) = rx.blocking_recv() {
-                if stopping.load(std::sync::atomic::Ordering::SeqCst)
-                    && matches!(t.outcome, rlrig_contract::Outcome::Failed { .. })
-                {
-                    continue;
-                }
-                store.put(&t)?;
-                n += 1;
-                write_chain(&out_dir, &t, images)?;
-                let _ = trainer.cast(TrainerMsg::Committed);
-            }
-            store.flush()?;
-            Ok(n)
+            take_trajectories(
+                rx,
+                Some(&store),
+                &out_dir,
+                images,
+                |t| {
+                    !(stopping.load(std::sync::atomic::Ordering::SeqCst)
+                        && matches!(t.outcome, rlrig_contract::Outcome::Failed { .. }))
+                },
+                |_| {
+                    let _ = trainer.cast(TrainerMsg::Committed);
+                    Ok(())
+                },
+            )
         })
     };
     let mut result = None;
