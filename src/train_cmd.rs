@@ -208,14 +208,7 @@ async fn drive(
         TrainerArgs {
             learner,
             store: store.clone(),
-            config: TrainerConfig {
-                steps: t.steps,
-                groups_per_step: t.groups_per_step,
-                max_staleness: t.max_staleness,
-                checkpoint_every: t.checkpoint_every,
-                dir: dir.to_path_buf(),
-                reward: loaded.flow.cycle.reward(),
-            },
+            config: trainer_config(loaded, t, dir),
             publish,
             resume,
             done: done_tx,
@@ -306,6 +299,18 @@ async fn drive(
         t0.elapsed().as_secs_f64()
     );
     Ok(summary)
+}
+
+/// The trainer's settings from `[train]` and the cycle's reward.
+fn trainer_config(loaded: &LoadedFlow, t: &TrainSettings, dir: &Path) -> TrainerConfig {
+    TrainerConfig {
+        steps: t.steps,
+        groups_per_step: t.groups_per_step,
+        max_staleness: t.max_staleness,
+        checkpoint_every: t.checkpoint_every,
+        dir: dir.to_path_buf(),
+        reward: loaded.flow.cycle.reward(),
+    }
 }
 
 /// Sends each new version to the trained actor's replicas, every `every`-th to the evaluation
