@@ -26,12 +26,12 @@
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::silu;
-use burn::tensor::module::layer_norm;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
 use crate::architecture::Architecture;
+use crate::fused::ln_modulate;
 use crate::layers::{Attention, Block, gelu_tanh, linear, sincos_2d, sincos_text, xavier, zeros};
 use crate::text::PROMPT_VOCAB_SIZE;
 
@@ -211,11 +211,6 @@ fn timestep_freqs(device: &Device) -> Tensor<2> {
     Tensor::from_data(TensorData::new(f, [1, half]), device)
 }
 
-/// `x·(1 + scale) + shift`, with `shift`, `scale` of shape `(B, D)` broadcast over tokens.
-fn modulate(x: Tensor<3>, shift: Tensor<2>, scale: Tensor<2>) -> Tensor<3> {
-    x * (scale.unsqueeze_dim::<3>(1) + 1.0) + shift.unsqueeze_dim::<3>(1)
-}
-
 /// The timestep MLP: sinusoidal embedding of `1000·s`, Linear, SiLU, Linear.
 #[derive(Module, Debug)]
 struct TimestepEmbedder {
@@ -327,23 +322,13 @@ impl DitBlock {
     }
 
     /// `z ← z + g1·Attn(mod(LN(z)))`, `z ← z + g2·MLP(mod(LN(z)))`.
-    fn forward(
-        &self,
-        z: Tensor<3>,
-        c_act: Tensor<2>,
-        masked: Tensor<4, Bool>,
-        ln_gamma: Tensor<1>,
-    ) -> Tensor<3> {
+    fn forward(&self, z: Tensor<3>, c_act: Tensor<2>, masked: Tensor<4, Bool>) -> Tensor<3> {
         let mut m = self.ada.forward(c_act).chunk(6, 1).into_iter();
         let mut next = || m.next().expect("six modulation chunks");
         let (sh1, sc1, g1, sh2, sc2, g2) = (next(), next(), next(), next(), next(), next());
-        let h = modulate(
-            layer_norm(z.clone(), ln_gamma.clone(), None, LN_EPS),
-            sh1,
-            sc1,
-        );
+        let h = ln_modulate(z.clone(), sh1, sc1, LN_EPS);
         let z = z + g1.unsqueeze_dim::<3>(1) * self.attn.forward(h, masked);
-        let h = modulate(layer_norm(z.clone(), ln_gamma, None, LN_EPS), sh2, sc2);
+        let h = ln_modulate(z.clone(), sh2, sc2, LN_EPS);
         let mlp = self.fc2.forward(gelu_tanh(self.fc1.forward(h)));
         z + g2.unsqueeze_dim::<3>(1) * mlp
     }
@@ -358,11 +343,10 @@ struct FinalLayer {
 
 impl FinalLayer {
     /// `(B, N, D)` image tokens → `(B, N, P·P·out)`.
-    fn forward(&self, x: Tensor<3>, c_act: Tensor<2>, ln_gamma: Tensor<1>) -> Tensor<3> {
+    fn forward(&self, x: Tensor<3>, c_act: Tensor<2>) -> Tensor<3> {
         let mut m = self.ada.forward(c_act).chunk(2, 1).into_iter();
         let (sh, sc) = (m.next().expect("shift"), m.next().expect("scale"));
-        self.linear
-            .forward(modulate(layer_norm(x, ln_gamma, None, LN_EPS), sh, sc))
+        self.linear.forward(ln_modulate(x, sh, sc, LN_EPS))
     }
 }
 
@@ -376,7 +360,6 @@ pub struct Dit {
     blocks: Vec<DitBlock>,
     final_layer: FinalLayer,
     img_pos: Tensor<2>,
-    ln_gamma: Tensor<1>,
     #[module(skip)]
     config: DitConfig,
 }
@@ -400,7 +383,6 @@ impl Dit {
                 linear: zeros(d, c.patch * c.patch * c.out_channels, device),
             },
             img_pos: sincos_2d(d, c.grid(), device),
-            ln_gamma: Tensor::ones([d], device),
             config: c.clone(),
         })
     }
@@ -474,11 +456,9 @@ impl Dit {
 
         let c_act = silu(self.t_embed.forward(s));
         for block in &self.blocks {
-            z = block.forward(z, c_act.clone(), masked.clone(), self.ln_gamma.clone());
+            z = block.forward(z, c_act.clone(), masked.clone());
         }
-        let out = self
-            .final_layer
-            .forward(z.narrow(1, 0, n), c_act, self.ln_gamma.clone());
+        let out = self.final_layer.forward(z.narrow(1, 0, n), c_act);
         self.unpatchify(out)
     }
 

@@ -5,8 +5,6 @@
 
 use burn::module::Module;
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear};
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 
 /// `[sin(p·ω), cos(p·ω)]` for each position, `ω_i = 10000^(−i/(dim/2))`: `len(pos) × dim`
@@ -74,21 +72,11 @@ pub(crate) fn zeros(d_in: usize, d_out: usize, device: &Device) -> Linear {
 }
 
 /// GELU, tanh approximation: `x/2·(1 + tanh(u))`, `u = √(2/π)·x·(1 + 0.044715·x²)`, computed
-/// as the equal `x / (1 + exp(−2u))`. burn's `gelu_approximate` (a generic `powf` for `x³` and a
-/// scalar `tanh`) is about six times slower on flex; `exp` is the fast transcendental there. The
-/// exponent is capped at 40 (where the result is `x·4e−18`) so that neither the value nor the
-/// gradient can overflow.
+/// as the equal `x / (1 + exp(−2u))` with the exponent capped at 40 (where the result is
+/// `x·4e−18`) so that neither the value nor the gradient can overflow. One fused operation
+/// ([`crate::fused`]).
 pub(crate) fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
-    let exponent = x
-        .clone()
-        .square()
-        .mul_scalar(0.044715)
-        .add_scalar(1.0)
-        .mul(x.clone())
-        .mul_scalar(-2.0 * SQRT_2_OVER_PI)
-        .clamp_max(40.0);
-    x.div(exponent.exp().add_scalar(1.0))
+    crate::fused::gelu_tanh(x)
 }
 
 /// Multi-head self-attention with a key mask.
@@ -121,14 +109,7 @@ impl Attention {
             qkv.next().expect("k"),
             qkv.next().expect("v"),
         );
-        let out = attention(
-            q,
-            k,
-            v,
-            Some(masked),
-            None,
-            AttentionModuleOptions::default(),
-        );
+        let out = crate::fused::attention(q, k, v, masked);
         self.proj.forward(out.swap_dims(1, 2).reshape([b, t, d]))
     }
 }
