@@ -566,9 +566,11 @@ mod simd {
         const LN2_HI: f32 = 0.693_359_4;
         const LN2_LO: f32 = -2.121_944_4e-4;
         let x = x.clamp(-87.0, 88.0);
-        // Round to nearest by the 1.5·2²³ trick (vectorises where `round` does not).
+        // Round to nearest by the 1.5·2²³ trick: `t`'s low mantissa bits are then `n` itself,
+        // so `2ⁿ` comes from integer operations (a float → int `as` cast would not vectorise).
         const ROUND: f32 = 12_582_912.0;
-        let n = (x * LOG2E + ROUND) - ROUND;
+        let t = x * LOG2E + ROUND;
+        let n = t - ROUND;
         let r = x - n * LN2_HI - n * LN2_LO;
         let p = 1.987_569_1e-4f32;
         let p = p * r + 1.398_199_9e-3;
@@ -577,7 +579,8 @@ mod simd {
         let p = p * r + 0.166_666_65;
         let p = p * r + 0.5;
         let p = p * r * r + r + 1.0;
-        p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+        let two_n = (t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127)) << 23;
+        p * f32::from_bits(two_n)
     }
 
     macro_rules! dispatch {
@@ -609,6 +612,9 @@ mod simd {
             }
         };
     }
+
+    /// Partial accumulators of the row reductions.
+    const LANES: usize = 16;
 
     /// `min(−2u, 40)` of the tanh GELU.
     #[inline(always)]
@@ -642,13 +648,32 @@ mod simd {
         /// Row ← `softmax(scale·row)` over the keys whose mask byte is 0 (masked keys get 0;
         /// a fully masked row is all 0).
         fn masked_softmax(row: &mut [f32], masked: &[u8], scale: f32) {
-            let mut max = f32::MIN;
-            for (v, &m) in row.iter_mut().zip(masked) {
+            // Sixteen lanes of partial maxima and sums over whole chunks, then the tail: a
+            // strict left-to-right float reduction would not vectorise.
+            let split = row.len() / LANES * LANES;
+            let (body, tail) = row.split_at_mut(split);
+            let (mbody, mtail) = masked.split_at(split);
+            let mut lanes = [f32::MIN; LANES];
+            for (c, m) in body.chunks_exact_mut(LANES).zip(mbody.chunks_exact(LANES)) {
+                for i in 0..LANES {
+                    c[i] = if m[i] != 0 { f32::NEG_INFINITY } else { c[i] * scale };
+                    lanes[i] = lanes[i].max(c[i]);
+                }
+            }
+            let mut max = lanes.iter().fold(f32::MIN, |a, &b| a.max(b));
+            for (v, &m) in tail.iter_mut().zip(mtail) {
                 *v = if m != 0 { f32::NEG_INFINITY } else { *v * scale };
                 max = max.max(*v);
             }
-            let mut sum = 0.0;
-            for (v, &m) in row.iter_mut().zip(masked) {
+            let mut lanes = [0f32; LANES];
+            for (c, m) in body.chunks_exact_mut(LANES).zip(mbody.chunks_exact(LANES)) {
+                for i in 0..LANES {
+                    c[i] = if m[i] != 0 { 0.0 } else { exp(c[i] - max) };
+                    lanes[i] += c[i];
+                }
+            }
+            let mut sum: f32 = lanes.iter().sum();
+            for (v, &m) in tail.iter_mut().zip(mtail) {
                 *v = if m != 0 { 0.0 } else { exp(*v - max) };
                 sum += *v;
             }
