@@ -394,6 +394,15 @@ mod flex {
         }
     }
 
+    /// `t` laid out contiguously over exactly its own buffer, so that `storage_mut` writes it
+    /// in place when `t` owns the buffer (and copies it once when it is shared).
+    fn writable(t: FlexTensor) -> FlexTensor {
+        let n = t.shape().num_elements();
+        let exact = t.layout().contiguous_offsets() == Some((0, n))
+            && t.bytes().len() == n * std::mem::size_of::<f32>();
+        if exact { t } else { t.to_contiguous() }
+    }
+
     fn tensor(values: Vec<f32>, shape: burn::tensor::Shape) -> FlexTensor {
         FlexTensor::from_data(TensorData::new(values, shape))
     }
@@ -419,13 +428,13 @@ mod flex {
         if !all_f32(&[&x, &grad]) || x.shape() != grad.shape() {
             return composed::gelu_tanh_backward::<Flex>(x, grad);
         }
-        let shape = x.shape();
-        let (xs, gs) = (f32_data(&x), f32_data(&grad));
-        let mut out = vec![0f32; xs.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(xs.par_chunks(CHUNK).zip(gs.par_chunks(CHUNK)))
-            .for_each(|(o, (x, g))| simd::gelu_backward(x, g, o));
-        tensor(out, shape)
+        let xs = f32_data(&x);
+        let mut grad = writable(grad);
+        grad.storage_mut::<f32>()
+            .par_chunks_mut(CHUNK)
+            .zip(xs.par_chunks(CHUNK))
+            .for_each(|(g, x)| simd::gelu_backward(x, g));
+        grad
     }
 
     /// `(B, T, D)` with `(B, D)` modulation, or `None` for other shapes.
@@ -536,20 +545,20 @@ mod flex {
             return composed::attention_probs::<Flex>(q, k, masked);
         }
         let scale = 1.0 / (q.shape()[3] as f32).sqrt();
-        let s = Flex::float_matmul(q, Flex::float_transpose(k));
-        let shape = s.shape();
-        let n = shape[3];
-        let mut s = f32_data(&s).into_owned();
+        let mut s = writable(Flex::float_matmul(q, Flex::float_transpose(k)));
+        let n = s.shape()[3];
         let m = masked.to_contiguous();
-        let mask: &[u8] = m.bytes();
-        s.par_chunks_mut(CHUNK.next_multiple_of(n))
+        let (start, end) = m.layout().contiguous_offsets().expect("contiguous");
+        let mask: &[u8] = &m.bytes()[start..end];
+        s.storage_mut::<f32>()
+            .par_chunks_mut(CHUNK.next_multiple_of(n))
             .zip(mask.par_chunks(CHUNK.next_multiple_of(n)))
             .for_each(|(s, m)| {
                 for (row, m) in s.chunks_mut(n).zip(m.chunks(n)) {
                     simd::masked_softmax(row, m, scale);
                 }
             });
-        tensor(s, shape)
+        s
     }
 }
 
@@ -632,14 +641,14 @@ mod simd {
     }
 
     dispatch! {
-        /// `out = gelu'(x)·g`.
-        fn gelu_backward(x: &[f32], g: &[f32], out: &mut [f32]) {
-            for ((o, &x), &g) in out.iter_mut().zip(x).zip(g) {
+        /// `g ← gelu'(x)·g`.
+        fn gelu_backward(x: &[f32], g: &mut [f32]) {
+            for (g, &x) in g.iter_mut().zip(x) {
                 let z = neg_two_u(x);
                 let sigma = 1.0 / (1.0 + exp(z));
                 let du = (2.0 * SQRT_2_OVER_PI) * (3.0 * GELU_CUBIC * x * x + 1.0);
                 let slope = if z >= GELU_EXP_CAP { 0.0 } else { x * sigma * (1.0 - sigma) * du };
-                *o = (sigma + slope) * g;
+                *g *= sigma + slope;
             }
         }
     }
