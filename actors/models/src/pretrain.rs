@@ -259,8 +259,8 @@ pub fn run(
     let device = training_loop::training_device(&job.train)?;
     let canvas = Canvas::new(job.config.image_size as u32).map_err(|e| other(&e))?;
     // Seeded initialisation: a run is a function of its job (a resume loads the weights anyway).
-    device.seed(job.train.seed);
-    let model = Dit::new(&job.config, &device).map_err(|e| other(&e))?;
+    let model = crate::device::seeded(&device, job.train.seed, || Dit::new(&job.config, &device))
+        .map_err(|e| other(&e))?;
     let task = DitTask {
         job,
         canvas,

@@ -15,6 +15,7 @@
 //! quality numbers on generated images come from `rlrig quality`.
 
 use crate::ModelError;
+use crate::device::seeded;
 use std::path::Path;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -555,10 +556,10 @@ pub fn run(
         save_pool(&pool, &pool_dir)?;
         pool
     };
-    device.seed(job.train.seed);
+    let seed = job.train.seed;
     match job.model {
         VlmRole::Checker => {
-            let model = CheckerNet::new(&job.config, &device)?;
+            let model = seeded(&device, seed, || CheckerNet::new(&job.config, &device))?;
             let task = CheckerTask {
                 ex: Examples {
                     job,
@@ -571,7 +572,7 @@ pub fn run(
             training_loop::run(&task, model, dir, resume, log)
         }
         VlmRole::Policy => {
-            let model = PolicyNet::new(&job.config, &device)?;
+            let model = seeded(&device, seed, || PolicyNet::new(&job.config, &device))?;
             let task = PolicyTask(Examples {
                 job,
                 canvas,

@@ -39,6 +39,15 @@ fn tiny(model: ModelKind, steps: u64) -> PretrainJob {
     }
 }
 
+/// The tests of this file one at a time: burn's random generator is one per device and process,
+/// and a model built to receive loaded weights draws from it unseeded, which would shift the
+/// stream of a seeded initialisation running at the same moment on another test thread.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn bytes(path: &std::path::Path) -> Vec<u8> {
     std::fs::read(path).unwrap()
 }
@@ -81,6 +90,7 @@ fn max_weight_diff(a: &std::path::Path, b: &std::path::Path) -> f32 {
 /// and ends within that floating-point noise of an uninterrupted run.
 #[test]
 fn a_resumed_run_continues_where_it_stopped() {
+    let _serial = one_at_a_time();
     for kind in [ModelKind::Diffuser, ModelKind::Editor] {
         let dir = tempfile::tempdir().unwrap();
         let straight = dir.path().join("straight");
@@ -138,6 +148,7 @@ fn a_resumed_run_continues_where_it_stopped() {
 
 #[test]
 fn a_fresh_start_refuses_to_clobber_a_checkpoint_and_resume_refuses_another_job() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     run(&tiny(ModelKind::Diffuser, 2), dir.path(), false, |_| {}).unwrap();
     let e = run(&tiny(ModelKind::Diffuser, 2), dir.path(), false, |_| {}).unwrap_err();
@@ -150,6 +161,7 @@ fn a_fresh_start_refuses_to_clobber_a_checkpoint_and_resume_refuses_another_job(
 
 #[test]
 fn editor_examples_cover_every_edit_kind_and_show_the_edit() {
+    let _serial = one_at_a_time();
     let canvas = Canvas::new(32).unwrap();
     let mut kinds = std::collections::HashSet::new();
     for i in 0..200 {
@@ -180,6 +192,7 @@ fn editor_examples_cover_every_edit_kind_and_show_the_edit() {
 
 #[test]
 fn a_fresh_run_can_start_from_shipped_weights() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     run(
         &tiny(ModelKind::Diffuser, 3),
