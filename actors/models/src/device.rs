@@ -119,6 +119,20 @@ pub fn malloc_settings(tuned: bool) -> &'static str {
     }
 }
 
+/// Runs `init` right after seeding `device`'s random generator with `seed`, holding a
+/// process-wide lock for both: burn's generator is one per device and process, so two seeded
+/// initialisations at once in one process (the test harness's threads, a host running several
+/// jobs) would otherwise draw from each other's streams. Draws made outside this function (a
+/// model built only to receive loaded weights) are not serialised by it.
+pub fn seeded<T>(device: &Device, seed: u64, init: impl FnOnce() -> T) -> T {
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INIT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    device.seed(seed);
+    init()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,18 +179,4 @@ mod tests {
                 .contains("--features wgpu")
         );
     }
-}
-
-/// Runs `init` right after seeding `device`'s random generator with `seed`, holding a
-/// process-wide lock for both: burn's generator is one per device and process, so two seeded
-/// initialisations at once in one process (the test harness's threads, a host running several
-/// jobs) would otherwise draw from each other's streams. Draws made outside this function (a
-/// model built only to receive loaded weights) are not serialised by it.
-pub fn seeded<T>(device: &Device, seed: u64, init: impl FnOnce() -> T) -> T {
-    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = INIT
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    device.seed(seed);
-    init()
 }
