@@ -382,25 +382,19 @@ mod flex {
     /// Elements per rayon task of the element-wise kernels.
     const CHUNK: usize = 16 * 1024;
 
-    fn f32_data(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
-        match t.as_slice::<f32>() {
-            Some(s) if t.is_contiguous() => std::borrow::Cow::Borrowed(s),
-            _ => std::borrow::Cow::Owned(
-                t.to_contiguous()
-                    .as_slice::<f32>()
-                    .expect("contiguous")
-                    .to_vec(),
-            ),
-        }
-    }
-
-    /// `t` laid out contiguously over exactly its own buffer, so that `storage_mut` writes it
-    /// in place when `t` owns the buffer (and copies it once when it is shared).
-    fn writable(t: FlexTensor) -> FlexTensor {
+    /// `t` laid out contiguously over exactly its own buffer (itself, without a copy, when it
+    /// already is): read with [`values`], or written in place by `storage_mut` when `t` owns
+    /// the buffer (copied once when it is shared).
+    fn dense(t: FlexTensor) -> FlexTensor {
         let n = t.shape().num_elements();
         let exact = t.layout().contiguous_offsets() == Some((0, n))
             && t.bytes().len() == n * std::mem::size_of::<f32>();
         if exact { t } else { t.to_contiguous() }
+    }
+
+    /// The f32 elements of a [`dense`] tensor.
+    fn values(t: &FlexTensor) -> &[f32] {
+        t.as_slice::<f32>().expect("a dense f32 tensor")
     }
 
     fn tensor(values: Vec<f32>, shape: burn::tensor::Shape) -> FlexTensor {
@@ -416,7 +410,8 @@ mod flex {
             return composed::gelu_tanh::<Flex>(x);
         }
         let shape = x.shape();
-        let xs = f32_data(&x);
+        let x = dense(x);
+        let xs = values(&x);
         let mut out = vec![0f32; xs.len()];
         out.par_chunks_mut(CHUNK)
             .zip(xs.par_chunks(CHUNK))
@@ -428,8 +423,9 @@ mod flex {
         if !all_f32(&[&x, &grad]) || x.shape() != grad.shape() {
             return composed::gelu_tanh_backward::<Flex>(x, grad);
         }
-        let xs = f32_data(&x);
-        let mut grad = writable(grad);
+        let x = dense(x);
+        let xs = values(&x);
+        let mut grad = dense(grad);
         grad.storage_mut::<f32>()
             .par_chunks_mut(CHUNK)
             .zip(xs.par_chunks(CHUNK))
@@ -455,7 +451,8 @@ mod flex {
             return composed::ln_modulate::<Flex>(x, shift, scale, eps);
         };
         let shape = x.shape();
-        let (xs, sh, sc) = (f32_data(&x), f32_data(&shift), f32_data(&scale));
+        let (x, shift, scale) = (dense(x), dense(shift), dense(scale));
+        let (xs, sh, sc) = (values(&x), values(&shift), values(&scale));
         let mut out = vec![0f32; xs.len()];
         out.par_chunks_mut(t * d)
             .zip(xs.par_chunks(t * d))
@@ -491,7 +488,8 @@ mod flex {
             return composed::ln_modulate_backward::<Flex>(x, scale, grad, eps);
         };
         let shape = x.shape();
-        let (xs, sc, gs) = (f32_data(&x), f32_data(&scale), f32_data(&grad));
+        let (x, scale, grad) = (dense(x), dense(scale), dense(grad));
+        let (xs, sc, gs) = (values(&x), values(&scale), values(&grad));
         let mut dx = vec![0f32; xs.len()];
         let mut dshift = vec![0f32; b * d];
         let mut dscale = vec![0f32; b * d];
@@ -535,17 +533,13 @@ mod flex {
             masked.dtype(),
             DType::Bool(BoolStore::Native | BoolStore::U8)
         );
-        if !all_f32(&[&q, &k])
-            || !byte_mask
-            || masked.shape() != {
-                let (qs, ks) = (q.shape(), k.shape());
-                burn::tensor::Shape::from([qs[0], qs[1], qs[2], ks[2]])
-            }
-        {
+        let (qs, ks) = (q.shape(), k.shape());
+        let scores = burn::tensor::Shape::from([qs[0], qs[1], qs[2], ks[2]]);
+        if !all_f32(&[&q, &k]) || !byte_mask || masked.shape() != scores {
             return composed::attention_probs::<Flex>(q, k, masked);
         }
         let scale = 1.0 / (q.shape()[3] as f32).sqrt();
-        let mut s = writable(Flex::float_matmul(q, Flex::float_transpose(k)));
+        let mut s = dense(Flex::float_matmul(q, Flex::float_transpose(k)));
         let n = s.shape()[3];
         let m = masked.to_contiguous();
         let (start, end) = m.layout().contiguous_offsets().expect("contiguous");
