@@ -8,7 +8,7 @@ use burn::nn::{
 use burn::tensor::activation::{gelu, silu};
 use burn::tensor::module::attention;
 use burn::tensor::ops::{AttentionModuleOptions, PadMode};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 
 /// A `k×k` convolution with stride 1 and "same" padding.
 pub(crate) fn conv(cin: usize, cout: usize, k: usize, device: &Device) -> Conv2d {
@@ -25,6 +25,34 @@ pub(crate) fn group_norm(groups: usize, channels: usize, eps: f64, device: &Devi
 
 pub(crate) fn linear(i: usize, o: usize, bias: bool, device: &Device) -> Linear {
     LinearConfig::new(i, o).with_bias(bias).init(device)
+}
+
+/// diffusers' `Timesteps`: the sinusoidal embedding of one timestep per item, `[B, dim]`,
+/// frequencies `exp(−ln(10⁴)·i/(dim/2 − shift))`, cosines first when `flip_sin_to_cos`.
+pub(crate) fn sinusoidal(
+    timesteps: &[f64],
+    dim: usize,
+    flip_sin_to_cos: bool,
+    shift: usize,
+    device: &Device,
+) -> Tensor<2> {
+    let half = dim / 2;
+    let mut data = Vec::with_capacity(timesteps.len() * dim);
+    for &t in timesteps {
+        let args: Vec<f32> = (0..half)
+            .map(|i| {
+                let f = (-(10000f32.ln()) * i as f32 / (half - shift) as f32).exp();
+                t as f32 * f
+            })
+            .collect();
+        let (sin, cos) = (args.iter().map(|a| a.sin()), args.iter().map(|a| a.cos()));
+        if flip_sin_to_cos {
+            data.extend(cos.chain(sin));
+        } else {
+            data.extend(sin.chain(cos));
+        }
+    }
+    Tensor::from_data(TensorData::new(data, [timesteps.len(), dim]), device)
 }
 
 /// `ResnetBlock2D`: two GroupNorm–SiLU–conv layers, the time embedding added between them

@@ -16,8 +16,10 @@ pub use burn;
 
 mod blocks;
 pub mod clip;
+pub mod flow_match;
 pub mod kinds;
 mod load;
+pub mod mmdit;
 pub mod pipeline;
 pub mod scheduler;
 pub mod tokenizer;

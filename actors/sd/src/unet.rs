@@ -9,11 +9,13 @@ use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, Linear};
 use burn::tensor::activation::silu;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use serde::Deserialize;
 
 use crate::SdError;
-use crate::blocks::{Downsample, ResnetBlock, Transformer2D, Upsample, conv, group_norm, linear};
+use crate::blocks::{
+    Downsample, ResnetBlock, Transformer2D, Upsample, conv, group_norm, linear, sinusoidal,
+};
 
 /// A number for every block, or one for all.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -400,24 +402,13 @@ impl UNet {
 
     /// The sinusoidal embedding of `timesteps` (one per batch item), `[B, C0]`.
     pub fn time_proj(&self, timesteps: &[f64], device: &Device) -> Tensor<2> {
-        let half = self.time_dim / 2;
-        let b = timesteps.len();
-        let mut data = Vec::with_capacity(b * self.time_dim);
-        for &t in timesteps {
-            let args: Vec<f32> = (0..half)
-                .map(|i| {
-                    let f = (-(10000f32.ln()) * i as f32 / (half - self.freq_shift) as f32).exp();
-                    t as f32 * f
-                })
-                .collect();
-            let (sin, cos) = (args.iter().map(|a| a.sin()), args.iter().map(|a| a.cos()));
-            if self.flip_sin_to_cos {
-                data.extend(cos.chain(sin));
-            } else {
-                data.extend(sin.chain(cos));
-            }
-        }
-        Tensor::from_data(TensorData::new(data, [b, self.time_dim]), device)
+        sinusoidal(
+            timesteps,
+            self.time_dim,
+            self.flip_sin_to_cos,
+            self.freq_shift,
+            device,
+        )
     }
 
     /// The noise (or v) prediction for `sample [B, Cin, H, W]` at `timesteps` (one per item,

@@ -42,6 +42,9 @@ pub struct VaeConfig {
     /// Latents are scaled by this after encoding (0.18215 for SD 1.x / 2.x).
     #[serde(default = "sd_scale")]
     pub scaling_factor: f64,
+    /// Subtracted from latents before scaling (SD3: 0.0609; absent, 0, for SD 1.x / 2.x).
+    #[serde(default)]
+    pub shift_factor: Option<f64>,
     /// Encoder block types (all `DownEncoderBlock2D`).
     #[serde(default)]
     pub down_block_types: Vec<String>,
@@ -171,6 +174,7 @@ pub struct Vae {
     quant_conv: Option<Conv2d>,
     post_quant_conv: Option<Conv2d>,
     scaling_factor: f64,
+    shift_factor: f64,
     downscale: usize,
 }
 
@@ -254,6 +258,7 @@ impl Vae {
                 .use_post_quant_conv
                 .then(|| conv(lat, lat, 1, device)),
             scaling_factor: config.scaling_factor,
+            shift_factor: config.shift_factor.unwrap_or(0.0),
             downscale: 1 << last,
         })
     }
@@ -287,6 +292,12 @@ impl Vae {
     /// What latents are multiplied by after encoding (and divided by before decoding).
     pub fn scaling_factor(&self) -> f64 {
         self.scaling_factor
+    }
+
+    /// What latents are shifted by before scaling: a pipeline's latent is
+    /// `(z − shift_factor)·scaling_factor` (0 for SD 1.x / 2.x, 0.0609 for SD3).
+    pub fn shift_factor(&self) -> f64 {
+        self.shift_factor
     }
 
     /// Images `[B, 3, H, W]` in `[-1, 1]` → the posterior over latents (unscaled).

@@ -1,0 +1,218 @@
+//! Parity with diffusers / transformers for the Stable Diffusion 3 family on tiny random-weight
+//! models: the fixtures in `tests/fixtures/sd3/` were written by
+//! `scripts/sd_fixtures/make_sd3_fixtures.py` (torch is not needed here). Module outputs must be
+//! within 1e-4 relative error (‖out − ref‖ / ‖ref‖) of the reference.
+
+use std::path::{Path, PathBuf};
+
+use rlrig_sd::burn::tensor::{Device, Tensor, TensorData};
+use rlrig_sd::flow_match::FlowMatchScheduler;
+use rlrig_sd::mmdit::Mmdit;
+use rlrig_sd::vae::Vae;
+use safetensors::SafeTensors;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd3")
+}
+
+/// A reference file: f32 tensors with their shapes.
+struct Refs {
+    bytes: Vec<u8>,
+}
+
+impl Refs {
+    fn open(name: &str) -> Refs {
+        Refs {
+            bytes: std::fs::read(fixtures().join("refs").join(name)).unwrap(),
+        }
+    }
+
+    fn f32(&self, name: &str) -> (Vec<f32>, Vec<usize>) {
+        let st = SafeTensors::deserialize(&self.bytes).unwrap();
+        let t = st
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("no tensor {name}"));
+        assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
+        let v = t
+            .data()
+            .chunks(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        (v, t.shape().to_vec())
+    }
+
+    fn values(&self, name: &str) -> Vec<f64> {
+        self.f32(name).0.into_iter().map(f64::from).collect()
+    }
+
+    fn tensor<const D: usize>(&self, name: &str, device: &Device) -> Tensor<D> {
+        let (v, s) = self.f32(name);
+        let shape: [usize; D] = s.try_into().unwrap();
+        Tensor::from_data(TensorData::new(v, shape), device)
+    }
+}
+
+fn rel_err(out: &[f32], reference: &[f32]) -> f64 {
+    assert_eq!(out.len(), reference.len());
+    let diff: f64 = out
+        .iter()
+        .zip(reference)
+        .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+        .sum();
+    let norm: f64 = reference.iter().map(|b| (*b as f64).powi(2)).sum();
+    (diff / norm.max(1e-30)).sqrt()
+}
+
+fn close<const D: usize>(name: &str, out: Tensor<D>, refs: &Refs, key: &str, tol: f64) {
+    let (reference, shape) = refs.f32(key);
+    assert_eq!(out.dims().to_vec(), shape, "{name}: shape");
+    let e = rel_err(&out.into_data().try_to_vec::<f32>().unwrap(), &reference);
+    assert!(e <= tol, "{name}: relative error {e:e}");
+}
+
+#[test]
+fn the_mmdit_matches_diffusers_for_sd3_and_sd35_square_and_not() {
+    let device = Device::flex();
+    let refs = Refs::open("transformer.safetensors");
+    for (name, dir) in [("sd3", "tiny-sd3"), ("sd35", "tiny-sd35")] {
+        let model = Mmdit::from_dir(fixtures().join(dir).join("transformer"), &device).unwrap();
+        let out = model.forward(
+            refs.tensor("x", &device),
+            &refs.values("t"),
+            refs.tensor("context", &device),
+            refs.tensor("pooled", &device),
+        );
+        close(name, out, &refs, &format!("{name}.out"), 1e-4);
+        // 6×8 latents: a non-square crop of the position grid, one timestep for the batch.
+        let out = model.forward(
+            refs.tensor("x2", &device),
+            &refs.values("t2"),
+            refs.tensor("context2", &device),
+            refs.tensor("pooled2", &device),
+        );
+        close(name, out, &refs, &format!("{name}.out2"), 1e-4);
+    }
+}
+
+#[test]
+fn the_sd3_vae_encodes_and_decodes_as_diffusers() {
+    let device = Device::flex();
+    let vae = Vae::from_dir(fixtures().join("tiny-sd3/vae"), &device).unwrap();
+    assert_eq!((vae.scaling_factor(), vae.shift_factor()), (1.5305, 0.0609));
+    let refs = Refs::open("vae.safetensors");
+    let posterior = vae.encode(refs.tensor("image", &device));
+    close("encode: mean", posterior.mean, &refs, "mean", 1e-4);
+    close("encode: std", posterior.std, &refs, "std", 1e-4);
+    close(
+        "decode",
+        vae.decode(refs.tensor("z", &device)),
+        &refs,
+        "decoded",
+        1e-4,
+    );
+}
+
+#[test]
+fn the_flow_match_schedule_and_step_match_diffusers() {
+    let device = Device::flex();
+    let scheduler =
+        FlowMatchScheduler::from_file(fixtures().join("tiny-sd3/scheduler/scheduler_config.json"))
+            .unwrap();
+    assert_eq!(scheduler.shift, 3.0);
+    let refs = Refs::open("scheduler.safetensors");
+    for n in [1, 2, 4, 28] {
+        let s = scheduler.schedule(n);
+        let sigmas = refs.f32(&format!("sigmas.{n}")).0;
+        let timesteps = refs.f32(&format!("timesteps.{n}")).0;
+        assert_eq!(s.sigmas, sigmas, "σ of {n} steps");
+        assert_eq!(s.timesteps, timesteps, "timesteps of {n} steps");
+    }
+    let s = scheduler.schedule(4);
+    let out = s.step(
+        refs.tensor("velocity", &device),
+        1,
+        refs.tensor("sample", &device),
+    );
+    close("step", out, &refs, "stepped", 1e-6);
+}
+
+/// Writes `dir/config.json` as `edit` makes it from the tiny SD3 transformer's, with its weights.
+fn transformer_with(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let src = fixtures().join("tiny-sd3/transformer");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    edit(&mut cfg);
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let weights = "diffusion_pytorch_model.safetensors";
+    if !dir.join(weights).exists() {
+        std::fs::copy(src.join(weights), dir.join(weights)).unwrap();
+    }
+}
+
+#[test]
+fn bad_sd3_configs_and_weights_are_errors_naming_the_key_or_tensor() {
+    let device = Device::flex();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let err = |dir: &Path| Mmdit::from_dir(dir, &device).unwrap_err().to_string();
+
+    // A missing weights file.
+    std::fs::copy(
+        fixtures().join("tiny-sd3/transformer/config.json"),
+        dir.join("config.json"),
+    )
+    .unwrap();
+    let e = err(dir);
+    assert!(e.contains("diffusion_pytorch_model.safetensors: missing"), "{e}");
+    // A key of a feature this port does not have.
+    transformer_with(dir, |c| c["use_pooled_projection"] = true.into());
+    let e = err(dir);
+    assert!(e.contains("`use_pooled_projection`"), "{e}");
+    // Another QK norm.
+    transformer_with(dir, |c| c["qk_norm"] = "layer_norm".into());
+    let e = err(dir);
+    assert!(e.contains("`qk_norm`") && e.contains("layer_norm"), "{e}");
+    // Weights of another shape: a wider text projection than the file's.
+    transformer_with(dir, |c| c["joint_attention_dim"] = 64.into());
+    let e = err(dir);
+    assert!(e.contains("context_embedder"), "{e}");
+    // One layer more than the weights: the file's last block (text stream not updated) does
+    // not fit the config's middle block.
+    transformer_with(dir, |c| c["num_layers"] = 3.into());
+    let e = err(dir);
+    assert!(
+        e.contains("transformer_blocks.1.norm1_context.linear.weight"),
+        "{e}"
+    );
+    // SD3.5's QK norms asked for on SD3.0 weights.
+    transformer_with(dir, |c| c["qk_norm"] = "rms_norm".into());
+    let e = err(dir);
+    assert!(e.contains("norm_q"), "{e}");
+
+    // Schedulers: another class, a feature turned on, an unknown key.
+    let path = dir.join("scheduler_config.json");
+    for (json, needle) in [
+        (
+            r#"{"_class_name": "EulerDiscreteScheduler"}"#,
+            "EulerDiscreteScheduler",
+        ),
+        (
+            r#"{"_class_name": "FlowMatchEulerDiscreteScheduler", "use_dynamic_shifting": true}"#,
+            "`use_dynamic_shifting`",
+        ),
+        (
+            r#"{"_class_name": "FlowMatchEulerDiscreteScheduler", "shift_terminal": 0.1}"#,
+            "`shift_terminal`",
+        ),
+        (
+            r#"{"_class_name": "FlowMatchEulerDiscreteScheduler", "sigma_schedule": "x"}"#,
+            "`sigma_schedule`",
+        ),
+    ] {
+        std::fs::write(&path, json).unwrap();
+        let e = FlowMatchScheduler::from_file(&path)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(needle), "{json}: {e}");
+    }
+}

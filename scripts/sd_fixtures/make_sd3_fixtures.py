@@ -1,0 +1,230 @@
+#!/usr/bin/env python3
+"""Build tiny random-weight Stable Diffusion 3 fixtures for rlrig-sd's MMDiT parity tests.
+
+Everything is built from configs with fixed seeds (no model hub). Output layout (default
+``out-sd3/``; the tests read ``actors/sd/tests/fixtures/sd3/``)::
+
+    tiny-sd3/            StableDiffusion3Pipeline directory without T5 (text_encoder_3 = None)
+      model_index.json
+      transformer/       SD3Transformer2DModel, SD3.0 style (no QK norm, no dual attention)
+      vae/               AutoencoderKL, 4 latent channels, no quant convs, scaling + shift
+      text_encoder/      CLIPTextModelWithProjection (quick_gelu, hidden 16)
+      text_encoder_2/    CLIPTextModelWithProjection (gelu, hidden 24)
+      tokenizer/ tokenizer_2/  the tiny CLIP BPE of make_sd_fixtures.py
+      scheduler/         FlowMatchEulerDiscreteScheduler, shift 3.0
+    tiny-sd35/transformer/  SD3.5-medium style: QK RMSNorm, dual attention in layers 0 and 1
+    refs/                inputs and reference outputs (safetensors, float32)
+      transformer.safetensors  both transformers, two calls each (square and non-square)
+      vae.safetensors          encode (posterior mean, std) and decode
+      scheduler.safetensors    sigmas and timesteps for several step counts, one Euler step
+      text.safetensors         prompt_embeds and pooled_prompt_embeds, prompt and ""
+      pipeline.safetensors     a 2-step guided pipeline: initial and final latents, image
+    versions.json SHA256SUMS
+
+Usage::
+
+    python make_sd3_fixtures.py [--out out-sd3]
+
+References are computed from the models re-loaded from the written directories. CPU, float32,
+one thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import make_sd_fixtures as sd  # noqa: E402  (sets the offline environment, one thread)
+
+import torch  # noqa: E402
+import diffusers  # noqa: E402
+import transformers  # noqa: E402
+from diffusers import (  # noqa: E402
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+)
+from transformers import CLIPTextConfig, CLIPTextModelWithProjection  # noqa: E402
+
+LATENT = 4
+JOINT = 48
+MAX_SEQ = 8  # max_sequence_length: the zero "T5" tokens without a T5 encoder
+PROMPTS = ["a photo of a cat and a dog", "turn the sky into a starry night"]
+
+
+def transformer_kwargs(**over) -> dict:
+    kw = dict(
+        sample_size=8,
+        patch_size=2,
+        in_channels=LATENT,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=JOINT,
+        caption_projection_dim=16,
+        pooled_projection_dim=32,
+        out_channels=LATENT,
+        pos_embed_max_size=6,
+    )
+    kw.update(over)
+    return kw
+
+
+def clip(vocab: dict, hidden: int, act: str) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden + 5,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=sd.MAX_LEN,
+        hidden_act=act,
+        layer_norm_eps=1e-5,
+        projection_dim=16,
+        bos_token_id=vocab[sd.BOS],
+        eos_token_id=vocab[sd.EOS],
+        pad_token_id=vocab[sd.EOS],
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "out-sd3"))
+    args = ap.parse_args()
+    out = Path(args.out)
+    if out.exists():
+        shutil.rmtree(out)
+    pipe_dir, sd35_dir = out / "tiny-sd3", out / "tiny-sd35"
+    refs = sd.RefWriter(out / "refs")
+
+    vocab, _merges, tokenizer = sd.write_tokenizer(out / "tokenizer-src")
+
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(**transformer_kwargs())
+    sd.randomize_(transformer, 1)
+    t35 = SD3Transformer2DModel(**transformer_kwargs(num_layers=3, qk_norm="rms_norm", dual_attention_layers=(0, 1)))
+    sd.randomize_(t35, 2)
+    t35.save_pretrained(sd35_dir / "transformer", safe_serialization=True)
+
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        act_fn="silu",
+        latent_channels=LATENT,
+        norm_num_groups=8,
+        sample_size=16,
+        scaling_factor=1.5305,
+        shift_factor=0.0609,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    sd.randomize_(vae, 3)
+    encoders = []
+    for hidden, act, seed in [(16, "quick_gelu", 4), (24, "gelu", 5)]:
+        m = CLIPTextModelWithProjection(clip(vocab, hidden, act))
+        sd.randomize_(m, seed)
+        encoders.append(m)
+    StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
+        vae=vae,
+        text_encoder=encoders[0],
+        tokenizer=tokenizer,
+        text_encoder_2=encoders[1],
+        tokenizer_2=tokenizer,
+        text_encoder_3=None,
+        tokenizer_3=None,
+    ).save_pretrained(pipe_dir, safe_serialization=True)
+    shutil.rmtree(out / "tokenizer-src")
+
+    # Everything below from what was written.
+    pipe = StableDiffusion3Pipeline.from_pretrained(pipe_dir, text_encoder_3=None, tokenizer_3=None)
+    pipe.set_progress_bar_config(disable=True)
+    index = json.loads((pipe_dir / "model_index.json").read_text())
+    index.pop("_diffusers_version", None)
+    (pipe_dir / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    t35 = SD3Transformer2DModel.from_pretrained(sd35_dir / "transformer")
+
+    # Transformers: a square batch of two with one timestep each, and a non-square latent.
+    x = sd.randn((2, LATENT, 8, 8), 10)
+    ctx = sd.randn((2, 12, JOINT), 11)
+    pooled = sd.randn((2, 32), 12)
+    ts = torch.tensor([1000.0, 437.5])
+    x2 = sd.randn((1, LATENT, 6, 8), 13)
+    ctx2 = sd.randn((1, 5, JOINT), 14)
+    pooled2 = sd.randn((1, 32), 15)
+    ts2 = torch.tensor([3.25])
+    tensors = {"x": x, "context": ctx, "pooled": pooled, "t": ts, "x2": x2, "context2": ctx2, "pooled2": pooled2, "t2": ts2}
+    with torch.no_grad():
+        for name, model in [("sd3", pipe.transformer), ("sd35", t35)]:
+            tensors[f"{name}.out"] = model(x, ctx, pooled, ts).sample
+            tensors[f"{name}.out2"] = model(x2, ctx2, pooled2, ts2).sample
+    refs.save("transformer", tensors, {"timesteps": ts.tolist(), "timesteps2": ts2.tolist()})
+
+    # VAE.
+    image = sd.randn((1, 3, 16, 16), 20).clamp(-1, 1)
+    z = sd.randn((1, LATENT, 8, 8), 21)
+    with torch.no_grad():
+        post = pipe.vae.encode(image).latent_dist
+        decoded = pipe.vae.decode(z).sample
+    refs.save("vae", {"image": image, "mean": post.mean, "std": post.std, "z": z, "decoded": decoded},
+              {"scaling_factor": pipe.vae.config.scaling_factor, "shift_factor": pipe.vae.config.shift_factor})
+
+    # Scheduler.
+    tensors, meta = {}, {}
+    for n in [1, 2, 4, 28]:
+        s = FlowMatchEulerDiscreteScheduler.from_pretrained(pipe_dir / "scheduler")
+        s.set_timesteps(n)
+        tensors[f"sigmas.{n}"] = s.sigmas
+        tensors[f"timesteps.{n}"] = s.timesteps
+    s = FlowMatchEulerDiscreteScheduler.from_pretrained(pipe_dir / "scheduler")
+    s.set_timesteps(4)
+    sample, velocity = sd.randn((1, LATENT, 4, 4), 30), sd.randn((1, LATENT, 4, 4), 31)
+    s.step(velocity, s.timesteps[0], sample)  # the first step moves the index
+    tensors.update(sample=sample, velocity=velocity, stepped=s.step(velocity, s.timesteps[1], sample).prev_sample)
+    refs.save("scheduler", tensors, {"steps": [1, 2, 4, 28], "step": "second of 4"})
+
+    # Text: prompt embeddings (two CLIPs, zero T5 tokens) and the negative "".
+    with torch.no_grad():
+        pe, ne, pp, npool = pipe.encode_prompt(
+            prompt=PROMPTS, prompt_2=None, prompt_3=None, do_classifier_free_guidance=True, max_sequence_length=MAX_SEQ
+        )
+    refs.save("text", {"prompt_embeds": pe, "negative_prompt_embeds": ne, "pooled": pp, "negative_pooled": npool},
+              {"prompts": PROMPTS, "max_sequence_length": MAX_SEQ})
+
+    # The pipeline: 2 steps, guidance 4.5, given initial latents.
+    latents = sd.randn((2, LATENT, 8, 8), 40)
+    with torch.no_grad():
+        final = pipe(
+            prompt=PROMPTS, num_inference_steps=2, guidance_scale=4.5, latents=latents.clone(),
+            max_sequence_length=MAX_SEQ, output_type="latent", height=16, width=16,
+        ).images
+        image = pipe.vae.decode(final / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor).sample
+    refs.save("pipeline", {"latents": latents, "final": final, "image": image},
+              {"prompts": PROMPTS, "steps": 2, "guidance_scale": 4.5, "max_sequence_length": MAX_SEQ})
+
+    (out / "refs" / "index.json").write_text(json.dumps(refs.index, indent=1, sort_keys=True) + "\n")
+    versions = {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+                "python": sys.version.split()[0]}
+    (out / "versions.json").write_text(json.dumps(versions, indent=1) + "\n")
+    for f in out.rglob("*"):
+        os.chmod(f, 0o755 if f.is_dir() else 0o644)
+    sums = [f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f.relative_to(out)}"
+            for f in sorted(out.rglob("*")) if f.is_file() and f.name != "SHA256SUMS"]
+    (out / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+    print(f"versions: {versions}")
+
+
+if __name__ == "__main__":
+    main()
