@@ -38,6 +38,20 @@ pub struct ClipTextConfig {
     /// LayerNorm epsilon.
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
+    /// transformers' class: `CLIPTextModelWithProjection` (SD3, SDXL's second encoder) adds
+    /// `text_projection`.
+    #[serde(default)]
+    pub architectures: Vec<String>,
+    /// Width of `text_projection`'s output.
+    #[serde(default)]
+    pub projection_dim: Option<usize>,
+    /// The end-of-text token whose final state is pooled (2: the legacy rule, the largest id).
+    #[serde(default = "legacy_eos")]
+    pub eos_token_id: i64,
+}
+
+fn legacy_eos() -> i64 {
+    2
 }
 
 fn default_eps() -> f64 {
@@ -60,7 +74,16 @@ impl ClipTextConfig {
                 self.hidden_size, self.num_attention_heads
             ));
         }
+        if self.with_projection() && self.projection_dim.is_none() {
+            return Err("`projection_dim` is missing for CLIPTextModelWithProjection".into());
+        }
         Ok(())
+    }
+
+    fn with_projection(&self) -> bool {
+        self.architectures
+            .iter()
+            .any(|a| a == "CLIPTextModelWithProjection")
     }
 }
 
@@ -146,6 +169,8 @@ pub struct ClipTextModel {
     embeddings: Embeddings,
     encoder: Encoder,
     final_layer_norm: LayerNorm,
+    text_projection: Option<Linear>,
+    eos_token_id: i64,
 }
 
 impl ClipTextModel {
@@ -185,6 +210,12 @@ impl ClipTextModel {
             },
             encoder: Encoder { layers },
             final_layer_norm: ln(),
+            text_projection: config.with_projection().then(|| {
+                LinearConfig::new(d, config.projection_dim.unwrap_or(d))
+                    .with_bias(false)
+                    .init(device)
+            }),
+            eos_token_id: config.eos_token_id,
         })
     }
 
@@ -225,5 +256,43 @@ impl ClipTextModel {
     /// `[B, L]` token ids → `last_hidden_state`, `[B, L, D]`: what conditions the UNet.
     pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
         self.forward_all(ids).1
+    }
+
+    /// Whether it is a `CLIPTextModelWithProjection` (has `text_projection`).
+    pub fn has_projection(&self) -> bool {
+        self.text_projection.is_some()
+    }
+
+    /// `CLIPTextModelWithProjection`'s `text_embeds`, `[B, projection_dim]`: the final state
+    /// (`last_hidden`, from [`forward_all`](Self::forward_all)) at each sequence's end-of-text
+    /// token (the first `eos_token_id`, or the largest id under the legacy id 2) through
+    /// `text_projection`. `None` for a model without the projection.
+    pub fn text_embeds(&self, ids: &Tensor<2, Int>, last_hidden: Tensor<3>) -> Option<Tensor<2>> {
+        let projection = self.text_projection.as_ref()?;
+        let [b, l] = ids.dims();
+        let d = last_hidden.dims()[2];
+        let data: Vec<i64> = ids
+            .clone()
+            .into_data()
+            .convert::<i64>()
+            .try_into_vec::<i64>()
+            .expect("token ids");
+        let rows: Vec<Tensor<3>> = data
+            .chunks(l)
+            .enumerate()
+            .map(|(i, row)| {
+                let at = if self.eos_token_id == 2 {
+                    (0..l)
+                        .max_by_key(|&j| (row[j], std::cmp::Reverse(j)))
+                        .unwrap_or(0)
+                } else {
+                    row.iter()
+                        .position(|&t| t == self.eos_token_id)
+                        .unwrap_or(0)
+                };
+                last_hidden.clone().slice([i..i + 1, at..at + 1, 0..d])
+            })
+            .collect();
+        Some(projection.forward(Tensor::cat(rows, 0).reshape([b, d])))
     }
 }

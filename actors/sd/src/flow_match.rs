@@ -39,10 +39,12 @@ fn refused(key: &str, value: &serde_json::Value) -> Option<String> {
         // Only read when dynamic shifting is on.
         "base_shift" | "max_shift" | "base_image_seq_len" | "max_image_seq_len"
         | "time_shift_type" => return None,
-        "use_dynamic_shifting" | "invert_sigmas" | "use_karras_sigmas"
-        | "use_exponential_sigmas" | "use_beta_sigmas" | "stochastic_sampling" => {
-            value.as_bool() == Some(false) || value.is_null()
-        }
+        "use_dynamic_shifting"
+        | "invert_sigmas"
+        | "use_karras_sigmas"
+        | "use_exponential_sigmas"
+        | "use_beta_sigmas"
+        | "stochastic_sampling" => value.as_bool() == Some(false) || value.is_null(),
         "shift_terminal" => value.is_null(),
         k if k.starts_with('_') => return None,
         _ => {
@@ -118,7 +120,11 @@ impl FlowMatchScheduler {
         let sigma_min = self.shifted_f32(1.0 / train) as f64;
         let (hi, lo) = (sigma_max * t, sigma_min * t);
         // numpy's linspace: start + i·step, the last exactly the end.
-        let step = if n > 1 { (lo - hi) / (n - 1) as f64 } else { 0.0 };
+        let step = if n > 1 {
+            (lo - hi) / (n - 1) as f64
+        } else {
+            0.0
+        };
         let mut sigmas: Vec<f32> = (0..n)
             .map(|i| {
                 let ts = if n > 1 && i == n - 1 {

@@ -22,6 +22,7 @@ mod load;
 pub mod mmdit;
 pub mod pipeline;
 pub mod scheduler;
+pub mod sd3;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;

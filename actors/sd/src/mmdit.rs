@@ -253,14 +253,20 @@ impl JointAttention {
         let q = Tensor::cat(
             vec![
                 norm(&self.norm_q, heads(self.to_q.forward(x.clone()), h)),
-                norm(&self.norm_added_q, heads(self.add_q_proj.forward(c.clone()), h)),
+                norm(
+                    &self.norm_added_q,
+                    heads(self.add_q_proj.forward(c.clone()), h),
+                ),
             ],
             2,
         );
         let k = Tensor::cat(
             vec![
                 norm(&self.norm_k, heads(self.to_k.forward(x.clone()), h)),
-                norm(&self.norm_added_k, heads(self.add_k_proj.forward(c.clone()), h)),
+                norm(
+                    &self.norm_added_k,
+                    heads(self.add_k_proj.forward(c.clone()), h),
+                ),
             ],
             2,
         );
@@ -345,7 +351,12 @@ impl JointBlock {
     }
 
     /// The image stream and (unless this is the last block) the text stream after the block.
-    fn forward(&self, x: Tensor<3>, c: Tensor<3>, temb: &Tensor<2>) -> (Tensor<3>, Option<Tensor<3>>) {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        c: Tensor<3>,
+        temb: &Tensor<2>,
+    ) -> (Tensor<3>, Option<Tensor<3>>) {
         let dual = self.attn2.is_some();
         // shift, scale, gate (attention), shift, scale, gate (MLP)[, shift, scale, gate (attn2)]
         let m = self.norm1.chunks(temb, if dual { 9 } else { 6 });
@@ -363,7 +374,11 @@ impl JointBlock {
         if let Some(attn2) = &self.attn2 {
             x = x.clone() + gated(&m[8], attn2.forward(modulate(nx, &m[6], &m[7])));
         }
-        let x = x.clone() + gated(&m[5], self.ff.forward(modulate(layer_norm(x), &m[3], &m[4])));
+        let x = x.clone()
+            + gated(
+                &m[5],
+                self.ff.forward(modulate(layer_norm(x), &m[3], &m[4])),
+            );
         let c = match (&self.ff_context, cm, attn_c) {
             (Some(ff), Some(cm), Some(attn_c)) => {
                 let c = c + gated(&cm[2], attn_c);
@@ -569,7 +584,11 @@ impl Mmdit {
             + te.text_embedder.forward(pooled);
         let mut c = Some(self.context_embedder.forward(context));
         for block in &self.transformer_blocks {
-            let (nx, nc) = block.forward(x, c.expect("every block but the last returns the text stream"), &temb);
+            let (nx, nc) = block.forward(
+                x,
+                c.expect("every block but the last returns the text stream"),
+                &temb,
+            );
             x = nx;
             c = nc;
         }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use rlrig_sd::burn::tensor::{Device, Tensor, TensorData};
 use rlrig_sd::flow_match::FlowMatchScheduler;
 use rlrig_sd::mmdit::Mmdit;
+use rlrig_sd::sd3::{Sd3Pipeline, T5};
 use rlrig_sd::vae::Vae;
 use safetensors::SafeTensors;
 
@@ -163,7 +164,10 @@ fn bad_sd3_configs_and_weights_are_errors_naming_the_key_or_tensor() {
     )
     .unwrap();
     let e = err(dir);
-    assert!(e.contains("diffusion_pytorch_model.safetensors: missing"), "{e}");
+    assert!(
+        e.contains("diffusion_pytorch_model.safetensors: missing"),
+        "{e}"
+    );
     // A key of a feature this port does not have.
     transformer_with(dir, |c| c["use_pooled_projection"] = true.into());
     let e = err(dir);
@@ -214,5 +218,118 @@ fn bad_sd3_configs_and_weights_are_errors_naming_the_key_or_tensor() {
             .unwrap_err()
             .to_string();
         assert!(e.contains(needle), "{json}: {e}");
+    }
+}
+
+fn pipeline(device: &Device) -> Sd3Pipeline {
+    Sd3Pipeline::from_dir(fixtures().join("tiny-sd3"), T5::Absent, device).unwrap()
+}
+
+const PROMPTS: [&str; 2] = [
+    "a photo of a cat and a dog",
+    "turn the sky into a starry night",
+];
+
+#[test]
+fn the_prompt_conditioning_matches_diffusers_without_t5() {
+    let device = Device::flex();
+    let p = pipeline(&device);
+    let refs = Refs::open("text.safetensors");
+    let cond = p.encode(&PROMPTS, 8, &device).unwrap();
+    close("prompt_embeds", cond.states, &refs, "prompt_embeds", 1e-4);
+    close("pooled", cond.pooled, &refs, "pooled", 1e-4);
+    let uncond = p.encode(&["", ""], 8, &device).unwrap();
+    close(
+        "negative",
+        uncond.states,
+        &refs,
+        "negative_prompt_embeds",
+        1e-4,
+    );
+    close(
+        "negative pooled",
+        uncond.pooled,
+        &refs,
+        "negative_pooled",
+        1e-4,
+    );
+}
+
+#[test]
+fn a_two_step_guided_sd3_pipeline_matches_diffusers_end_to_end() {
+    let device = Device::flex();
+    let p = pipeline(&device);
+    assert_eq!(p.default_size(), 16);
+    let refs = Refs::open("pipeline.safetensors");
+    let out = p
+        .generate(
+            &PROMPTS,
+            &["", ""],
+            refs.tensor("latents", &device),
+            2,
+            4.5,
+            8,
+        )
+        .unwrap();
+    close("final latents", out.latents, &refs, "final", 1e-3);
+    let (image, shape) = refs.f32("image");
+    let expected: Vec<f32> = image
+        .iter()
+        .map(|v| (v / 2.0 + 0.5).clamp(0.0, 1.0))
+        .collect();
+    assert_eq!(out.images.dims().to_vec(), shape);
+    let e = rel_err(
+        &out.images.into_data().try_to_vec::<f32>().unwrap(),
+        &expected,
+    );
+    assert!(e <= 1e-3, "image: relative error {e:e}");
+}
+
+#[test]
+fn a_pipeline_listing_t5_is_refused_unless_zero_t5_states_are_asked_for() {
+    let device = Device::flex();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sd3");
+    copy_dir(&fixtures().join("tiny-sd3"), &dir);
+    let index = dir.join("model_index.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
+    cfg["text_encoder_3"] = serde_json::json!(["transformers", "T5EncoderModel"]);
+    std::fs::write(&index, cfg.to_string()).unwrap();
+    let e = Sd3Pipeline::from_dir(&dir, T5::Absent, &device)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("`text_encoder_3`") && e.contains("T5EncoderModel"),
+        "{e}"
+    );
+    assert!(Sd3Pipeline::from_dir(&dir, T5::Zeros, &device).is_ok());
+    // A CLIP without projection cannot pool.
+    let te = dir.join("text_encoder_2/config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&te).unwrap()).unwrap();
+    cfg["architectures"] = serde_json::json!(["CLIPTextModel"]);
+    std::fs::write(&te, cfg.to_string()).unwrap();
+    let e = Sd3Pipeline::from_dir(&dir, T5::Zeros, &device)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("text_projection") || e.contains("CLIPTextModelWithProjection"),
+        "{e}"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
     }
 }
