@@ -93,7 +93,7 @@ impl FlowMatchScheduler {
         if let Some(m) = raw.other.iter().find_map(|(k, v)| refused(k, v)) {
             return Err(bad(m));
         }
-        if !(raw.shift > 0.0) || raw.num_train_timesteps == 0 {
+        if raw.shift.is_nan() || raw.shift <= 0.0 || raw.num_train_timesteps == 0 {
             return Err(bad(
                 "`shift` and `num_train_timesteps` must be positive".into()
             ));
@@ -116,7 +116,7 @@ impl FlowMatchScheduler {
         let t = self.num_train_timesteps as f64;
         // σ_max and σ_min of the shifted training schedule (f32, as diffusers builds them).
         let train = self.num_train_timesteps as f32;
-        let sigma_max = self.shifted_f32(train / train) as f64;
+        let sigma_max = self.shifted_f32(1.0) as f64;
         let sigma_min = self.shifted_f32(1.0 / train) as f64;
         let (hi, lo) = (sigma_max * t, sigma_min * t);
         // numpy's linspace: start + i·step, the last exactly the end.
