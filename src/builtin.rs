@@ -6,7 +6,7 @@ use rlrig_baseline::{
 };
 use rlrig_engine::{Registry, any_role_model};
 use rlrig_external::{ExternalActor, ExternalConfig};
-use rlrig_sd::kinds::{Ip2pEditor, SdDiffuser, SdSettings};
+use rlrig_sd::kinds::{Ip2pEditor, Sd3Diffuser, Sd3Settings, SdDiffuser, SdSettings};
 
 /// A registry with every built-in kind:
 ///
@@ -21,6 +21,9 @@ use rlrig_sd::kinds::{Ip2pEditor, SdDiffuser, SdSettings};
 /// | `neural.checker` | checker | the trained Checker VLM (`weights`, default `weights/checker.safetensors`) |
 /// | `neural.policy` | policy | the trained Policy VLM, the paper's Actor (`weights`, default `weights/policy.safetensors`; decoding settings) |
 /// | `judge.checker` | checker | a VLM judge over an OpenAI-compatible endpoint (`base_url`, `model`, the key from `api_key_env`) |
+/// | `diffuser.sd` | diffuser | Stable Diffusion 1.x / 2.x from a diffusers directory |
+/// | `diffuser.sd3` | diffuser | Stable Diffusion 3 / 3.5 from a diffusers directory (no T5: zero T5 states) |
+/// | `editor.instruct-pix2pix` | editor | InstructPix2Pix from a diffusers directory |
 /// | `external` | any | a child process speaking rlrig's line-delimited JSON protocol (docs/external-protocol.md) |
 ///
 /// The `neural.*` kinds, and the learners that train `neural.policy` and `neural.editor`, come
@@ -59,6 +62,15 @@ pub fn builtin_registry() -> Registry {
         |c, ctx| {
             let device = rlrig_models::device::select(&ctx.device)?;
             Ok(Box::new(SdDiffuser::new(&c, &ctx.base_dir, &device)?))
+        },
+    );
+    r.add_diffuser(
+        "diffuser.sd3",
+        "Stable Diffusion 3 / 3.5 (MMDiT, two CLIPs, zero T5 states) from a diffusers directory: `path`, `steps`, `guidance`, `negative_prompt`, `max_sequence_length`, `t5`, `size`",
+        |c: &Sd3Settings| Ok(c.check()?),
+        |c, ctx| {
+            let device = rlrig_models::device::select(&ctx.device)?;
+            Ok(Box::new(Sd3Diffuser::new(&c, &ctx.base_dir, &device)?))
         },
     );
     r.add_editor(

@@ -1,5 +1,5 @@
-//! The pipelines as rlrig roles: `diffuser.sd` (text to image) and `editor.instruct-pix2pix`
-//! (image and edit prompt to image). A request's seed gives its starting noise (ChaCha8,
+//! The pipelines as rlrig roles: `diffuser.sd` and `diffuser.sd3` (text to image) and
+//! `editor.instruct-pix2pix` (image and edit prompt to image). A request's seed gives its starting noise (ChaCha8,
 //! Box–Muller), so a run is reproducible whatever the batch it falls in.
 
 use std::path::{Path, PathBuf};
@@ -14,6 +14,7 @@ use crate::SdError;
 use crate::clip::ClipTextModel;
 use crate::pipeline::Pipeline;
 use crate::scheduler::Scheduler;
+use crate::sd3::{Sd3Pipeline, T5};
 use crate::tokenizer::ClipTokenizer;
 use crate::unet::UNet;
 use crate::vae::Vae;
@@ -282,5 +283,137 @@ impl Editor for Ip2pEditor {
             out.extend(to_images(g.images)?);
         }
         Ok(out)
+    }
+}
+
+/// Settings of `diffuser.sd3`, as flows give them. Paths are relative to the flow file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sd3Settings {
+    /// A diffusers `StableDiffusion3Pipeline` directory.
+    pub path: PathBuf,
+    /// Sampling steps.
+    #[serde(default = "sd3_steps")]
+    pub steps: usize,
+    /// Classifier-free guidance scale (1: none).
+    #[serde(default = "sd3_guidance")]
+    pub guidance: f64,
+    /// The negative prompt.
+    #[serde(default)]
+    pub negative_prompt: String,
+    /// Zero T5 tokens after the CLIP tokens (diffusers' `max_sequence_length`).
+    #[serde(default = "sd3_max_sequence_length")]
+    pub max_sequence_length: usize,
+    /// `"zeros"` runs a directory that lists a T5 encoder with zero T5 states (T5 is not
+    /// built); `"absent"` (the default) refuses such a directory.
+    #[serde(default = "absent")]
+    pub t5: String,
+    /// Image side in pixels (default: the transformer's `sample_size` × the VAE's factor).
+    #[serde(default)]
+    pub size: Option<usize>,
+}
+
+fn sd3_steps() -> usize {
+    28
+}
+fn sd3_guidance() -> f64 {
+    7.0
+}
+fn sd3_max_sequence_length() -> usize {
+    256
+}
+fn absent() -> String {
+    "absent".into()
+}
+
+impl Sd3Settings {
+    /// Checks the numbers and names (what `rlrig validate` can check without the directory).
+    pub fn check(&self) -> Result<(), SdError> {
+        if self.steps == 0 {
+            return Err(SdError::Settings("`steps` must be at least 1".into()));
+        }
+        if self.guidance < 0.0 {
+            return Err(SdError::Settings("`guidance` must not be negative".into()));
+        }
+        self.t5_mode()?;
+        Ok(())
+    }
+
+    fn t5_mode(&self) -> Result<T5, SdError> {
+        match self.t5.as_str() {
+            "absent" => Ok(T5::Absent),
+            "zeros" => Ok(T5::Zeros),
+            other => Err(SdError::Settings(format!(
+                "`t5` = {other:?}: \"absent\" or \"zeros\" (a T5 encoder is not built)"
+            ))),
+        }
+    }
+}
+
+/// `diffuser.sd3`: Stable Diffusion 3 text to image (two CLIPs, zero T5 states).
+pub struct Sd3Diffuser {
+    pipeline: Sd3Pipeline,
+    settings: Sd3Settings,
+    latent: usize,
+    device: Device,
+}
+
+impl Sd3Diffuser {
+    /// Loads the pipeline (`base`: the flow file's directory) and checks the image size
+    /// against the VAE's factor, the patch size and the position grid.
+    pub fn new(settings: &Sd3Settings, base: &Path, device: &Device) -> Result<Self, SdError> {
+        settings.check()?;
+        let root = base.join(&settings.path);
+        if !root.is_dir() {
+            return Err(SdError::Settings(format!(
+                "`path`: {} is not a directory",
+                root.display()
+            )));
+        }
+        let pipeline = Sd3Pipeline::from_dir(&root, settings.t5_mode()?, device)?;
+        let factor = pipeline.vae.downscale();
+        let t = &pipeline.transformer;
+        let size = settings.size.unwrap_or_else(|| pipeline.default_size());
+        let step = factor * t.patch_size();
+        let largest = t.max_patches() * step;
+        if size == 0 || !size.is_multiple_of(step) || size > largest {
+            return Err(SdError::Settings(format!(
+                "`size` = {size}: a multiple of {step} (VAE factor × patch) up to {largest} (the position grid)"
+            )));
+        }
+        Ok(Sd3Diffuser {
+            latent: size / factor,
+            pipeline,
+            settings: settings.clone(),
+            device: device.clone(),
+        })
+    }
+}
+
+impl Diffuser for Sd3Diffuser {
+    fn generate(&mut self, batch: &[GenerateRequest]) -> Result<Vec<Image>, RoleError> {
+        let (c, s) = (self.pipeline.transformer.in_channels(), self.latent);
+        let latents = Tensor::cat(
+            batch
+                .iter()
+                .map(|r| noise(r.seed, c, s, s, &self.device))
+                .collect(),
+            0,
+        );
+        let prompts: Vec<String> = batch.iter().map(|r| r.prompt.prompt()).collect();
+        let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        let negative = vec![self.settings.negative_prompt.as_str(); batch.len()];
+        let out = self
+            .pipeline
+            .generate(
+                &prompts,
+                &negative,
+                latents,
+                self.settings.steps,
+                self.settings.guidance,
+                self.settings.max_sequence_length,
+            )
+            .map_err(role_err)?;
+        to_images(out.images)
     }
 }

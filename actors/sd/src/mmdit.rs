@@ -537,6 +537,11 @@ impl Mmdit {
         self.patch
     }
 
+    /// The most patches a latent may have per side (`pos_embed_max_size`).
+    pub fn max_patches(&self) -> usize {
+        self.max_grid
+    }
+
     /// The velocity prediction for `latents [B, C, H, W]` at `timesteps` (one per item, or
     /// one for all; diffusers' scale, σ·1000), with text states `context [B, L,
     /// joint_attention_dim]` and the pooled text embedding `pooled [B, pooled_projection_dim]`.
