@@ -551,7 +551,7 @@ impl GrpoLearner for Learner {
 
 /// Writes a learner's checkpoint into `dir`: `{name}.bpk` (the weights), `optim.bpk` (AdamW's
 /// moments) and `learner.json` (`state`).
-pub(crate) fn save_learner<M: Module, S: Serialize>(
+pub fn save_learner<M: Module, S: Serialize>(
     dir: &Path,
     name: &str,
     model: &M,
@@ -575,7 +575,7 @@ pub(crate) fn save_learner<M: Module, S: Serialize>(
 
 /// Restores what [`save_learner`] wrote: the weights into `model` (held in an `Option` between
 /// calls), the optimiser's moments into `optim`; returns the state.
-pub(crate) fn restore_learner<M: Module, S: serde::de::DeserializeOwned>(
+pub fn restore_learner<M: Module, S: serde::de::DeserializeOwned>(
     dir: &Path,
     name: &str,
     model: &mut Option<M>,

@@ -125,14 +125,14 @@ fn check_policy_learner(s: &PolicySettings, t: &TrainSettings) -> Result<(), Lea
 }
 
 /// `[train]`'s device, with autodiff.
-fn learner_device(t: &TrainSettings) -> Result<burn::tensor::Device, LearnerProblem> {
+pub fn learner_device(t: &TrainSettings) -> Result<burn::tensor::Device, LearnerProblem> {
     let device = crate::device::select(&t.device)
         .map_err(|e| LearnerProblem::Train("device".into(), e.to_string()))?;
     Ok(device.autodiff())
 }
 
 /// GRPO's settings from `[train]`.
-fn grpo_config(t: &TrainSettings) -> GrpoConfig {
+pub fn grpo_config(t: &TrainSettings) -> GrpoConfig {
     let loss_type = match t.loss_type.as_str() {
         "sequence_mean" => LossType::SequenceMean,
         _ => LossType::TokenMean,

@@ -338,7 +338,21 @@ impl SdeStep {
     /// If `step >= steps`.
     pub fn new(step: usize, steps: usize, a: f64) -> SdeStep {
         assert!(step < steps, "step {step} of a {steps}-step schedule");
-        let levels = noise_levels(steps);
+        SdeStep::on(&noise_levels(steps), step, a)
+    }
+
+    /// The coefficients of step `step` of any schedule of noise levels `levels` (descending
+    /// from 1, ending at 0, one more than the steps), e.g. Stable Diffusion 3's shifted σ.
+    ///
+    /// # Panics
+    ///
+    /// If `step + 1 >= levels.len()`.
+    pub fn on(levels: &[f64], step: usize, a: f64) -> SdeStep {
+        assert!(
+            step + 1 < levels.len(),
+            "step {step} of a {}-step schedule",
+            levels.len().saturating_sub(1)
+        );
         let (s, s_next) = (levels[step], levels[step + 1]);
         let dt = s_next - s;
         let denominator = if s >= 1.0 { 1.0 - levels[1] } else { 1.0 - s };

@@ -19,6 +19,7 @@ pub mod clip;
 pub mod flow_match;
 pub mod kinds;
 mod load;
+pub mod lora;
 pub mod mmdit;
 pub mod pipeline;
 pub mod scheduler;

@@ -23,6 +23,7 @@ use serde::Deserialize;
 
 use crate::SdError;
 use crate::blocks::{linear, sinusoidal};
+use crate::lora::{Adapted, Proj};
 
 /// The fields of a `transformer/config.json`; any other key (but diffusers' `_`-prefixed
 /// bookkeeping) is refused by name.
@@ -210,70 +211,71 @@ fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<3> {
 /// over both streams together.
 #[derive(Module, Debug)]
 struct JointAttention {
-    to_q: Linear,
-    to_k: Linear,
-    to_v: Linear,
-    add_q_proj: Linear,
-    add_k_proj: Linear,
-    add_v_proj: Linear,
+    to_q: Proj,
+    to_k: Proj,
+    to_v: Proj,
+    add_q_proj: Proj,
+    add_k_proj: Proj,
+    add_v_proj: Proj,
     norm_q: Option<RmsNorm>,
     norm_k: Option<RmsNorm>,
     norm_added_q: Option<RmsNorm>,
     norm_added_k: Option<RmsNorm>,
-    to_out: Vec<Linear>,
-    to_add_out: Option<Linear>,
+    to_out: Vec<Proj>,
+    to_add_out: Option<Proj>,
     heads: usize,
 }
 
 impl JointAttention {
     fn new(d: usize, heads: usize, qk_norm: bool, pre_only: bool, device: &Device) -> Self {
         let rms = || qk_norm.then(|| RmsNorm::new(d / heads, device));
+        let proj = || Proj::new(linear(d, d, true, device));
         JointAttention {
-            to_q: linear(d, d, true, device),
-            to_k: linear(d, d, true, device),
-            to_v: linear(d, d, true, device),
-            add_q_proj: linear(d, d, true, device),
-            add_k_proj: linear(d, d, true, device),
-            add_v_proj: linear(d, d, true, device),
+            to_q: proj(),
+            to_k: proj(),
+            to_v: proj(),
+            add_q_proj: proj(),
+            add_k_proj: proj(),
+            add_v_proj: proj(),
             norm_q: rms(),
             norm_k: rms(),
             norm_added_q: rms(),
             norm_added_k: rms(),
-            to_out: vec![linear(d, d, true, device)],
-            to_add_out: (!pre_only).then(|| linear(d, d, true, device)),
+            to_out: vec![proj()],
+            to_add_out: (!pre_only).then(proj),
             heads,
         }
     }
 
     /// The image stream's and (unless the block is the last) the text stream's outputs.
-    fn forward(&self, x: Tensor<3>, c: Tensor<3>) -> (Tensor<3>, Option<Tensor<3>>) {
+    fn forward(&self, x: Tensor<3>, c: Tensor<3>, lora: bool) -> (Tensor<3>, Option<Tensor<3>>) {
         let n = x.dims()[1];
         let m = c.dims()[1];
         let h = self.heads;
         let q = Tensor::cat(
             vec![
-                norm(&self.norm_q, heads(self.to_q.forward(x.clone()), h)),
+                norm(&self.norm_q, heads(self.to_q.forward(x.clone(), lora), h)),
                 norm(
                     &self.norm_added_q,
-                    heads(self.add_q_proj.forward(c.clone()), h),
+                    heads(self.add_q_proj.forward(c.clone(), lora), h),
                 ),
             ],
             2,
         );
         let k = Tensor::cat(
             vec![
-                norm(&self.norm_k, heads(self.to_k.forward(x.clone()), h)),
+                norm(&self.norm_k, heads(self.to_k.forward(x.clone(), lora), h)),
                 norm(
                     &self.norm_added_k,
-                    heads(self.add_k_proj.forward(c.clone()), h),
+                    heads(self.add_k_proj.forward(c.clone(), lora), h),
                 ),
             ],
             2,
         );
         let v = Tensor::cat(
             vec![
-                heads(self.to_v.forward(x), h),
-                heads(self.add_v_proj.forward(c), h),
+                heads(self.to_v.forward(x, lora), h),
+                heads(self.add_v_proj.forward(c, lora), h),
             ],
             2,
         );
@@ -282,8 +284,8 @@ impl JointAttention {
         let text = parts.pop().expect("two parts");
         let image = parts.pop().expect("two parts");
         (
-            self.to_out[0].forward(image),
-            self.to_add_out.as_ref().map(|l| l.forward(text)),
+            self.to_out[0].forward(image, lora),
+            self.to_add_out.as_ref().map(|l| l.forward(text, lora)),
         )
     }
 }
@@ -291,35 +293,36 @@ impl JointAttention {
 /// The image-only self-attention of an MMDiT-X block (`attn2`).
 #[derive(Module, Debug)]
 struct SelfAttention {
-    to_q: Linear,
-    to_k: Linear,
-    to_v: Linear,
+    to_q: Proj,
+    to_k: Proj,
+    to_v: Proj,
     norm_q: Option<RmsNorm>,
     norm_k: Option<RmsNorm>,
-    to_out: Vec<Linear>,
+    to_out: Vec<Proj>,
     heads: usize,
 }
 
 impl SelfAttention {
     fn new(d: usize, heads: usize, qk_norm: bool, device: &Device) -> Self {
         let rms = || qk_norm.then(|| RmsNorm::new(d / heads, device));
+        let proj = || Proj::new(linear(d, d, true, device));
         SelfAttention {
-            to_q: linear(d, d, true, device),
-            to_k: linear(d, d, true, device),
-            to_v: linear(d, d, true, device),
+            to_q: proj(),
+            to_k: proj(),
+            to_v: proj(),
             norm_q: rms(),
             norm_k: rms(),
-            to_out: vec![linear(d, d, true, device)],
+            to_out: vec![proj()],
             heads,
         }
     }
 
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+    fn forward(&self, x: Tensor<3>, lora: bool) -> Tensor<3> {
         let h = self.heads;
-        let q = norm(&self.norm_q, heads(self.to_q.forward(x.clone()), h));
-        let k = norm(&self.norm_k, heads(self.to_k.forward(x.clone()), h));
-        let v = heads(self.to_v.forward(x), h);
-        self.to_out[0].forward(attend(q, k, v))
+        let q = norm(&self.norm_q, heads(self.to_q.forward(x.clone(), lora), h));
+        let k = norm(&self.norm_k, heads(self.to_k.forward(x.clone(), lora), h));
+        let v = heads(self.to_v.forward(x, lora), h);
+        self.to_out[0].forward(attend(q, k, v), lora)
     }
 }
 
@@ -356,6 +359,7 @@ impl JointBlock {
         x: Tensor<3>,
         c: Tensor<3>,
         temb: &Tensor<2>,
+        lora: bool,
     ) -> (Tensor<3>, Option<Tensor<3>>) {
         let dual = self.attn2.is_some();
         // shift, scale, gate (attention), shift, scale, gate (MLP)[, shift, scale, gate (attn2)]
@@ -369,10 +373,10 @@ impl JointBlock {
             }
             None => (self.norm1_context.continuous(c.clone(), temb), None),
         };
-        let (attn_x, attn_c) = self.attn.forward(x_in, c_in);
+        let (attn_x, attn_c) = self.attn.forward(x_in, c_in, lora);
         let mut x = x + gated(&m[2], attn_x);
         if let Some(attn2) = &self.attn2 {
-            x = x.clone() + gated(&m[8], attn2.forward(modulate(nx, &m[6], &m[7])));
+            x = x.clone() + gated(&m[8], attn2.forward(modulate(nx, &m[6], &m[7]), lora));
         }
         let x = x.clone()
             + gated(
@@ -506,6 +510,10 @@ impl Mmdit {
                 (r"\.ff\.net\.2\.", ".ff.out."),
                 (r"\.ff_context\.net\.0\.proj\.", ".ff_context.proj."),
                 (r"\.ff_context\.net\.2\.", ".ff_context.out."),
+                (
+                    r"\.(attn2?)\.(to_q|to_k|to_v|add_q_proj|add_k_proj|add_v_proj|to_add_out|to_out\.0)\.",
+                    ".$1.$2.linear.",
+                ),
             ],
             &[],
         )?;
@@ -553,6 +561,19 @@ impl Mmdit {
         context: Tensor<3>,
         pooled: Tensor<2>,
     ) -> Tensor<4> {
+        self.forward_with(latents, timesteps, context, pooled, true)
+    }
+
+    /// [`forward`](Self::forward), with the LoRA adapters (if any) or without them (`lora =
+    /// false`: the base model, Flow-GRPO's KL reference).
+    pub fn forward_with(
+        &self,
+        latents: Tensor<4>,
+        timesteps: &[f64],
+        context: Tensor<3>,
+        pooled: Tensor<2>,
+        lora: bool,
+    ) -> Tensor<4> {
         let [b, _, height, width] = latents.dims();
         let device = latents.device();
         let ts: Vec<f64> = match timesteps {
@@ -593,6 +614,7 @@ impl Mmdit {
                 x,
                 c.expect("every block but the last returns the text stream"),
                 &temb,
+                lora,
             );
             x = nx;
             c = nc;
@@ -602,5 +624,59 @@ impl Mmdit {
         out.reshape([b, gh, gw, p, p, co])
             .permute([0, 5, 1, 3, 2, 4])
             .reshape([b, co, gh * p, gw * p])
+    }
+}
+
+impl Adapted for Mmdit {
+    fn projections(&self) -> Vec<(String, &Proj)> {
+        let mut v = Vec::new();
+        for (i, b) in self.transformer_blocks.iter().enumerate() {
+            let a = &b.attn;
+            let p = format!("transformer_blocks.{i}.attn");
+            v.push((format!("{p}.to_q"), &a.to_q));
+            v.push((format!("{p}.to_k"), &a.to_k));
+            v.push((format!("{p}.to_v"), &a.to_v));
+            v.push((format!("{p}.add_q_proj"), &a.add_q_proj));
+            v.push((format!("{p}.add_k_proj"), &a.add_k_proj));
+            v.push((format!("{p}.add_v_proj"), &a.add_v_proj));
+            v.push((format!("{p}.to_out.0"), &a.to_out[0]));
+            if let Some(o) = &a.to_add_out {
+                v.push((format!("{p}.to_add_out"), o));
+            }
+            if let Some(a2) = &b.attn2 {
+                let p = format!("transformer_blocks.{i}.attn2");
+                v.push((format!("{p}.to_q"), &a2.to_q));
+                v.push((format!("{p}.to_k"), &a2.to_k));
+                v.push((format!("{p}.to_v"), &a2.to_v));
+                v.push((format!("{p}.to_out.0"), &a2.to_out[0]));
+            }
+        }
+        v
+    }
+
+    fn projections_mut(&mut self) -> Vec<(String, &mut Proj)> {
+        let mut v = Vec::new();
+        for (i, b) in self.transformer_blocks.iter_mut().enumerate() {
+            let a = &mut b.attn;
+            let p = format!("transformer_blocks.{i}.attn");
+            v.push((format!("{p}.to_q"), &mut a.to_q));
+            v.push((format!("{p}.to_k"), &mut a.to_k));
+            v.push((format!("{p}.to_v"), &mut a.to_v));
+            v.push((format!("{p}.add_q_proj"), &mut a.add_q_proj));
+            v.push((format!("{p}.add_k_proj"), &mut a.add_k_proj));
+            v.push((format!("{p}.add_v_proj"), &mut a.add_v_proj));
+            v.push((format!("{p}.to_out.0"), &mut a.to_out[0]));
+            if let Some(o) = &mut a.to_add_out {
+                v.push((format!("{p}.to_add_out"), o));
+            }
+            if let Some(a2) = &mut b.attn2 {
+                let p = format!("transformer_blocks.{i}.attn2");
+                v.push((format!("{p}.to_q"), &mut a2.to_q));
+                v.push((format!("{p}.to_k"), &mut a2.to_k));
+                v.push((format!("{p}.to_v"), &mut a2.to_v));
+                v.push((format!("{p}.to_out.0"), &mut a2.to_out[0]));
+            }
+        }
+        v
     }
 }
