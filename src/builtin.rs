@@ -4,7 +4,7 @@ use rlrig_baseline::{
     MistakenRenderer, MistakenRendererConfig, OracleChecker, OracleCheckerConfig, RulePolicy,
     RulePolicyConfig, SceneEditor, SceneEditorConfig,
 };
-use rlrig_engine::{Registry, any_role_model};
+use rlrig_engine::{LearnerProblem, Registry, any_role_model};
 use rlrig_external::{ExternalActor, ExternalConfig};
 use rlrig_sd::kinds::{Ip2pEditor, Sd3Diffuser, Sd3Settings, SdDiffuser, SdSettings};
 
@@ -71,6 +71,23 @@ pub fn builtin_registry() -> Registry {
         |c, ctx| {
             let device = rlrig_models::device::select(&ctx.device)?;
             Ok(Box::new(Sd3Diffuser::new(&c, &ctx.base_dir, &device)?))
+        },
+    );
+    r.add_learner(
+        "diffuser.sd3",
+        |_: &Sd3Settings, _| Ok(()),
+        |c, ctx, t| {
+            let device = rlrig_models::kinds::learner_device(t)?;
+            let config = rlrig_models::flow_grpo::FlowLearnerConfig {
+                grpo: rlrig_models::kinds::grpo_config(t),
+                lr: t.learning_rate,
+                max_grad_norm: t.max_grad_norm as f32,
+                ..Default::default()
+            };
+            let learner = c
+                .learner(&ctx.base_dir, &device, config)
+                .map_err(|e| LearnerProblem::Other(e.to_string()))?;
+            Ok(Box::new(learner))
         },
     );
     r.add_editor(

@@ -454,8 +454,9 @@ pub struct SdeChains {
     pub log_probs: Vec<Vec<f32>>,
 }
 
-/// Rounds every value to `f16` (on the host), as a stored denoising chain keeps it.
-fn round_to_f16(x: Tensor<4>) -> (Tensor<4>, Vec<f32>) {
+/// Rounds every value to `f16` (on the host), as a stored denoising chain keeps it; also
+/// returns the rounded values.
+pub fn round_to_f16(x: Tensor<4>) -> (Tensor<4>, Vec<f32>) {
     let dims = x.dims();
     let device = x.device();
     let values: Vec<f32> = x

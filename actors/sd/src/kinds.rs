@@ -4,17 +4,21 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Device, Tensor, TensorData};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-use rlrig_contract::{Diffuser, EditRequest, Editor, GenerateRequest, Image, RoleError};
+use burn::tensor::{Device, Tensor};
+use rlrig_contract::{
+    Diffuser, EditRequest, Editor, GenerateRequest, Image, RoleError, SampledImage, WeightsUpdate,
+};
+use rlrig_models::flow_grpo::FlowLearnerConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::SdError;
 use crate::clip::ClipTextModel;
+use crate::images::{from_image, noise, to_images};
+use crate::lora::{self, LoraConfig};
 use crate::pipeline::Pipeline;
 use crate::scheduler::Scheduler;
 use crate::sd3::{Sd3Pipeline, T5};
+use crate::sd3_grpo::{ExploreConfig, Sd3FlowLearner, explore};
 use crate::tokenizer::ClipTokenizer;
 use crate::unet::UNet;
 use crate::vae::Vae;
@@ -110,58 +114,6 @@ impl SdSettings {
             scheduler: Scheduler::from_file(sched_dir.join("scheduler_config.json"))?,
         })
     }
-}
-
-/// Standard-normal latents `[1, c, h, w]` from a seed.
-fn noise(seed: u64, c: usize, h: usize, w: usize, device: &Device) -> Tensor<4> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let n = c * h * w;
-    let mut v = Vec::with_capacity(n + 1);
-    while v.len() < n {
-        let (u1, u2): (f64, f64) = (rng.random::<f64>().max(f64::MIN_POSITIVE), rng.random());
-        let r = (-2.0 * u1.ln()).sqrt();
-        let a = std::f64::consts::TAU * u2;
-        v.push((r * a.cos()) as f32);
-        v.push((r * a.sin()) as f32);
-    }
-    v.truncate(n);
-    Tensor::from_data(TensorData::new(v, [1, c, h, w]), device)
-}
-
-/// `[B, 3, H, W]` in `[0, 1]` → images.
-fn to_images(t: Tensor<4>) -> Result<Vec<Image>, RoleError> {
-    let [b, _, h, w] = t.dims();
-    let data = t
-        .into_data()
-        .try_to_vec::<f32>()
-        .map_err(|e| RoleError(format!("{e:?}")))?;
-    (0..b)
-        .map(|i| {
-            let mut px = vec![0u8; h * w * 3];
-            for c in 0..3 {
-                for y in 0..h {
-                    for x in 0..w {
-                        let v = data[((i * 3 + c) * h + y) * w + x];
-                        px[(y * w + x) * 3 + c] = (v * 255.0).round().clamp(0.0, 255.0) as u8;
-                    }
-                }
-            }
-            Image::from_raw(w as u32, h as u32, px).map_err(|e| RoleError(e.to_string()))
-        })
-        .collect()
-}
-
-/// An image → `[1, 3, H, W]` in `[0, 1]`.
-fn from_image(img: &Image, device: &Device) -> Tensor<4> {
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    let px = img.pixels();
-    let mut v = vec![0f32; 3 * h * w];
-    for c in 0..3 {
-        for i in 0..h * w {
-            v[c * h * w + i] = px[i * 3 + c] as f32 / 255.0;
-        }
-    }
-    Tensor::from_data(TensorData::new(v, [1, 3, h, w]), device)
 }
 
 fn role_err(e: SdError) -> RoleError {
@@ -311,6 +263,43 @@ pub struct Sd3Settings {
     /// Image side in pixels (default: the transformer's `sample_size` × the VAE's factor).
     #[serde(default)]
     pub size: Option<usize>,
+    /// Flow-GRPO: steps of the exploring SDE sampler (default `steps`).
+    #[serde(default)]
+    pub explore_steps: Option<usize>,
+    /// Flow-GRPO: the first exploring steps that draw SDE noise (default all).
+    #[serde(default)]
+    pub sde_window: Option<usize>,
+    /// Flow-GRPO: the SDE's noise scale `a`.
+    #[serde(default = "noise_scale")]
+    pub noise_scale: f64,
+    /// LoRA rank of the trained adapters.
+    #[serde(default = "lora_rank")]
+    pub lora_rank: usize,
+    /// LoRA `α` (the adapters' term is scaled by `α / rank`).
+    #[serde(default = "lora_alpha")]
+    pub lora_alpha: f64,
+    /// The transformer's projections that get adapters (PEFT's `target_modules`).
+    #[serde(default = "lora_targets")]
+    pub lora_targets: Vec<String>,
+    /// A PEFT adapter directory (`adapter_config.json`, `adapter_model.safetensors`) to start
+    /// from, for generation and training.
+    #[serde(default)]
+    pub adapter: Option<PathBuf>,
+}
+
+fn noise_scale() -> f64 {
+    0.7
+}
+fn lora_rank() -> usize {
+    4
+}
+fn lora_alpha() -> f64 {
+    4.0
+}
+fn lora_targets() -> Vec<String> {
+    ["to_q", "to_k", "to_v", "to_out.0"]
+        .map(String::from)
+        .to_vec()
 }
 
 fn sd3_steps() -> usize {
@@ -335,8 +324,83 @@ impl Sd3Settings {
         if self.guidance < 0.0 {
             return Err(SdError::Settings("`guidance` must not be negative".into()));
         }
+        let explore = self.explore_config();
+        if explore.steps == 0 || !(1..=explore.steps).contains(&explore.sde_window) {
+            return Err(SdError::Settings(format!(
+                "`sde_window` = {}: 1 to the {} exploring steps",
+                explore.sde_window, explore.steps
+            )));
+        }
+        if self.noise_scale.is_nan() || self.noise_scale <= 0.0 {
+            return Err(SdError::Settings("`noise_scale` must be positive".into()));
+        }
+        if self.lora_rank == 0 || self.lora_targets.is_empty() {
+            return Err(SdError::Settings(
+                "`lora_rank` must be at least 1 and `lora_targets` name a projection".into(),
+            ));
+        }
         self.t5_mode()?;
         Ok(())
+    }
+
+    fn explore_config(&self) -> ExploreConfig {
+        let steps = self.explore_steps.unwrap_or(self.steps);
+        ExploreConfig {
+            steps,
+            sde_window: self.sde_window.unwrap_or(steps),
+            noise_scale: self.noise_scale,
+            guidance: self.guidance,
+            max_sequence_length: self.max_sequence_length,
+        }
+    }
+
+    /// The LoRA settings of trained adapters.
+    pub fn lora(&self) -> LoraConfig {
+        LoraConfig {
+            r: self.lora_rank,
+            lora_alpha: self.lora_alpha,
+            target_modules: self.lora_targets.clone(),
+        }
+    }
+
+    /// Loads the pipeline named by `path` (`base`: the flow file's directory), with the
+    /// starting adapter when one is named.
+    fn load(&self, base: &Path, device: &Device) -> Result<Sd3Pipeline, SdError> {
+        self.check()?;
+        let root = base.join(&self.path);
+        if !root.is_dir() {
+            return Err(SdError::Settings(format!(
+                "`path`: {} is not a directory",
+                root.display()
+            )));
+        }
+        let mut pipeline = Sd3Pipeline::from_dir(&root, self.t5_mode()?, device)?;
+        if let Some(dir) = &self.adapter {
+            lora::load_dir(&mut pipeline.transformer, &base.join(dir))?;
+        }
+        Ok(pipeline)
+    }
+
+    /// The Flow-GRPO learner of these settings' pipeline on `device` (an autodiff device):
+    /// fresh adapters of [`lora`](Self::lora), or the starting `adapter`.
+    pub fn learner(
+        &self,
+        base: &Path,
+        device: &Device,
+        config: FlowLearnerConfig,
+    ) -> Result<Sd3FlowLearner, SdError> {
+        let root = base.join(&self.path);
+        let pipeline = Sd3Pipeline::from_dir(&root, self.t5_mode()?, device)?;
+        self.check()?;
+        let adapter = self.adapter.as_ref().map(|d| base.join(d));
+        Sd3FlowLearner::new(
+            pipeline,
+            self.lora(),
+            adapter.as_deref(),
+            config,
+            self.negative_prompt.clone(),
+            self.max_sequence_length,
+        )
     }
 
     fn t5_mode(&self) -> Result<T5, SdError> {
@@ -356,21 +420,14 @@ pub struct Sd3Diffuser {
     settings: Sd3Settings,
     latent: usize,
     device: Device,
+    version: u64,
 }
 
 impl Sd3Diffuser {
     /// Loads the pipeline (`base`: the flow file's directory) and checks the image size
     /// against the VAE's factor, the patch size and the position grid.
     pub fn new(settings: &Sd3Settings, base: &Path, device: &Device) -> Result<Self, SdError> {
-        settings.check()?;
-        let root = base.join(&settings.path);
-        if !root.is_dir() {
-            return Err(SdError::Settings(format!(
-                "`path`: {} is not a directory",
-                root.display()
-            )));
-        }
-        let pipeline = Sd3Pipeline::from_dir(&root, settings.t5_mode()?, device)?;
+        let pipeline = settings.load(base, device)?;
         let factor = pipeline.vae.downscale();
         let t = &pipeline.transformer;
         let size = settings.size.unwrap_or_else(|| pipeline.default_size());
@@ -386,6 +443,7 @@ impl Sd3Diffuser {
             pipeline,
             settings: settings.clone(),
             device: device.clone(),
+            version: 0,
         })
     }
 }
@@ -415,5 +473,42 @@ impl Diffuser for Sd3Diffuser {
             )
             .map_err(role_err)?;
         to_images(out.images)
+    }
+
+    /// Flow-GRPO's SDE sampler (`explore_steps`, `sde_window`, `noise_scale`): each image with
+    /// its denoising chain and per-step log-probabilities.
+    fn generate_explore(
+        &mut self,
+        batch: &[GenerateRequest],
+    ) -> Result<Vec<SampledImage>, RoleError> {
+        let prompts: Vec<String> = batch.iter().map(|r| r.prompt.prompt()).collect();
+        let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        let negative = vec![self.settings.negative_prompt.as_str(); batch.len()];
+        let seeds: Vec<u64> = batch.iter().map(|r| r.seed).collect();
+        explore(
+            &self.pipeline,
+            &prompts,
+            &negative,
+            &seeds,
+            self.latent,
+            &self.settings.explore_config(),
+            self.version,
+            &self.device,
+        )
+        .map_err(role_err)
+    }
+
+    /// Takes the learner's adapters (the bytes of [`lora::to_bytes`]) and their version.
+    fn update(&mut self, update: &WeightsUpdate) -> Result<(), RoleError> {
+        let origin = PathBuf::from(format!("<adapters version {}>", update.version));
+        lora::from_bytes(
+            &mut self.pipeline.transformer,
+            &update.weights,
+            None,
+            &origin,
+        )
+        .map_err(role_err)?;
+        self.version = update.version;
+        Ok(())
     }
 }

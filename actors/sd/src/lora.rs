@@ -167,7 +167,11 @@ fn targeted(path: &str, targets: &[String]) -> bool {
 
 /// Attaches fresh adapters to every targeted projection; an error names a target that
 /// matches none.
-pub fn attach<M: Adapted>(model: &mut M, config: &LoraConfig, device: &Device) -> Result<(), SdError> {
+pub fn attach<M: Adapted>(
+    model: &mut M,
+    config: &LoraConfig,
+    device: &Device,
+) -> Result<(), SdError> {
     if config.r == 0 {
         return Err(SdError::Settings("LoRA rank `r` must be at least 1".into()));
     }
@@ -334,7 +338,11 @@ pub fn save_dir<M: Adapted>(model: &M, config: &LoraConfig, dir: &Path) -> Resul
         serde_json::to_string_pretty(&adapter).expect("serialises"),
     )
     .map_err(io)?;
-    std::fs::write(dir.join("adapter_model.safetensors"), to_bytes(model, config)?).map_err(io)
+    std::fs::write(
+        dir.join("adapter_model.safetensors"),
+        to_bytes(model, config)?,
+    )
+    .map_err(io)
 }
 
 /// Loads a PEFT adapter directory into `model` (plain LoRA only: rsLoRA, DoRA and trained
