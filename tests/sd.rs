@@ -84,3 +84,53 @@ fn sd3_runs_the_whole_cycle_on_the_tiny_fixtures_and_a_bad_size_is_named() {
         "{text}"
     );
 }
+
+#[test]
+fn sd3_trains_lora_adapters_with_flow_grpo_and_a_flow_generates_with_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rlrig = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_rlrig"))
+            .args(args)
+            .args(["--set", &format!("run_dir={}", tmp.path().display())])
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")))
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(o.status.success(), "{text}");
+        text
+    };
+    let text = rlrig(&["run", "flows/sd3-train-tiny.toml"]);
+    assert!(
+        text.contains("3 learner steps, weights version 3"),
+        "{text}"
+    );
+    let run = tmp.path().join("sd3-train-tiny");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let steps: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(steps.len(), 3);
+    for s in &steps {
+        assert!(s["loss"].as_f64().unwrap().is_finite(), "{s}");
+    }
+    // The adapters moved away from the base model (KL to it > 0 after the first step).
+    assert!(steps[2]["kl"].as_f64().unwrap() > 0.0, "{metrics}");
+    // The checkpoint's PEFT directory drives a `diffuser.sd3` actor in another flow.
+    let adapter = run.join("checkpoint/learner/adapter");
+    assert!(adapter.join("adapter_model.safetensors").is_file());
+    let set = format!("actors.diffuser.settings.adapter=\"{}\"", adapter.display());
+    let text = rlrig(&[
+        "run",
+        "flows/sd3-tiny.toml",
+        "--set",
+        "prompts.count=2",
+        "--set",
+        &set,
+    ]);
+    assert!(text.contains("2 done, 0 failed"), "{text}");
+}

@@ -245,6 +245,33 @@ impl Sd3FlowLearner {
         lora::to_bytes(&self.pipe().transformer, &self.lora)
     }
 
+    /// The log-probability of each stored step of `chains` (one per prompt) under the current
+    /// adapters: what the learner's importance ratio divides by the stored values.
+    pub fn score(
+        &self,
+        prompts: &[&str],
+        chains: &[&DenoisingChain],
+    ) -> Result<Vec<Vec<f32>>, SdError> {
+        let samples: Vec<Sample> = prompts
+            .iter()
+            .zip(chains)
+            .map(|(p, c)| Sample {
+                prompt: p.to_string(),
+                chain: c,
+                advantage: 0.0,
+            })
+            .collect();
+        let (logp, _) = self.log_probs(&samples)?;
+        let [_, k] = logp.dims();
+        let v: Vec<f32> = logp.into_data().iter::<f32>().collect();
+        Ok(v.chunks(k.max(1)).map(<[f32]>::to_vec).collect())
+    }
+
+    /// The transformer (with its adapters), e.g. to compare outputs with and without them.
+    pub fn transformer(&self) -> &crate::mmdit::Mmdit {
+        &self.pipe().transformer
+    }
+
     /// Per-step log-probabilities `(B, K)` of the stored chains under the current adapters,
     /// with a gradient, and the steps' KL to the base model `(B, K)` when `β > 0`.
     fn log_probs(&self, samples: &[Sample]) -> Result<(Tensor<2>, Option<Tensor<2>>), SdError> {
