@@ -13,8 +13,11 @@ Everything is built from configs with fixed seeds (no model hub). Output layout 
       tokenizer/ tokenizer_2/  the tiny CLIP BPE of make_sd_fixtures.py
       scheduler/         FlowMatchEulerDiscreteScheduler, shift 3.0
     tiny-sd35/transformer/  SD3.5-medium style: QK RMSNorm, dual attention in layers 0 and 1
+    lora-sd35/           a PEFT LoRA adapter (rank 3, α 6, random A and B) on tiny-sd35's
+                         to_q, to_k, to_v, to_out.0, add_q_proj and to_add_out
     refs/                inputs and reference outputs (safetensors, float32)
-      transformer.safetensors  both transformers, two calls each (square and non-square)
+      transformer.safetensors  both transformers, two calls each (square and non-square),
+                               and tiny-sd35 with the PEFT adapter (``sd35_lora.out``)
       vae.safetensors          encode (posterior mean, std) and decode
       scheduler.safetensors    sigmas and timesteps for several step counts, one Euler step
       text.safetensors         prompt_embeds and pooled_prompt_embeds, prompt and ""
@@ -52,6 +55,7 @@ from diffusers import (  # noqa: E402
     StableDiffusion3Pipeline,
 )
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection  # noqa: E402
+import peft  # noqa: E402
 
 LATENT = 4
 JOINT = 48
@@ -170,6 +174,23 @@ def main() -> None:
         for name, model in [("sd3", pipe.transformer), ("sd35", t35)]:
             tensors[f"{name}.out"] = model(x, ctx, pooled, ts).sample
             tensors[f"{name}.out2"] = model(x2, ctx2, pooled2, ts2).sample
+    # A PEFT adapter with random A and B (a fresh one would change nothing), saved and reloaded.
+    base = SD3Transformer2DModel.from_pretrained(sd35_dir / "transformer")
+    torch.manual_seed(3)
+    lora = peft.LoraConfig(
+        r=3, lora_alpha=6, init_lora_weights=False,
+        target_modules=["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "to_add_out"],
+    )
+    peft.get_peft_model(base, lora).save_pretrained(out / "lora-sd35")
+    adapted = peft.PeftModel.from_pretrained(SD3Transformer2DModel.from_pretrained(sd35_dir / "transformer"), out / "lora-sd35")
+    with torch.no_grad():
+        tensors["sd35_lora.out"] = adapted(x, ctx, pooled, ts).sample
+    cfg = json.loads((out / "lora-sd35" / "adapter_config.json").read_text())
+    for k in ("base_model_name_or_path", "peft_version", "revision"):
+        cfg.pop(k, None)
+    cfg["target_modules"] = sorted(cfg["target_modules"])
+    (out / "lora-sd35" / "adapter_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    (out / "lora-sd35" / "README.md").unlink(missing_ok=True)
     refs.save("transformer", tensors, {"timesteps": ts.tolist(), "timesteps2": ts2.tolist()})
 
     # VAE.
@@ -216,7 +237,7 @@ def main() -> None:
 
     (out / "refs" / "index.json").write_text(json.dumps(refs.index, indent=1, sort_keys=True) + "\n")
     versions = {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
-                "python": sys.version.split()[0]}
+                "peft": peft.__version__, "python": sys.version.split()[0]}
     (out / "versions.json").write_text(json.dumps(versions, indent=1) + "\n")
     for f in out.rglob("*"):
         os.chmod(f, 0o755 if f.is_dir() else 0o644)

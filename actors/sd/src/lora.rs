@@ -365,6 +365,33 @@ pub fn load_dir<M: Adapted>(model: &mut M, dir: &Path) -> Result<LoraConfig, SdE
     if c.bias != "none" {
         return Err(bad(format!("`bias` = {:?}: only \"none\"", c.bias)));
     }
+    // PEFT features that change what the adapter computes or where it applies.
+    for (key, value) in &c.other {
+        let off = match value {
+            serde_json::Value::Null => true,
+            serde_json::Value::Bool(b) => !b,
+            serde_json::Value::Object(m) => m.is_empty(),
+            _ => false,
+        };
+        let refused = [
+            "rank_pattern",
+            "alpha_pattern",
+            "layers_to_transform",
+            "layers_pattern",
+            "modules_to_save",
+            "exclude_modules",
+            "layer_replication",
+            "trainable_token_indices",
+            "target_parameters",
+            "fan_in_fan_out",
+            "lora_bias",
+            "use_qalora",
+            "use_bdlora",
+        ];
+        if refused.contains(&key.as_str()) && !off {
+            return Err(bad(format!("`{key}` = {value} is not supported")));
+        }
+    }
     let config = LoraConfig {
         r: c.r,
         lora_alpha: c.lora_alpha,

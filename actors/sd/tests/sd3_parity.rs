@@ -333,3 +333,59 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[test]
+fn a_peft_lora_adapter_gives_peft_s_output_and_unsupported_peft_features_are_named() {
+    let device = Device::flex();
+    let refs = Refs::open("transformer.safetensors");
+    let mut model = Mmdit::from_dir(fixtures().join("tiny-sd35/transformer"), &device).unwrap();
+    let config = rlrig_sd::lora::load_dir(&mut model, &fixtures().join("lora-sd35")).unwrap();
+    assert_eq!((config.r, config.lora_alpha), (3, 6.0));
+    let out = model.forward(
+        refs.tensor("x", &device),
+        &refs.values("t"),
+        refs.tensor("context", &device),
+        refs.tensor("pooled", &device),
+    );
+    close("sd35 + LoRA", out, &refs, "sd35_lora.out", 1e-4);
+    // Saved by rlrig and loaded again: the same adapters.
+    let tmp = tempfile::tempdir().unwrap();
+    rlrig_sd::lora::save_dir(&model, &config, tmp.path()).unwrap();
+    let mut again = Mmdit::from_dir(fixtures().join("tiny-sd35/transformer"), &device).unwrap();
+    rlrig_sd::lora::load_dir(&mut again, tmp.path()).unwrap();
+    assert_eq!(
+        rlrig_sd::lora::to_bytes(&again, &config).unwrap(),
+        rlrig_sd::lora::to_bytes(&model, &config).unwrap()
+    );
+    // PEFT settings that change the adapter's meaning are refused by name.
+    let src = fixtures().join("lora-sd35");
+    for (key, value) in [
+        ("use_rslora", serde_json::json!(true)),
+        ("rank_pattern", serde_json::json!({"to_q": 8})),
+        ("layers_to_transform", serde_json::json!([0])),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(src.join("adapter_config.json")).unwrap(),
+        )
+        .unwrap();
+        cfg[key] = value;
+        std::fs::write(dir.path().join("adapter_config.json"), cfg.to_string()).unwrap();
+        std::fs::copy(
+            src.join("adapter_model.safetensors"),
+            dir.path().join("adapter_model.safetensors"),
+        )
+        .unwrap();
+        let mut m = Mmdit::from_dir(fixtures().join("tiny-sd35/transformer"), &device).unwrap();
+        let e = rlrig_sd::lora::load_dir(&mut m, dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("`{key}`")), "{e}");
+    }
+    // An adapter for another model (tiny-sd3 has no attn2 and 2 blocks): tensors named.
+    let mut other = Mmdit::from_dir(fixtures().join("tiny-sd3/transformer"), &device).unwrap();
+    let e = rlrig_sd::lora::load_dir(&mut other, &src)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("transformer_blocks.2") || e.contains("attn2"), "{e}");
+}
