@@ -19,7 +19,8 @@ Everything is built from configs with fixed seeds (no model hub). Output layout 
       transformer.safetensors  both transformers, two calls each (square and non-square),
                                and tiny-sd35 with the PEFT adapter (``sd35_lora.out``)
       vae.safetensors          encode (posterior mean, std) and decode
-      scheduler.safetensors    sigmas and timesteps for several step counts, one Euler step
+      scheduler.safetensors    sigmas and timesteps for several step counts, one Euler step,
+                               Flow-GRPO SDE steps (mean, log-prob) in float64
       text.safetensors         prompt_embeds and pooled_prompt_embeds, prompt and ""
       pipeline.safetensors     a 2-step guided pipeline: initial and final latents, image
     versions.json SHA256SUMS
@@ -37,6 +38,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -214,7 +216,21 @@ def main() -> None:
     sample, velocity = sd.randn((1, LATENT, 4, 4), 30), sd.randn((1, LATENT, 4, 4), 31)
     s.step(velocity, s.timesteps[0], sample)  # the first step moves the index
     tensors.update(sample=sample, velocity=velocity, stepped=s.step(velocity, s.timesteps[1], sample).prev_sample)
-    refs.save("scheduler", tensors, {"steps": [1, 2, 4, 28], "step": "second of 4"})
+    # Flow-GRPO's SDE step (sd3_sde_with_logprob) in float64 on the 4-step σ, noise level 0.7:
+    # std_t = a·sqrt(σ/(1 − σ)) with σ_1 in the denominator at σ = 1, the transition mean, and
+    # the pixel mean of the Gaussian log-density of a given next state.
+    sig = s.sigmas.double()
+    for k in (0, 2):
+        sigma, sigma_next, a = sig[k], sig[k + 1], 0.7
+        dt = sigma_next - sigma
+        std_t = torch.sqrt(sigma / (1 - (sig[1] if sigma == 1 else sigma))) * a
+        x, v, x_next = (sd.randn((2, LATENT, 4, 4), 32 + 3 * k + i).double() for i in range(3))
+        mean = x * (1 + std_t**2 / (2 * sigma) * dt) + v * (1 + std_t**2 * (1 - sigma) / (2 * sigma)) * dt
+        std = std_t * torch.sqrt(-dt)
+        logp = -((x_next - mean) ** 2) / (2 * std**2) - torch.log(std) - math.log(math.sqrt(2 * math.pi))
+        tensors.update({f"sde{k}.x": x, f"sde{k}.v": v, f"sde{k}.x_next": x_next, f"sde{k}.mean": mean,
+                        f"sde{k}.log_prob": logp.mean(dim=(1, 2, 3))})
+    refs.save("scheduler", tensors, {"steps": [1, 2, 4, 28], "step": "second of 4", "sde": "steps 0 and 2 of 4, a = 0.7"})
 
     # Text: prompt embeddings (two CLIPs, zero T5 tokens) and the negative "".
     with torch.no_grad():

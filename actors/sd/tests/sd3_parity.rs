@@ -387,5 +387,51 @@ fn a_peft_lora_adapter_gives_peft_s_output_and_unsupported_peft_features_are_nam
     let e = rlrig_sd::lora::load_dir(&mut other, &src)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("transformer_blocks.2") || e.contains("attn2"), "{e}");
+    assert!(
+        e.contains("transformer_blocks.2") || e.contains("attn2"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_sde_step_and_its_log_prob_match_flow_grpo_in_f64() {
+    use rlrig_models::rectified_flow::{SdeStep, gaussian_log_prob};
+    let device = Device::flex();
+    let refs = Refs::open("scheduler.safetensors");
+    let scheduler =
+        FlowMatchScheduler::from_file(fixtures().join("tiny-sd3/scheduler/scheduler_config.json"))
+            .unwrap();
+    let levels: Vec<f64> = scheduler
+        .schedule(4)
+        .sigmas
+        .iter()
+        .map(|&s| f64::from(s))
+        .collect();
+    // Step 0 starts at σ = 1, where the guard puts σ_1 in the denominator.
+    for k in [0, 2] {
+        let coef = SdeStep::on(&levels, k, 0.7);
+        let mean = coef.mean(
+            refs.tensor(&format!("sde{k}.x"), &device),
+            refs.tensor(&format!("sde{k}.v"), &device),
+        );
+        close(
+            "SDE mean",
+            mean.clone(),
+            &refs,
+            &format!("sde{k}.mean"),
+            1e-6,
+        );
+        let logp = gaussian_log_prob(
+            refs.tensor(&format!("sde{k}.x_next"), &device),
+            mean,
+            coef.std,
+        );
+        close(
+            "SDE log-prob",
+            logp,
+            &refs,
+            &format!("sde{k}.log_prob"),
+            1e-5,
+        );
+    }
 }
