@@ -2,11 +2,13 @@
 //! of `model_index.json`, `tokenizer/`, `text_encoder/`, `scheduler/`, …), device-agnostic like
 //! the rest of rlrig's burn code.
 //!
-//! Built so far: the CLIP tokenizer ([`tokenizer`]), the CLIP text encoder ([`clip`]) and the
-//! DDIM and Euler-discrete schedulers ([`scheduler`]), each checked against diffusers /
-//! transformers outputs on tiny random-weight models (`tests/fixtures/`, made by
-//! `scripts/sd_fixtures/make_sd_fixtures.py`). The UNet, the VAE, the pipelines and the
-//! `diffuser.sd` / `editor.instruct-pix2pix` kinds are not built yet.
+//! Built: the CLIP tokenizer ([`tokenizer`]) and text encoders ([`clip`]), the UNet of SD 1.x /
+//! 2.x / InstructPix2Pix ([`unet`]), Stable Diffusion 3's MMDiT ([`mmdit`]), the VAE ([`vae`]),
+//! the DDIM, Euler and flow-matching schedulers ([`scheduler`], [`flow_match`]), the pipelines
+//! ([`pipeline`], [`sd3`]), LoRA adapters in PEFT's layout ([`lora`]), Flow-GRPO for SD3
+//! ([`sd3_grpo`]) and the kinds ([`kinds`]). Each is checked against diffusers / transformers /
+//! PEFT outputs on tiny random-weight models (`tests/fixtures/`, made by the scripts in
+//! `scripts/sd_fixtures/`).
 
 #![warn(missing_docs)]
 

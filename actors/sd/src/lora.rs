@@ -67,7 +67,7 @@ impl Proj {
     }
 
     /// The adapter as PyTorch-layout `A` `[r, in]` and `B` `[out, r]` values with shapes.
-    fn export(&self) -> Option<[(Vec<f32>, [usize; 2]); 2]> {
+    fn export(&self) -> Option<[Matrix; 2]> {
         let l = self.lora.as_ref()?;
         let t = |p: &Param<Tensor<2>>| {
             let v = p.val().transpose();
@@ -84,13 +84,7 @@ impl Proj {
     }
 
     /// Sets the adapter from PyTorch-layout `A` `[r, in]` and `B` `[out, r]`.
-    fn import(
-        &mut self,
-        a: (Vec<f32>, [usize; 2]),
-        b: (Vec<f32>, [usize; 2]),
-        scale: f64,
-        name: &str,
-    ) -> Result<(), String> {
+    fn import(&mut self, a: Matrix, b: Matrix, scale: f64, name: &str) -> Result<(), String> {
         let [d_in, d_out] = self.linear.weight.dims();
         let r = a.1[0];
         if a.1 != [r, d_in] || b.1 != [d_out, r] {
@@ -100,7 +94,7 @@ impl Proj {
             ));
         }
         let device = self.linear.weight.device();
-        let t = |(v, s): (Vec<f32>, [usize; 2])| {
+        let t = |(v, s): Matrix| {
             Param::from_tensor(Tensor::<2>::from_data(TensorData::new(v, s), &device).transpose())
         };
         self.lora = Some(Lora {
@@ -111,6 +105,9 @@ impl Proj {
         Ok(())
     }
 }
+
+/// A PyTorch-layout matrix: row-major values and `[rows, columns]`.
+type Matrix = (Vec<f32>, [usize; 2]);
 
 /// The settings of a set of adapters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -252,7 +249,7 @@ pub fn from_bytes<M: Adapted>(
             serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?
         }
     };
-    let mut by_path: BTreeMap<String, [Option<(Vec<f32>, [usize; 2])>; 2]> = BTreeMap::new();
+    let mut by_path: BTreeMap<String, [Option<Matrix>; 2]> = BTreeMap::new();
     for (name, view) in st.tensors() {
         let stem = name
             .strip_prefix("base_model.model.")

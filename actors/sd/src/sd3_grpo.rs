@@ -329,10 +329,10 @@ impl Sd3FlowLearner {
         let b = samples.len();
         let mut logps = Vec::with_capacity(steps);
         let mut kls = Vec::with_capacity(steps);
-        for k in 0..steps {
+        for (k, &t) in timesteps.iter().enumerate().take(steps) {
             let coef = SdeStep::on(&sigmas, k, first.noise_scale);
             let x = state(k);
-            let mean = coef.mean(x.clone(), velocity(x.clone(), timesteps[k], true));
+            let mean = coef.mean(x.clone(), velocity(x.clone(), t, true));
             logps.push(gaussian_log_prob(state(k + 1), mean.clone(), coef.std));
             if self.config.grpo.beta > 0.0 {
                 let base = coef

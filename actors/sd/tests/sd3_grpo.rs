@@ -123,7 +123,7 @@ fn stored_log_probs_are_recomputed_and_a_step_changes_only_the_adapters() {
     );
     let mut l = learner();
     let chains: Vec<_> = samples.iter().map(|s| &s.chain).collect();
-    let scored = l.score(&vec![text.as_str(); 4], &chains).unwrap();
+    let scored = l.score(&[text.as_str(); 4], &chains).unwrap();
     for (s, got) in samples.iter().zip(&scored) {
         for (a, b) in s.chain.log_probs.iter().zip(got) {
             assert!(
