@@ -22,7 +22,7 @@ use rlrig_sd::kinds::{Ip2pEditor, Sd3Diffuser, Sd3Settings, SdDiffuser, SdSettin
 /// | `neural.policy` | policy | the trained Policy VLM, the paper's Actor (`weights`, default `weights/policy.safetensors`; decoding settings) |
 /// | `judge.checker` | checker | a VLM judge over an OpenAI-compatible endpoint (`base_url`, `model`, the key from `api_key_env`) |
 /// | `diffuser.sd` | diffuser | Stable Diffusion 1.x / 2.x from a diffusers directory |
-/// | `diffuser.sd3` | diffuser | Stable Diffusion 3 / 3.5 from a diffusers directory (no T5: zero T5 states) |
+/// | `diffuser.sd3` | diffuser | Stable Diffusion 3 / 3.5 from a diffusers directory; trains with Flow-GRPO through LoRA |
 /// | `editor.instruct-pix2pix` | editor | InstructPix2Pix from a diffusers directory |
 /// | `external` | any | a child process speaking rlrig's line-delimited JSON protocol (docs/external-protocol.md) |
 ///
@@ -66,7 +66,7 @@ pub fn builtin_registry() -> Registry {
     );
     r.add_diffuser(
         "diffuser.sd3",
-        "Stable Diffusion 3 / 3.5 (MMDiT, two CLIPs, zero T5 states) from a diffusers directory: `path`, `steps`, `guidance`, `negative_prompt`, `max_sequence_length`, `t5`, `size`",
+        "Stable Diffusion 3 / 3.5 (MMDiT, two CLIPs, T5) from a diffusers directory; Flow-GRPO through LoRA: `path`, `steps`, `guidance`, `negative_prompt`, `max_sequence_length`, `t5`, `size`, `explore_steps`, `sde_window`, `noise_scale`, `lora_rank`, `lora_alpha`, `lora_targets`, `adapter`",
         |c: &Sd3Settings| Ok(c.check()?),
         |c, ctx| {
             let device = rlrig_models::device::select(&ctx.device)?;

@@ -4,13 +4,15 @@
 Everything is built from configs with fixed seeds (no model hub). Output layout (default
 ``out-sd3/``; the tests read ``actors/sd/tests/fixtures/sd3/``)::
 
-    tiny-sd3/            StableDiffusion3Pipeline directory without T5 (text_encoder_3 = None)
+    tiny-sd3/            StableDiffusion3Pipeline directory
       model_index.json
       transformer/       SD3Transformer2DModel, SD3.0 style (no QK norm, no dual attention)
       vae/               AutoencoderKL, 4 latent channels, no quant convs, scaling + shift
       text_encoder/      CLIPTextModelWithProjection (quick_gelu, hidden 16)
       text_encoder_2/    CLIPTextModelWithProjection (gelu, hidden 24)
       tokenizer/ tokenizer_2/  the tiny CLIP BPE of make_sd_fixtures.py
+      text_encoder_3/    T5EncoderModel (T5 v1.1 style: gated GELU, relative position buckets)
+      tokenizer_3/       a tiny T5 Unigram tokenizer (tokenizer.json), trained on a few sentences
       scheduler/         FlowMatchEulerDiscreteScheduler, shift 3.0
     tiny-sd35/transformer/  SD3.5-medium style: QK RMSNorm, dual attention in layers 0 and 1
     lora-sd35/           a PEFT LoRA adapter (rank 3, α 6, random A and B) on tiny-sd35's
@@ -21,8 +23,10 @@ Everything is built from configs with fixed seeds (no model hub). Output layout 
       vae.safetensors          encode (posterior mean, std) and decode
       scheduler.safetensors    sigmas and timesteps for several step counts, one Euler step,
                                Flow-GRPO SDE steps (mean, log-prob) in float64
-      text.safetensors         prompt_embeds and pooled_prompt_embeds, prompt and ""
-      pipeline.safetensors     a 2-step guided pipeline: initial and final latents, image
+      text.safetensors         prompt_embeds and pooled_prompt_embeds, prompt and "", without T5
+                               (text_encoder_3=None) and with it (``t5.*``), T5 ids and states
+      pipeline.safetensors     a 2-step guided pipeline: initial and final latents, image, without
+                               T5 and with it (``t5.*``)
     versions.json SHA256SUMS
 
 Usage::
@@ -56,13 +60,21 @@ from diffusers import (  # noqa: E402
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
 )
-from transformers import CLIPTextConfig, CLIPTextModelWithProjection  # noqa: E402
+from transformers import (  # noqa: E402
+    CLIPTextConfig,
+    CLIPTextModelWithProjection,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors  # noqa: E402
 import peft  # noqa: E402
 
 LATENT = 4
 JOINT = 48
 MAX_SEQ = 8  # max_sequence_length: the zero "T5" tokens without a T5 encoder
 PROMPTS = ["a photo of a cat and a dog", "turn the sky into a starry night"]
+# T5 tokenizes these too: "zebra" is not in its vocabulary (letters and <unk> for 'z').
 
 
 def transformer_kwargs(**over) -> dict:
@@ -98,6 +110,34 @@ def clip(vocab: dict, hidden: int, act: str) -> CLIPTextConfig:
         eos_token_id=vocab[sd.EOS],
         pad_token_id=vocab[sd.EOS],
     )
+
+
+T5_CORPUS = [
+    "a photo of a cat and a dog",
+    "turn the sky into a starry night",
+    "a red square left of a blue circle",
+    "make it look like a painting",
+    "a green triangle above a yellow square",
+]
+
+
+def t5_tokenizer() -> T5TokenizerFast:
+    """A tiny SentencePiece-style Unigram tokenizer with T5's special tokens and post-processor:
+    every corpus word a piece, single letters as the fall-back (a fixed vocabulary, so the file
+    is the same on every run)."""
+    words = sorted({w for line in T5_CORPUS for w in line.split()})
+    letters = sorted({c for w in words for c in w})
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    vocab += [("▁" + w, -1.0 - 0.1 * len(w)) for w in words] + [(c, -5.0) for c in letters]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=2))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(" +", " ")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
+    return T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+                           extra_ids=0, model_max_length=MAX_SEQ)
 
 
 def main() -> None:
@@ -141,6 +181,14 @@ def main() -> None:
         m = CLIPTextModelWithProjection(clip(vocab, hidden, act))
         sd.randomize_(m, seed)
         encoders.append(m)
+    tokenizer_3 = t5_tokenizer()
+    t5 = T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer_3), d_model=JOINT, d_kv=12, d_ff=53, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, relative_attention_max_distance=20, feed_forward_proj="gated-gelu",
+        layer_norm_epsilon=1e-6, is_encoder_decoder=False, use_cache=False, pad_token_id=0, eos_token_id=1,
+        tie_word_embeddings=False,
+    ))
+    sd.randomize_(t5, 6)
     StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
@@ -149,14 +197,16 @@ def main() -> None:
         tokenizer=tokenizer,
         text_encoder_2=encoders[1],
         tokenizer_2=tokenizer,
-        text_encoder_3=None,
-        tokenizer_3=None,
+        text_encoder_3=t5,
+        tokenizer_3=tokenizer_3,
     ).save_pretrained(pipe_dir, safe_serialization=True)
     shutil.rmtree(out / "tokenizer-src")
 
     # Everything below from what was written.
     pipe = StableDiffusion3Pipeline.from_pretrained(pipe_dir, text_encoder_3=None, tokenizer_3=None)
     pipe.set_progress_bar_config(disable=True)
+    pipe_t5 = StableDiffusion3Pipeline.from_pretrained(pipe_dir)
+    pipe_t5.set_progress_bar_config(disable=True)
     index = json.loads((pipe_dir / "model_index.json").read_text())
     index.pop("_diffusers_version", None)
     (pipe_dir / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
@@ -237,8 +287,16 @@ def main() -> None:
         pe, ne, pp, npool = pipe.encode_prompt(
             prompt=PROMPTS, prompt_2=None, prompt_3=None, do_classifier_free_guidance=True, max_sequence_length=MAX_SEQ
         )
-    refs.save("text", {"prompt_embeds": pe, "negative_prompt_embeds": ne, "pooled": pp, "negative_pooled": npool},
-              {"prompts": PROMPTS, "max_sequence_length": MAX_SEQ})
+    text = {"prompt_embeds": pe, "negative_prompt_embeds": ne, "pooled": pp, "negative_pooled": npool}
+    with torch.no_grad():
+        pe, ne, pp, npool = pipe_t5.encode_prompt(
+            prompt=PROMPTS, prompt_2=None, prompt_3=None, do_classifier_free_guidance=True, max_sequence_length=MAX_SEQ
+        )
+        ids = pipe_t5.tokenizer_3(PROMPTS + [""], padding="max_length", max_length=MAX_SEQ, truncation=True,
+                                  add_special_tokens=True, return_tensors="pt").input_ids
+        states = pipe_t5.text_encoder_3(ids)[0]
+    text.update({"t5.prompt_embeds": pe, "t5.negative_prompt_embeds": ne, "t5.ids": ids, "t5.states": states})
+    refs.save("text", text, {"prompts": PROMPTS, "max_sequence_length": MAX_SEQ})
 
     # The pipeline: 2 steps, guidance 4.5, given initial latents.
     latents = sd.randn((2, LATENT, 8, 8), 40)
@@ -248,7 +306,11 @@ def main() -> None:
             max_sequence_length=MAX_SEQ, output_type="latent", height=16, width=16,
         ).images
         image = pipe.vae.decode(final / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor).sample
-    refs.save("pipeline", {"latents": latents, "final": final, "image": image},
+        final_t5 = pipe_t5(
+            prompt=PROMPTS, num_inference_steps=2, guidance_scale=4.5, latents=latents.clone(),
+            max_sequence_length=MAX_SEQ, output_type="latent", height=16, width=16,
+        ).images
+    refs.save("pipeline", {"latents": latents, "final": final, "image": image, "t5.final": final_t5},
               {"prompts": PROMPTS, "steps": 2, "guidance_scale": 4.5, "max_sequence_length": MAX_SEQ})
 
     (out / "refs" / "index.json").write_text(json.dumps(refs.index, indent=1, sort_keys=True) + "\n")

@@ -256,9 +256,9 @@ pub struct Sd3Settings {
     /// Zero T5 tokens after the CLIP tokens (diffusers' `max_sequence_length`).
     #[serde(default = "sd3_max_sequence_length")]
     pub max_sequence_length: usize,
-    /// `"zeros"` runs a directory that lists a T5 encoder with zero T5 states (T5 is not
-    /// built); `"absent"` (the default) refuses such a directory.
-    #[serde(default = "absent")]
+    /// `"auto"` (the default) runs the directory's T5 encoder when it lists one, zero T5 states
+    /// otherwise; `"zeros"` never runs T5 (less memory).
+    #[serde(default = "auto")]
     pub t5: String,
     /// Image side in pixels (default: the transformer's `sample_size` × the VAE's factor).
     #[serde(default)]
@@ -311,8 +311,8 @@ fn sd3_guidance() -> f64 {
 fn sd3_max_sequence_length() -> usize {
     256
 }
-fn absent() -> String {
-    "absent".into()
+fn auto() -> String {
+    "auto".into()
 }
 
 impl Sd3Settings {
@@ -405,16 +405,16 @@ impl Sd3Settings {
 
     fn t5_mode(&self) -> Result<T5, SdError> {
         match self.t5.as_str() {
-            "absent" => Ok(T5::Absent),
+            "auto" => Ok(T5::Auto),
             "zeros" => Ok(T5::Zeros),
             other => Err(SdError::Settings(format!(
-                "`t5` = {other:?}: \"absent\" or \"zeros\" (a T5 encoder is not built)"
+                "`t5` = {other:?}: \"auto\" or \"zeros\""
             ))),
         }
     }
 }
 
-/// `diffuser.sd3`: Stable Diffusion 3 text to image (two CLIPs, zero T5 states).
+/// `diffuser.sd3`: Stable Diffusion 3 text to image (two CLIPs and T5).
 pub struct Sd3Diffuser {
     pipeline: Sd3Pipeline,
     settings: Sd3Settings,

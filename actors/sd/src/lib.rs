@@ -28,6 +28,7 @@ pub mod pipeline;
 pub mod scheduler;
 pub mod sd3;
 pub mod sd3_grpo;
+pub mod t5;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;

@@ -1,11 +1,11 @@
 //! The Stable Diffusion 3 pipeline: two CLIP text encoders (their penultimate states side by
-//! side, padded to the transformer's text width, and their pooled projections joined), the
-//! MMDiT over rectified-flow Euler steps with classifier-free guidance, the VAE with SD3's
-//! latent shift. Batch order and guidance are diffusers': `[uncond, cond]`.
+//! side, padded to the transformer's text width, and their pooled projections joined) and T5
+//! (its states after the CLIP tokens), the MMDiT over rectified-flow Euler steps with
+//! classifier-free guidance, the VAE with SD3's latent shift. Batch order and guidance are
+//! diffusers': `[uncond, cond]`.
 //!
-//! T5 (`text_encoder_3`) is not built: a directory that lists one is refused unless it is
-//! loaded with [`T5::Zeros`], which conditions on zero T5 states exactly as diffusers does when
-//! `text_encoder_3=None` is passed.
+//! Without T5 (a directory that lists none, or [`T5::Zeros`]) the T5 states are zeros, exactly
+//! as diffusers computes them when `text_encoder_3=None` is passed.
 
 use std::path::Path;
 
@@ -16,15 +16,17 @@ use crate::SdError;
 use crate::clip::ClipTextModel;
 use crate::flow_match::FlowMatchScheduler;
 use crate::mmdit::Mmdit;
+use crate::t5::{T5Encoder, T5Tokenizer};
 use crate::tokenizer::ClipTokenizer;
 use crate::vae::Vae;
 
-/// What stands in for the T5 encoder.
+/// Whether T5 runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum T5 {
-    /// The directory must not list a `text_encoder_3` (refused by name otherwise).
-    Absent,
-    /// Zero states of `max_sequence_length` tokens whether the directory lists a T5 or not.
+    /// The directory's `text_encoder_3` when it lists one, zero states otherwise.
+    Auto,
+    /// Zero states of `max_sequence_length` tokens even when the directory lists a T5 (less
+    /// memory; diffusers' `text_encoder_3=None`).
     Zeros,
 }
 
@@ -46,6 +48,8 @@ pub struct Sd3Pipeline {
     pub tokenizer_2: ClipTokenizer,
     /// The second CLIP text encoder (with projection).
     pub text_encoder_2: ClipTextModel,
+    /// T5's tokenizer and encoder, when they run.
+    pub t5: Option<(T5Tokenizer, T5Encoder)>,
     /// The MMDiT.
     pub transformer: Mmdit,
     /// The VAE (scaling and shift factors in its config).
@@ -99,14 +103,15 @@ impl Sd3Pipeline {
                 index.class_name
             )));
         }
-        if let Some((_, Some(class))) = &index.text_encoder_3
-            && t5 == T5::Absent
-        {
-            return Err(bad(format!(
-                "`text_encoder_3` ({class}) is not supported: load without it (zero T5 states, \
-                 as diffusers with text_encoder_3=None)"
-            )));
-        }
+        let listed = match &index.text_encoder_3 {
+            Some((_, Some(class))) if class != "T5EncoderModel" && t5 == T5::Auto => {
+                return Err(bad(format!(
+                    "`text_encoder_3` = {class}: only T5EncoderModel is supported (or t5 = \"zeros\")"
+                )));
+            }
+            Some((_, Some(_))) => true,
+            _ => false,
+        };
         let text_encoder = ClipTextModel::from_dir(dir.join("text_encoder"), device)?;
         let text_encoder_2 = ClipTextModel::from_dir(dir.join("text_encoder_2"), device)?;
         for (name, enc) in [
@@ -120,12 +125,30 @@ impl Sd3Pipeline {
                 });
             }
         }
+        let transformer = Mmdit::from_dir(dir.join("transformer"), device)?;
+        let t5 = if listed && t5 == T5::Auto {
+            let encoder = T5Encoder::from_dir(dir.join("text_encoder_3"), device)?;
+            if encoder.width() != transformer.joint_attention_dim() {
+                return Err(SdError::Config {
+                    path: dir.join("text_encoder_3/config.json"),
+                    message: format!(
+                        "`d_model` {} differs from the transformer's joint_attention_dim {}",
+                        encoder.width(),
+                        transformer.joint_attention_dim()
+                    ),
+                });
+            }
+            Some((T5Tokenizer::from_dir(dir.join("tokenizer_3"))?, encoder))
+        } else {
+            None
+        };
         Ok(Sd3Pipeline {
             tokenizer: ClipTokenizer::from_dir(dir.join("tokenizer"))?,
             text_encoder,
             tokenizer_2: ClipTokenizer::from_dir(dir.join("tokenizer_2"))?,
             text_encoder_2,
-            transformer: Mmdit::from_dir(dir.join("transformer"), device)?,
+            t5,
+            transformer,
             vae: Vae::from_dir(dir.join("vae"), device)?,
             scheduler: FlowMatchScheduler::from_file(dir.join("scheduler/scheduler_config.json"))?,
         })
@@ -136,8 +159,8 @@ impl Sd3Pipeline {
         self.transformer.sample_size() * self.vae.downscale()
     }
 
-    /// The conditioning of `prompts` (the same text for both CLIPs), with
-    /// `max_sequence_length` zero T5 tokens after the CLIP tokens.
+    /// The conditioning of `prompts` (the same text for every encoder), with
+    /// `max_sequence_length` T5 tokens (zeros without T5) after the CLIP tokens.
     pub fn encode(
         &self,
         prompts: &[&str],
@@ -174,7 +197,21 @@ impl Sd3Pipeline {
         } else {
             clip
         };
-        let t5 = Tensor::zeros([b, max_sequence_length, joint], device);
+        let t5 = match &self.t5 {
+            Some((tok, enc)) => {
+                let ids: Vec<i64> = tok
+                    .encode(prompts, max_sequence_length)?
+                    .into_iter()
+                    .flatten()
+                    .map(i64::from)
+                    .collect();
+                enc.forward(Tensor::<2, Int>::from_data(
+                    TensorData::new(ids, [b, max_sequence_length]),
+                    device,
+                ))
+            }
+            None => Tensor::zeros([b, max_sequence_length, joint], device),
+        };
         Ok(Conditioning {
             states: Tensor::cat(vec![clip, t5], 1),
             pooled: Tensor::cat(pooled, 1),

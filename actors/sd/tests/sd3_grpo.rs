@@ -61,7 +61,7 @@ fn prompt(label: &str) -> SceneGraph {
 /// fresh adapter's term is zero).
 fn group(label: &str, seed: u64) -> (String, Vec<SampledImage>) {
     let device = Device::flex();
-    let p = Sd3Pipeline::from_dir(fixtures().join("tiny-sd3"), T5::Absent, &device).unwrap();
+    let p = Sd3Pipeline::from_dir(fixtures().join("tiny-sd3"), T5::Auto, &device).unwrap();
     let text = prompt(label).prompt();
     let config = ExploreConfig {
         steps: 3,
