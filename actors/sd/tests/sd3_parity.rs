@@ -525,3 +525,67 @@ fn the_sde_step_and_its_log_prob_match_flow_grpo_in_f64() {
         );
     }
 }
+
+/// Splits `dir/diffusion_pytorch_model.safetensors` into two shards with diffusers' index, into
+/// `to`, dropping the tensors named in `drop`.
+fn shard(dir: &Path, to: &Path, drop: &[&str]) {
+    let bytes = std::fs::read(dir.join("diffusion_pytorch_model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    names.retain(|n| !drop.contains(&n.as_str()));
+    let half = names.len() / 2;
+    let mut map = serde_json::Map::new();
+    for (i, part) in [&names[..half], &names[half..]].into_iter().enumerate() {
+        let file = format!("diffusion_pytorch_model-0000{}-of-00002.safetensors", i + 1);
+        let views: Vec<(String, safetensors::tensor::TensorView)> = part
+            .iter()
+            .map(|n| (n.clone(), st.tensor(n).unwrap()))
+            .collect();
+        std::fs::write(to.join(&file), safetensors::serialize(views, None).unwrap()).unwrap();
+        for n in part {
+            map.insert(n.clone(), file.clone().into());
+        }
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": map });
+    std::fs::write(
+        to.join("diffusion_pytorch_model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    std::fs::copy(dir.join("config.json"), to.join("config.json")).unwrap();
+}
+
+#[test]
+fn sharded_weights_load_as_one_file_and_a_missing_shard_or_tensor_is_named() {
+    let device = Device::flex();
+    let refs = Refs::open("transformer.safetensors");
+    let src = fixtures().join("tiny-sd35/transformer");
+    let tmp = tempfile::tempdir().unwrap();
+    shard(&src, tmp.path(), &[]);
+    let model = Mmdit::from_dir(tmp.path(), &device).unwrap();
+    let out = model.forward(
+        refs.tensor("x", &device),
+        &refs.values("t"),
+        refs.tensor("context", &device),
+        refs.tensor("pooled", &device),
+    );
+    close("sharded sd35", out, &refs, "sd35.out", 1e-4);
+    // A shard the index names is not there.
+    std::fs::remove_file(
+        tmp.path()
+            .join("diffusion_pytorch_model-00002-of-00002.safetensors"),
+    )
+    .unwrap();
+    let e = Mmdit::from_dir(tmp.path(), &device)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("00002-of-00002.safetensors: missing"), "{e}");
+    // A tensor in no shard.
+    let tmp = tempfile::tempdir().unwrap();
+    shard(&src, tmp.path(), &["proj_out.weight"]);
+    let e = Mmdit::from_dir(tmp.path(), &device)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("missing tensors: proj_out"), "{e}");
+}
