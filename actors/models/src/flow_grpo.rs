@@ -28,12 +28,14 @@ use burn::module::Module;
 use burn::optim::GradientsAccumulator;
 use burn::tensor::{Device, Tensor, TensorData};
 use rlrig_contract::{
-    DenoisingChain, GrpoGroup, GrpoLearner, LearnStats, RoleError, WeightsUpdate,
+    DenoisingChain, GroupSample, GrpoGroup, GrpoLearner, LearnStats, RoleError, WeightsUpdate,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::Dit;
-use crate::grpo::{GrpoConfig, group_advantages, loss_with_kl, restore_learner, save_learner};
+use crate::grpo::{
+    GrpoConfig, group_advantages, loss_with_kl, restore_learner, reward_stats, save_learner,
+};
 use crate::image::images_to_tensor;
 use crate::rectified_flow::{self, SamplerConfig, SdeStep};
 use crate::text::{TextBatch, Tokenizer};
@@ -211,14 +213,7 @@ impl FlowLearner {
                 );
                 let mean_ref = coef.mean(x_ref, v_ref);
                 let mean_ref = Tensor::<4>::from_data(mean_ref.into_data(), &device);
-                kls.push(
-                    (mean - mean_ref)
-                        .square()
-                        .div_scalar(2.0 * coef.std * coef.std)
-                        .flatten::<2>(1, 3)
-                        .mean_dim(1)
-                        .reshape([b]),
-                );
+                kls.push(coef.kl(mean, mean_ref));
             }
         }
         let kl = (!kls.is_empty()).then(|| Tensor::stack(kls, 1));
@@ -231,48 +226,27 @@ impl FlowLearner {
             .iter()
             .flat_map(|g| g.samples.iter().map(|s| s.reward))
             .collect();
-        let n = rewards.len().max(1) as f64;
-        let mean = rewards.iter().sum::<f64>() / n;
-        let mut stats = LearnStats {
-            version: self.version,
-            groups: groups.len(),
-            reward_mean: mean,
-            reward_std: (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt(),
-            ..LearnStats::default()
-        };
+        let mut stats = reward_stats(&rewards, groups.len(), self.version);
         let mut edits = Vec::new();
-        for g in groups {
-            let r: Vec<f64> = g.samples.iter().map(|s| s.reward).collect();
-            let Some(adv) = group_advantages(&r, self.config.grpo.scale_rewards) else {
-                stats.filtered_groups += 1;
-                continue;
-            };
-            for (s, a) in g.samples.iter().zip(adv) {
-                let chain = s.chain.as_ref().ok_or_else(|| {
-                    format!(
-                        "trajectory {} round {}: a sample has no denoising chain (Flow-GRPO learns from an Editor's or a Diffuser's exploring samples; was the trained actor one?)",
+        for (g, s, chain, advantage) in chained_samples(groups, &self.config, &mut stats)? {
+            // An edit is conditioned on its source image and edit prompt, a generated image on
+            // the prompt alone.
+            let (source, prompt) = match (&g.image, &s.proposal) {
+                (Some(image), Some(p)) => (Some(image), p.edit_prompt.clone()),
+                (None, None) => (None, g.prompt.prompt()),
+                _ => {
+                    return Err(ModelError::Invalid(format!(
+                        "trajectory {} round {}: a sample with a source image but no edit prompt, or the other way round",
                         g.trajectory, g.round
-                    )
-                })?;
-                // An edit is conditioned on its source image and edit prompt, a generated
-                // image on the prompt alone.
-                let (source, prompt) = match (&g.image, &s.proposal) {
-                    (Some(image), Some(p)) => (Some(image), p.edit_prompt.clone()),
-                    (None, None) => (None, g.prompt.prompt()),
-                    _ => {
-                        return Err(ModelError::Invalid(format!(
-                            "trajectory {} round {}: a sample with a source image but no edit prompt, or the other way round",
-                            g.trajectory, g.round
-                        )));
-                    }
-                };
-                edits.push(Edit {
-                    source,
-                    prompt,
-                    chain,
-                    advantage: a.clamp(-self.config.adv_clip, self.config.adv_clip),
-                });
-            }
+                    )));
+                }
+            };
+            edits.push(Edit {
+                source,
+                prompt,
+                chain,
+                advantage,
+            });
         }
         stats.sequences = edits.len();
         if edits.is_empty() {
@@ -285,21 +259,17 @@ impl FlowLearner {
         for chunk in edits.chunks(self.config.micro_batch.max(1)) {
             let share = chunk.len() as f64 / edits.len() as f64;
             let (logp, kl) = self.log_probs(chunk)?;
-            let [b, k] = logp.dims();
-            let device = logp.device();
-            let old: Vec<f32> = chunk
-                .iter()
-                .flat_map(|e| e.chain.log_probs.iter().copied())
-                .collect();
-            let old = Tensor::<2>::from_data(TensorData::new(old, [b, k]), &device);
-            let mask = Tensor::<2>::ones([b, k], &device);
+            let chains: Vec<&DenoisingChain> = chunk.iter().map(|e| e.chain).collect();
             let advantages: Vec<f64> = chunk.iter().map(|e| e.advantage).collect();
-            let out = loss_with_kl(logp, old, kl, &advantages, mask, &self.config.grpo);
-            // The chunk's term of the batch loss: the value logged is the one differentiated.
-            let term = out.loss.mul_scalar(share);
-            stats.loss += f64::from(term.clone().into_scalar::<f32>());
-            stats.kl += share * out.kl;
-            stats.clip_fraction += share * out.clip_fraction;
+            let term = chunk_term(
+                logp,
+                kl,
+                &chains,
+                &advantages,
+                share,
+                &self.config.grpo,
+                &mut stats,
+            );
             let grads = burn::optim::GradientsParams::from_grads(term.backward(), self.net());
             accumulator.accumulate(self.net(), grads);
         }
@@ -338,6 +308,68 @@ fn same_sampler(edits: &[Edit]) -> Result<(), ModelError> {
         }
     }
     Ok(())
+}
+
+/// A sample of a group as a Flow-GRPO learner reads it: its group, itself, its chain and its
+/// advantage.
+pub type ChainedSample<'a> = (&'a GrpoGroup, &'a GroupSample, &'a DenoisingChain, f64);
+
+/// Every sample of the groups whose rewards differ, with its chain and its group-normalised
+/// advantage clipped to `±adv_clip`; groups of equal rewards are counted in
+/// `stats.filtered_groups`. A sample without a chain is an error naming its trajectory and
+/// round.
+pub fn chained_samples<'a>(
+    groups: &'a [GrpoGroup],
+    config: &FlowLearnerConfig,
+    stats: &mut LearnStats,
+) -> Result<Vec<ChainedSample<'a>>, ModelError> {
+    let mut out = Vec::new();
+    for g in groups {
+        let r: Vec<f64> = g.samples.iter().map(|s| s.reward).collect();
+        let Some(adv) = group_advantages(&r, config.grpo.scale_rewards) else {
+            stats.filtered_groups += 1;
+            continue;
+        };
+        for (s, a) in g.samples.iter().zip(adv) {
+            let chain = s.chain.as_ref().ok_or_else(|| {
+                ModelError::Invalid(format!(
+                    "trajectory {} round {}: a sample has no denoising chain (Flow-GRPO learns from an Editor's or a Diffuser's exploring samples; was the trained actor one?)",
+                    g.trajectory, g.round
+                ))
+            })?;
+            out.push((g, s, chain, a.clamp(-config.adv_clip, config.adv_clip)));
+        }
+    }
+    Ok(out)
+}
+
+/// One micro-batch's term of a Flow-GRPO step: the clipped objective (with KL) of `logp`
+/// `(B, K)` against the chains' stored log-probabilities, every step counted, weighted by the
+/// micro-batch's `share` of the batch; its loss, KL and clip fraction are added to `stats` (the
+/// value logged is the one differentiated).
+pub fn chunk_term(
+    logp: Tensor<2>,
+    kl: Option<Tensor<2>>,
+    chains: &[&DenoisingChain],
+    advantages: &[f64],
+    share: f64,
+    grpo: &GrpoConfig,
+    stats: &mut LearnStats,
+) -> Tensor<1> {
+    let [b, k] = logp.dims();
+    let device = logp.device();
+    let old: Vec<f32> = chains
+        .iter()
+        .flat_map(|c| c.log_probs.iter().copied())
+        .collect();
+    let old = Tensor::<2>::from_data(TensorData::new(old, [b, k]), &device);
+    let mask = Tensor::<2>::ones([b, k], &device);
+    let out = loss_with_kl(logp, old, kl, advantages, mask, grpo);
+    let term = out.loss.mul_scalar(share);
+    stats.loss += f64::from(term.clone().into_scalar::<f32>());
+    stats.kl += share * out.kl;
+    stats.clip_fraction += share * out.clip_fraction;
+    term
 }
 
 /// The learner's state besides weights and optimiser, as a checkpoint stores it.

@@ -345,6 +345,20 @@ impl Default for LearnerConfig {
 /// What one learner step saw and did (the contract's type).
 pub use rlrig_contract::LearnStats as StepStats;
 
+/// A step's stats before it is taken: the weights' version, the number of groups, and the
+/// mean and (population) standard deviation of every sample's reward.
+pub fn reward_stats(rewards: &[f64], groups: usize, version: u64) -> StepStats {
+    let n = rewards.len().max(1) as f64;
+    let mean = rewards.iter().sum::<f64>() / n;
+    StepStats {
+        version,
+        groups,
+        reward_mean: mean,
+        reward_std: (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt(),
+        ..StepStats::default()
+    }
+}
+
 /// The GRPO learner of the Policy: the trained network (on an autodiff device), a frozen copy
 /// of its starting weights as the KL reference, AdamW with gradient clipping, and a version
 /// that every step that changes the weights advances.
@@ -397,15 +411,7 @@ impl Learner {
             .iter()
             .flat_map(|g| g.samples.iter().map(|s| s.reward))
             .collect();
-        let n = rewards.len().max(1) as f64;
-        let mean = rewards.iter().sum::<f64>() / n;
-        let mut stats = StepStats {
-            version: self.version,
-            groups: groups.len(),
-            reward_mean: mean,
-            reward_std: (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt(),
-            ..StepStats::default()
-        };
+        let mut stats = reward_stats(&rewards, groups.len(), self.version);
         let (mut inputs, mut tokens, mut old, mut advantages) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for g in groups {

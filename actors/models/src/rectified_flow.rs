@@ -371,6 +371,19 @@ impl SdeStep {
     pub fn mean(&self, x: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
         x.mul_scalar(self.x_coef) + v.mul_scalar(self.v_coef)
     }
+
+    /// The exact KL between this step's transitions of means `mean` and `reference` (the
+    /// same standard deviation), per image: the pixel mean of `(μ − μ_ref)² / (2·std²)`,
+    /// shape `(B)`.
+    pub fn kl(&self, mean: Tensor<4>, reference: Tensor<4>) -> Tensor<1> {
+        let b = mean.dims()[0];
+        (mean - reference)
+            .square()
+            .div_scalar(2.0 * self.std * self.std)
+            .flatten::<2>(1, 3)
+            .mean_dim(1)
+            .reshape([b])
+    }
 }
 
 /// The log-density of `x_next` under `N(mean, std²)` per pixel, averaged over the pixels of each
@@ -456,7 +469,7 @@ pub struct SdeChains {
 
 /// Rounds every value to `f16` (on the host), as a stored denoising chain keeps it; also
 /// returns the rounded values.
-pub fn round_to_f16(x: Tensor<4>) -> (Tensor<4>, Vec<f32>) {
+fn round_to_f16(x: Tensor<4>) -> (Tensor<4>, Vec<f32>) {
     let dims = x.dims();
     let device = x.device();
     let values: Vec<f32> = x
@@ -509,40 +522,69 @@ pub fn sample_sde_window(
     sde_steps: usize,
     seeds: &[u64],
 ) -> SdeChains {
-    assert!(
-        (1..=sampler.steps).contains(&sde_steps),
-        "an SDE window of {sde_steps} steps in a {}-step schedule",
-        sampler.steps
-    );
-    let b = text.batch_size();
-    assert_eq!(seeds.len(), b, "one seed per prompt");
-    let device = model.device();
+    assert_eq!(seeds.len(), text.batch_size(), "one seed per prompt");
     let c = model.config();
-    let shape = [1, c.out_channels, c.image_size, c.image_size];
+    let levels = noise_levels(sampler.steps);
+    sde_window_chains(
+        [c.out_channels, c.image_size, c.image_size],
+        seeds,
+        &levels,
+        sampler.noise_scale,
+        sde_steps,
+        &model.device(),
+        |x, step| velocity(model, x, levels[step], text, cond_image, sampler.guidance),
+    )
+}
+
+/// Flow-GRPO's windowed SDE sampler over any velocity and any schedule of noise levels
+/// (`levels`: descending from 1 to 0, one more than the steps): row `i` draws its starting
+/// noise `[C, H, W]` and then each SDE step's `ε` from `ChaCha8Rng::seed_from_u64(seeds[i])`,
+/// the first `sde_steps` steps are SDE steps ([`SdeStep::on`]) and the rest Euler steps;
+/// `velocity(x, step)` is the (guided) velocity at step `step`. States are rounded to `f16` as
+/// they are made and each step's log-probability taken of the rounded state.
+///
+/// # Panics
+///
+/// If `sde_steps` is 0 or more than the schedule's steps.
+pub fn sde_window_chains(
+    shape: [usize; 3],
+    seeds: &[u64],
+    levels: &[f64],
+    noise_scale: f64,
+    sde_steps: usize,
+    device: &Device,
+    mut velocity: impl FnMut(Tensor<4>, usize) -> Tensor<4>,
+) -> SdeChains {
+    let steps = levels.len().saturating_sub(1);
+    assert!(
+        (1..=steps).contains(&sde_steps),
+        "an SDE window of {sde_steps} steps in a {steps}-step schedule"
+    );
+    let b = seeds.len();
+    let shape = [1, shape[0], shape[1], shape[2]];
     let mut rngs: Vec<ChaCha8Rng> = seeds
         .iter()
         .map(|&s| ChaCha8Rng::seed_from_u64(s))
         .collect();
     let start: Vec<Tensor<4>> = rngs
         .iter_mut()
-        .map(|rng| normal_tensor(shape, rng, &device))
+        .map(|rng| normal_tensor(shape, rng, device))
         .collect();
     let (mut x, first) = round_to_f16(Tensor::cat(start, 0));
     let per_row = first.len() / b;
     let mut states: Vec<Vec<f32>> = first.chunks_exact(per_row).map(<[f32]>::to_vec).collect();
     let mut log_probs = vec![Vec::with_capacity(sde_steps); b];
-    let levels = noise_levels(sampler.steps);
-    for (step, &s) in levels[..sampler.steps].iter().enumerate() {
-        let v = velocity(model, x.clone(), s, text, cond_image, sampler.guidance);
+    for step in 0..steps {
+        let v = velocity(x.clone(), step);
         if step >= sde_steps {
-            x = x + v.mul_scalar(levels[step + 1] - s);
+            x = x + v.mul_scalar(levels[step + 1] - levels[step]);
             continue;
         }
-        let coef = SdeStep::new(step, sampler.steps, sampler.noise_scale);
+        let coef = SdeStep::on(levels, step, noise_scale);
         let mean = coef.mean(x, v);
         let eps: Vec<Tensor<4>> = rngs
             .iter_mut()
-            .map(|rng| normal_tensor(shape, rng, &device))
+            .map(|rng| normal_tensor(shape, rng, device))
             .collect();
         let (x_next, values) =
             round_to_f16(mean.clone() + Tensor::cat(eps, 0).mul_scalar(coef.std));

@@ -20,16 +20,12 @@ use std::path::Path;
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor, TensorData};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use rlrig_contract::{
     DenoisingChain, GrpoGroup, GrpoLearner, LearnStats, RoleError, SampledImage, WeightsUpdate,
 };
-use rlrig_models::flow_grpo::FlowLearnerConfig;
-use rlrig_models::grpo::{group_advantages, loss_with_kl, restore_learner, save_learner};
-use rlrig_models::rectified_flow::{
-    SdeStep, adamw, gaussian_log_prob, normal_tensor, round_to_f16,
-};
+use rlrig_models::flow_grpo::{FlowLearnerConfig, chained_samples, chunk_term};
+use rlrig_models::grpo::{restore_learner, reward_stats, save_learner};
+use rlrig_models::rectified_flow::{SdeStep, adamw, gaussian_log_prob, sde_window_chains};
 use serde::{Deserialize, Serialize};
 
 use crate::SdError;
@@ -99,7 +95,6 @@ pub fn explore(
         )));
     }
     let c = p.transformer.in_channels();
-    let shape = [1, c, latent, latent];
     let (cond, uncond) = conditioning(
         p,
         prompts,
@@ -109,47 +104,16 @@ pub fn explore(
         device,
     )?;
     let (sigmas, timesteps) = levels(p, config.steps);
-    let mut rngs: Vec<ChaCha8Rng> = seeds
-        .iter()
-        .map(|&s| ChaCha8Rng::seed_from_u64(s))
-        .collect();
-    let start: Vec<Tensor<4>> = rngs
-        .iter_mut()
-        .map(|rng| normal_tensor(shape, rng, device))
-        .collect();
-    let (mut x, first) = round_to_f16(Tensor::cat(start, 0));
-    let per_row = first.len() / b;
-    let mut states: Vec<Vec<f32>> = first.chunks_exact(per_row).map(<[f32]>::to_vec).collect();
-    let mut log_probs = vec![Vec::with_capacity(config.sde_window); b];
-    for step in 0..config.steps {
-        let v = p.velocity(
-            x.clone(),
-            timesteps[step],
-            &cond,
-            uncond.as_ref(),
-            config.guidance,
-        );
-        if step >= config.sde_window {
-            x = x + v * (sigmas[step + 1] - sigmas[step]);
-            continue;
-        }
-        let coef = SdeStep::on(&sigmas, step, config.noise_scale);
-        let mean = coef.mean(x, v);
-        let eps: Vec<Tensor<4>> = rngs
-            .iter_mut()
-            .map(|rng| normal_tensor(shape, rng, device))
-            .collect();
-        let (next, values) = round_to_f16(mean.clone() + Tensor::cat(eps, 0) * coef.std);
-        let lp: Vec<f32> = gaussian_log_prob(next.clone(), mean, coef.std)
-            .into_data()
-            .iter::<f32>()
-            .collect();
-        for (row, chunk) in values.chunks_exact(per_row).enumerate() {
-            states[row].extend_from_slice(chunk);
-            log_probs[row].push(lp[row]);
-        }
-        x = next;
-    }
+    let out = sde_window_chains(
+        [c, latent, latent],
+        seeds,
+        &sigmas,
+        config.noise_scale,
+        config.sde_window,
+        device,
+        |x, step| p.velocity(x, timesteps[step], &cond, uncond.as_ref(), config.guidance),
+    );
+    let (x, states, log_probs) = (out.images, out.states, out.log_probs);
     let images = crate::images::to_images(p.finish(x).images)
         .map_err(|e| SdError::Settings(e.to_string()))?;
     let dims = [c as u32, latent as u32, latent as u32];
@@ -326,7 +290,6 @@ impl Sd3FlowLearner {
                 None => forward(x, &cond),
             }
         };
-        let b = samples.len();
         let mut logps = Vec::with_capacity(steps);
         let mut kls = Vec::with_capacity(steps);
         for (k, &t) in timesteps.iter().enumerate().take(steps) {
@@ -335,17 +298,8 @@ impl Sd3FlowLearner {
             let mean = coef.mean(x.clone(), velocity(x.clone(), t, true));
             logps.push(gaussian_log_prob(state(k + 1), mean.clone(), coef.std));
             if self.config.grpo.beta > 0.0 {
-                let base = coef
-                    .mean(x.clone(), velocity(x, timesteps[k], false))
-                    .detach();
-                kls.push(
-                    (mean - base)
-                        .square()
-                        .div_scalar(2.0 * coef.std * coef.std)
-                        .flatten::<2>(1, 3)
-                        .mean_dim(1)
-                        .reshape([b]),
-                );
+                let base = coef.mean(x.clone(), velocity(x, t, false)).detach();
+                kls.push(coef.kl(mean, base));
             }
         }
         let kl = (!kls.is_empty()).then(|| Tensor::stack(kls, 1));
@@ -358,41 +312,22 @@ impl Sd3FlowLearner {
             .iter()
             .flat_map(|g| g.samples.iter().map(|s| s.reward))
             .collect();
-        let n = rewards.len().max(1) as f64;
-        let mean = rewards.iter().sum::<f64>() / n;
-        let mut stats = LearnStats {
-            version: self.version,
-            groups: groups.len(),
-            reward_mean: mean,
-            reward_std: (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt(),
-            ..LearnStats::default()
-        };
+        let mut stats = reward_stats(&rewards, groups.len(), self.version);
         let mut samples = Vec::new();
-        for g in groups {
-            let r: Vec<f64> = g.samples.iter().map(|s| s.reward).collect();
-            let Some(adv) = group_advantages(&r, self.config.grpo.scale_rewards) else {
-                stats.filtered_groups += 1;
-                continue;
-            };
-            for (s, a) in g.samples.iter().zip(adv) {
-                let chain = s.chain.as_ref().ok_or_else(|| {
-                    SdError::Settings(format!(
-                        "trajectory {} round {}: a sample has no denoising chain (was the trained actor exploring?)",
-                        g.trajectory, g.round
-                    ))
-                })?;
-                if g.image.is_some() || s.proposal.is_some() {
-                    return Err(SdError::Settings(format!(
-                        "trajectory {} round {}: an edit; diffuser.sd3 learns from generated images",
-                        g.trajectory, g.round
-                    )));
-                }
-                samples.push(Sample {
-                    prompt: g.prompt.prompt(),
-                    chain,
-                    advantage: a.clamp(-self.config.adv_clip, self.config.adv_clip),
-                });
+        let chained = chained_samples(groups, &self.config, &mut stats)
+            .map_err(|e| SdError::Settings(e.to_string()))?;
+        for (g, s, chain, advantage) in chained {
+            if g.image.is_some() || s.proposal.is_some() {
+                return Err(SdError::Settings(format!(
+                    "trajectory {} round {}: an edit; diffuser.sd3 learns from generated images",
+                    g.trajectory, g.round
+                )));
             }
+            samples.push(Sample {
+                prompt: g.prompt.prompt(),
+                chain,
+                advantage,
+            });
         }
         stats.sequences = samples.len();
         if samples.is_empty() {
@@ -424,20 +359,17 @@ impl Sd3FlowLearner {
         for chunk in samples.chunks(self.config.micro_batch.max(1)) {
             let share = chunk.len() as f64 / samples.len() as f64;
             let (logp, kl) = self.log_probs(chunk)?;
-            let [b, k] = logp.dims();
-            let device = logp.device();
-            let old: Vec<f32> = chunk
-                .iter()
-                .flat_map(|s| s.chain.log_probs.iter().copied())
-                .collect();
-            let old = Tensor::<2>::from_data(TensorData::new(old, [b, k]), &device);
-            let mask = Tensor::<2>::ones([b, k], &device);
+            let chains: Vec<&DenoisingChain> = chunk.iter().map(|s| s.chain).collect();
             let advantages: Vec<f64> = chunk.iter().map(|s| s.advantage).collect();
-            let out = loss_with_kl(logp, old, kl, &advantages, mask, &self.config.grpo);
-            let term = out.loss.mul_scalar(share);
-            stats.loss += f64::from(term.clone().into_scalar::<f32>());
-            stats.kl += share * out.kl;
-            stats.clip_fraction += share * out.clip_fraction;
+            let term = chunk_term(
+                logp,
+                kl,
+                &chains,
+                &advantages,
+                share,
+                &self.config.grpo,
+                &mut stats,
+            );
             let transformer = &self.pipe().transformer;
             let grads = GradientsParams::from_grads(term.backward(), transformer);
             accumulator.accumulate(transformer, grads);

@@ -12,73 +12,21 @@ use rlrig_sd::scheduler::Scheduler;
 use rlrig_sd::tokenizer::ClipTokenizer;
 use rlrig_sd::unet::UNet;
 use rlrig_sd::vae::Vae;
-use safetensors::SafeTensors;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-/// A reference file: tensors as f32 (ints widened) with their shapes, and its metadata.
-struct Refs {
-    bytes: Vec<u8>,
-}
+mod common;
+use common::{rel_err, values};
+
+/// A reference file of `tests/fixtures/refs/`.
+struct Refs;
 
 impl Refs {
-    fn open(name: &str) -> Refs {
-        Refs {
-            bytes: std::fs::read(fixtures().join("refs").join(name)).unwrap(),
-        }
+    fn open(name: &str) -> common::Refs {
+        common::Refs::open(&fixtures().join("refs").join(name))
     }
-
-    fn st(&self) -> SafeTensors<'_> {
-        SafeTensors::deserialize(&self.bytes).unwrap()
-    }
-
-    fn meta(&self) -> serde_json::Value {
-        let (_, m) = SafeTensors::read_metadata(&self.bytes).unwrap();
-        serde_json::from_str(&m.metadata().as_ref().unwrap()["meta"]).unwrap()
-    }
-
-    fn f32(&self, name: &str) -> (Vec<f32>, Vec<usize>) {
-        let st = self.st();
-        let t = st
-            .tensor(name)
-            .unwrap_or_else(|_| panic!("no tensor {name}"));
-        let v = match t.dtype() {
-            safetensors::Dtype::F32 => t
-                .data()
-                .chunks(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect(),
-            safetensors::Dtype::I64 => t
-                .data()
-                .chunks(8)
-                .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32)
-                .collect(),
-            d => panic!("{name}: {d:?}"),
-        };
-        (v, t.shape().to_vec())
-    }
-
-    fn tensor4(&self, name: &str, device: &Device) -> Tensor<4> {
-        let (v, s) = self.f32(name);
-        Tensor::from_data(TensorData::new(v, [s[0], s[1], s[2], s[3]]), device)
-    }
-}
-
-fn rel_err(out: &[f32], reference: &[f32]) -> f64 {
-    assert_eq!(out.len(), reference.len());
-    let diff: f64 = out
-        .iter()
-        .zip(reference)
-        .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
-        .sum();
-    let norm: f64 = reference.iter().map(|b| (*b as f64).powi(2)).sum();
-    (diff / norm.max(1e-30)).sqrt()
-}
-
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_to_vec::<f32>().unwrap()
 }
 
 #[test]
@@ -157,10 +105,10 @@ fn ddim_and_euler_match_diffusers_for_epsilon_and_v_prediction() {
         let s = scheduler.schedule(2);
         let init = refs.f32(&format!("{name}.init_noise_sigma")).0[0] as f64;
         assert!((s.init_noise_sigma() - init).abs() <= 1e-5 * init, "{name}");
-        let mut x = refs.tensor4("step_input.sample", &device);
+        let mut x = refs.tensor::<4>("step_input.sample", &device);
         for i in 0..2 {
             let scaled = s.scale_model_input(x.clone(), i);
-            let out = refs.tensor4(&format!("step_input.model_output.{i}"), &device);
+            let out = refs.tensor::<4>(&format!("step_input.model_output.{i}"), &device);
             let step = s.step(out, i, x);
             for (what, t) in [
                 ("scaled_input", scaled),
@@ -239,7 +187,7 @@ fn bad_weights_and_configs_are_clear_errors() {
     );
 }
 
-fn close(name: &str, out: Tensor<4>, refs: &Refs, key: &str) {
+fn close(name: &str, out: Tensor<4>, refs: &common::Refs, key: &str) {
     let e = rel_err(&values(out), &refs.f32(key).0);
     assert!(e <= 1e-4, "{name}: relative error {e:e}");
 }
@@ -250,18 +198,18 @@ fn the_vae_encodes_and_decodes_as_diffusers() {
     let vae = Vae::from_dir(fixtures().join("tiny-sd/vae"), &device).unwrap();
     assert_eq!(vae.scaling_factor(), 0.18215);
     let refs = Refs::open("vae.safetensors");
-    let posterior = vae.encode(refs.tensor4("image", &device));
+    let posterior = vae.encode(refs.tensor::<4>("image", &device));
     close("encode: mean", posterior.mean, &refs, "latent_mean");
     close("encode: std", posterior.std, &refs, "latent_std");
     close(
         "decode",
-        vae.decode(refs.tensor4("latent", &device)),
+        vae.decode(refs.tensor::<4>("latent", &device)),
         &refs,
         "decoded",
     );
     close(
         "decode the mean",
-        vae.decode(refs.tensor4("latent_mean", &device)),
+        vae.decode(refs.tensor::<4>("latent_mean", &device)),
         &refs,
         "decoded_from_mean",
     );
@@ -274,7 +222,7 @@ fn unet_matches(dir: &str, variant: Option<&str>, refs_file: &str, tol: f64) {
     let (ctx, s) = refs.f32("encoder_hidden_states");
     let ctx = Tensor::<3>::from_data(TensorData::new(ctx, [s[0], s[1], s[2]]), &device);
     let ts: Vec<f64> = refs.f32("timestep").0.iter().map(|&t| t as f64).collect();
-    let sample = refs.tensor4("sample", &device);
+    let sample = refs.tensor::<4>("sample", &device);
     let out = unet.forward(sample.clone(), &ts, &ctx);
     let e = rel_err(&values(out), &refs.f32("out").0);
     assert!(e <= tol, "{dir} {variant:?}: out: relative error {e:e}");
@@ -327,10 +275,10 @@ fn pipeline_matches(p: &Pipeline, refs_file: &str, edit: bool) {
     let prompt = meta["prompt"].as_str().unwrap();
     let g = meta["guidance_scale"].as_f64().unwrap();
     let steps = meta["num_inference_steps"].as_u64().unwrap() as usize;
-    let latents = refs.tensor4("latents_in", &device);
+    let latents = refs.tensor::<4>("latents_in", &device);
     let out = if edit {
         let ig = meta["image_guidance_scale"].as_f64().unwrap();
-        let image = refs.tensor4("image_in_01", &device);
+        let image = refs.tensor::<4>("image_in_01", &device);
         p.edit(&[prompt], image, latents, steps, g, ig).unwrap()
     } else {
         p.generate(&[prompt], &[""], latents, steps, g).unwrap()

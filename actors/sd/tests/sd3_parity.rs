@@ -16,63 +16,19 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd3")
 }
 
-/// A reference file: tensors as f32 (token ids widened) with their shapes.
-struct Refs {
-    bytes: Vec<u8>,
-}
+mod common;
+use common::rel_err;
+
+/// A reference file of `tests/fixtures/sd3/refs/`.
+struct Refs;
 
 impl Refs {
-    fn open(name: &str) -> Refs {
-        Refs {
-            bytes: std::fs::read(fixtures().join("refs").join(name)).unwrap(),
-        }
-    }
-
-    fn f32(&self, name: &str) -> (Vec<f32>, Vec<usize>) {
-        let st = SafeTensors::deserialize(&self.bytes).unwrap();
-        let t = st
-            .tensor(name)
-            .unwrap_or_else(|_| panic!("no tensor {name}"));
-        let v = match t.dtype() {
-            safetensors::Dtype::F32 => t
-                .data()
-                .chunks(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect(),
-            // Token ids, widened.
-            safetensors::Dtype::I64 => t
-                .data()
-                .chunks(8)
-                .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32)
-                .collect(),
-            d => panic!("{name}: {d:?}"),
-        };
-        (v, t.shape().to_vec())
-    }
-
-    fn values(&self, name: &str) -> Vec<f64> {
-        self.f32(name).0.into_iter().map(f64::from).collect()
-    }
-
-    fn tensor<const D: usize>(&self, name: &str, device: &Device) -> Tensor<D> {
-        let (v, s) = self.f32(name);
-        let shape: [usize; D] = s.try_into().unwrap();
-        Tensor::from_data(TensorData::new(v, shape), device)
+    fn open(name: &str) -> common::Refs {
+        common::Refs::open(&fixtures().join("refs").join(name))
     }
 }
 
-fn rel_err(out: &[f32], reference: &[f32]) -> f64 {
-    assert_eq!(out.len(), reference.len());
-    let diff: f64 = out
-        .iter()
-        .zip(reference)
-        .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
-        .sum();
-    let norm: f64 = reference.iter().map(|b| (*b as f64).powi(2)).sum();
-    (diff / norm.max(1e-30)).sqrt()
-}
-
-fn close<const D: usize>(name: &str, out: Tensor<D>, refs: &Refs, key: &str, tol: f64) {
+fn close<const D: usize>(name: &str, out: Tensor<D>, refs: &common::Refs, key: &str, tol: f64) {
     let (reference, shape) = refs.f32(key);
     assert_eq!(out.dims().to_vec(), shape, "{name}: shape");
     let e = rel_err(&out.into_data().try_to_vec::<f32>().unwrap(), &reference);
