@@ -636,6 +636,59 @@ fn phase_two_resumes_after_sigkill() {
     );
 }
 
+/// Flow-GRPO on the tiny SD3 through LoRA, killed after its first checkpoint and resumed: every
+/// step is taken once, the store read in one sweep, and the adapters of the finished run load.
+#[test]
+fn sd3_lora_training_resumes_after_sigkill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sd3-train-tiny");
+    let args = [
+        "run".to_string(),
+        "flows/sd3-train-tiny.toml".into(),
+        "--set".into(),
+        format!("run_dir={}", tmp.path().display()),
+        "--set".into(),
+        "train.steps=6".into(),
+    ];
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = command(&argv)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !dir.join("checkpoint/trainer.json").is_file() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no checkpoint after 2 minutes"
+        );
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let killed = child.try_wait().unwrap().is_none();
+    if killed {
+        child.kill().unwrap(); // SIGKILL
+    }
+    child.wait().unwrap();
+    assert!(killed, "the run must be killed mid-way");
+    run_ok(&["run".into(), dir.display().to_string(), "--resume".into()]);
+    let m = check_metrics(&dir, 6);
+    assert!(m.iter().all(|s| s.learn.loss.is_finite()), "{m:#?}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("train.json")).unwrap()).unwrap();
+    assert_eq!(
+        (summary["complete"].as_bool(), summary["steps"].as_u64()),
+        (Some(true), Some(6))
+    );
+    let learner: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("checkpoint/learner/learner.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(learner["version"].as_u64(), Some(6));
+}
+
 /// A trained actor whose kind cannot learn is refused before anything runs, naming the key.
 #[test]
 fn a_trained_actor_that_cannot_learn_is_refused_up_front() {
