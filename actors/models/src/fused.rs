@@ -229,12 +229,12 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
 }
 
 /// [`FusedOps::gelu_tanh`] on a tensor.
-pub(crate) fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::gelu_tanh(x.into_dispatch()))
 }
 
 /// [`FusedOps::ln_modulate`] on tensors: `(B, T, D)` tokens, `(B, D)` shift and scale.
-pub(crate) fn ln_modulate(x: Tensor<3>, shift: Tensor<2>, scale: Tensor<2>, eps: f64) -> Tensor<3> {
+pub fn ln_modulate(x: Tensor<3>, shift: Tensor<2>, scale: Tensor<2>, eps: f64) -> Tensor<3> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::ln_modulate(
         x.into_dispatch(),
         shift.into_dispatch(),
@@ -245,12 +245,7 @@ pub(crate) fn ln_modulate(x: Tensor<3>, shift: Tensor<2>, scale: Tensor<2>, eps:
 
 /// Masked multi-head attention `softmax(q·kᵀ/√d_h)·v` of `(B, H, T, d_h)` tensors: the
 /// probabilities as one fused node, the product with `v` as burn's matmul.
-pub(crate) fn attention(
-    q: Tensor<4>,
-    k: Tensor<4>,
-    v: Tensor<4>,
-    masked: Tensor<4, Bool>,
-) -> Tensor<4> {
+pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, masked: Tensor<4, Bool>) -> Tensor<4> {
     let p = Tensor::from_dispatch(<Dispatch as FusedOps>::attention_probs(
         q.into_dispatch(),
         k.into_dispatch(),

@@ -55,7 +55,7 @@ pub mod device;
 pub mod dit;
 mod error;
 pub mod flow_grpo;
-mod fused;
+pub mod fused;
 pub mod grpo;
 pub mod image;
 pub mod jobs;

@@ -15,10 +15,11 @@ use std::path::Path;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Linear, PaddingConfig2d};
-use burn::tensor::activation::{gelu_approximate, silu};
+use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
+use rlrig_models::fused;
 use serde::Deserialize;
 
 use crate::SdError;
@@ -132,15 +133,10 @@ impl RmsNorm {
     }
 }
 
-/// LayerNorm over the last axis without affine parameters (eps 1e-6).
-fn layer_norm(x: Tensor<3>) -> Tensor<3> {
-    let (var, mean) = x.clone().var_mean_bias(2);
-    (x - mean) / (var + 1e-6).sqrt()
-}
-
-/// `x·(1 + scale) + shift` with one `[B, D]` scale and shift per item.
-fn modulate(x: Tensor<3>, shift: &Tensor<2>, scale: &Tensor<2>) -> Tensor<3> {
-    x * (scale.clone().unsqueeze_dim::<3>(1) + 1.0) + shift.clone().unsqueeze_dim(1)
+/// `LN(x)·(1 + scale) + shift`: LayerNorm over the last axis without affine parameters (eps
+/// 1e-6), then one `[B, D]` scale and shift per item, as one fused operation.
+fn ln_modulate(x: Tensor<3>, shift: &Tensor<2>, scale: &Tensor<2>) -> Tensor<3> {
+    fused::ln_modulate(x, shift.clone(), scale.clone(), 1e-6)
 }
 
 /// `[B, D]` gate times `[B, N, D]`.
@@ -162,7 +158,7 @@ impl AdaNorm {
     /// `AdaLayerNormContinuous`: `LN(x)·(1 + scale) + shift`, chunks in the order scale, shift.
     fn continuous(&self, x: Tensor<3>, temb: &Tensor<2>) -> Tensor<3> {
         let c = self.chunks(temb, 2);
-        modulate(layer_norm(x), &c[1], &c[0])
+        ln_modulate(x, &c[1], &c[0])
     }
 }
 
@@ -182,7 +178,7 @@ impl FeedForward {
     }
 
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.out.forward(gelu_approximate(self.proj.forward(x)))
+        self.out.forward(fused::gelu_tanh(self.proj.forward(x)))
     }
 }
 
@@ -364,29 +360,29 @@ impl JointBlock {
         let dual = self.attn2.is_some();
         // shift, scale, gate (attention), shift, scale, gate (MLP)[, shift, scale, gate (attn2)]
         let m = self.norm1.chunks(temb, if dual { 9 } else { 6 });
-        let nx = layer_norm(x.clone());
-        let x_in = modulate(nx.clone(), &m[0], &m[1]);
+        let x_in = ln_modulate(x.clone(), &m[0], &m[1]);
+        // MMDiT-X's second attention reads the block's input, modulated by its own shift and scale.
+        let x2_in = self
+            .attn2
+            .as_ref()
+            .map(|_| ln_modulate(x.clone(), &m[6], &m[7]));
         let (c_in, cm) = match self.ff_context {
             Some(_) => {
                 let cm = self.norm1_context.chunks(temb, 6);
-                (modulate(layer_norm(c.clone()), &cm[0], &cm[1]), Some(cm))
+                (ln_modulate(c.clone(), &cm[0], &cm[1]), Some(cm))
             }
             None => (self.norm1_context.continuous(c.clone(), temb), None),
         };
         let (attn_x, attn_c) = self.attn.forward(x_in, c_in, lora);
         let mut x = x + gated(&m[2], attn_x);
-        if let Some(attn2) = &self.attn2 {
-            x = x.clone() + gated(&m[8], attn2.forward(modulate(nx, &m[6], &m[7]), lora));
+        if let (Some(attn2), Some(x2_in)) = (&self.attn2, x2_in) {
+            x = x.clone() + gated(&m[8], attn2.forward(x2_in, lora));
         }
-        let x = x.clone()
-            + gated(
-                &m[5],
-                self.ff.forward(modulate(layer_norm(x), &m[3], &m[4])),
-            );
+        let x = x.clone() + gated(&m[5], self.ff.forward(ln_modulate(x, &m[3], &m[4])));
         let c = match (&self.ff_context, cm, attn_c) {
             (Some(ff), Some(cm), Some(attn_c)) => {
                 let c = c + gated(&cm[2], attn_c);
-                let ff_out = ff.forward(modulate(layer_norm(c.clone()), &cm[3], &cm[4]));
+                let ff_out = ff.forward(ln_modulate(c.clone(), &cm[3], &cm[4]));
                 Some(c + gated(&cm[5], ff_out))
             }
             _ => None,
