@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every burn / PyTorch row of docs/BENCHMARKS.md in one run: the DiT train step and sampling
 # batch (bench_models.sh), the Editor's SDE sampling and one Flow-GRPO learner step
-# (bench_flow_grpo.sh), and the SD UNet forward (bench_sd.sh), both sides on 2 threads with the
-# same allocator settings. Installs the PyTorch reference (torch, diffusers from PyPI) into a
+# (bench_flow_grpo.sh), and the SD UNet and SD3 MMDiT forwards (bench_sd.sh), both sides on 2
+# threads with the same allocator settings. Installs the PyTorch reference (torch, diffusers from PyPI) into a
 # virtual environment of its own on first use (VENV, default .venv-torch beside the repository)
 # and prints the CPU model and the instruction sets each side can use. Not part of the tests or
 # CI; run it on an idle machine (it takes 10–20 minutes on 2 cores).
@@ -37,3 +37,5 @@ echo; echo "== Phase 2: Editor SDE sampling and Flow-GRPO step (scripts/bench_fl
 VENV=$VENV scripts/bench_flow_grpo.sh
 echo; echo "== SD UNet forward (scripts/bench_sd.sh)"
 PYTHON=$VENV/bin/python scripts/bench_sd.sh
+echo; echo "== SD3 MMDiT forward (scripts/bench_sd.sh mmdit)"
+PYTHON=$VENV/bin/python scripts/bench_sd.sh mmdit

@@ -7,12 +7,12 @@ use std::process::Command;
 use rlrig_contract::{Outcome, StepOutput};
 use rlrig_store::TrajectoryStore;
 
-#[test]
-fn sd_and_instruct_pix2pix_run_the_whole_cycle_on_the_tiny_fixtures() {
-    let tmp = tempfile::tempdir().unwrap();
+/// `rlrig ARGS --set run_dir=RUN_DIR` from the repository root: its exit status and its
+/// stdout and stderr together.
+fn rlrig(args: &[&str], run_dir: &Path) -> (std::process::ExitStatus, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_rlrig"))
-        .args(["run", "flows/sd-tiny.toml", "--set", "prompts.count=4"])
-        .args(["--set", &format!("run_dir={}", tmp.path().display())])
+        .args(args)
+        .args(["--set", &format!("run_dir={}", run_dir.display())])
         .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")))
         .output()
         .unwrap();
@@ -21,8 +21,18 @@ fn sd_and_instruct_pix2pix_run_the_whole_cycle_on_the_tiny_fixtures() {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
+    (o.status, text)
+}
+
+#[test]
+fn sd_and_instruct_pix2pix_run_the_whole_cycle_on_the_tiny_fixtures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (status, text) = rlrig(
+        &["run", "flows/sd-tiny.toml", "--set", "prompts.count=4"],
+        tmp.path(),
+    );
     assert!(
-        o.status.success() && text.contains("4 done, 0 failed"),
+        status.success() && text.contains("4 done, 0 failed"),
         "{text}"
     );
     let store = TrajectoryStore::open(&tmp.path().join("sd-tiny/store")).unwrap();
@@ -45,19 +55,9 @@ fn sd_and_instruct_pix2pix_run_the_whole_cycle_on_the_tiny_fixtures() {
 fn sd3_runs_the_whole_cycle_on_the_tiny_fixtures_and_a_bad_size_is_named() {
     let tmp = tempfile::tempdir().unwrap();
     let run = |extra: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_rlrig"))
-            .args(["run", "flows/sd3-tiny.toml", "--set", "prompts.count=4"])
-            .args(["--set", &format!("run_dir={}", tmp.path().display())])
-            .args(extra)
-            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")))
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        (o.status, text)
+        let mut args = vec!["run", "flows/sd3-tiny.toml", "--set", "prompts.count=4"];
+        args.extend_from_slice(extra);
+        rlrig(&args, tmp.path())
     };
     let (status, text) = run(&[]);
     assert!(
@@ -88,22 +88,12 @@ fn sd3_runs_the_whole_cycle_on_the_tiny_fixtures_and_a_bad_size_is_named() {
 #[test]
 fn sd3_trains_lora_adapters_with_flow_grpo_and_a_flow_generates_with_them() {
     let tmp = tempfile::tempdir().unwrap();
-    let rlrig = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_rlrig"))
-            .args(args)
-            .args(["--set", &format!("run_dir={}", tmp.path().display())])
-            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")))
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        assert!(o.status.success(), "{text}");
+    let run_ok = |args: &[&str]| {
+        let (status, text) = rlrig(args, tmp.path());
+        assert!(status.success(), "{text}");
         text
     };
-    let text = rlrig(&["run", "flows/sd3-train-tiny.toml"]);
+    let text = run_ok(&["run", "flows/sd3-train-tiny.toml"]);
     assert!(
         text.contains("3 learner steps, weights version 3"),
         "{text}"
@@ -124,7 +114,7 @@ fn sd3_trains_lora_adapters_with_flow_grpo_and_a_flow_generates_with_them() {
     let adapter = run.join("checkpoint/learner/adapter");
     assert!(adapter.join("adapter_model.safetensors").is_file());
     let set = format!("actors.diffuser.settings.adapter=\"{}\"", adapter.display());
-    let text = rlrig(&[
+    let text = run_ok(&[
         "run",
         "flows/sd3-tiny.toml",
         "--set",

@@ -79,6 +79,34 @@ fn run_ok(args: &[String]) -> Output {
     o
 }
 
+/// Starts `rlrig ARGS` and SIGKILLs it as soon as its run directory `dir` holds a trainer
+/// checkpoint (polling every 5 ms); the run must not have finished by then.
+fn kill_after_first_checkpoint(args: &[String], dir: &Path) {
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = command(&argv)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !dir.join("checkpoint/trainer.json").is_file() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no checkpoint after 2 minutes"
+        );
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let killed = child.try_wait().unwrap().is_none();
+    if killed {
+        child.kill().unwrap(); // SIGKILL
+    }
+    child.wait().unwrap();
+    assert!(killed, "the run must be killed mid-way");
+}
+
 /// The metrics lines: steps 1..=n once each, the store read in one contiguous sweep.
 fn check_metrics(dir: &Path, steps: u64) -> Vec<rlrig_train::StepMetrics> {
     let m = rlrig_train::read_metrics(&dir.join("metrics.jsonl")).unwrap();
@@ -596,29 +624,7 @@ fn phase_two_resumes_after_sigkill() {
         "--set".into(),
         "train.eval_every=0".into(),
     ];
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut child = command(&argv)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while !dir.join("checkpoint/trainer.json").is_file() {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "no checkpoint after 2 minutes"
-        );
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let killed = child.try_wait().unwrap().is_none();
-    if killed {
-        child.kill().unwrap(); // SIGKILL
-    }
-    child.wait().unwrap();
-    assert!(killed, "the run must be killed mid-way");
+    kill_after_first_checkpoint(&args, &dir);
     run_ok(&["run".into(), dir.display().to_string(), "--resume".into()]);
     check_metrics(&dir, 3);
     let store = TrajectoryStore::open(&dir.join("store")).unwrap();
@@ -650,29 +656,7 @@ fn sd3_lora_training_resumes_after_sigkill() {
         "--set".into(),
         "train.steps=6".into(),
     ];
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut child = command(&argv)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while !dir.join("checkpoint/trainer.json").is_file() {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "no checkpoint after 2 minutes"
-        );
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let killed = child.try_wait().unwrap().is_none();
-    if killed {
-        child.kill().unwrap(); // SIGKILL
-    }
-    child.wait().unwrap();
-    assert!(killed, "the run must be killed mid-way");
+    kill_after_first_checkpoint(&args, &dir);
     run_ok(&["run".into(), dir.display().to_string(), "--resume".into()]);
     let m = check_metrics(&dir, 6);
     assert!(m.iter().all(|s| s.learn.loss.is_finite()), "{m:#?}");

@@ -15,8 +15,13 @@ import os
 import statistics
 import time
 
+import sys
+
 import torch
 from diffusers import SD3Transformer2DModel
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sd_unet_bench import lcg  # noqa: E402  (the burn benches' inputs)
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 TINY = os.path.join(ROOT, "actors", "sd", "tests", "fixtures", "sd3", "tiny-sd3", "transformer", "config.json")
@@ -37,20 +42,6 @@ MID = {
 }
 
 TIMESTEPS = [999.0, 500.0]
-
-MASK = (1 << 64) - 1
-
-def lcg(seed: int, shape) -> torch.Tensor:
-    """The burn bench's inputs: a 64-bit LCG (Knuth's MMIX constants), top 24 bits, in [-1, 1)."""
-    n = 1
-    for d in shape:
-        n *= d
-    s, out = seed, []
-    for _ in range(n):
-        s = (s * 6364136223846793005 + 1442695040888963407) & MASK
-        out.append((s >> 40) / float(1 << 24) * 2.0 - 1.0)
-    return torch.tensor(out, dtype=torch.float32).reshape(shape)
-
 
 def bench(name, config, latents, context, pooled, runs, warmup):
     config = {k: v for k, v in config.items() if not k.startswith("_")}

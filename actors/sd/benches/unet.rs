@@ -8,10 +8,13 @@
 //! `cargo bench -p rlrig-sd --bench unet`; `RLRIG_BENCH_RUNS` (default 10),
 //! `RLRIG_BENCH_WARMUP` (default 2).
 
+mod common;
+
 use std::time::Instant;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
+use common::{env, lcg, median, rayon_threads};
 use rlrig_sd::unet::{UNet, UNetConfig};
 
 const TINY: &str = include_str!("../tests/fixtures/tiny-sd/unet/config.json");
@@ -30,32 +33,6 @@ const MID: &str = r#"{
 
 /// One timestep per batch item, the same in the PyTorch reference.
 const TIMESTEPS: [f64; 2] = [999.0, 500.0];
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Deterministic inputs in [-1, 1): a 64-bit LCG (Knuth's MMIX constants), top 24 bits; the
-/// PyTorch reference draws the same numbers.
-fn lcg(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn bench(
     name: &str,
@@ -113,17 +90,4 @@ fn main() {
     );
     bench("tiny", TINY, [2, 4, 16, 16], [2, 16, 32], runs, warmup);
     bench("mid", MID, [2, 4, 32, 32], [2, 16, 256], runs, warmup);
-}
-
-/// The global rayon pool's size flex runs on (RAYON_NUM_THREADS, else the logical CPUs).
-fn rayon_threads() -> usize {
-    std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        })
 }

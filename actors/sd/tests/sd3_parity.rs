@@ -35,26 +35,27 @@ fn close<const D: usize>(name: &str, out: Tensor<D>, refs: &common::Refs, key: &
     assert!(e <= tol, "{name}: relative error {e:e}");
 }
 
+/// The transformer on the reference inputs `x{set}`, `t{set}`, `context{set}`, `pooled{set}`.
+fn on_inputs(model: &Mmdit, refs: &common::Refs, set: &str) -> Tensor<4> {
+    let device = Device::flex();
+    model.forward(
+        refs.tensor(&format!("x{set}"), &device),
+        &refs.values(&format!("t{set}")),
+        refs.tensor(&format!("context{set}"), &device),
+        refs.tensor(&format!("pooled{set}"), &device),
+    )
+}
+
 #[test]
 fn the_mmdit_matches_diffusers_for_sd3_and_sd35_square_and_not() {
     let device = Device::flex();
     let refs = Refs::open("transformer.safetensors");
     for (name, dir) in [("sd3", "tiny-sd3"), ("sd35", "tiny-sd35")] {
         let model = Mmdit::from_dir(fixtures().join(dir).join("transformer"), &device).unwrap();
-        let out = model.forward(
-            refs.tensor("x", &device),
-            &refs.values("t"),
-            refs.tensor("context", &device),
-            refs.tensor("pooled", &device),
-        );
+        let out = on_inputs(&model, &refs, "");
         close(name, out, &refs, &format!("{name}.out"), 1e-4);
         // 6×8 latents: a non-square crop of the position grid, one timestep for the batch.
-        let out = model.forward(
-            refs.tensor("x2", &device),
-            &refs.values("t2"),
-            refs.tensor("context2", &device),
-            refs.tensor("pooled2", &device),
-        );
+        let out = on_inputs(&model, &refs, "2");
         close(name, out, &refs, &format!("{name}.out2"), 1e-4);
     }
 }
@@ -219,22 +220,20 @@ fn the_prompt_conditioning_matches_diffusers_without_t5() {
     );
 }
 
+/// The reference run: both prompts, negative `""`, the reference's starting latents, 2 steps,
+/// guidance 4.5, 8 T5 tokens.
+fn two_steps(p: &Sd3Pipeline, refs: &common::Refs) -> rlrig_sd::sd3::Sd3Generated {
+    let latents = refs.tensor("latents", &Device::flex());
+    p.generate(&PROMPTS, &["", ""], latents, 2, 4.5, 8).unwrap()
+}
+
 #[test]
 fn a_two_step_guided_sd3_pipeline_matches_diffusers_end_to_end() {
     let device = Device::flex();
     let p = pipeline(T5::Zeros, &device);
     assert_eq!(p.default_size(), 16);
     let refs = Refs::open("pipeline.safetensors");
-    let out = p
-        .generate(
-            &PROMPTS,
-            &["", ""],
-            refs.tensor("latents", &device),
-            2,
-            4.5,
-            8,
-        )
-        .unwrap();
+    let out = two_steps(&p, &refs);
     close("final latents", out.latents, &refs, "final", 1e-3);
     let (image, shape) = refs.f32("image");
     let expected: Vec<f32> = image
@@ -249,16 +248,7 @@ fn a_two_step_guided_sd3_pipeline_matches_diffusers_end_to_end() {
     assert!(e <= 1e-3, "image: relative error {e:e}");
     // With T5.
     let p = pipeline(T5::Auto, &device);
-    let out = p
-        .generate(
-            &PROMPTS,
-            &["", ""],
-            refs.tensor("latents", &device),
-            2,
-            4.5,
-            8,
-        )
-        .unwrap();
+    let out = two_steps(&p, &refs);
     close(
         "final latents with T5",
         out.latents,
@@ -387,12 +377,7 @@ fn a_peft_lora_adapter_gives_peft_s_output_and_unsupported_peft_features_are_nam
     let mut model = Mmdit::from_dir(fixtures().join("tiny-sd35/transformer"), &device).unwrap();
     let config = rlrig_sd::lora::load_dir(&mut model, &fixtures().join("lora-sd35")).unwrap();
     assert_eq!((config.r, config.lora_alpha), (3, 6.0));
-    let out = model.forward(
-        refs.tensor("x", &device),
-        &refs.values("t"),
-        refs.tensor("context", &device),
-        refs.tensor("pooled", &device),
-    );
+    let out = on_inputs(&model, &refs, "");
     close("sd35 + LoRA", out, &refs, "sd35_lora.out", 1e-4);
     // Saved by rlrig and loaded again: the same adapters.
     let tmp = tempfile::tempdir().unwrap();
@@ -520,12 +505,7 @@ fn sharded_weights_load_as_one_file_and_a_missing_shard_or_tensor_is_named() {
     let tmp = tempfile::tempdir().unwrap();
     shard(&src, tmp.path(), &[]);
     let model = Mmdit::from_dir(tmp.path(), &device).unwrap();
-    let out = model.forward(
-        refs.tensor("x", &device),
-        &refs.values("t"),
-        refs.tensor("context", &device),
-        refs.tensor("pooled", &device),
-    );
+    let out = on_inputs(&model, &refs, "");
     close("sharded sd35", out, &refs, "sd35.out", 1e-4);
     // A shard the index names is not there.
     std::fs::remove_file(
