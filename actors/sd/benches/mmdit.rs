@@ -11,11 +11,9 @@
 
 mod common;
 
-use std::time::Instant;
-
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
-use common::{env, lcg, median, rayon_threads};
+use common::{env, lcg, median_ms, rayon_threads};
 use rlrig_sd::mmdit::{Mmdit, MmditConfig};
 
 const TINY: &str = include_str!("../tests/fixtures/sd3/tiny-sd3/transformer/config.json");
@@ -66,22 +64,13 @@ fn bench(
         let out = model.forward(sample.clone(), &TIMESTEPS, ctx.clone(), pool.clone());
         let _ = out.into_data();
     };
-    for _ in 0..warmup {
-        forward();
-    }
-    let times: Vec<f64> = (0..runs)
-        .map(|_| {
-            let t0 = Instant::now();
-            forward();
-            t0.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
+    let ms = median_ms(forward, runs, warmup);
     println!(
         "mmdit {name:<5} {:>14} {:>12} {:>10} {:>10.1} {:>5}",
         format!("{latents:?}").replace(' ', ""),
         format!("{context:?}").replace(' ', ""),
         model.num_params(),
-        median(times),
+        ms,
         runs
     );
 }

@@ -10,11 +10,9 @@
 
 mod common;
 
-use std::time::Instant;
-
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
-use common::{env, lcg, median, rayon_threads};
+use common::{env, lcg, median_ms, rayon_threads};
 use rlrig_sd::unet::{UNet, UNetConfig};
 
 const TINY: &str = include_str!("../tests/fixtures/tiny-sd/unet/config.json");
@@ -57,22 +55,13 @@ fn bench(
         let out = unet.forward(sample.clone(), &TIMESTEPS, &ctx);
         let _ = out.into_data();
     };
-    for _ in 0..warmup {
-        forward();
-    }
-    let times: Vec<f64> = (0..runs)
-        .map(|_| {
-            let t0 = Instant::now();
-            forward();
-            t0.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
+    let ms = median_ms(forward, runs, warmup);
     println!(
         "unet {name:<5} {:>12} {:>14} {:>10} {:>10.1} {:>5}",
         format!("{latents:?}").replace(' ', ""),
         format!("{context:?}").replace(' ', ""),
         unet.num_params(),
-        median(times),
+        ms,
         runs
     );
 }

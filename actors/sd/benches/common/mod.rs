@@ -23,8 +23,18 @@ pub fn lcg(seed: u64, n: usize) -> Vec<f32> {
         .collect()
 }
 
-/// `v[len / 2]` of the sorted values.
-pub fn median(mut v: Vec<f64>) -> f64 {
+/// Runs `f` `warmup` times, then `runs` times timed: `v[len / 2]` of the sorted times, in ms.
+pub fn median_ms(mut f: impl FnMut(), runs: usize, warmup: usize) -> f64 {
+    for _ in 0..warmup {
+        f();
+    }
+    let mut v: Vec<f64> = (0..runs)
+        .map(|_| {
+            let t0 = std::time::Instant::now();
+            f();
+            t0.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
