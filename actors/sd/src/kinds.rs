@@ -359,7 +359,7 @@ impl Sd3Settings {
         LoraConfig {
             r: self.lora_rank,
             lora_alpha: self.lora_alpha,
-            target_modules: self.lora_targets.clone(),
+            target_modules: self.lora_targets.clone().into(),
         }
     }
 

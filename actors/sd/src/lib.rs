@@ -21,7 +21,7 @@ pub mod clip;
 pub mod flow_match;
 mod images;
 pub mod kinds;
-mod load;
+pub mod load;
 pub mod lora;
 pub mod mmdit;
 pub mod pipeline;

@@ -19,7 +19,7 @@ use crate::SdError;
 ///
 /// When `path` is not there but `<path>.index.json` is (transformers' and diffusers' sharded
 /// checkpoints: a `weight_map` from tensor to shard file), every shard it names is loaded.
-pub(crate) fn pytorch_weights<M: Module + ModuleSnapshot>(
+pub fn pytorch_weights<M: Module + ModuleSnapshot>(
     model: &mut M,
     path: &Path,
     remaps: &[(&str, &str)],

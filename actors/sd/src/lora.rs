@@ -116,8 +116,44 @@ pub struct LoraConfig {
     pub r: usize,
     /// `α`: the adapter's term is scaled by `α/r`.
     pub lora_alpha: f64,
-    /// Module names (the last parts of their paths) that get adapters.
-    pub target_modules: Vec<String>,
+    /// The projections that get adapters.
+    pub target_modules: Targets,
+}
+
+/// PEFT's `target_modules`: module names, or one regular expression.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Targets {
+    /// Names matching a module's whole path or its end after a dot (`q_proj`).
+    Names(Vec<String>),
+    /// A regular expression matching a module's whole path.
+    Regex(String),
+}
+
+impl From<Vec<String>> for Targets {
+    fn from(names: Vec<String>) -> Self {
+        Targets::Names(names)
+    }
+}
+
+impl Targets {
+    /// Whether the module at `path` is targeted (PEFT's rules).
+    fn matches(&self, path: &str, regex: Option<&regex::Regex>) -> bool {
+        match self {
+            Targets::Names(names) => targeted(path, names),
+            Targets::Regex(_) => regex.is_some_and(|r| r.is_match(path)),
+        }
+    }
+
+    /// The compiled expression (anchored at both ends, as PEFT's `re.fullmatch`).
+    fn regex(&self) -> Result<Option<regex::Regex>, String> {
+        match self {
+            Targets::Names(_) => Ok(None),
+            Targets::Regex(r) => regex::Regex::new(&format!("^(?:{r})$"))
+                .map(Some)
+                .map_err(|e| format!("`target_modules` {r:?}: {e}")),
+        }
+    }
 }
 
 /// PEFT's `adapter_config.json`, the fields rlrig reads and writes.
@@ -127,7 +163,7 @@ struct AdapterConfig {
     peft_type: String,
     r: usize,
     lora_alpha: f64,
-    target_modules: Vec<String>,
+    target_modules: Targets,
     #[serde(default)]
     use_rslora: bool,
     #[serde(default)]
@@ -172,21 +208,34 @@ pub fn attach<M: Adapted>(
     if config.r == 0 {
         return Err(SdError::Settings("LoRA rank `r` must be at least 1".into()));
     }
-    let mut hit = vec![false; config.target_modules.len()];
+    let regex = config.target_modules.regex().map_err(SdError::Settings)?;
+    let names: &[String] = match &config.target_modules {
+        Targets::Names(n) => n,
+        Targets::Regex(_) => &[],
+    };
+    let mut hit = vec![false; names.len()];
+    let mut any = false;
     for (path, p) in model.projections_mut() {
-        for (i, t) in config.target_modules.iter().enumerate() {
+        for (i, t) in names.iter().enumerate() {
             if targeted(&path, std::slice::from_ref(t)) {
                 hit[i] = true;
             }
         }
-        if targeted(&path, &config.target_modules) {
+        if config.target_modules.matches(&path, regex.as_ref()) {
             p.attach(config.r, config.lora_alpha, device);
+            any = true;
         }
     }
     if let Some(i) = hit.iter().position(|h| !h) {
         return Err(SdError::Settings(format!(
             "LoRA target module {:?} matches no projection of the model",
-            config.target_modules[i]
+            names[i]
+        )));
+    }
+    if !any {
+        return Err(SdError::Settings(format!(
+            "LoRA `target_modules` {:?} matches no projection of the model",
+            config.target_modules
         )));
     }
     Ok(())
@@ -287,9 +336,10 @@ pub fn from_bytes<M: Adapted>(
         by_path.entry(path.to_string()).or_default()[which] = Some((values, shape));
     }
     let scale = config.lora_alpha / config.r as f64;
+    let regex = config.target_modules.regex().map_err(fail)?;
     let mut used = 0;
     for (path, p) in model.projections_mut() {
-        if !targeted(&path, &config.target_modules) {
+        if !config.target_modules.matches(&path, regex.as_ref()) {
             continue;
         }
         let Some([a, b]) = by_path.remove(&path) else {
