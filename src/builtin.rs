@@ -6,6 +6,7 @@ use rlrig_baseline::{
 };
 use rlrig_engine::{LearnerProblem, Registry, any_role_model};
 use rlrig_external::{ExternalActor, ExternalConfig};
+use rlrig_qwen::kinds::{CheckerSettings, PolicySettings, QwenChecker, QwenPolicy};
 use rlrig_sd::kinds::{Ip2pEditor, Sd3Diffuser, Sd3Settings, SdDiffuser, SdSettings};
 
 /// A registry with every built-in kind:
@@ -24,6 +25,8 @@ use rlrig_sd::kinds::{Ip2pEditor, Sd3Diffuser, Sd3Settings, SdDiffuser, SdSettin
 /// | `diffuser.sd` | diffuser | Stable Diffusion 1.x / 2.x from a diffusers directory |
 /// | `diffuser.sd3` | diffuser | Stable Diffusion 3 / 3.5 from a diffusers directory; trains with Flow-GRPO through LoRA |
 /// | `editor.instruct-pix2pix` | editor | InstructPix2Pix from a diffusers directory |
+/// | `checker.qwen2-vl` | checker | Qwen2.5-VL from a transformers directory, asked LAION-SG's extraction question |
+/// | `policy.qwen2-vl` | policy | Qwen2.5-VL from a transformers directory writing edit prompts; trains with GRPO through LoRA |
 /// | `external` | any | a child process speaking rlrig's line-delimited JSON protocol (docs/external-protocol.md) |
 ///
 /// The `neural.*` kinds, and the learners that train `neural.policy` and `neural.editor`, come
@@ -97,6 +100,58 @@ pub fn builtin_registry() -> Registry {
         |c, ctx| {
             let device = rlrig_models::device::select(&ctx.device)?;
             Ok(Box::new(Ip2pEditor::new(&c, &ctx.base_dir, &device)?))
+        },
+    );
+    r.add_checker(
+        "checker.qwen2-vl",
+        "Qwen2.5-VL from a transformers directory, asked LAION-SG's extraction question about the image: `path`, `template` ({question}), `max_new_tokens`, `unreadable` (error | nothing_seen), `adapter`",
+        |c: &CheckerSettings| Ok(c.check()?),
+        |c, ctx| {
+            let device = rlrig_models::device::select(&ctx.device)?;
+            Ok(Box::new(QwenChecker::new(&c, &ctx.base_dir, &device)?))
+        },
+    );
+    r.add_policy(
+        "policy.qwen2-vl",
+        "Qwen2.5-VL from a transformers directory as the paper's Actor; GRPO through LoRA: `path`, `template` ({prompt}, {reflection}), `max_new_tokens`, `temperature`, `lora_rank`, `lora_alpha`, `lora_targets`, `adapter`",
+        |c: &PolicySettings| Ok(c.check()?),
+        |c, ctx| {
+            let device = rlrig_models::device::select(&ctx.device)?;
+            Ok(Box::new(QwenPolicy::new(&c, &ctx.base_dir, &device)?))
+        },
+    );
+    r.add_learner(
+        "policy.qwen2-vl",
+        |c: &PolicySettings, t| {
+            if c.temperature <= 0.0 {
+                return Err(LearnerProblem::Settings(
+                    "temperature".into(),
+                    "the trained policy must sample: set `temperature` above 0".into(),
+                ));
+            }
+            if (c.temperature - t.temperature).abs() > 1e-12 {
+                return Err(LearnerProblem::Train(
+                    "temperature".into(),
+                    format!(
+                        "{} differs from the policy's sampling temperature {}: the log-probs must be taken at the temperature they were sampled at",
+                        t.temperature, c.temperature
+                    ),
+                ));
+            }
+            Ok(())
+        },
+        |c, ctx, t| {
+            let device = rlrig_models::kinds::learner_device(t)?;
+            let config = rlrig_models::grpo::LearnerConfig {
+                grpo: rlrig_models::kinds::grpo_config(t),
+                lr: t.learning_rate,
+                max_grad_norm: t.max_grad_norm as f32,
+                temperature: t.temperature,
+            };
+            let learner = c
+                .learner(&ctx.base_dir, &device, config)
+                .map_err(|e| LearnerProblem::Other(e.to_string()))?;
+            Ok(Box::new(learner))
         },
     );
     r.add_checker(

@@ -22,6 +22,8 @@ use std::path::{Path, PathBuf};
 
 pub mod chat;
 pub mod config;
+pub mod grpo;
+pub mod kinds;
 pub mod model;
 pub mod preprocess;
 pub mod text;

@@ -234,7 +234,7 @@ impl Net {
                 .slice([0..1, l - 1..l, 0..v])
                 .into_data()
                 .convert::<f32>()
-                .to_vec()
+                .try_into_vec::<f32>()
                 .map_err(|e| QwenError::Invalid(format!("logits: {e:?}")))?;
             let logp = log_softmax_row(&row, t);
             let next = if sampling.temperature > 0.0 {
@@ -254,7 +254,7 @@ impl Net {
             self.token_logprobs(config, prompt, &tokens, sampling.temperature, lora)?
                 .into_data()
                 .convert::<f32>()
-                .to_vec()
+                .try_into_vec::<f32>()
                 .map_err(|e| QwenError::Invalid(format!("log-probs: {e:?}")))?
         };
         Ok(Generation {
@@ -350,27 +350,72 @@ pub fn positions(
     Ok(out)
 }
 
-/// A loaded model: the network, its configuration, image processor, tokenizer and template.
+/// Everything of a model directory but the weights: the image processor, the tokenizer and
+/// the chat template, which turn an image and a text into a [`Prompt`].
+pub struct Processor {
+    /// `preprocessor_config.json`.
+    pub image: ProcessorConfig,
+    /// `tokenizer.json` and the chat template.
+    pub chat: Chat,
+}
+
+impl Processor {
+    /// Reads a transformers directory's processor files.
+    pub fn from_dir(dir: &Path) -> Result<Self, QwenError> {
+        Ok(Processor {
+            image: ProcessorConfig::from_file(&dir.join("preprocessor_config.json"))?,
+            chat: Chat::from_dir(dir)?,
+        })
+    }
+
+    /// The prompt of one user turn showing `image` (if any) and saying `text`, the
+    /// assistant's turn opened.
+    pub fn prompt(&self, image: Option<&Image>, text: &str) -> Result<Prompt, QwenError> {
+        let patches = image.map(|i| preprocess(&self.image, i)).transpose()?;
+        let mut rendered = self.chat.render(patches.is_some(), text)?;
+        if let Some(p) = &patches {
+            let n = self.image.image_tokens(p.grid);
+            rendered = rendered.replacen("<|image_pad|>", &"<|image_pad|>".repeat(n), 1);
+        }
+        Ok(Prompt {
+            ids: self.chat.encode(&rendered)?,
+            image: patches,
+        })
+    }
+
+    /// Tokens that end a generation: `config`'s end tokens, `<|im_end|>` and `<|endoftext|>`.
+    pub fn stop_tokens(&self, config: &QwenConfig) -> Vec<u32> {
+        let mut v = config.eos_token_ids.clone();
+        v.extend(
+            ["<|im_end|>", "<|endoftext|>"]
+                .iter()
+                .filter_map(|t| self.chat.token_id(t)),
+        );
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+}
+
+/// A loaded model: the network, its configuration and its processor.
 pub struct QwenVl {
     /// The network.
     pub net: Net,
     /// `config.json`.
     pub config: QwenConfig,
-    /// `preprocessor_config.json`.
-    pub processor: ProcessorConfig,
-    /// `tokenizer.json` and the chat template.
-    pub chat: Chat,
+    /// The image processor, tokenizer and chat template.
+    pub processor: Processor,
 }
 
 impl QwenVl {
     /// Loads a transformers directory: `config.json`, `model.safetensors` (or shards with
     /// `model.safetensors.index.json`), `tokenizer.json`, `preprocessor_config.json` and the
-    /// chat template. Tensor names of transformers 4.x (`model.layers.*`, `visual.*`) and 5.x
-    /// (`model.language_model.*`, `model.visual.*`) both load.
+    /// chat template. Tensor names of the published checkpoints (`model.layers.*`,
+    /// `visual.*`) and of transformers 5's modules (`model.language_model.*`,
+    /// `model.visual.*`) both load.
     pub fn from_dir(dir: &Path, device: &Device) -> Result<Self, QwenError> {
         let config = QwenConfig::from_file(&dir.join("config.json"))?;
-        let processor = ProcessorConfig::from_file(&dir.join("preprocessor_config.json"))?;
-        let chat = Chat::from_dir(dir)?;
+        let processor = Processor::from_dir(dir)?;
         let mut net = Net::new(&config, device);
         let ignore: &[&str] = if config.tie_word_embeddings {
             &["lm_head.weight"]
@@ -399,37 +444,12 @@ impl QwenVl {
             net,
             config,
             processor,
-            chat,
         })
     }
 
-    /// The prompt of one user turn showing `image` (if any) and saying `text`, the
-    /// assistant's turn opened.
+    /// The prompt of one user turn ([`Processor::prompt`]).
     pub fn prompt(&self, image: Option<&Image>, text: &str) -> Result<Prompt, QwenError> {
-        let patches = image.map(|i| preprocess(&self.processor, i)).transpose()?;
-        let mut rendered = self.chat.render(patches.is_some(), text)?;
-        if let Some(p) = &patches {
-            let n = self.processor.image_tokens(p.grid);
-            rendered = rendered.replacen("<|image_pad|>", &"<|image_pad|>".repeat(n), 1);
-        }
-        Ok(Prompt {
-            ids: self.chat.encode(&rendered)?,
-            image: patches,
-        })
-    }
-
-    /// Tokens that end a generation: the configuration's end tokens, `<|im_end|>` and
-    /// `<|endoftext|>`.
-    pub fn stop_tokens(&self) -> Vec<u32> {
-        let mut v = self.config.eos_token_ids.clone();
-        v.extend(
-            ["<|im_end|>", "<|endoftext|>"]
-                .iter()
-                .filter_map(|t| self.chat.token_id(t)),
-        );
-        v.sort_unstable();
-        v.dedup();
-        v
+        self.processor.prompt(image, text)
     }
 }
 

@@ -304,7 +304,7 @@ impl ProcessorConfig {
     /// Tokens an image of `grid` (temporal, height, width, in patches) takes in the decoder:
     /// `t · h · w / merge_size²`.
     pub fn image_tokens(&self, grid: [usize; 3]) -> usize {
-        grid[0] * grid[1] * grid[2] / (self.merge_size * self.merge_size)
+        grid[0] * grid[1] * grid[2] / (self.merge_size * self.merge_size).max(1)
     }
 
     /// The patch grid (temporal, height, width) [`preprocess`] gives an image of `height` ×
@@ -324,7 +324,7 @@ impl ProcessorConfig {
         } else {
             (height, width)
         };
-        if h == 0 || w == 0 || h % factor != 0 || w % factor != 0 {
+        if h == 0 || w == 0 || !h.is_multiple_of(factor) || !w.is_multiple_of(factor) {
             return Err(QwenError::Invalid(format!(
                 "an image of {w}x{h} pixels is not whole {factor}x{factor} merged patches{}",
                 if self.do_resize {

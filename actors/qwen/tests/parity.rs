@@ -98,7 +98,7 @@ fn the_image_processor_gives_transformers_pixels_and_grid() {
     let refs = Refs::open();
     let model = load("tiny");
     for x in ["a", "b", "c"] {
-        let p = preprocess(&model.processor, &image(x)).unwrap();
+        let p = preprocess(&model.processor.image, &image(x)).unwrap();
         let grid: Vec<i64> = p.grid.iter().map(|&g| g as i64).collect();
         assert_eq!(grid, refs.ints(&format!("grid.{x}")), "image {x}");
         let hw = refs.ints(&format!("resized_hw.{x}"));
@@ -113,11 +113,12 @@ fn chat_template_tokenizer_and_positions_match() {
     let refs = Refs::open();
     let model = load("tiny");
     assert_eq!(
-        model.chat.render(true, TEXT).unwrap(),
+        model.processor.chat.render(true, TEXT).unwrap(),
         refs.json["chat_text"].as_str().unwrap()
     );
     for t in refs.json["text_ids"].as_array().unwrap() {
         let ids: Vec<i64> = model
+            .processor
             .chat
             .encode(t["text"].as_str().unwrap())
             .unwrap()
@@ -139,7 +140,7 @@ fn chat_template_tokenizer_and_positions_match() {
         .map(|v| v.as_u64().unwrap() as u32)
         .collect();
     assert_eq!(
-        model.chat.decode(&first).unwrap(),
+        model.processor.chat.decode(&first).unwrap(),
         refs.json["decoded"].as_str().unwrap()
     );
     for x in ["a", "b"] {
