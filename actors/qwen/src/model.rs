@@ -98,7 +98,13 @@ impl Net {
     ) -> Result<Tensor<3>, QwenError> {
         let device = self.model.language_model.embed_tokens.weight.device();
         let ids: Vec<u32> = prompt.ids.iter().chain(extra).copied().collect();
-        let positions = positions(config, &ids, prompt.image.as_ref().map(|p| p.grid))?;
+        // Generated tokens are text whatever they are (as transformers' decoding positions
+        // them): the image is the prompt's.
+        let mut positions = positions(config, &prompt.ids, prompt.image.as_ref().map(|p| p.grid))?;
+        let next = positions.iter().flatten().max().map_or(0, |m| m + 1);
+        for axis in &mut positions {
+            axis.extend((0..extra.len() as i64).map(|k| next + k));
+        }
         let from = cache.as_ref().map_or(0, |c| c.len());
         if from >= ids.len() {
             return Err(QwenError::Invalid(format!(
@@ -115,7 +121,7 @@ impl Net {
         );
         let mut x = self.model.language_model.embed(id_tensor);
         if let (Some(patches), 0) = (&prompt.image, from) {
-            x = self.with_image(config, x, fed, patches, lora)?;
+            x = self.with_image(config, x, &prompt.ids, patches, lora)?;
         }
         let h = self.model.language_model.forward(x, &rotary, cache, lora);
         Ok(self.head(h))
@@ -149,7 +155,8 @@ impl Net {
             .forward(x, &layout, &config.vision.fullatt_block_indexes, lora)
     }
 
-    /// `x` with the image's placeholder embeddings replaced by the vision tower's tokens.
+    /// `x` with the image's placeholder embeddings (in `ids`, the prompt's) replaced by the
+    /// vision tower's tokens.
     fn with_image(
         &self,
         config: &QwenConfig,

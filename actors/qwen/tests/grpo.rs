@@ -103,6 +103,8 @@ fn the_learner_reproduces_the_policys_log_probs_and_moves_only_the_adapters() {
             .fold(0f32, f32::max);
         assert!(worst <= 1e-5, "{again:?} vs {:?}", p.logprobs);
     }
+    // Sampled special tokens (here the image placeholder) are scored as text after the prompt.
+    assert_eq!(learner.score(&prompt, &[398, 12, 398]).unwrap().len(), 3);
     let before = learner.adapters().unwrap();
     let stats = GrpoLearner::step(&mut learner, std::slice::from_ref(&g)).unwrap();
     assert_eq!(
