@@ -300,16 +300,18 @@ impl QwenConfig {
         let t = &self.text;
         let v = &self.vision;
         if t.num_attention_heads == 0
-            || t.hidden_size % t.num_attention_heads != 0
+            || !t.hidden_size.is_multiple_of(t.num_attention_heads)
             || t.num_key_value_heads == 0
-            || t.num_attention_heads % t.num_key_value_heads != 0
+            || !t.num_attention_heads.is_multiple_of(t.num_key_value_heads)
         {
             return Err(bad(format!(
                 "`hidden_size` {} / `num_attention_heads` {} / `num_key_value_heads` {}: the heads must divide the width and the key-value heads the heads",
                 t.hidden_size, t.num_attention_heads, t.num_key_value_heads
             )));
         }
-        if t.head_dim() % 2 != 0 || t.mrope_section.iter().sum::<usize>() != t.head_dim() / 2 {
+        if !t.head_dim().is_multiple_of(2)
+            || t.mrope_section.iter().sum::<usize>() != t.head_dim() / 2
+        {
             return Err(bad(format!(
                 "`mrope_section` {:?} must add up to half the head width ({})",
                 t.mrope_section,
@@ -317,8 +319,8 @@ impl QwenConfig {
             )));
         }
         if v.num_heads == 0
-            || v.hidden_size % v.num_heads != 0
-            || (v.hidden_size / v.num_heads) % 4 != 0
+            || !v.hidden_size.is_multiple_of(v.num_heads)
+            || !(v.hidden_size / v.num_heads).is_multiple_of(4)
         {
             return Err(bad(format!(
                 "`vision_config.hidden_size` {} / `num_heads` {}: the head width must be a multiple of 4",
@@ -326,7 +328,7 @@ impl QwenConfig {
             )));
         }
         let unit = v.spatial_merge_size * v.patch_size;
-        if unit == 0 || v.window_size % unit != 0 || v.window_size < unit {
+        if unit == 0 || !v.window_size.is_multiple_of(unit) || v.window_size < unit {
             return Err(bad(format!(
                 "`vision_config.window_size` {} must be a multiple of patch_size × spatial_merge_size ({unit})",
                 v.window_size

@@ -13,8 +13,8 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::{Device, Tensor, TensorData};
 use rlrig_contract::{GrpoGroup, GrpoLearner, LearnStats, RoleError, WeightsUpdate};
+use rlrig_hf::lora::{self, LoraConfig};
 use rlrig_models::grpo::{LearnerConfig, LossType, group_advantages, loss, reward_stats};
-use rlrig_sd::lora::{self, LoraConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::QwenError;

@@ -15,8 +15,8 @@ use rlrig_contract::{
     CheckReport, CheckRequest, Checker, EditPolicy, EditProposal, ProposeRequest, RoleError,
     SceneGraph, WeightsUpdate,
 };
+use rlrig_hf::lora::{self, LoraConfig, Targets};
 use rlrig_models::grpo::LearnerConfig;
-use rlrig_sd::lora::{self, LoraConfig, Targets};
 use serde::{Deserialize, Serialize};
 
 use crate::QwenError;

@@ -20,6 +20,9 @@
 
 use std::path::{Path, PathBuf};
 
+/// The burn this crate is built with (for callers that build tensors).
+pub use burn;
+
 pub mod chat;
 pub mod config;
 pub mod grpo;
@@ -51,9 +54,9 @@ pub enum QwenError {
         /// What is wrong, naming the key.
         message: String,
     },
-    /// Weights or adapters that do not fit the model (from the shared loader, naming tensors).
+    /// Weights or adapters that cannot be read or do not fit the model (tensors named).
     #[error(transparent)]
-    Load(#[from] rlrig_sd::SdError),
+    Checkpoint(#[from] rlrig_hf::HfError),
     /// The tokenizer or the chat template failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),

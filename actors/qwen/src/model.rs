@@ -15,7 +15,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::Rng;
 use rlrig_contract::Image;
-use rlrig_sd::lora::{Adapted, Proj};
+use rlrig_hf::lora::{Adapted, Proj};
 
 use crate::QwenError;
 use crate::chat::Chat;
@@ -429,7 +429,7 @@ impl QwenVl {
         } else {
             &[]
         };
-        rlrig_sd::load::pytorch_weights(
+        rlrig_hf::load::pytorch_weights(
             &mut net,
             &dir.join("model.safetensors"),
             &[

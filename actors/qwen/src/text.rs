@@ -11,7 +11,7 @@ use burn::nn::{Embedding, EmbeddingConfig, LinearConfig};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use rlrig_sd::lora::Proj;
+use rlrig_hf::lora::Proj;
 
 use crate::config::TextConfig;
 use crate::vision::Mlp;
@@ -124,11 +124,13 @@ impl Rotary {
             Vec::with_capacity(b * l * head),
             Vec::with_capacity(b * l * head),
         );
-        for bi in 0..b {
-            for li in 0..l {
-                let angles: Vec<f32> = (0..half)
-                    .map(|j| positions[axis(j)][bi][li] as f32 * inv[j])
-                    .collect();
+        for (t_row, (h_row, w_row)) in positions[0]
+            .iter()
+            .zip(positions[1].iter().zip(&positions[2]))
+        {
+            for ((&pt, &ph), &pw) in t_row.iter().zip(h_row).zip(w_row) {
+                let p = [pt, ph, pw];
+                let angles: Vec<f32> = (0..half).map(|j| p[axis(j)] as f32 * inv[j]).collect();
                 for _ in 0..2 {
                     cos.extend(angles.iter().map(|a| a.cos()));
                     sin.extend(angles.iter().map(|a| a.sin()));

@@ -17,7 +17,7 @@ use burn::tensor::activation::{gelu, silu};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor, TensorData};
-use rlrig_sd::lora::Proj;
+use rlrig_hf::lora::Proj;
 
 use crate::config::VisionConfig;
 use crate::text::{RmsNorm, rotate_half};

@@ -10,8 +10,8 @@ use rlrig_contract::{
     ProposeRequest, SceneGraph,
 };
 use rlrig_models::grpo::LearnerConfig;
+use rlrig_qwen::burn::tensor::Device;
 use rlrig_qwen::kinds::{CheckerSettings, PolicySettings, QwenChecker, QwenPolicy, Unreadable};
-use rlrig_sd::burn::tensor::Device;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2_5_vl")

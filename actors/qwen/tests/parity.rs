@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor};
 use rlrig_contract::Image;
+use rlrig_hf::lora;
+use rlrig_qwen::burn;
 use rlrig_qwen::model::{QwenVl, Sampling, positions};
 use rlrig_qwen::preprocess::preprocess;
-use rlrig_sd::burn;
-use rlrig_sd::lora;
 use safetensors::SafeTensors;
 use serde_json::Value;
 

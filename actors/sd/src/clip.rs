@@ -229,7 +229,7 @@ impl ClipTextModel {
             message: e.to_string(),
         })?;
         let weights = dir.join("model.safetensors");
-        crate::load::pytorch_weights(
+        rlrig_hf::load::pytorch_weights(
             &mut model,
             &weights,
             &[(r"^text_model\.", "")],

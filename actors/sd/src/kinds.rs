@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 use crate::SdError;
 use crate::clip::ClipTextModel;
 use crate::images::{from_image, noise, to_images};
-use crate::lora::{self, LoraConfig};
 use crate::pipeline::Pipeline;
 use crate::scheduler::Scheduler;
 use crate::sd3::{Sd3Pipeline, T5};
@@ -22,6 +21,7 @@ use crate::sd3_grpo::{ExploreConfig, Sd3FlowLearner, explore};
 use crate::tokenizer::ClipTokenizer;
 use crate::unet::UNet;
 use crate::vae::Vae;
+use rlrig_hf::lora::{self, LoraConfig};
 
 /// Settings of both kinds, as flows give them. Paths are relative to the flow file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -507,7 +507,7 @@ impl Diffuser for Sd3Diffuser {
             None,
             &origin,
         )
-        .map_err(role_err)?;
+        .map_err(|e| role_err(e.into()))?;
         self.version = update.version;
         Ok(())
     }

@@ -5,7 +5,7 @@
 //! Built: the CLIP tokenizer ([`tokenizer`]) and text encoders ([`clip`]), the UNet of SD 1.x /
 //! 2.x / InstructPix2Pix ([`unet`]), Stable Diffusion 3's MMDiT ([`mmdit`]), the VAE ([`vae`]),
 //! the DDIM, Euler and flow-matching schedulers ([`scheduler`], [`flow_match`]), the pipelines
-//! ([`pipeline`], [`sd3`]), LoRA adapters in PEFT's layout ([`lora`]), Flow-GRPO for SD3
+//! ([`pipeline`], [`sd3`]), Flow-GRPO for SD3 through LoRA adapters (`rlrig_hf::lora`)
 //! ([`sd3_grpo`]) and the kinds ([`kinds`]). Each is checked against diffusers / transformers /
 //! PEFT outputs on tiny random-weight models (`tests/fixtures/`, made by the scripts in
 //! `scripts/sd_fixtures/`).
@@ -21,8 +21,6 @@ pub mod clip;
 pub mod flow_match;
 mod images;
 pub mod kinds;
-pub mod load;
-pub mod lora;
 pub mod mmdit;
 pub mod pipeline;
 pub mod scheduler;
@@ -72,6 +70,19 @@ pub enum SdError {
     /// A kind's settings are refused, or name a model that does not fit the kind.
     #[error("{0}")]
     Settings(String),
+}
+
+impl From<rlrig_hf::HfError> for SdError {
+    fn from(e: rlrig_hf::HfError) -> Self {
+        use rlrig_hf::HfError as H;
+        match e {
+            H::Missing(p) => SdError::Missing(p),
+            H::Io { path, message } => SdError::Io { path, message },
+            H::Config { path, message } => SdError::Config { path, message },
+            H::Weights { path, message } => SdError::Weights { path, message },
+            H::Settings(m) => SdError::Settings(m),
+        }
+    }
 }
 
 /// Reads a JSON config, naming the file and the key on error.

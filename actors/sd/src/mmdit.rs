@@ -24,7 +24,7 @@ use serde::Deserialize;
 
 use crate::SdError;
 use crate::blocks::{linear, sinusoidal};
-use crate::lora::{Adapted, Proj};
+use rlrig_hf::lora::{Adapted, Proj};
 
 /// The fields of a `transformer/config.json`; any other key (but diffusers' `_`-prefixed
 /// bookkeeping) is refused by name.
@@ -498,7 +498,7 @@ impl Mmdit {
             path: config_path,
             message: e.to_string(),
         })?;
-        crate::load::pytorch_weights(
+        rlrig_hf::load::pytorch_weights(
             &mut model,
             &dir.join("diffusion_pytorch_model.safetensors"),
             &[

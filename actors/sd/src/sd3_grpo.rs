@@ -29,8 +29,8 @@ use rlrig_models::rectified_flow::{SdeStep, adamw, gaussian_log_prob, sde_window
 use serde::{Deserialize, Serialize};
 
 use crate::SdError;
-use crate::lora::{self, LoraConfig};
 use crate::sd3::{Conditioning, Sd3Pipeline};
+use rlrig_hf::lora::{self, LoraConfig};
 
 /// How the exploring sampler runs.
 #[derive(Clone, Debug, PartialEq)]
@@ -206,7 +206,7 @@ impl Sd3FlowLearner {
 
     /// The adapters, as [`lora::to_bytes`] writes them.
     pub fn adapters(&self) -> Result<Vec<u8>, SdError> {
-        lora::to_bytes(&self.pipe().transformer, &self.lora)
+        Ok(lora::to_bytes(&self.pipe().transformer, &self.lora)?)
     }
 
     /// The log-probability of each stored step of `chains` (one per prompt) under the current

@@ -206,7 +206,7 @@ impl T5Encoder {
             path: config_path,
             message: e.to_string(),
         })?;
-        crate::load::pytorch_weights(
+        rlrig_hf::load::pytorch_weights(
             &mut model,
             &dir.join("model.safetensors"),
             &[

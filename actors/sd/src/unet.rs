@@ -378,7 +378,7 @@ impl UNet {
             Some(v) => format!("diffusion_pytorch_model.{v}.safetensors"),
             None => "diffusion_pytorch_model.safetensors".into(),
         };
-        crate::load::pytorch_weights(
+        rlrig_hf::load::pytorch_weights(
             &mut unet,
             &dir.join(file),
             &[

@@ -272,7 +272,7 @@ impl Vae {
             path: config_path,
             message: e.to_string(),
         })?;
-        crate::load::pytorch_weights(
+        rlrig_hf::load::pytorch_weights(
             &mut vae,
             &dir.join("diffusion_pytorch_model.safetensors"),
             &[(

@@ -375,18 +375,18 @@ fn a_peft_lora_adapter_gives_peft_s_output_and_unsupported_peft_features_are_nam
     let device = Device::flex();
     let refs = Refs::open("transformer.safetensors");
     let mut model = Mmdit::from_dir(fixtures().join("tiny-sd35/transformer"), &device).unwrap();
-    let config = rlrig_sd::lora::load_dir(&mut model, &fixtures().join("lora-sd35")).unwrap();
+    let config = rlrig_hf::lora::load_dir(&mut model, &fixtures().join("lora-sd35")).unwrap();
     assert_eq!((config.r, config.lora_alpha), (3, 6.0));
     let out = on_inputs(&model, &refs, "");
     close("sd35 + LoRA", out, &refs, "sd35_lora.out", 1e-4);
     // Saved by rlrig and loaded again: the same adapters.
     let tmp = tempfile::tempdir().unwrap();
-    rlrig_sd::lora::save_dir(&model, &config, tmp.path()).unwrap();
+    rlrig_hf::lora::save_dir(&model, &config, tmp.path()).unwrap();
     let mut again = Mmdit::from_dir(fixtures().join("tiny-sd35/transformer"), &device).unwrap();
-    rlrig_sd::lora::load_dir(&mut again, tmp.path()).unwrap();
+    rlrig_hf::lora::load_dir(&mut again, tmp.path()).unwrap();
     assert_eq!(
-        rlrig_sd::lora::to_bytes(&again, &config).unwrap(),
-        rlrig_sd::lora::to_bytes(&model, &config).unwrap()
+        rlrig_hf::lora::to_bytes(&again, &config).unwrap(),
+        rlrig_hf::lora::to_bytes(&model, &config).unwrap()
     );
     // PEFT settings that change the adapter's meaning are refused by name.
     let src = fixtures().join("lora-sd35");
@@ -408,14 +408,14 @@ fn a_peft_lora_adapter_gives_peft_s_output_and_unsupported_peft_features_are_nam
         )
         .unwrap();
         let mut m = Mmdit::from_dir(fixtures().join("tiny-sd35/transformer"), &device).unwrap();
-        let e = rlrig_sd::lora::load_dir(&mut m, dir.path())
+        let e = rlrig_hf::lora::load_dir(&mut m, dir.path())
             .unwrap_err()
             .to_string();
         assert!(e.contains(&format!("`{key}`")), "{e}");
     }
     // An adapter for another model (tiny-sd3 has no attn2 and 2 blocks): tensors named.
     let mut other = Mmdit::from_dir(fixtures().join("tiny-sd3/transformer"), &device).unwrap();
-    let e = rlrig_sd::lora::load_dir(&mut other, &src)
+    let e = rlrig_hf::lora::load_dir(&mut other, &src)
         .unwrap_err()
         .to_string();
     assert!(

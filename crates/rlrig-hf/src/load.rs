@@ -10,7 +10,7 @@ use burn::store::{
 use burn::tensor::DType;
 use serde::Deserialize;
 
-use crate::SdError;
+use crate::HfError;
 
 /// Loads `path` into `model`: names remapped by `remaps` (regex → replacement), tensors whose
 /// name ends with one of `ignore` (checkpoint buffers) dropped, PyTorch's Linear layout and norm names adapted. Every tensor of
@@ -24,21 +24,21 @@ pub fn pytorch_weights<M: Module + ModuleSnapshot>(
     path: &Path,
     remaps: &[(&str, &str)],
     ignore: &[&str],
-) -> Result<(), SdError> {
+) -> Result<(), HfError> {
     let index = PathBuf::from(format!("{}.index.json", path.display()));
     let shards = if path.is_file() {
         vec![path.to_owned()]
     } else if index.is_file() {
         shard_files(&index)?
     } else {
-        return Err(SdError::Missing(path.to_owned()));
+        return Err(HfError::Missing(path.to_owned()));
     };
     let origin = if shards.len() == 1 {
         &shards[0]
     } else {
         &index
     };
-    let fail = |message: String| SdError::Weights {
+    let fail = |message: String| HfError::Weights {
         path: origin.to_owned(),
         message,
     };
@@ -56,7 +56,7 @@ pub fn pytorch_weights<M: Module + ModuleSnapshot>(
         for (from, to) in remaps {
             store = store.with_key_remapping(*from, *to);
         }
-        let result = model.load_from(&mut store).map_err(|e| SdError::Weights {
+        let result = model.load_from(&mut store).map_err(|e| HfError::Weights {
             path: shard.clone(),
             message: e.to_string(),
         })?;
@@ -102,12 +102,12 @@ struct ShardIndex {
 }
 
 /// The shard files an index names, beside it, each once; a missing one is an error naming it.
-fn shard_files(index: &Path) -> Result<Vec<PathBuf>, SdError> {
+fn shard_files(index: &Path) -> Result<Vec<PathBuf>, HfError> {
     let map: ShardIndex = crate::read_json(index)?;
     let dir = index.parent().unwrap_or(Path::new("."));
     let files: BTreeSet<&String> = map.weight_map.values().collect();
     if files.is_empty() {
-        return Err(SdError::Config {
+        return Err(HfError::Config {
             path: index.to_owned(),
             message: "`weight_map` names no shard".into(),
         });
@@ -119,7 +119,7 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>, SdError> {
             if p.is_file() {
                 Ok(p)
             } else {
-                Err(SdError::Missing(p))
+                Err(HfError::Missing(p))
             }
         })
         .collect()

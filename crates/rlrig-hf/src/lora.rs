@@ -15,7 +15,7 @@ use burn::nn::Linear;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::SdError;
+use crate::HfError;
 
 /// A low-rank adapter: `A` as `[in, r]` and `B` as `[r, out]` (burn's layout, the transpose of
 /// PyTorch's), and the scale `α/r`.
@@ -204,11 +204,11 @@ pub fn attach<M: Adapted>(
     model: &mut M,
     config: &LoraConfig,
     device: &Device,
-) -> Result<(), SdError> {
+) -> Result<(), HfError> {
     if config.r == 0 {
-        return Err(SdError::Settings("LoRA rank `r` must be at least 1".into()));
+        return Err(HfError::Settings("LoRA rank `r` must be at least 1".into()));
     }
-    let regex = config.target_modules.regex().map_err(SdError::Settings)?;
+    let regex = config.target_modules.regex().map_err(HfError::Settings)?;
     let names: &[String] = match &config.target_modules {
         Targets::Names(n) => n,
         Targets::Regex(_) => &[],
@@ -227,13 +227,13 @@ pub fn attach<M: Adapted>(
         }
     }
     if let Some(i) = hit.iter().position(|h| !h) {
-        return Err(SdError::Settings(format!(
+        return Err(HfError::Settings(format!(
             "LoRA target module {:?} matches no projection of the model",
             names[i]
         )));
     }
     if !any {
-        return Err(SdError::Settings(format!(
+        return Err(HfError::Settings(format!(
             "LoRA `target_modules` {:?} matches no projection of the model",
             config.target_modules
         )));
@@ -243,7 +243,7 @@ pub fn attach<M: Adapted>(
 
 /// The adapters as `adapter_model.safetensors` bytes (PEFT's names), `config` in the
 /// safetensors metadata too so that the bytes alone can be applied.
-pub fn to_bytes<M: Adapted>(model: &M, config: &LoraConfig) -> Result<Vec<u8>, SdError> {
+pub fn to_bytes<M: Adapted>(model: &M, config: &LoraConfig) -> Result<Vec<u8>, HfError> {
     let mut tensors: Vec<(String, Vec<u8>, [usize; 2])> = Vec::new();
     for (path, p) in model.projections() {
         if let Some([a, b]) = p.export() {
@@ -268,7 +268,7 @@ pub fn to_bytes<M: Adapted>(model: &M, config: &LoraConfig) -> Result<Vec<u8>, S
         serde_json::to_string(config).expect("serialises"),
     )]);
     safetensors::serialize(views, Some(meta.into_iter().collect()))
-        .map_err(|e| SdError::Settings(format!("adapters: {e}")))
+        .map_err(|e| HfError::Settings(format!("adapters: {e}")))
 }
 
 /// Applies adapter bytes ([`to_bytes`], or a PEFT / diffusers file with `config`): every
@@ -279,8 +279,8 @@ pub fn from_bytes<M: Adapted>(
     bytes: &[u8],
     config: Option<&LoraConfig>,
     origin: &Path,
-) -> Result<LoraConfig, SdError> {
-    let fail = |message: String| SdError::Weights {
+) -> Result<LoraConfig, HfError> {
+    let fail = |message: String| HfError::Weights {
         path: origin.to_owned(),
         message,
     };
@@ -364,8 +364,8 @@ pub fn from_bytes<M: Adapted>(
 
 /// Writes the adapters as a PEFT directory: `adapter_config.json` and
 /// `adapter_model.safetensors`.
-pub fn save_dir<M: Adapted>(model: &M, config: &LoraConfig, dir: &Path) -> Result<(), SdError> {
-    let io = |e: std::io::Error| SdError::Io {
+pub fn save_dir<M: Adapted>(model: &M, config: &LoraConfig, dir: &Path) -> Result<(), HfError> {
+    let io = |e: std::io::Error| HfError::Io {
         path: dir.to_owned(),
         message: e.to_string(),
     };
@@ -394,10 +394,10 @@ pub fn save_dir<M: Adapted>(model: &M, config: &LoraConfig, dir: &Path) -> Resul
 
 /// Loads a PEFT adapter directory into `model` (plain LoRA only: rsLoRA, DoRA and trained
 /// biases are refused by name).
-pub fn load_dir<M: Adapted>(model: &mut M, dir: &Path) -> Result<LoraConfig, SdError> {
+pub fn load_dir<M: Adapted>(model: &mut M, dir: &Path) -> Result<LoraConfig, HfError> {
     let config_path = dir.join("adapter_config.json");
     let c: AdapterConfig = crate::read_json(&config_path)?;
-    let bad = |message: String| SdError::Config {
+    let bad = |message: String| HfError::Config {
         path: config_path.clone(),
         message,
     };
@@ -446,11 +446,42 @@ pub fn load_dir<M: Adapted>(model: &mut M, dir: &Path) -> Result<LoraConfig, SdE
     };
     let path = dir.join("adapter_model.safetensors");
     let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => SdError::Missing(path.clone()),
-        _ => SdError::Io {
+        std::io::ErrorKind::NotFound => HfError::Missing(path.clone()),
+        _ => HfError::Io {
             path: path.clone(),
             message: e.to_string(),
         },
     })?;
     from_bytes(model, &bytes, Some(&config), &path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_follow_peft_names_at_a_path_end_and_regexes_over_whole_paths() {
+        let names = Targets::Names(vec!["q_proj".into(), "attn.to_out.0".into()]);
+        let r = names.regex().unwrap();
+        assert!(names.matches("model.layers.0.self_attn.q_proj", r.as_ref()));
+        assert!(names.matches("q_proj", r.as_ref()));
+        assert!(!names.matches("model.layers.0.self_attn.qq_proj", r.as_ref()));
+        assert!(names.matches("blocks.1.attn.to_out.0", r.as_ref()));
+        let regex = Targets::Regex(r".*language_model.*\.(q_proj|v_proj)".into());
+        let r = regex.regex().unwrap();
+        assert!(regex.matches("model.language_model.layers.1.self_attn.v_proj", r.as_ref()));
+        // Whole paths only, as PEFT's `re.fullmatch`.
+        assert!(!regex.matches(
+            "model.language_model.layers.1.self_attn.v_proj.x",
+            r.as_ref()
+        ));
+        assert!(!regex.matches("model.visual.blocks.0.mlp.up_proj", r.as_ref()));
+        let bad = Targets::Regex("(".into()).regex().unwrap_err();
+        assert!(bad.contains("target_modules"), "{bad}");
+        // PEFT's JSON: a list or a string.
+        let t: Targets = serde_json::from_str(r#"["a", "b"]"#).unwrap();
+        assert_eq!(t, Targets::Names(vec!["a".into(), "b".into()]));
+        let t: Targets = serde_json::from_str(r#""a.*""#).unwrap();
+        assert_eq!(t, Targets::Regex("a.*".into()));
+    }
 }
