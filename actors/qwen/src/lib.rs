@@ -27,6 +27,7 @@ pub mod chat;
 pub mod config;
 pub mod grpo;
 pub mod kinds;
+mod layers;
 pub mod model;
 pub mod preprocess;
 pub mod text;

@@ -6,7 +6,7 @@
 //! position (equal for text); the head's rotary frequencies are split into three sections
 //! (`mrope_section`), each turned by one of the three positions.
 
-use burn::module::{Module, Param};
+use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, LinearConfig};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
@@ -14,38 +14,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use rlrig_hf::lora::Proj;
 
 use crate::config::TextConfig;
-use crate::vision::Mlp;
-
-/// RMSNorm: `w · x / √(mean(x²) + ε)`.
-#[derive(Module, Debug)]
-pub struct RmsNorm {
-    weight: Param<Tensor<1>>,
-    eps: f64,
-}
-
-impl RmsNorm {
-    /// A norm of width `d` with unit weights.
-    pub fn new(d: usize, eps: f64, device: &Device) -> Self {
-        RmsNorm {
-            weight: Param::from_tensor(Tensor::ones([d], device)),
-            eps,
-        }
-    }
-
-    /// Normalises the last dimension.
-    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let rms = (x.clone().square().mean_dim(D - 1) + self.eps).sqrt();
-        (x / rms) * self.weight.val().unsqueeze::<D>()
-    }
-}
-
-/// `[x₁, x₂] → [−x₂, x₁]` over the last dimension.
-pub fn rotate_half<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    let d = x.dims()[D - 1];
-    let first = x.clone().narrow(D - 1, 0, d / 2);
-    let second = x.narrow(D - 1, d / 2, d - d / 2);
-    Tensor::cat(vec![second.neg(), first], D - 1)
-}
+use crate::layers::{Mlp, RmsNorm, rotate_half};
 
 /// Self-attention of a decoder layer.
 #[derive(Module, Debug)]

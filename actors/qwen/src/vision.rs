@@ -13,14 +13,14 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::activation::{gelu, silu};
+use burn::tensor::activation::gelu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor, TensorData};
 use rlrig_hf::lora::Proj;
 
 use crate::config::VisionConfig;
-use crate::text::{RmsNorm, rotate_half};
+use crate::layers::{Mlp, RmsNorm, rotate_half};
 
 /// The patch embedding: the checkpoint's Conv3d kernel `[hidden, 3, temporal, 14, 14]`,
 /// applied as one matrix product since the stride equals the kernel.
@@ -49,32 +49,6 @@ pub struct VisionAttention {
     pub(crate) qkv: Proj,
     pub(crate) proj: Proj,
     heads: usize,
-}
-
-/// The SwiGLU MLP `down(silu(gate(x)) · up(x))` (with biases in the vision tower, without in
-/// the decoder).
-#[derive(Module, Debug)]
-pub struct Mlp {
-    pub(crate) gate_proj: Proj,
-    pub(crate) up_proj: Proj,
-    pub(crate) down_proj: Proj,
-}
-
-impl Mlp {
-    pub(crate) fn new(width: usize, inner: usize, bias: bool, device: &Device) -> Self {
-        let l = |i, o| Proj::new(LinearConfig::new(i, o).with_bias(bias).init(device));
-        Mlp {
-            gate_proj: l(width, inner),
-            up_proj: l(width, inner),
-            down_proj: l(inner, width),
-        }
-    }
-
-    pub(crate) fn forward<const D: usize>(&self, x: Tensor<D>, lora: bool) -> Tensor<D> {
-        let gate = silu(self.gate_proj.forward(x.clone(), lora));
-        self.down_proj
-            .forward(gate * self.up_proj.forward(x, lora), lora)
-    }
 }
 
 /// One vision block.
