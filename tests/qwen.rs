@@ -3,33 +3,16 @@
 //! `flows/qwen-train-tiny.toml` (Reflection-GRPO's phase 1 through LoRA), whose adapters then
 //! drive the Policy of another run.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
+use common::{learner_metrics, rlrig_in};
 use rlrig_contract::{Outcome, StepOutput};
 use rlrig_store::TrajectoryStore;
-
-/// `rlrig ARGS --set run_dir=RUN_DIR` from the repository root: its exit status and its
-/// stdout and stderr together.
-fn rlrig(args: &[&str], run_dir: &Path) -> (std::process::ExitStatus, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_rlrig"))
-        .args(args)
-        .args(["--set", &format!("run_dir={}", run_dir.display())])
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")))
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    (o.status, text)
-}
 
 #[test]
 fn qwen_checks_and_proposes_in_the_whole_cycle() {
     let tmp = tempfile::tempdir().unwrap();
-    let (status, text) = rlrig(&["run", "flows/qwen-tiny.toml"], tmp.path());
+    let (status, text) = rlrig_in(&["run", "flows/qwen-tiny.toml"], tmp.path());
     assert!(
         status.success() && text.contains("4 done, 0 failed"),
         "{text}"
@@ -63,7 +46,7 @@ fn qwen_checks_and_proposes_in_the_whole_cycle() {
 fn qwen_policy_trains_lora_adapters_and_a_flow_proposes_with_them() {
     let tmp = tempfile::tempdir().unwrap();
     let run_ok = |args: &[&str]| {
-        let (status, text) = rlrig(args, tmp.path());
+        let (status, text) = rlrig_in(args, tmp.path());
         assert!(status.success(), "{text}");
         text
     };
@@ -73,18 +56,14 @@ fn qwen_policy_trains_lora_adapters_and_a_flow_proposes_with_them() {
         "{text}"
     );
     let run = tmp.path().join("qwen-train-tiny");
-    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    let steps: Vec<serde_json::Value> = metrics
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let steps = learner_metrics(&run);
     assert_eq!(steps.len(), 3);
-    for s in &steps {
-        assert!(s["loss"].as_f64().unwrap().is_finite(), "{s}");
-        assert!(s["sequences"].as_u64().unwrap() > 0, "{s}");
-    }
+    assert!(
+        steps.iter().all(|s| s["sequences"].as_u64().unwrap() > 0),
+        "{steps:?}"
+    );
     // The adapters moved away from the base model (KL to it > 0 after the first step).
-    assert!(steps[2]["kl"].as_f64().unwrap() > 0.0, "{metrics}");
+    assert!(steps[2]["kl"].as_f64().unwrap() > 0.0, "{steps:?}");
     // The checkpoint holds the adapters, not a copy of the model, and a PEFT directory …
     let learner = run.join("checkpoint/learner");
     assert!(!learner.join("policy.bpk").exists());

@@ -1,33 +1,16 @@
 //! The Stable Diffusion kinds in a flow: `flows/sd-tiny.toml` (untrained wiring on the tiny
 //! parity fixtures) through the real binary.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
+use common::{learner_metrics, rlrig_in};
 use rlrig_contract::{Outcome, StepOutput};
 use rlrig_store::TrajectoryStore;
-
-/// `rlrig ARGS --set run_dir=RUN_DIR` from the repository root: its exit status and its
-/// stdout and stderr together.
-fn rlrig(args: &[&str], run_dir: &Path) -> (std::process::ExitStatus, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_rlrig"))
-        .args(args)
-        .args(["--set", &format!("run_dir={}", run_dir.display())])
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")))
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    (o.status, text)
-}
 
 #[test]
 fn sd_and_instruct_pix2pix_run_the_whole_cycle_on_the_tiny_fixtures() {
     let tmp = tempfile::tempdir().unwrap();
-    let (status, text) = rlrig(
+    let (status, text) = rlrig_in(
         &["run", "flows/sd-tiny.toml", "--set", "prompts.count=4"],
         tmp.path(),
     );
@@ -57,7 +40,7 @@ fn sd3_runs_the_whole_cycle_on_the_tiny_fixtures_and_a_bad_size_is_named() {
     let run = |extra: &[&str]| {
         let mut args = vec!["run", "flows/sd3-tiny.toml", "--set", "prompts.count=4"];
         args.extend_from_slice(extra);
-        rlrig(&args, tmp.path())
+        rlrig_in(&args, tmp.path())
     };
     let (status, text) = run(&[]);
     assert!(
@@ -89,7 +72,7 @@ fn sd3_runs_the_whole_cycle_on_the_tiny_fixtures_and_a_bad_size_is_named() {
 fn sd3_trains_lora_adapters_with_flow_grpo_and_a_flow_generates_with_them() {
     let tmp = tempfile::tempdir().unwrap();
     let run_ok = |args: &[&str]| {
-        let (status, text) = rlrig(args, tmp.path());
+        let (status, text) = rlrig_in(args, tmp.path());
         assert!(status.success(), "{text}");
         text
     };
@@ -99,17 +82,10 @@ fn sd3_trains_lora_adapters_with_flow_grpo_and_a_flow_generates_with_them() {
         "{text}"
     );
     let run = tmp.path().join("sd3-train-tiny");
-    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    let steps: Vec<serde_json::Value> = metrics
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let steps = learner_metrics(&run);
     assert_eq!(steps.len(), 3);
-    for s in &steps {
-        assert!(s["loss"].as_f64().unwrap().is_finite(), "{s}");
-    }
     // The adapters moved away from the base model (KL to it > 0 after the first step).
-    assert!(steps[2]["kl"].as_f64().unwrap() > 0.0, "{metrics}");
+    assert!(steps[2]["kl"].as_f64().unwrap() > 0.0, "{steps:?}");
     // The checkpoint's PEFT directory drives a `diffuser.sd3` actor in another flow.
     let adapter = run.join("checkpoint/learner/adapter");
     assert!(adapter.join("adapter_model.safetensors").is_file());

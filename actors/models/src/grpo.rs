@@ -564,8 +564,36 @@ pub fn save_learner<M: Module, S: Serialize>(
     optim: &burn::optim::ModuleOptimizer,
     state: &S,
 ) -> Result<(), RoleError> {
+    save_checkpoint(dir, name, model, optim, state, None)
+}
+
+/// [`save_learner`] for a learner that trains adapters of a frozen model: `{name}.bpk` holds
+/// only the parameters whose module path matches `trained` (a regular expression); the frozen
+/// weights stay those of the model's own files, never copied into a checkpoint.
+pub fn save_adapter_learner<M: Module, S: Serialize>(
+    dir: &Path,
+    name: &str,
+    model: &M,
+    optim: &burn::optim::ModuleOptimizer,
+    state: &S,
+    trained: &str,
+) -> Result<(), RoleError> {
+    save_checkpoint(dir, name, model, optim, state, Some(trained))
+}
+
+fn save_checkpoint<M: Module, S: Serialize>(
+    dir: &Path,
+    name: &str,
+    model: &M,
+    optim: &burn::optim::ModuleOptimizer,
+    state: &S,
+    only: Option<&str>,
+) -> Result<(), RoleError> {
     let bad = |e: String| RoleError(format!("saving the learner to {}: {e}", dir.display()));
     let mut store = BurnpackStore::from_file(dir.join(format!("{name}.bpk"))).overwrite(true);
+    if let Some(pattern) = only {
+        store = store.with_regex(pattern);
+    }
     model
         .save_into(&mut store)
         .map_err(|e| bad(e.to_string()))?;
@@ -587,17 +615,69 @@ pub fn restore_learner<M: Module, S: serde::de::DeserializeOwned>(
     model: &mut Option<M>,
     optim: &mut burn::optim::ModuleOptimizer,
 ) -> Result<S, RoleError> {
+    restore_checkpoint(dir, name, model, optim, None)
+}
+
+/// Restores what [`save_adapter_learner`] wrote: every parameter matching `trained` must be in
+/// `{name}.bpk`; the others keep the values they were loaded with.
+pub fn restore_adapter_learner<M: Module, S: serde::de::DeserializeOwned>(
+    dir: &Path,
+    name: &str,
+    model: &mut Option<M>,
+    optim: &mut burn::optim::ModuleOptimizer,
+    trained: &str,
+) -> Result<S, RoleError> {
+    restore_checkpoint(dir, name, model, optim, Some(trained))
+}
+
+fn restore_checkpoint<M: Module, S: serde::de::DeserializeOwned>(
+    dir: &Path,
+    name: &str,
+    model: &mut Option<M>,
+    optim: &mut burn::optim::ModuleOptimizer,
+    only: Option<&str>,
+) -> Result<S, RoleError> {
     let bad = |e: String| RoleError(format!("restoring the learner from {}: {e}", dir.display()));
     let text = std::fs::read_to_string(dir.join("learner.json")).map_err(|e| bad(e.to_string()))?;
     let state: S = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     let mut m = model.take().expect("held between calls");
-    let loaded =
-        crate::training_loop::load_burnpack(&mut m, &dir.join(format!("{name}.bpk")), name);
+    let path = dir.join(format!("{name}.bpk"));
+    let loaded = match only {
+        None => crate::training_loop::load_burnpack(&mut m, &path, name).map_err(|e| e.to_string()),
+        Some(pattern) => load_matching(&mut m, &path, pattern),
+    };
     *model = Some(m);
-    loaded.map_err(|e| bad(e.to_string()))?;
+    loaded.map_err(bad)?;
     let old = std::mem::replace(optim, crate::rectified_flow::adamw().init());
     *optim = old
         .load(dir.join("optim.bpk"))
         .map_err(|e| bad(format!("optimiser: {e}")))?;
     Ok(state)
+}
+
+/// Loads the parameters of `model` whose path matches `pattern` from a burnpack file; each of
+/// them must be there.
+fn load_matching<M: Module>(model: &mut M, path: &Path, pattern: &str) -> Result<(), String> {
+    let mut store = BurnpackStore::from_file(path)
+        .with_regex(pattern)
+        .allow_partial(true);
+    let result = model
+        .load_from(&mut store)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    // The filter leaves the other parameters unloaded, and reported missing.
+    let filter = burn::store::PathFilter::new().with_regex(pattern);
+    let missing: Vec<&String> = result
+        .missing
+        .iter()
+        .map(|(n, _)| n)
+        .filter(|n| filter.matches(n))
+        .collect();
+    if !result.errors.is_empty() || !missing.is_empty() {
+        return Err(format!(
+            "{}: tensors did not apply: {:?}; missing {missing:?}",
+            path.display(),
+            result.errors,
+        ));
+    }
+    Ok(())
 }

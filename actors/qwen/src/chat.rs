@@ -8,6 +8,7 @@ use serde::Serialize;
 use tokenizers::Tokenizer;
 
 use crate::QwenError;
+use rlrig_hf::HfError;
 
 /// The tokenizer and chat template of a model directory.
 pub struct Chat {
@@ -35,7 +36,7 @@ impl Chat {
     pub fn from_dir(dir: &Path) -> Result<Self, QwenError> {
         let path = dir.join("tokenizer.json");
         if !path.is_file() {
-            return Err(QwenError::Missing(path));
+            return Err(QwenError::File(HfError::Missing(path)));
         }
         let tokenizer = Tokenizer::from_file(&path)
             .map_err(|e| QwenError::Tokenizer(format!("{}: {e}", path.display())))?;
@@ -108,9 +109,11 @@ impl Chat {
 fn template(dir: &Path) -> Result<String, QwenError> {
     let jinja = dir.join("chat_template.jinja");
     if jinja.is_file() {
-        return std::fs::read_to_string(&jinja).map_err(|e| QwenError::Io {
-            path: jinja,
-            message: e.to_string(),
+        return std::fs::read_to_string(&jinja).map_err(|e| {
+            QwenError::File(HfError::Io {
+                path: jinja,
+                message: e.to_string(),
+            })
         });
     }
     for file in ["chat_template.json", "tokenizer_config.json"] {
@@ -122,5 +125,7 @@ fn template(dir: &Path) -> Result<String, QwenError> {
             }
         }
     }
-    Err(QwenError::Missing(dir.join("chat_template.jinja")))
+    Err(QwenError::File(HfError::Missing(
+        dir.join("chat_template.jinja"),
+    )))
 }

@@ -9,6 +9,7 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use crate::QwenError;
+use rlrig_hf::HfError;
 
 /// The vision tower's settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -130,10 +131,10 @@ struct Keys<'a> {
 
 impl<'a> Keys<'a> {
     fn bad(&self, key: &str, message: impl std::fmt::Display) -> QwenError {
-        QwenError::Config {
+        QwenError::File(HfError::Config {
             path: self.path.to_owned(),
             message: format!("`{}{key}`: {message}", self.prefix),
-        }
+        })
     }
 
     fn take(&mut self, key: &str) -> Option<Value> {
@@ -195,10 +196,10 @@ impl<'a> Keys<'a> {
 fn object(v: Value, path: &Path, key: &str) -> Result<Map<String, Value>, QwenError> {
     match v {
         Value::Object(m) => Ok(m),
-        other => Err(QwenError::Config {
+        other => Err(QwenError::File(HfError::Config {
             path: path.to_owned(),
             message: format!("`{key}`: {other} is not an object"),
-        }),
+        })),
     }
 }
 
@@ -293,9 +294,11 @@ impl QwenConfig {
     }
 
     fn check(&self, path: &Path) -> Result<(), QwenError> {
-        let bad = |message: String| QwenError::Config {
-            path: path.to_owned(),
-            message,
+        let bad = |message: String| {
+            QwenError::File(HfError::Config {
+                path: path.to_owned(),
+                message,
+            })
         };
         let t = &self.text;
         let v = &self.vision;

@@ -10,11 +10,13 @@ use std::path::Path;
 
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::{Device, Tensor, TensorData};
 use rlrig_contract::{GrpoGroup, GrpoLearner, LearnStats, RoleError, WeightsUpdate};
 use rlrig_hf::lora::{self, LoraConfig};
-use rlrig_models::grpo::{LearnerConfig, LossType, group_advantages, loss, reward_stats};
+use rlrig_models::grpo::{
+    LearnerConfig, LossType, group_advantages, loss, restore_adapter_learner, reward_stats,
+    save_adapter_learner,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::QwenError;
@@ -247,70 +249,39 @@ impl GrpoLearner for QwenLearner {
     /// `optim.bpk` (AdamW's moments of the adapters), `learner.json` (version, LoRA settings),
     /// and the adapters as a PEFT directory `adapter/`.
     fn save(&self, dir: &Path) -> Result<(), RoleError> {
-        let bad = |e: String| RoleError(format!("saving the learner to {}: {e}", dir.display()));
-        let mut store = BurnpackStore::from_file(dir.join("adapters.bpk"))
-            .with_regex(ADAPTER_PATHS)
-            .overwrite(true);
-        self.net()
-            .save_into(&mut store)
-            .map_err(|e| bad(e.to_string()))?;
-        self.optim
-            .save(dir.join("optim.bpk"))
-            .map_err(|e| bad(format!("optimiser: {e}")))?;
         let state = LearnerState {
             version: self.version,
             lora: self.lora.clone(),
         };
-        std::fs::write(
-            dir.join("learner.json"),
-            serde_json::to_string_pretty(&state).expect("serialises"),
-        )
-        .map_err(|e| bad(e.to_string()))?;
-        lora::save_dir(self.net(), &self.lora, &dir.join("adapter")).map_err(|e| bad(e.to_string()))
+        save_adapter_learner(
+            dir,
+            "adapters",
+            self.net(),
+            &self.optim,
+            &state,
+            lora::PARAMS,
+        )?;
+        lora::save_dir(self.net(), &self.lora, &dir.join("adapter"))
+            .map_err(|e| RoleError(e.to_string()))
     }
 
     fn restore(&mut self, dir: &Path) -> Result<(), RoleError> {
-        let bad =
-            |e: String| RoleError(format!("restoring the learner from {}: {e}", dir.display()));
-        let text =
-            std::fs::read_to_string(dir.join("learner.json")).map_err(|e| bad(e.to_string()))?;
-        let state: LearnerState = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        if state.lora != self.lora {
-            return Err(bad(format!(
-                "the checkpoint's adapters ({:?}) are not this flow's ({:?})",
-                state.lora, self.lora
-            )));
-        }
-        let mut store = BurnpackStore::from_file(dir.join("adapters.bpk"))
-            .with_regex(ADAPTER_PATHS)
-            .allow_partial(true);
-        let mut net = self.net.take().expect("held between steps");
-        let result = net.load_from(&mut store);
-        self.net = Some(net);
-        let result = result.map_err(|e| bad(e.to_string()))?;
-        let missing: Vec<&String> = result
-            .missing
-            .iter()
-            .map(|(n, _)| n)
-            .filter(|n| n.contains(".lora."))
-            .collect();
-        if !result.errors.is_empty() || !missing.is_empty() {
-            return Err(bad(format!(
-                "adapters did not apply: {:?}; missing {missing:?}",
-                result.errors
-            )));
-        }
-        let old = std::mem::replace(
+        let state: LearnerState = restore_adapter_learner(
+            dir,
+            "adapters",
+            &mut self.net,
             &mut self.optim,
-            rlrig_models::rectified_flow::adamw().init(),
-        );
-        self.optim = old
-            .load(dir.join("optim.bpk"))
-            .map_err(|e| bad(format!("optimiser: {e}")))?;
+            lora::PARAMS,
+        )?;
+        if state.lora != self.lora {
+            return Err(RoleError(format!(
+                "restoring the learner from {}: the checkpoint's adapters ({:?}) are not this flow's ({:?})",
+                dir.display(),
+                state.lora,
+                self.lora
+            )));
+        }
         self.version = state.version;
         Ok(())
     }
 }
-
-/// The module paths of the adapters' parameters.
-const ADAPTER_PATHS: &str = r"\.lora\.lora_[ab]$";

@@ -18,7 +18,7 @@
 
 #![warn(missing_docs)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The burn this crate is built with (for callers that build tensors).
 pub use burn;
@@ -36,28 +36,11 @@ pub mod vision;
 /// Why a Qwen2.5-VL model, its processor or a kind could not be built, loaded or run.
 #[derive(Debug, thiserror::Error)]
 pub enum QwenError {
-    /// A file the layout needs is not there.
-    #[error("{0}: missing")]
-    Missing(PathBuf),
-    /// A file could not be read.
-    #[error("{path}: {message}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        message: String,
-    },
-    /// A configuration file is malformed or asks for something unsupported (the key is named).
-    #[error("{path}: {message}")]
-    Config {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong, naming the key.
-        message: String,
-    },
-    /// Weights or adapters that cannot be read or do not fit the model (tensors named).
+    /// A file of the model directory is missing, unreadable or malformed, asks for something
+    /// unsupported, or holds weights or adapters that do not fit (the file, key or tensors
+    /// named).
     #[error(transparent)]
-    Checkpoint(#[from] rlrig_hf::HfError),
+    File(#[from] rlrig_hf::HfError),
     /// The tokenizer or the chat template failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
@@ -71,16 +54,5 @@ pub enum QwenError {
 
 /// Reads a JSON file, naming the file and the key on error.
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, QwenError> {
-    let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => QwenError::Missing(path.to_owned()),
-        _ => QwenError::Io {
-            path: path.to_owned(),
-            message: e.to_string(),
-        },
-    })?;
-    let de = &mut serde_json::Deserializer::from_str(&text);
-    serde_path_to_error::deserialize(de).map_err(|e| QwenError::Config {
-        path: path.to_owned(),
-        message: format!("`{}`: {}", e.path(), e.inner()),
-    })
+    Ok(rlrig_hf::read_json(path)?)
 }

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::QwenError;
+use rlrig_hf::HfError;
 
 /// OpenAI CLIP's per-channel mean, transformers' `OPENAI_CLIP_MEAN`.
 pub const OPENAI_CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
@@ -264,9 +265,11 @@ impl ProcessorConfig {
     /// Reads and checks `preprocessor_config.json`.
     pub fn from_file(path: &Path) -> Result<Self, QwenError> {
         let raw: RawConfig = crate::read_json(path)?;
-        ProcessorConfig::try_from(raw).map_err(|message| QwenError::Config {
-            path: path.to_owned(),
-            message,
+        ProcessorConfig::try_from(raw).map_err(|message| {
+            QwenError::File(HfError::Config {
+                path: path.to_owned(),
+                message,
+            })
         })
     }
 
@@ -902,7 +905,7 @@ mod tests {
 
     fn message(json: &str) -> String {
         match parse(json) {
-            Err(QwenError::Config { message, .. }) => message,
+            Err(QwenError::File(HfError::Config { message, .. })) => message,
             other => panic!("expected a config error, got {other:?}"),
         }
     }

@@ -96,11 +96,7 @@ fn the_learner_reproduces_the_policys_log_probs_and_moves_only_the_adapters() {
         let p = s.proposal.as_ref().unwrap();
         assert!(!p.token_ids.is_empty());
         let again = learner.score(&prompt, &p.token_ids).unwrap();
-        let worst = again
-            .iter()
-            .zip(&p.logprobs)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let worst = max_abs_diff(&again, &p.logprobs);
         assert!(worst <= 1e-5, "{again:?} vs {:?}", p.logprobs);
     }
     // Sampled special tokens (here the image placeholder) are scored as text after the prompt.
@@ -127,11 +123,7 @@ fn the_learner_reproduces_the_policys_log_probs_and_moves_only_the_adapters() {
     for s in &g2.samples {
         let p = s.proposal.as_ref().unwrap();
         let again = learner.score(&prompt, &p.token_ids).unwrap();
-        let worst = again
-            .iter()
-            .zip(&p.logprobs)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let worst = max_abs_diff(&again, &p.logprobs);
         assert!(
             worst <= 1e-5,
             "after the update: {again:?} vs {:?}",
@@ -141,6 +133,14 @@ fn the_learner_reproduces_the_policys_log_probs_and_moves_only_the_adapters() {
     // A second step: the KL to the base (adapters off) is no longer zero.
     let stats = GrpoLearner::step(&mut learner, std::slice::from_ref(&g2)).unwrap();
     assert!(stats.kl > 0.0, "{stats:?}");
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
 }
 
 fn learner_prompt(settings: &PolicySettings, g: &GrpoGroup) -> rlrig_qwen::model::Prompt {

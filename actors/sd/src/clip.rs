@@ -17,6 +17,7 @@ use burn::tensor::{Device, Int, Tensor};
 use serde::Deserialize;
 
 use crate::SdError;
+use rlrig_hf::HfError;
 
 /// The fields of a `text_encoder/config.json` that shape the network.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -224,9 +225,11 @@ impl ClipTextModel {
         let dir = dir.as_ref();
         let config_path = dir.join("config.json");
         let config: ClipTextConfig = crate::read_json(&config_path)?;
-        let mut model = ClipTextModel::new(&config, device).map_err(|e| SdError::Config {
-            path: config_path,
-            message: e.to_string(),
+        let mut model = ClipTextModel::new(&config, device).map_err(|e| {
+            SdError::File(HfError::Config {
+                path: config_path,
+                message: e.to_string(),
+            })
         })?;
         let weights = dir.join("model.safetensors");
         rlrig_hf::load::pytorch_weights(

@@ -13,6 +13,7 @@ use burn::tensor::Tensor;
 use serde::Deserialize;
 
 use crate::SdError;
+use rlrig_hf::HfError;
 
 #[derive(Deserialize)]
 struct RawConfig {
@@ -80,9 +81,11 @@ impl FlowMatchScheduler {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, SdError> {
         let path = path.as_ref();
         let raw: RawConfig = crate::read_json(path)?;
-        let bad = |message: String| SdError::Config {
-            path: path.to_owned(),
-            message,
+        let bad = |message: String| {
+            SdError::File(HfError::Config {
+                path: path.to_owned(),
+                message,
+            })
         };
         if raw.class_name != "FlowMatchEulerDiscreteScheduler" {
             return Err(bad(format!(

@@ -12,7 +12,7 @@
 
 #![warn(missing_docs)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub use burn;
 
@@ -34,33 +34,10 @@ pub mod vae;
 /// Why a model or its configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum SdError {
-    /// A file the layout needs is not there.
-    #[error("{0}: missing")]
-    Missing(PathBuf),
-    /// A file could not be read.
-    #[error("{path}: {message}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        message: String,
-    },
-    /// A configuration file is malformed or asks for something unsupported (the key is named).
-    #[error("{path}: {message}")]
-    Config {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong, naming the key.
-        message: String,
-    },
-    /// Weights that do not fit the configured model (the tensors are named).
-    #[error("{path}: {message}")]
-    Weights {
-        /// The weights file.
-        path: PathBuf,
-        /// Which tensors are missing, unexpected or of the wrong shape.
-        message: String,
-    },
+    /// A file of the layout is missing, unreadable or malformed, asks for something
+    /// unsupported, or holds weights that do not fit (the file, key or tensors named).
+    #[error(transparent)]
+    File(#[from] rlrig_hf::HfError),
     /// The tokenizer failed on a text.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
@@ -72,31 +49,7 @@ pub enum SdError {
     Settings(String),
 }
 
-impl From<rlrig_hf::HfError> for SdError {
-    fn from(e: rlrig_hf::HfError) -> Self {
-        use rlrig_hf::HfError as H;
-        match e {
-            H::Missing(p) => SdError::Missing(p),
-            H::Io { path, message } => SdError::Io { path, message },
-            H::Config { path, message } => SdError::Config { path, message },
-            H::Weights { path, message } => SdError::Weights { path, message },
-            H::Settings(m) => SdError::Settings(m),
-        }
-    }
-}
-
 /// Reads a JSON config, naming the file and the key on error.
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, SdError> {
-    let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => SdError::Missing(path.to_owned()),
-        _ => SdError::Io {
-            path: path.to_owned(),
-            message: e.to_string(),
-        },
-    })?;
-    let de = &mut serde_json::Deserializer::from_str(&text);
-    serde_path_to_error::deserialize(de).map_err(|e| SdError::Config {
-        path: path.to_owned(),
-        message: format!("`{}`: {}", e.path(), e.inner()),
-    })
+    Ok(rlrig_hf::read_json(path)?)
 }

@@ -24,6 +24,7 @@ use serde::Deserialize;
 
 use crate::SdError;
 use crate::blocks::{linear, sinusoidal};
+use rlrig_hf::HfError;
 use rlrig_hf::lora::{Adapted, Proj};
 
 /// The fields of a `transformer/config.json`; any other key (but diffusers' `_`-prefixed
@@ -494,9 +495,11 @@ impl Mmdit {
         let dir = dir.as_ref();
         let config_path = dir.join("config.json");
         let config: MmditConfig = crate::read_json(&config_path)?;
-        let mut model = Mmdit::new(&config, device).map_err(|e| SdError::Config {
-            path: config_path,
-            message: e.to_string(),
+        let mut model = Mmdit::new(&config, device).map_err(|e| {
+            SdError::File(HfError::Config {
+                path: config_path,
+                message: e.to_string(),
+            })
         })?;
         rlrig_hf::load::pytorch_weights(
             &mut model,

@@ -12,6 +12,7 @@ use burn::tensor::Tensor;
 use serde::Deserialize;
 
 use crate::SdError;
+use rlrig_hf::HfError;
 
 /// What the UNet predicts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -119,9 +120,11 @@ impl Scheduler {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, SdError> {
         let path = path.as_ref();
         let raw: RawConfig = crate::read_json(path)?;
-        let bad = |message: String| SdError::Config {
-            path: path.to_owned(),
-            message,
+        let bad = |message: String| {
+            SdError::File(HfError::Config {
+                path: path.to_owned(),
+                message,
+            })
         };
         let kind = match raw.class_name.as_str() {
             "DDIMScheduler" => Kind::Ddim,

@@ -19,6 +19,7 @@ use crate::mmdit::Mmdit;
 use crate::t5::{T5Encoder, T5Tokenizer};
 use crate::tokenizer::ClipTokenizer;
 use crate::vae::Vae;
+use rlrig_hf::HfError;
 
 /// Whether T5 runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,9 +94,11 @@ impl Sd3Pipeline {
         let dir = dir.as_ref();
         let index_path = dir.join("model_index.json");
         let index: ModelIndex = crate::read_json(&index_path)?;
-        let bad = |message: String| SdError::Config {
-            path: index_path.clone(),
-            message,
+        let bad = |message: String| {
+            SdError::File(HfError::Config {
+                path: index_path.clone(),
+                message,
+            })
         };
         if index.class_name != "StableDiffusion3Pipeline" {
             return Err(bad(format!(
@@ -119,24 +122,24 @@ impl Sd3Pipeline {
             ("text_encoder_2", &text_encoder_2),
         ] {
             if !enc.has_projection() {
-                return Err(SdError::Config {
+                return Err(SdError::File(HfError::Config {
                     path: dir.join(name).join("config.json"),
                     message: "`architectures`: SD3 needs CLIPTextModelWithProjection".into(),
-                });
+                }));
             }
         }
         let transformer = Mmdit::from_dir(dir.join("transformer"), device)?;
         let t5 = if listed && t5 == T5::Auto {
             let encoder = T5Encoder::from_dir(dir.join("text_encoder_3"), device)?;
             if encoder.width() != transformer.joint_attention_dim() {
-                return Err(SdError::Config {
+                return Err(SdError::File(HfError::Config {
                     path: dir.join("text_encoder_3/config.json"),
                     message: format!(
                         "`d_model` {} differs from the transformer's joint_attention_dim {}",
                         encoder.width(),
                         transformer.joint_attention_dim()
                     ),
-                });
+                }));
             }
             Some((T5Tokenizer::from_dir(dir.join("tokenizer_3"))?, encoder))
         } else {

@@ -17,6 +17,7 @@ use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use crate::SdError;
 use crate::blocks::linear;
+use rlrig_hf::HfError;
 
 /// The fields of a T5 `config.json` that shape the encoder.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -202,9 +203,11 @@ impl T5Encoder {
         let dir = dir.as_ref();
         let config_path = dir.join("config.json");
         let config: T5Config = crate::read_json(&config_path)?;
-        let mut model = T5Encoder::new(&config, device).map_err(|e| SdError::Config {
-            path: config_path,
-            message: e.to_string(),
+        let mut model = T5Encoder::new(&config, device).map_err(|e| {
+            SdError::File(HfError::Config {
+                path: config_path,
+                message: e.to_string(),
+            })
         })?;
         rlrig_hf::load::pytorch_weights(
             &mut model,
@@ -305,11 +308,13 @@ impl T5Tokenizer {
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self, SdError> {
         let path = dir.as_ref().join("tokenizer.json");
         if !path.is_file() {
-            return Err(SdError::Missing(path));
+            return Err(SdError::File(HfError::Missing(path)));
         }
-        let inner = Tokenizer::from_file(&path).map_err(|e| SdError::Config {
-            path: path.clone(),
-            message: e.to_string(),
+        let inner = Tokenizer::from_file(&path).map_err(|e| {
+            SdError::File(HfError::Config {
+                path: path.clone(),
+                message: e.to_string(),
+            })
         })?;
         Ok(T5Tokenizer { inner })
     }

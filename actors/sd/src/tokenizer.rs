@@ -19,6 +19,7 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{SplitDelimiterBehavior, Tokenizer};
 
 use crate::SdError;
+use rlrig_hf::HfError;
 
 /// CLIP's pre-tokenizer pattern.
 const CLIP_SPLIT: &str =
@@ -80,9 +81,11 @@ impl ClipTokenizer {
             from_vocab_and_merges(&dir.join("vocab.json"), &dir.join("merges.txt"))?
         };
         let id = |token: &str| {
-            inner.token_to_id(token).ok_or_else(|| SdError::Config {
-                path: config_path.clone(),
-                message: format!("the special token {token:?} is not in the vocabulary"),
+            inner.token_to_id(token).ok_or_else(|| {
+                SdError::File(HfError::Config {
+                    path: config_path.clone(),
+                    message: format!("the special token {token:?} is not in the vocabulary"),
+                })
             })
         };
         let (bos, eos) = (id(config.bos_token.text())?, id(config.eos_token.text())?);
@@ -91,10 +94,10 @@ impl ClipTokenizer {
             None => eos,
         };
         if config.model_max_length < 2 {
-            return Err(SdError::Config {
+            return Err(SdError::File(HfError::Config {
                 path: config_path,
                 message: "model_max_length must leave room for BOS and EOS".into(),
-            });
+            }));
         }
         Ok(ClipTokenizer {
             inner,
@@ -134,7 +137,7 @@ impl ClipTokenizer {
 fn from_vocab_and_merges(vocab: &Path, merges: &Path) -> Result<Tokenizer, SdError> {
     for f in [vocab, merges] {
         if !f.is_file() {
-            return Err(SdError::Missing(f.to_owned()));
+            return Err(SdError::File(HfError::Missing(f.to_owned())));
         }
     }
     let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
@@ -165,8 +168,8 @@ fn from_vocab_and_merges(vocab: &Path, merges: &Path) -> Result<Tokenizer, SdErr
 }
 
 fn bad(path: &Path, e: impl std::fmt::Display) -> SdError {
-    SdError::Config {
+    SdError::File(HfError::Config {
         path: PathBuf::from(path),
         message: e.to_string(),
-    }
+    })
 }

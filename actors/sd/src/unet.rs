@@ -16,6 +16,7 @@ use crate::SdError;
 use crate::blocks::{
     Downsample, ResnetBlock, Transformer2D, Upsample, conv, group_norm, linear, sinusoidal,
 };
+use rlrig_hf::HfError;
 
 /// A number for every block, or one for all.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -370,9 +371,11 @@ impl UNet {
         let dir = dir.as_ref();
         let config_path = dir.join("config.json");
         let config: UNetConfig = crate::read_json(&config_path)?;
-        let mut unet = UNet::new(&config, device).map_err(|e| SdError::Config {
-            path: config_path,
-            message: e.to_string(),
+        let mut unet = UNet::new(&config, device).map_err(|e| {
+            SdError::File(HfError::Config {
+                path: config_path,
+                message: e.to_string(),
+            })
         })?;
         let file = match variant {
             Some(v) => format!("diffusion_pytorch_model.{v}.safetensors"),

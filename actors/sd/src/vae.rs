@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use crate::SdError;
 use crate::blocks::{Downsample, ResnetBlock, SpatialAttention, Upsample, conv, group_norm};
+use rlrig_hf::HfError;
 
 const EPS: f64 = 1e-6;
 
@@ -268,9 +269,11 @@ impl Vae {
         let dir = dir.as_ref();
         let config_path = dir.join("config.json");
         let config: VaeConfig = crate::read_json(&config_path)?;
-        let mut vae = Vae::new(&config, device).map_err(|e| SdError::Config {
-            path: config_path,
-            message: e.to_string(),
+        let mut vae = Vae::new(&config, device).map_err(|e| {
+            SdError::File(HfError::Config {
+                path: config_path,
+                message: e.to_string(),
+            })
         })?;
         rlrig_hf::load::pytorch_weights(
             &mut vae,

@@ -17,6 +17,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::HfError;
 
+/// The module paths of the adapters' parameters (a regular expression), for saving or loading
+/// them alone.
+pub const PARAMS: &str = r"\.lora\.lora_[ab]$";
+
 /// A low-rank adapter: `A` as `[in, r]` and `B` as `[r, out]` (burn's layout, the transpose of
 /// PyTorch's), and the scale `α/r`.
 #[derive(Module, Debug)]
