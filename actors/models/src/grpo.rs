@@ -20,6 +20,7 @@ use burn::module::Module;
 use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::{Tensor, TensorData};
 use rlrig_contract::{GrpoGroup, GrpoLearner, RoleError, WeightsUpdate};
+use rlrig_hf::lora::{Adapted, LoraConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
@@ -567,18 +568,27 @@ pub fn save_learner<M: Module, S: Serialize>(
     save_checkpoint(dir, name, model, optim, state, None)
 }
 
-/// [`save_learner`] for a learner that trains adapters of a frozen model: `{name}.bpk` holds
-/// only the parameters whose module path matches `trained` (a regular expression); the frozen
-/// weights stay those of the model's own files, never copied into a checkpoint.
-pub fn save_adapter_learner<M: Module, S: Serialize>(
+/// The checkpoint of a learner that trains LoRA adapters of a frozen model: `adapters.bpk` (the
+/// adapters alone: the frozen weights stay those of the model's own files, never copied),
+/// `optim.bpk` (AdamW's moments of the adapters), `learner.json` (`state`), and the adapters as
+/// a PEFT directory `adapter/` (what `PeftModel.from_pretrained` and rlrig's kinds load).
+pub fn save_lora_learner<M: Module + Adapted, S: Serialize>(
     dir: &Path,
-    name: &str,
     model: &M,
+    lora: &LoraConfig,
     optim: &burn::optim::ModuleOptimizer,
     state: &S,
-    trained: &str,
 ) -> Result<(), RoleError> {
-    save_checkpoint(dir, name, model, optim, state, Some(trained))
+    save_checkpoint(
+        dir,
+        "adapters",
+        model,
+        optim,
+        state,
+        Some(rlrig_hf::lora::PARAMS),
+    )?;
+    rlrig_hf::lora::save_dir(model, lora, &dir.join("adapter"))
+        .map_err(|e| RoleError(format!("saving the learner to {}: {e}", dir.display())))
 }
 
 fn save_checkpoint<M: Module, S: Serialize>(
@@ -618,16 +628,14 @@ pub fn restore_learner<M: Module, S: serde::de::DeserializeOwned>(
     restore_checkpoint(dir, name, model, optim, None)
 }
 
-/// Restores what [`save_adapter_learner`] wrote: every parameter matching `trained` must be in
-/// `{name}.bpk`; the others keep the values they were loaded with.
-pub fn restore_adapter_learner<M: Module, S: serde::de::DeserializeOwned>(
+/// Restores what [`save_lora_learner`] wrote: every adapter parameter of `model` must be in
+/// `adapters.bpk`; the frozen weights keep the values they were loaded with.
+pub fn restore_lora_learner<M: Module, S: serde::de::DeserializeOwned>(
     dir: &Path,
-    name: &str,
     model: &mut Option<M>,
     optim: &mut burn::optim::ModuleOptimizer,
-    trained: &str,
 ) -> Result<S, RoleError> {
-    restore_checkpoint(dir, name, model, optim, Some(trained))
+    restore_checkpoint(dir, "adapters", model, optim, Some(rlrig_hf::lora::PARAMS))
 }
 
 fn restore_checkpoint<M: Module, S: serde::de::DeserializeOwned>(

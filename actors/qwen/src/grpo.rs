@@ -14,8 +14,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rlrig_contract::{GrpoGroup, GrpoLearner, LearnStats, RoleError, WeightsUpdate};
 use rlrig_hf::lora::{self, LoraConfig};
 use rlrig_models::grpo::{
-    LearnerConfig, LossType, group_advantages, loss, restore_adapter_learner, reward_stats,
-    save_adapter_learner,
+    LearnerConfig, LossType, group_advantages, loss, restore_lora_learner, reward_stats,
+    save_lora_learner,
 };
 use serde::{Deserialize, Serialize};
 
@@ -245,34 +245,17 @@ impl GrpoLearner for QwenLearner {
         })
     }
 
-    /// `adapters.bpk` (the adapters alone: the base weights are the model directory's),
-    /// `optim.bpk` (AdamW's moments of the adapters), `learner.json` (version, LoRA settings),
-    /// and the adapters as a PEFT directory `adapter/`.
+    /// The adapters, AdamW's moments of them and the settings ([`save_lora_learner`]).
     fn save(&self, dir: &Path) -> Result<(), RoleError> {
         let state = LearnerState {
             version: self.version,
             lora: self.lora.clone(),
         };
-        save_adapter_learner(
-            dir,
-            "adapters",
-            self.net(),
-            &self.optim,
-            &state,
-            lora::PARAMS,
-        )?;
-        lora::save_dir(self.net(), &self.lora, &dir.join("adapter"))
-            .map_err(|e| RoleError(e.to_string()))
+        save_lora_learner(dir, self.net(), &self.lora, &self.optim, &state)
     }
 
     fn restore(&mut self, dir: &Path) -> Result<(), RoleError> {
-        let state: LearnerState = restore_adapter_learner(
-            dir,
-            "adapters",
-            &mut self.net,
-            &mut self.optim,
-            lora::PARAMS,
-        )?;
+        let state: LearnerState = restore_lora_learner(dir, &mut self.net, &mut self.optim)?;
         if state.lora != self.lora {
             return Err(RoleError(format!(
                 "restoring the learner from {}: the checkpoint's adapters ({:?}) are not this flow's ({:?})",

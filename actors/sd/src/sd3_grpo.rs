@@ -24,7 +24,7 @@ use rlrig_contract::{
     DenoisingChain, GrpoGroup, GrpoLearner, LearnStats, RoleError, SampledImage, WeightsUpdate,
 };
 use rlrig_models::flow_grpo::{FlowLearnerConfig, chained_samples, chunk_term};
-use rlrig_models::grpo::{restore_adapter_learner, reward_stats, save_adapter_learner};
+use rlrig_models::grpo::{restore_lora_learner, reward_stats, save_lora_learner};
 use rlrig_models::rectified_flow::{SdeStep, adamw, gaussian_log_prob, sde_window_chains};
 use serde::{Deserialize, Serialize};
 
@@ -402,41 +402,29 @@ impl GrpoLearner for Sd3FlowLearner {
         })
     }
 
-    /// `adapters.bpk` (the adapters alone: the base weights are the model directory's),
-    /// `optim.bpk` (AdamW's moments of the adapters), `learner.json` (version, LoRA settings),
-    /// and the adapters as a PEFT directory `adapter/`.
+    /// The adapters, AdamW's moments of them and the settings ([`save_lora_learner`]).
     fn save(&self, dir: &Path) -> Result<(), RoleError> {
         let state = LearnerState {
             version: self.version,
             lora: self.lora.clone(),
         };
-        let transformer = &self.pipe().transformer;
-        save_adapter_learner(
+        save_lora_learner(
             dir,
-            "adapters",
-            transformer,
+            &self.pipe().transformer,
+            &self.lora,
             &self.optim,
             &state,
-            lora::PARAMS,
-        )?;
-        lora::save_dir(transformer, &self.lora, &dir.join("adapter"))
-            .map_err(|e| RoleError(e.to_string()))
+        )
     }
 
     fn restore(&mut self, dir: &Path) -> Result<(), RoleError> {
         let mut p = self.pipeline.take().expect("held between steps");
         let mut transformer = Some(p.transformer);
-        let restored: Result<LearnerState, RoleError> = restore_adapter_learner(
-            dir,
-            "adapters",
-            &mut transformer,
-            &mut self.optim,
-            lora::PARAMS,
-        );
+        let restored: Result<LearnerState, RoleError> =
+            restore_lora_learner(dir, &mut transformer, &mut self.optim);
         p.transformer = transformer.expect("given back");
         self.pipeline = Some(p);
-        let state = restored?;
-        self.version = state.version;
+        self.version = restored?.version;
         Ok(())
     }
 }
