@@ -87,8 +87,20 @@ impl Net {
 
     /// Logits `[1, L, vocab]` of a sequence: `prompt` followed by `extra` tokens. With
     /// `cache`, only the tokens after those it holds are fed (`prompt` and `extra` still
-    /// describe the whole sequence).
+    /// describe the whole sequence) and only their logits come back.
     pub fn logits(
+        &self,
+        config: &QwenConfig,
+        prompt: &Prompt,
+        extra: &[u32],
+        cache: Option<&mut KvCache>,
+        lora: bool,
+    ) -> Result<Tensor<3>, QwenError> {
+        Ok(self.head(self.states(config, prompt, extra, cache, lora)?))
+    }
+
+    /// The decoder's final states `[1, L, hidden]` of what [`Net::logits`] feeds.
+    fn states(
         &self,
         config: &QwenConfig,
         prompt: &Prompt,
@@ -123,8 +135,7 @@ impl Net {
         if let (Some(patches), 0) = (&prompt.image, from) {
             x = self.with_image(config, x, &prompt.ids, patches, lora)?;
         }
-        let h = self.model.language_model.forward(x, &rotary, cache, lora);
-        Ok(self.head(h))
+        Ok(self.model.language_model.forward(x, &rotary, cache, lora))
     }
 
     fn head(&self, h: Tensor<3>) -> Tensor<3> {
@@ -202,9 +213,11 @@ impl Net {
         if n == 0 {
             return Err(QwenError::Invalid("no tokens to score".into()));
         }
-        let logits = self.logits(config, prompt, &tokens[..n - 1], None, lora)?;
-        let [_, l, v] = logits.dims();
-        let last = logits.slice([0..1, l - n..l, 0..v]).reshape([n, v]);
+        let h = self.states(config, prompt, &tokens[..n - 1], None, lora)?;
+        let [_, l, d] = h.dims();
+        let last = self.head(h.slice([0..1, l - n..l, 0..d]));
+        let v = last.dims()[2];
+        let last = last.reshape([n, v]);
         let t = if temperature > 0.0 { temperature } else { 1.0 };
         let logp = log_softmax(last / t, 1);
         let device = logp.device();
@@ -235,10 +248,11 @@ impl Net {
             1.0
         };
         while tokens.len() < sampling.max_new_tokens {
-            let logits = self.logits(config, prompt, &tokens, Some(&mut cache), lora)?;
-            let [_, l, v] = logits.dims();
-            let row: Vec<f32> = logits
-                .slice([0..1, l - 1..l, 0..v])
+            // The language head on the last position only.
+            let h = self.states(config, prompt, &tokens, Some(&mut cache), lora)?;
+            let [_, l, d] = h.dims();
+            let row: Vec<f32> = self
+                .head(h.slice([0..1, l - 1..l, 0..d]))
                 .into_data()
                 .convert::<f32>()
                 .try_into_vec::<f32>()
