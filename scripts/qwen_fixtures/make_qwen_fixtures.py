@@ -23,8 +23,8 @@ The torchvision-backed ("fast") image processor needs torchvision; torch 2.15
 has no matching torchvision wheel on PyPI yet; 0.29.2 works for the resize path and is installed
 next to the venv without touching it::
 
-    pip install --no-deps --target /tmp/tvlib torchvision==0.29.2
-    PYTHONPATH=/tmp/tvlib python scripts/qwen_fixtures/make_qwen_fixtures.py
+    pip install --no-deps --target DIR torchvision==0.29.2
+    PYTHONPATH=DIR python scripts/qwen_fixtures/make_qwen_fixtures.py
 
 Without torchvision the script stops (the fixture contents must not depend on
 what happens to be installed).
@@ -63,7 +63,7 @@ try:
 except ImportError:  # pragma: no cover
     sys.exit(
         "torchvision is required for the fast image processor reference; see the module docstring "
-        "(pip install --no-deps --target /tmp/tvlib torchvision==0.29.2; PYTHONPATH=/tmp/tvlib ...)"
+        "(pip install --no-deps --target DIR torchvision==0.29.2; PYTHONPATH=DIR ...)"
     )
 
 import peft  # noqa: E402
