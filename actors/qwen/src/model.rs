@@ -96,11 +96,12 @@ impl Net {
         cache: Option<&mut KvCache>,
         lora: bool,
     ) -> Result<Tensor<3>, QwenError> {
-        Ok(self.head(self.states(config, prompt, extra, cache, lora)?))
+        Ok(self.head(self.hidden_states(config, prompt, extra, cache, lora)?))
     }
 
-    /// The decoder's final states `[1, L, hidden]` of what [`Net::logits`] feeds.
-    fn states(
+    /// The decoder's last hidden states (after the final norm), `[1, L, hidden]`, of what
+    /// [`Net::logits`] feeds.
+    pub fn hidden_states(
         &self,
         config: &QwenConfig,
         prompt: &Prompt,
@@ -151,6 +152,11 @@ impl Net {
                     .unsqueeze::<3>(),
             ),
         }
+    }
+
+    /// The vision tower.
+    pub fn vision(&self) -> &VisionTower {
+        &self.model.visual
     }
 
     /// The vision tower's tokens for `patches`, `[tokens, hidden]`.
@@ -213,7 +219,7 @@ impl Net {
         if n == 0 {
             return Err(QwenError::Invalid("no tokens to score".into()));
         }
-        let h = self.states(config, prompt, &tokens[..n - 1], None, lora)?;
+        let h = self.hidden_states(config, prompt, &tokens[..n - 1], None, lora)?;
         let [_, l, d] = h.dims();
         let last = self.head(h.slice([0..1, l - n..l, 0..d]));
         let v = last.dims()[2];
@@ -249,7 +255,7 @@ impl Net {
         };
         while tokens.len() < sampling.max_new_tokens {
             // The language head on the last position only.
-            let h = self.states(config, prompt, &tokens, Some(&mut cache), lora)?;
+            let h = self.hidden_states(config, prompt, &tokens, Some(&mut cache), lora)?;
             let [_, l, d] = h.dims();
             let row: Vec<f32> = self
                 .head(h.slice([0..1, l - 1..l, 0..d]))

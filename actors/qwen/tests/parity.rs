@@ -6,12 +6,13 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 use rlrig_contract::Image;
 use rlrig_hf::lora;
 use rlrig_qwen::burn;
 use rlrig_qwen::model::{QwenVl, Sampling, positions};
 use rlrig_qwen::preprocess::preprocess;
+use rlrig_qwen::vision::VisionLayout;
 use safetensors::SafeTensors;
 use serde_json::Value;
 
@@ -174,9 +175,32 @@ fn check_model(name: &str, x: &str) {
     let model = load(name);
     let prompt = model.prompt(Some(&image(x)), TEXT).unwrap();
     let patches = prompt.image.as_ref().unwrap();
+    // The vision blocks' states (before the merger), then the merged tokens.
+    let layout = VisionLayout::new(&model.config.vision, &[patches.grid]);
+    let pixels = Tensor::<2>::from_data(
+        TensorData::new(patches.values.clone(), [patches.rows, patches.cols]),
+        &Device::default(),
+    );
+    let full = &model.config.vision.fullatt_block_indexes;
+    let blocks = values(
+        model
+            .net
+            .vision()
+            .blocks_forward(pixels, &layout, full, false),
+    );
+    let e = rel_err(&blocks, &refs.f32(&format!("{name}.vision_blocks.{x}")));
+    assert!(e <= 1e-4, "{name} vision blocks of image {x}: {e}");
     let tokens = values(model.net.image_tokens(&model.config, patches, false));
     let e = rel_err(&tokens, &refs.f32(&format!("{name}.vision.{x}")));
     assert!(e <= 1e-4, "{name} vision tokens of image {x}: {e}");
+    let hidden = values(
+        model
+            .net
+            .hidden_states(&model.config, &prompt, &[], None, false)
+            .unwrap(),
+    );
+    let e = rel_err(&hidden, &refs.f32(&format!("{name}.hidden.{x}")));
+    assert!(e <= 1e-4, "{name} decoder states of image {x}: {e}");
     let logits = values(
         model
             .net
